@@ -1,0 +1,358 @@
+// SPDX-License-Identifier: Apache-2.0
+pragma solidity ^0.8.28;
+
+import {AccessControl} from "@openzeppelin/contracts/access/AccessControl.sol";
+import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
+import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
+import {MerkleProof} from "@openzeppelin/contracts/utils/cryptography/MerkleProof.sol";
+import {Pausable} from "@openzeppelin/contracts/utils/Pausable.sol";
+import {ReentrancyGuardTransient} from
+    "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
+import {INetworkToken} from "./interfaces/INetworkToken.sol";
+import {ISettlement} from "./interfaces/ISettlement.sol";
+
+/// @title Settlement of an energy-metered inference market
+/// @notice See {ISettlement}. Every function checks, then changes state, then emits, then calls
+///         out (checks-effects-interactions); the tokens it calls are the deployment's own.
+///         Pausing stops deposits, registration, staking and settlement; exits stay open so that
+///         funds can always leave.
+contract Settlement is ISettlement, AccessControl, Pausable, ReentrancyGuardTransient {
+    using SafeERC20 for IERC20;
+
+    /// @notice Settles epochs.
+    bytes32 public constant OPERATOR_ROLE = keccak256("OPERATOR_ROLE");
+    /// @notice Slashes stake with evidence.
+    bytes32 public constant VERIFIER_ROLE = keccak256("VERIFIER_ROLE");
+    /// @notice Pauses and unpauses.
+    bytes32 public constant PAUSER_ROLE = keccak256("PAUSER_ROLE");
+
+    uint16 private constant _BPS = 10_000;
+
+    /// @notice Deployment parameters.
+    struct Config {
+        uint64 withdrawalDelay;
+        uint64 unstakeDelay;
+        uint256 minProviderStake;
+        uint16 maxFeeBps;
+    }
+
+    IERC20 public immutable paymentToken;
+    INetworkToken public immutable networkToken;
+    uint64 public immutable withdrawalDelay;
+    uint64 public immutable unstakeDelay;
+    uint256 public immutable minProviderStake;
+    uint16 public immutable maxFeeBps;
+
+    /// @notice Payment tokens each buyer holds in escrow.
+    mapping(address buyer => uint256 amount) public escrow;
+    /// @notice Each buyer's pending withdrawal.
+    mapping(address buyer => PendingExit exit) public pendingWithdrawal;
+    /// @notice Each provider's Ed25519 receipt-signing key (zero: not registered).
+    mapping(address provider => bytes32 key) public providerKey;
+    /// @notice Network tokens each provider has staked (pending unstakes included).
+    mapping(address provider => uint256 amount) public stakeOf;
+    /// @notice Each provider's pending unstake.
+    mapping(address provider => PendingExit exit) public pendingUnstake;
+    /// @notice Settled payment tokens each provider may withdraw.
+    mapping(address provider => uint256 amount) public earnings;
+    /// @notice The receipts Merkle root of each settled epoch.
+    mapping(uint64 epoch => bytes32 root) public epochRoot;
+    /// @notice Evidence hashes already used for slashing.
+    mapping(bytes32 evidenceHash => bool used) public evidenceUsed;
+
+    /// @notice The last settled epoch (0: none yet; the first epoch is 1).
+    uint64 public lastSettledEpoch;
+    /// @notice Sum of all escrow.
+    uint256 public totalEscrow;
+    /// @notice Sum of all unpaid earnings.
+    uint256 public totalEarnings;
+    /// @notice Sum of all stake.
+    uint256 public totalStaked;
+    /// @notice Protocol fees accrued and not yet withdrawn.
+    uint256 public accruedFees;
+    /// @notice Everything ever debited from escrow by settlement.
+    uint256 public totalDebited;
+    /// @notice Everything ever credited to providers by settlement.
+    uint256 public totalCredited;
+    /// @notice Every fee ever taken by settlement.
+    uint256 public totalFees;
+
+    /// @param admin holds the admin, operator, verifier and pauser roles at first
+    /// @param paymentToken_ the ERC-20 buyers pay in
+    /// @param networkToken_ the ERC-20 providers stake and are rewarded in
+    /// @param config delays, minimum stake and fee limit
+    constructor(
+        address admin,
+        IERC20 paymentToken_,
+        INetworkToken networkToken_,
+        Config memory config
+    ) {
+        if (
+            admin == address(0) || address(paymentToken_) == address(0)
+                || address(networkToken_) == address(0)
+        ) revert ZeroAddress();
+        if (config.maxFeeBps > _BPS) revert InvalidConfig("maxFeeBps");
+        paymentToken = paymentToken_;
+        networkToken = networkToken_;
+        withdrawalDelay = config.withdrawalDelay;
+        unstakeDelay = config.unstakeDelay;
+        minProviderStake = config.minProviderStake;
+        maxFeeBps = config.maxFeeBps;
+        _grantRole(DEFAULT_ADMIN_ROLE, admin);
+        _grantRole(OPERATOR_ROLE, admin);
+        _grantRole(VERIFIER_ROLE, admin);
+        _grantRole(PAUSER_ROLE, admin);
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Buyers
+    // ----------------------------------------------------------------------------------------
+
+    /// @inheritdoc ISettlement
+    function deposit(uint256 amount) external {
+        depositFor(msg.sender, amount);
+    }
+
+    /// @inheritdoc ISettlement
+    function depositFor(address buyer, uint256 amount) public whenNotPaused nonReentrant {
+        if (buyer == address(0)) revert ZeroAddress();
+        if (amount == 0) revert ZeroAmount();
+        uint256 balance = escrow[buyer] + amount;
+        escrow[buyer] = balance;
+        totalEscrow += amount;
+        emit Deposited(buyer, msg.sender, amount, balance);
+        paymentToken.safeTransferFrom(msg.sender, address(this), amount);
+    }
+
+    /// @inheritdoc ISettlement
+    function requestWithdrawal(uint256 amount) external {
+        if (amount == 0) revert ZeroAmount();
+        uint256 available = escrow[msg.sender];
+        if (amount > available) revert InsufficientEscrow(msg.sender, available, amount);
+        uint64 availableAt = uint64(block.timestamp) + withdrawalDelay;
+        pendingWithdrawal[msg.sender] = PendingExit(_toUint192(amount), availableAt);
+        emit WithdrawalRequested(msg.sender, amount, availableAt);
+    }
+
+    /// @inheritdoc ISettlement
+    function withdraw() external nonReentrant {
+        uint256 amount = _takeReadyExit(pendingWithdrawal, escrow[msg.sender]);
+        escrow[msg.sender] -= amount;
+        totalEscrow -= amount;
+        emit Withdrawn(msg.sender, amount);
+        paymentToken.safeTransfer(msg.sender, amount);
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Providers
+    // ----------------------------------------------------------------------------------------
+
+    /// @inheritdoc ISettlement
+    function registerProvider(bytes32 ed25519Key) external whenNotPaused {
+        if (ed25519Key == bytes32(0)) revert ZeroKey();
+        if (providerKey[msg.sender] != bytes32(0)) revert ProviderAlreadyRegistered(msg.sender);
+        providerKey[msg.sender] = ed25519Key;
+        emit ProviderRegistered(msg.sender, ed25519Key);
+    }
+
+    /// @inheritdoc ISettlement
+    function stake(uint256 amount) external whenNotPaused nonReentrant {
+        if (amount == 0) revert ZeroAmount();
+        if (providerKey[msg.sender] == bytes32(0)) revert UnknownProvider(msg.sender);
+        uint256 staked = stakeOf[msg.sender] + amount;
+        stakeOf[msg.sender] = staked;
+        totalStaked += amount;
+        emit Staked(msg.sender, amount, staked);
+        IERC20(address(networkToken)).safeTransferFrom(msg.sender, address(this), amount);
+    }
+
+    /// @inheritdoc ISettlement
+    function requestUnstake(uint256 amount) external {
+        if (amount == 0) revert ZeroAmount();
+        uint256 staked = stakeOf[msg.sender];
+        if (amount > staked) revert InsufficientStake(msg.sender, staked, amount);
+        uint64 availableAt = uint64(block.timestamp) + unstakeDelay;
+        pendingUnstake[msg.sender] = PendingExit(_toUint192(amount), availableAt);
+        emit UnstakeRequested(msg.sender, amount, availableAt);
+    }
+
+    /// @inheritdoc ISettlement
+    function completeUnstake() external nonReentrant {
+        uint256 amount = _takeReadyExit(pendingUnstake, stakeOf[msg.sender]);
+        stakeOf[msg.sender] -= amount;
+        totalStaked -= amount;
+        emit Unstaked(msg.sender, amount);
+        IERC20(address(networkToken)).safeTransfer(msg.sender, amount);
+    }
+
+    /// @inheritdoc ISettlement
+    function withdrawEarnings() external nonReentrant {
+        uint256 amount = earnings[msg.sender];
+        if (amount == 0) revert NothingToWithdraw(msg.sender);
+        earnings[msg.sender] = 0;
+        totalEarnings -= amount;
+        emit EarningsWithdrawn(msg.sender, amount);
+        paymentToken.safeTransfer(msg.sender, amount);
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Operator and verifier
+    // ----------------------------------------------------------------------------------------
+
+    /// @inheritdoc ISettlement
+    function settleEpoch(EpochBatch calldata batch)
+        external
+        onlyRole(OPERATOR_ROLE)
+        whenNotPaused
+        nonReentrant
+    {
+        uint64 expected = lastSettledEpoch + 1;
+        if (batch.epoch < expected) revert EpochAlreadySettled(batch.epoch);
+        if (batch.epoch > expected) revert EpochOutOfOrder(expected, batch.epoch);
+
+        uint256 debited = _applyDebits(batch.debits);
+        uint256 credited = _applyCredits(batch.credits);
+        if (debited != credited + batch.fee) {
+            revert UnbalancedBatch(debited, credited, batch.fee);
+        }
+        uint256 feeLimit = debited * maxFeeBps / _BPS;
+        if (batch.fee > feeLimit) revert FeeExceedsLimit(batch.fee, feeLimit);
+        uint256 rewarded = _sumRewards(batch.rewards);
+
+        lastSettledEpoch = batch.epoch;
+        epochRoot[batch.epoch] = batch.receiptsRoot;
+        totalEscrow -= debited;
+        totalEarnings += credited;
+        accruedFees += batch.fee;
+        totalDebited += debited;
+        totalCredited += credited;
+        totalFees += batch.fee;
+        emit EpochSettled(
+            batch.epoch, batch.receiptsRoot, batch.receiptCount, debited, batch.fee, rewarded
+        );
+
+        for (uint256 i; i < batch.rewards.length; ++i) {
+            Credit calldata reward = batch.rewards[i];
+            networkToken.mintReward(reward.provider, reward.amount, batch.epoch);
+        }
+    }
+
+    /// @inheritdoc ISettlement
+    function slash(address provider, uint256 amount, bytes32 evidenceHash)
+        external
+        onlyRole(VERIFIER_ROLE)
+        nonReentrant
+    {
+        if (amount == 0) revert ZeroAmount();
+        if (evidenceUsed[evidenceHash]) revert EvidenceAlreadyUsed(evidenceHash);
+        uint256 staked = stakeOf[provider];
+        if (amount > staked) revert InsufficientStake(provider, staked, amount);
+        evidenceUsed[evidenceHash] = true;
+        stakeOf[provider] = staked - amount;
+        totalStaked -= amount;
+        emit Slashed(provider, amount, evidenceHash, msg.sender);
+        networkToken.burn(amount);
+    }
+
+    /// @inheritdoc ISettlement
+    function withdrawFees(address to) external onlyRole(DEFAULT_ADMIN_ROLE) nonReentrant {
+        if (to == address(0)) revert ZeroAddress();
+        uint256 amount = accruedFees;
+        if (amount == 0) revert NothingToWithdraw(to);
+        accruedFees = 0;
+        emit FeesWithdrawn(to, amount);
+        paymentToken.safeTransfer(to, amount);
+    }
+
+    /// @notice Stops deposits, registration, staking and settlement.
+    function pause() external onlyRole(PAUSER_ROLE) {
+        _pause();
+    }
+
+    /// @notice Resumes what `pause` stopped.
+    function unpause() external onlyRole(PAUSER_ROLE) {
+        _unpause();
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Views
+    // ----------------------------------------------------------------------------------------
+
+    /// @inheritdoc ISettlement
+    function verifyReceipt(uint64 epoch, bytes32 receiptHash, bytes32[] calldata proof)
+        external
+        view
+        returns (bool)
+    {
+        bytes32 root = epochRoot[epoch];
+        if (root == bytes32(0)) return false;
+        return MerkleProof.verifyCalldata(proof, root, keccak256(abi.encode(receiptHash)));
+    }
+
+    /// @inheritdoc ISettlement
+    function isActiveProvider(address provider) external view returns (bool) {
+        if (providerKey[provider] == bytes32(0)) return false;
+        uint256 staked = stakeOf[provider];
+        return staked - _pendingWithin(pendingUnstake[provider], staked) >= minProviderStake;
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Internals
+    // ----------------------------------------------------------------------------------------
+
+    function _applyDebits(Debit[] calldata debits) private returns (uint256 total) {
+        for (uint256 i; i < debits.length; ++i) {
+            Debit calldata debit = debits[i];
+            uint256 available = escrow[debit.buyer];
+            if (debit.amount > available) {
+                revert InsufficientEscrow(debit.buyer, available, debit.amount);
+            }
+            unchecked {
+                escrow[debit.buyer] = available - debit.amount;
+            }
+            total += debit.amount;
+        }
+    }
+
+    function _applyCredits(Credit[] calldata credits) private returns (uint256 total) {
+        for (uint256 i; i < credits.length; ++i) {
+            Credit calldata credit = credits[i];
+            if (providerKey[credit.provider] == bytes32(0)) revert UnknownProvider(credit.provider);
+            earnings[credit.provider] += credit.amount;
+            total += credit.amount;
+        }
+    }
+
+    function _sumRewards(Credit[] calldata rewards) private view returns (uint256 total) {
+        for (uint256 i; i < rewards.length; ++i) {
+            address provider = rewards[i].provider;
+            if (providerKey[provider] == bytes32(0)) revert UnknownProvider(provider);
+            total += rewards[i].amount;
+        }
+        uint256 cap = networkToken.epochMintCap();
+        if (total > cap) revert RewardCapExceeded(total, cap);
+    }
+
+    /// @dev Clears the caller's ready pending exit and returns what is left of it within `held`.
+    function _takeReadyExit(mapping(address => PendingExit) storage exits, uint256 held)
+        private
+        returns (uint256 amount)
+    {
+        PendingExit memory exit = exits[msg.sender];
+        if (exit.availableAt == 0) revert NoPendingExit(msg.sender);
+        if (block.timestamp < exit.availableAt) revert ExitNotReady(msg.sender, exit.availableAt);
+        amount = _pendingWithin(exit, held);
+        if (amount == 0) revert NothingToWithdraw(msg.sender);
+        delete exits[msg.sender];
+    }
+
+    function _toUint192(uint256 amount) private pure returns (uint192) {
+        if (amount > type(uint192).max) revert AmountTooLarge(amount);
+        // forge-lint: disable-next-line(unsafe-typecast)
+        return uint192(amount);
+    }
+
+    function _pendingWithin(PendingExit memory exit, uint256 held) private pure returns (uint256) {
+        return exit.amount < held ? exit.amount : held;
+    }
+}

@@ -1,0 +1,285 @@
+"""The settlement contract and its tokens, seen from Python.
+
+Reads take no account; writes take the `Transactor` of whoever sends them (buyer, provider,
+operator, verifier). Every revert surfaces as the named exception from `errors`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from web3 import Web3
+from web3.contract import Contract
+from web3.types import TxReceipt
+
+from protocol.chain.artifacts import load_artifact
+from protocol.chain.deploy import Deployment
+from protocol.chain.errors import ChainError
+from protocol.chain.transactor import Transactor, translate
+
+
+@dataclass(frozen=True)
+class Debit:
+    """One buyer's charge in an epoch (payment-token base units)."""
+
+    buyer: str
+    amount: int
+
+
+@dataclass(frozen=True)
+class Credit:
+    """One provider's earnings or reward in an epoch (base units of the token concerned)."""
+
+    provider: str
+    amount: int
+
+
+@dataclass(frozen=True)
+class EpochBatch:
+    """Everything one epoch settles on-chain, whole or not at all."""
+
+    epoch: int
+    receipts_root: bytes
+    receipt_count: int
+    fee: int
+    debits: list[Debit] = field(default_factory=list)
+    credits: list[Credit] = field(default_factory=list)
+    rewards: list[Credit] = field(default_factory=list)
+
+    def as_abi(self) -> tuple[Any, ...]:
+        """The batch as the tuple the contract's `settleEpoch` takes."""
+        return (
+            self.epoch,
+            self.receipts_root,
+            self.receipt_count,
+            self.fee,
+            [(d.buyer, d.amount) for d in self.debits],
+            [(c.provider, c.amount) for c in self.credits],
+            [(r.provider, r.amount) for r in self.rewards],
+        )
+
+
+@dataclass(frozen=True)
+class ChainEvent:
+    """A contract event with where it was mined."""
+
+    name: str
+    args: dict[str, Any]
+    block: int
+    tx_hash: str
+    log_index: int
+
+
+@dataclass(frozen=True)
+class SettlementTotals:
+    """The contract's running totals; the ledger reconciles against these."""
+
+    escrow: int
+    earnings: int
+    staked: int
+    accrued_fees: int
+    debited: int
+    credited: int
+    fees: int
+    last_settled_epoch: int
+    payment_balance: int
+    network_balance: int
+
+
+class SettlementClient:
+    """Calls and transactions against one deployment."""
+
+    def __init__(self, w3: Web3, deployment: Deployment) -> None:
+        self.w3 = w3
+        self.deployment = deployment
+        self.settlement: Contract = self._contract("Settlement", deployment.settlement)
+        self.payment: Contract = self._contract("PaymentToken", deployment.payment_token)
+        self.network: Contract = self._contract("NetworkToken", deployment.network_token)
+
+    def _contract(self, name: str, address: str) -> Contract:
+        return self.w3.eth.contract(address=address, abi=load_artifact(name).abi)  # type: ignore[call-overload,no-any-return]
+
+    def _call(self, contract: Contract, fn: str, *args: Any) -> Any:
+        try:
+            return getattr(contract.functions, fn)(*args).call()
+        except Exception as exc:
+            raise translate(exc) from exc
+
+    # -- reads ---------------------------------------------------------------------------
+
+    def escrow(self, buyer: str) -> int:
+        """The buyer's escrow in payment-token base units."""
+        return int(self._call(self.settlement, "escrow", buyer))
+
+    def pending_withdrawal(self, buyer: str) -> tuple[int, int]:
+        """(amount, available-at unix seconds) of the buyer's pending withdrawal."""
+        amount, available_at = self._call(self.settlement, "pendingWithdrawal", buyer)
+        return int(amount), int(available_at)
+
+    def stake_of(self, provider: str) -> int:
+        """The provider's stake in network-token base units (pending unstakes included)."""
+        return int(self._call(self.settlement, "stakeOf", provider))
+
+    def earnings(self, provider: str) -> int:
+        """The provider's settled, unwithdrawn earnings in payment-token base units."""
+        return int(self._call(self.settlement, "earnings", provider))
+
+    def provider_key(self, provider: str) -> bytes:
+        """The Ed25519 public key bound to `provider` (32 zero bytes if none)."""
+        return bytes(self._call(self.settlement, "providerKey", provider))
+
+    def is_active_provider(self, provider: str) -> bool:
+        """Registered, with at least the minimum stake not leaving."""
+        return bool(self._call(self.settlement, "isActiveProvider", provider))
+
+    def min_provider_stake(self) -> int:
+        """The deployment's minimum stake, in network-token base units."""
+        return int(self._call(self.settlement, "minProviderStake"))
+
+    def last_settled_epoch(self) -> int:
+        """The last settled epoch (0 before the first)."""
+        return int(self._call(self.settlement, "lastSettledEpoch"))
+
+    def epoch_root(self, epoch: int) -> bytes:
+        """The receipts Merkle root recorded for `epoch` (zeros if not settled)."""
+        return bytes(self._call(self.settlement, "epochRoot", epoch))
+
+    def verify_receipt(self, epoch: int, receipt_hash: bytes, proof: list[bytes]) -> bool:
+        """Asks the contract whether the receipt is in the epoch's tree."""
+        return bool(self._call(self.settlement, "verifyReceipt", epoch, receipt_hash, proof))
+
+    def payment_balance(self, account: str) -> int:
+        """Payment tokens held by `account`."""
+        return int(self._call(self.payment, "balanceOf", account))
+
+    def network_balance(self, account: str) -> int:
+        """Network tokens held by `account`."""
+        return int(self._call(self.network, "balanceOf", account))
+
+    def totals(self) -> SettlementTotals:
+        """The contract's running totals and its token balances."""
+        s = self.settlement.address
+        return SettlementTotals(
+            escrow=int(self._call(self.settlement, "totalEscrow")),
+            earnings=int(self._call(self.settlement, "totalEarnings")),
+            staked=int(self._call(self.settlement, "totalStaked")),
+            accrued_fees=int(self._call(self.settlement, "accruedFees")),
+            debited=int(self._call(self.settlement, "totalDebited")),
+            credited=int(self._call(self.settlement, "totalCredited")),
+            fees=int(self._call(self.settlement, "totalFees")),
+            last_settled_epoch=self.last_settled_epoch(),
+            payment_balance=self.payment_balance(s),
+            network_balance=self.network_balance(s),
+        )
+
+    # -- buyers --------------------------------------------------------------------------
+
+    def faucet(self, sender: Transactor, to: str, amount: int) -> TxReceipt:
+        """Mints test payment tokens (testnet deployments only)."""
+        return sender.transact(self.payment.functions.faucet(to, amount))
+
+    def deposit(self, sender: Transactor, amount: int, buyer: str | None = None) -> TxReceipt:
+        """Approves and deposits `amount` into the escrow of `buyer` (default: the sender)."""
+        sender.transact(self.payment.functions.approve(self.settlement.address, amount))
+        if buyer is None:
+            return sender.transact(self.settlement.functions.deposit(amount))
+        return sender.transact(self.settlement.functions.depositFor(buyer, amount))
+
+    def request_withdrawal(self, sender: Transactor, amount: int) -> TxReceipt:
+        """Starts a delayed withdrawal of escrow."""
+        return sender.transact(self.settlement.functions.requestWithdrawal(amount))
+
+    def withdraw(self, sender: Transactor) -> TxReceipt:
+        """Completes the sender's pending withdrawal."""
+        return sender.transact(self.settlement.functions.withdraw())
+
+    # -- providers -----------------------------------------------------------------------
+
+    def register_provider(self, sender: Transactor, ed25519_public_key: bytes) -> TxReceipt:
+        """Binds the sender's address to its 32-byte Ed25519 receipt-signing key."""
+        if len(ed25519_public_key) != 32:
+            raise ValueError(f"an Ed25519 public key is 32 bytes, got {len(ed25519_public_key)}")
+        return sender.transact(self.settlement.functions.registerProvider(ed25519_public_key))
+
+    def stake(self, sender: Transactor, amount: int) -> TxReceipt:
+        """Approves and stakes `amount` network tokens."""
+        sender.transact(self.network.functions.approve(self.settlement.address, amount))
+        return sender.transact(self.settlement.functions.stake(amount))
+
+    def request_unstake(self, sender: Transactor, amount: int) -> TxReceipt:
+        """Starts a delayed unstake."""
+        return sender.transact(self.settlement.functions.requestUnstake(amount))
+
+    def complete_unstake(self, sender: Transactor) -> TxReceipt:
+        """Completes the sender's pending unstake."""
+        return sender.transact(self.settlement.functions.completeUnstake())
+
+    def withdraw_earnings(self, sender: Transactor) -> TxReceipt:
+        """Pays the sender its settled earnings."""
+        return sender.transact(self.settlement.functions.withdrawEarnings())
+
+    def transfer_network(self, sender: Transactor, to: str, amount: int) -> TxReceipt:
+        """Sends network tokens (e.g. from the genesis holder to a new provider)."""
+        return sender.transact(self.network.functions.transfer(to, amount))
+
+    # -- operator, verifier, admin -------------------------------------------------------
+
+    def settle_epoch(self, sender: Transactor, batch: EpochBatch) -> TxReceipt:
+        """Settles `batch` whole, or raises the contract's named error and changes nothing."""
+        return sender.transact(self.settlement.functions.settleEpoch(batch.as_abi()))
+
+    def slash(
+        self, sender: Transactor, provider: str, amount: int, evidence_hash: bytes
+    ) -> TxReceipt:
+        """Burns `amount` of `provider`'s stake for `evidence_hash` (verifier role)."""
+        return sender.transact(self.settlement.functions.slash(provider, amount, evidence_hash))
+
+    def withdraw_fees(self, sender: Transactor, to: str) -> TxReceipt:
+        """Sends the accrued protocol fees to `to` (admin role)."""
+        return sender.transact(self.settlement.functions.withdrawFees(to))
+
+    def grant_role(self, sender: Transactor, role: bytes, account: str) -> TxReceipt:
+        """Grants a role (admin role)."""
+        return sender.transact(self.settlement.functions.grantRole(role, account))
+
+    def set_paused(self, sender: Transactor, paused: bool) -> TxReceipt:
+        """Pauses or unpauses (pauser role)."""
+        fn = self.settlement.functions.pause if paused else self.settlement.functions.unpause
+        return sender.transact(fn())
+
+    # -- events --------------------------------------------------------------------------
+
+    def confirmed_head(self, confirmations: int) -> int:
+        """The newest block with at least `confirmations` blocks on top of it (or -1)."""
+        try:
+            return int(self.w3.eth.block_number) - confirmations
+        except Exception as exc:
+            raise translate(exc) from exc
+
+    def events(self, name: str, from_block: int, to_block: int) -> list[ChainEvent]:
+        """The settlement contract's `name` events mined in [from_block, to_block]."""
+        if to_block < from_block:
+            return []
+        try:
+            logs = getattr(self.settlement.events, name)().get_logs(
+                from_block=from_block, to_block=to_block
+            )
+        except ChainError:
+            raise
+        except Exception as exc:
+            raise translate(exc) from exc
+        return [
+            ChainEvent(
+                name=name,
+                args=dict(log["args"]),
+                block=int(log["blockNumber"]),
+                tx_hash="0x" + bytes(log["transactionHash"]).hex(),
+                log_index=int(log["logIndex"]),
+            )
+            for log in logs
+        ]
+
+    def deposits(self, from_block: int, to_block: int) -> list[ChainEvent]:
+        """`Deposited` events in the range, oldest first."""
+        return self.events("Deposited", from_block, to_block)

@@ -1,0 +1,131 @@
+"""Signing and sending transactions from one local account.
+
+Keeps its own nonce (so several transactions can be in flight), estimates gas with a margin,
+waits for the receipt, and turns every revert into the named exception from `errors`.
+"""
+
+from __future__ import annotations
+
+import ast
+import threading
+from typing import Any
+
+import requests
+from eth_account.signers.local import LocalAccount
+from hexbytes import HexBytes
+from web3 import Web3
+from web3.contract.contract import ContractConstructor, ContractFunction
+from web3.exceptions import (
+    ContractCustomError,
+    ContractLogicError,
+    ProviderConnectionError,
+    TimeExhausted,
+    Web3RPCError,
+)
+from web3.types import TxParams, TxReceipt
+
+from protocol.chain.errors import ChainError, ChainUnavailable, TransactionFailed, decode_revert
+
+GAS_MARGIN_PERCENT = 20
+
+
+def _eth_tester_revert_data(exc: Exception) -> str | None:
+    """eth-tester reports a revert as `execution reverted: b'...'` (the bytes' repr)."""
+    message = str(exc.args[0]) if exc.args else ""
+    prefix = "execution reverted: "
+    if not message.startswith(prefix):
+        return None
+    try:
+        raw = ast.literal_eval(message[len(prefix) :])
+    except (ValueError, SyntaxError):
+        return None
+    return "0x" + raw.hex() if isinstance(raw, bytes) and len(raw) >= 4 else None
+
+
+def revert_data(exc: Exception) -> str | None:
+    """The raw revert data carried by a web3 (or eth-tester) exception, if any."""
+    if type(exc).__module__.startswith("eth_tester"):
+        return _eth_tester_revert_data(exc)
+    data: Any = getattr(exc, "data", None)
+    if isinstance(data, dict):
+        data = data.get("data")
+    if isinstance(data, str) and data.startswith("0x") and len(data) >= 10:
+        return data
+    return None
+
+
+def translate(exc: Exception) -> ChainError:
+    """Maps an exception raised by web3 or its transport to the project's chain errors."""
+    if isinstance(exc, ChainError):
+        return exc
+    is_tester = type(exc).__module__.startswith("eth_tester")
+    if is_tester or isinstance(exc, ContractCustomError | ContractLogicError | Web3RPCError):
+        data = revert_data(exc)
+        if data is not None:
+            return decode_revert(data)
+        return TransactionFailed(str(exc))
+    if isinstance(exc, requests.RequestException | ProviderConnectionError | OSError):
+        return ChainUnavailable(f"chain RPC unavailable: {exc}")
+    if isinstance(exc, TimeExhausted):
+        return TransactionFailed(f"transaction not mined in time: {exc}")
+    return TransactionFailed(f"{type(exc).__name__}: {exc}")
+
+
+class Transactor:
+    """Sends transactions signed by `account` on `w3`."""
+
+    def __init__(self, w3: Web3, account: LocalAccount, receipt_timeout_s: float = 120.0) -> None:
+        self.w3 = w3
+        self.account = account
+        self.receipt_timeout_s = receipt_timeout_s
+        self._lock = threading.Lock()
+        self._next_nonce: int | None = None
+
+    @property
+    def address(self) -> str:
+        """The sender's checksummed address."""
+        return str(self.account.address)
+
+    def _nonce(self) -> int:
+        if self._next_nonce is None:
+            self._next_nonce = self.w3.eth.get_transaction_count(self.account.address, "pending")
+        nonce = self._next_nonce
+        self._next_nonce += 1
+        return nonce
+
+    def transact(self, call: ContractFunction | ContractConstructor, value: int = 0) -> TxReceipt:
+        """Estimates, signs, sends and waits for `call`; raises a named error on revert."""
+        try:
+            with self._lock:
+                params: TxParams = {
+                    "from": self.account.address,
+                    "value": value,  # type: ignore[typeddict-item]
+                    "chainId": self.w3.eth.chain_id,
+                }
+                estimate = call.estimate_gas(params)
+                params["gas"] = estimate + estimate * GAS_MARGIN_PERCENT // 100
+                params["nonce"] = self._nonce()
+                tx = call.build_transaction(params)
+                signed = self.account.sign_transaction(tx)  # type: ignore[arg-type]
+                try:
+                    tx_hash = self.w3.eth.send_raw_transaction(signed.raw_transaction)
+                except Exception:
+                    self._next_nonce = None  # resync from the node on the next send
+                    raise
+            receipt = self.w3.eth.wait_for_transaction_receipt(
+                tx_hash, timeout=self.receipt_timeout_s
+            )
+        except Exception as exc:
+            raise translate(exc) from exc
+        if receipt["status"] != 1:
+            raise self._failure(tx, receipt)
+        return receipt
+
+    def _failure(self, tx: dict[str, Any], receipt: TxReceipt) -> ChainError:
+        """Replays a reverted transaction at its block to recover the revert reason."""
+        replay = {k: tx[k] for k in ("from", "to", "data", "value") if k in tx}
+        try:
+            self.w3.eth.call(replay, receipt["blockNumber"] - 1)  # type: ignore[arg-type]
+        except Exception as exc:
+            return translate(exc)
+        return TransactionFailed(f"transaction {HexBytes(receipt['transactionHash']).hex()} reverted")
