@@ -9,6 +9,7 @@ from eth_account.signers.local import LocalAccount
 from web3 import Web3
 from web3.exceptions import ProviderConnectionError
 from web3.providers.eth_tester import EthereumTesterProvider
+from web3.types import Wei
 
 from protocol.chain.errors import ChainUnavailable
 
@@ -41,7 +42,7 @@ def fund_from_dev_account(w3: Web3, to: str, wei: int) -> None:
     accounts = w3.eth.accounts
     if not accounts:
         raise ChainUnavailable("this chain has no unlocked development account to fund from")
-    tx_hash = w3.eth.send_transaction({"from": accounts[0], "to": to, "value": wei})
+    tx_hash = w3.eth.send_transaction({"from": accounts[0], "to": to, "value": Wei(wei)})
     w3.eth.wait_for_transaction_receipt(tx_hash)
 
 

@@ -6,7 +6,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from eth_utils import keccak
+from eth_utils.crypto import keccak
 from web3 import Web3
 
 from protocol.chain.artifacts import load_artifact

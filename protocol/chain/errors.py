@@ -10,8 +10,9 @@ from __future__ import annotations
 from functools import cache
 from typing import Any, ClassVar
 
-from eth_abi import decode
-from eth_utils import keccak, to_checksum_address
+from eth_abi.abi import decode
+from eth_utils.address import to_checksum_address
+from eth_utils.crypto import keccak
 
 from protocol.chain.artifacts import CONTRACTS, load_artifact
 

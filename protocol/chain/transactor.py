@@ -22,7 +22,7 @@ from web3.exceptions import (
     TimeExhausted,
     Web3RPCError,
 )
-from web3.types import TxParams, TxReceipt
+from web3.types import Nonce, TxParams, TxReceipt
 
 from protocol.chain.errors import ChainError, ChainUnavailable, TransactionFailed, decode_revert
 
@@ -104,7 +104,7 @@ class Transactor:
                 }
                 estimate = call.estimate_gas(params)
                 params["gas"] = estimate + estimate * GAS_MARGIN_PERCENT // 100
-                params["nonce"] = self._nonce()
+                params["nonce"] = Nonce(self._nonce())
                 tx = call.build_transaction(params)
                 signed = self.account.sign_transaction(tx)  # type: ignore[arg-type]
                 try:
@@ -121,11 +121,13 @@ class Transactor:
             raise self._failure(tx, receipt)
         return receipt
 
-    def _failure(self, tx: dict[str, Any], receipt: TxReceipt) -> ChainError:
+    def _failure(self, tx: TxParams, receipt: TxReceipt) -> ChainError:
         """Replays a reverted transaction at its block to recover the revert reason."""
-        replay = {k: tx[k] for k in ("from", "to", "data", "value") if k in tx}
+        replay: dict[str, Any] = {k: tx[k] for k in ("from", "to", "data", "value") if k in tx}
         try:
             self.w3.eth.call(replay, receipt["blockNumber"] - 1)  # type: ignore[arg-type]
         except Exception as exc:
             return translate(exc)
-        return TransactionFailed(f"transaction {HexBytes(receipt['transactionHash']).hex()} reverted")
+        return TransactionFailed(
+            f"transaction {HexBytes(receipt['transactionHash']).hex()} reverted"
+        )

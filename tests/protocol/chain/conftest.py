@@ -9,7 +9,7 @@ from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
 from protocol.chain.connection import EMBEDDED, connect, fund_from_dev_account, new_account
-from protocol.chain.deploy import DeployParams, Deployment, deploy
+from protocol.chain.deploy import Deployment, DeployParams, deploy
 from protocol.chain.settlement import SettlementClient
 from protocol.chain.transactor import Transactor
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from eth_abi import encode
-from eth_utils import keccak
+from eth_abi.abi import encode
+from eth_utils.crypto import keccak
 
 from protocol.chain import errors
 from protocol.chain.artifacts import CONTRACTS, load_artifact

@@ -107,9 +107,7 @@ def test_out_of_order_epoch_reverts(chain: Chain) -> None:
 
 def test_unbalanced_batch_reverts_and_changes_nothing(chain: Chain) -> None:
     buyer, provider = chain.buyer(1_000), chain.provider(KEY_A)
-    batch = EpochBatch(
-        1, ROOT, 1, 10, [Debit(buyer.address, 500)], [Credit(provider.address, 491)]
-    )
+    batch = EpochBatch(1, ROOT, 1, 10, [Debit(buyer.address, 500)], [Credit(provider.address, 491)])
     with pytest.raises(errors.UnbalancedBatch) as info:
         chain.client.settle_epoch(chain.admin, batch)
     assert info.value.args_by_name == {"debits": 500, "credits": 491, "fee": 10}
@@ -143,7 +141,9 @@ def test_credit_to_unknown_provider_reverts(chain: Chain) -> None:
 
 def test_fee_above_limit_and_reward_cap_revert(chain: Chain) -> None:
     buyer, provider = chain.buyer(1_000), chain.provider(KEY_A)
-    greedy = EpochBatch(1, ROOT, 1, 101, [Debit(buyer.address, 1_000)], [Credit(provider.address, 899)])
+    greedy = EpochBatch(
+        1, ROOT, 1, 101, [Debit(buyer.address, 1_000)], [Credit(provider.address, 899)]
+    )
     with pytest.raises(errors.FeeExceedsLimit):
         chain.client.settle_epoch(chain.admin, greedy)
     lavish = EpochBatch(
