@@ -1,0 +1,1 @@
+"""Shared by the market and the provider agent: signed-message formats, canonical encoding, keys."""

@@ -1,0 +1,62 @@
+"""OpenAI's error envelope: what buyers' clients parse on the `/v1` routes.
+
+`{"error": {"message", "type", "param", "code"}}` with the status OpenAI uses: 400 invalid
+parameters, 401 bad key, 402 no balance, 404 unknown model, 503 no provider available.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from market.errors import MarketError
+
+
+def envelope(
+    status: int, message: str, type_: str, code: str | None, param: str | None = None
+) -> JSONResponse:
+    """One OpenAI-style error response."""
+    body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
+    return JSONResponse(status_code=status, content=body)
+
+
+def _param(loc: tuple[Any, ...]) -> str | None:
+    parts = [str(p) for p in loc if p != "body"]
+    return ".".join(parts) or None
+
+
+async def validation_error(request: Request, exc: Exception) -> JSONResponse:
+    """Invalid parameters: 400 with the first offending field named."""
+    assert isinstance(exc, RequestValidationError)
+    first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+    param = _param(tuple(first.get("loc", ())))
+    message = str(first.get("msg", "invalid request"))
+    if param:
+        message = f"{param}: {message}"
+    return envelope(400, message, "invalid_request_error", "invalid_parameter", param)
+
+
+_TYPES = {
+    401: "authentication_error",
+    402: "insufficient_quota",
+    403: "permission_error",
+    404: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+def openai_type(status: int) -> str:
+    """OpenAI's error `type` for a status code."""
+    if status >= 500:
+        return "server_error"
+    return _TYPES.get(status, "invalid_request_error")
+
+
+async def market_error(request: Request, exc: Exception) -> JSONResponse:
+    """The market's own errors, in OpenAI's envelope."""
+    assert isinstance(exc, MarketError)
+    param = getattr(exc, "param", None)
+    return envelope(exc.status_code, exc.message, openai_type(exc.status_code), exc.code, param)

@@ -1,0 +1,98 @@
+"""Completion requests as buyers' OpenAI clients send them.
+
+The market reads only what it needs (model, stream, token limits, the prompt's size, and the
+`provider` routing object) and passes every other OpenAI or vLLM parameter through to the
+engine unchanged, so sampling, stop, seed, logprobs, response_format and tools behave exactly
+as vLLM defines them.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, model_validator
+
+from market.routing.schemas import ProviderPreferences
+
+DEFAULT_MAX_TOKENS = 1_024
+MAX_TOKENS_LIMIT = 131_072
+#: Parameters only the market may set on the engine request.
+RESERVED = frozenset({"return_token_ids"})
+
+
+class StreamOptions(BaseModel):
+    """OpenAI's `stream_options`."""
+
+    model_config = ConfigDict(extra="allow")
+
+    include_usage: StrictBool = False
+
+
+class CompletionRequestBase(BaseModel):
+    """What both completion routes share; unknown fields are kept for the engine."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str = Field(min_length=1, max_length=256)
+    stream: StrictBool = False
+    stream_options: StreamOptions | None = None
+    max_tokens: StrictInt | None = Field(default=None, ge=1, le=MAX_TOKENS_LIMIT)
+    n: StrictInt = Field(default=1, ge=1, le=1)
+    provider: ProviderPreferences = Field(default_factory=ProviderPreferences)
+
+    @model_validator(mode="after")
+    def _no_reserved(self) -> CompletionRequestBase:
+        reserved = RESERVED & set(self.model_extra or {})
+        if reserved:
+            raise ValueError(f"parameter {sorted(reserved)[0]!r} is set by the market")
+        return self
+
+    @property
+    def completion_limit(self) -> int:
+        """The most completion tokens this request may produce (the hold is sized on it)."""
+        return self.max_tokens or DEFAULT_MAX_TOKENS
+
+    def prompt_bound(self) -> int:
+        """An upper bound on prompt tokens: a byte-level tokenizer makes at most one per byte."""
+        raise NotImplementedError
+
+    def engine_body(self) -> dict[str, Any]:
+        """The body sent on to the engine: the buyer's parameters minus routing, plus limits."""
+        body = self.model_dump(exclude={"provider"}, exclude_none=True, by_alias=True)
+        body["max_tokens"] = self.completion_limit
+        if self.stream:
+            body["stream_options"] = {**body.get("stream_options", {}), "include_usage": True}
+        return body
+
+
+class ChatCompletionRequest(CompletionRequestBase):
+    """`POST /v1/chat/completions`."""
+
+    messages: list[dict[str, Any]] = Field(min_length=1)
+    max_completion_tokens: StrictInt | None = Field(default=None, ge=1, le=MAX_TOKENS_LIMIT)
+
+    @property
+    def completion_limit(self) -> int:
+        """OpenAI's newer `max_completion_tokens` wins over `max_tokens`."""
+        return self.max_completion_tokens or self.max_tokens or DEFAULT_MAX_TOKENS
+
+    def prompt_bound(self) -> int:
+        """UTF-8 bytes of the messages and tools, plus template overhead per message."""
+        payload = {"messages": self.messages, "tools": (self.model_extra or {}).get("tools")}
+        return len(json.dumps(payload, ensure_ascii=False).encode()) + 16 * len(self.messages)
+
+    def engine_body(self) -> dict[str, Any]:
+        body = super().engine_body()
+        body.pop("max_completion_tokens", None)
+        return body
+
+
+class CompletionRequest(CompletionRequestBase):
+    """`POST /v1/completions` (a single prompt string)."""
+
+    prompt: str = Field(min_length=1)
+
+    def prompt_bound(self) -> int:
+        """UTF-8 bytes of the prompt plus a small allowance for special tokens."""
+        return len(self.prompt.encode()) + 8
