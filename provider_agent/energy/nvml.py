@@ -1,0 +1,201 @@
+"""NVML energy meter: the total-energy counter of every NVIDIA GPU (Volta and newer).
+
+Talks to NVML through nvidia-ml-py (`pynvml`), injected so tests can drive it with a
+double where no GPU exists. Every `NVMLError` is translated into an
+`EnergyMeterError` here; a GPU without the energy counter (pre-Volta) makes opening
+fail with `MeterNotSupportedError`, so this meter never claims "measured" falsely.
+"""
+
+# ruff: noqa: N802  (the protocol mirrors NVML's own camelCase names)
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+from collections.abc import Callable
+from typing import Any, Final, Literal, Protocol
+
+from provider_agent.energy.clock import Clock, system_clock
+from provider_agent.energy.errors import (
+    EnergyMeterError,
+    GpuLostError,
+    MeterDriverError,
+    MeterLibraryNotFoundError,
+    MeterNotSupportedError,
+    MeterReadError,
+    NoGpuFoundError,
+)
+from provider_agent.energy.meter import EnergyReading, GpuInfo, GpuReading, MeterInfo
+
+# Return codes from nvml.h (stable across releases; pynvml exposes the same values).
+_NVML_ERRORS: Final[dict[int, type[EnergyMeterError]]] = {
+    1: MeterDriverError,  # NVML_ERROR_UNINITIALIZED
+    3: MeterNotSupportedError,  # NVML_ERROR_NOT_SUPPORTED
+    4: MeterDriverError,  # NVML_ERROR_NO_PERMISSION
+    9: MeterDriverError,  # NVML_ERROR_DRIVER_NOT_LOADED
+    12: MeterLibraryNotFoundError,  # NVML_ERROR_LIBRARY_NOT_FOUND
+    13: MeterNotSupportedError,  # NVML_ERROR_FUNCTION_NOT_FOUND (driver too old)
+    15: GpuLostError,  # NVML_ERROR_GPU_IS_LOST
+    16: GpuLostError,  # NVML_ERROR_RESET_REQUIRED
+    18: MeterDriverError,  # NVML_ERROR_LIB_RM_VERSION_MISMATCH
+    28: GpuLostError,  # NVML_ERROR_GPU_NOT_FOUND
+}
+NVML_ERROR_NOT_SUPPORTED: Final = 3
+
+
+class NvmlApi(Protocol):
+    """The part of nvidia-ml-py this meter uses (the `pynvml` module satisfies it)."""
+
+    NVMLError: type[Exception]
+
+    def nvmlInit(self) -> None: ...
+    def nvmlShutdown(self) -> None: ...
+    def nvmlSystemGetDriverVersion(self) -> str: ...
+    def nvmlDeviceGetCount(self) -> int: ...
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> Any: ...
+    def nvmlDeviceGetUUID(self, handle: Any) -> str: ...
+    def nvmlDeviceGetName(self, handle: Any) -> str: ...
+    def nvmlDeviceGetTotalEnergyConsumption(self, handle: Any) -> int: ...
+    def nvmlDeviceGetPowerUsage(self, handle: Any) -> int: ...
+    def nvmlDeviceGetEnforcedPowerLimit(self, handle: Any) -> int: ...
+
+
+def nvml_error_code(exc: BaseException) -> int | None:
+    """The NVML return code carried by an `NVMLError`, if any."""
+    value = getattr(exc, "value", None)
+    return value if isinstance(value, int) else None
+
+
+def translate_nvml_error(exc: BaseException, doing: str) -> EnergyMeterError:
+    """The project's error for an `NVMLError` raised while `doing` something."""
+    code = nvml_error_code(exc)
+    error_class = _NVML_ERRORS.get(code, MeterReadError) if code is not None else MeterReadError
+    return error_class(f"NVML {doing}: {exc} (code {code})")
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _load_pynvml() -> NvmlApi:
+    try:
+        module: NvmlApi = importlib.import_module("pynvml")
+    except ImportError as exc:
+        raise MeterLibraryNotFoundError(f"nvidia-ml-py is not installed: {exc}") from exc
+    return module
+
+
+class NvmlMeter:
+    """Measured GPU energy from NVML's total-energy counters (mJ since driver load)."""
+
+    kind: Final = "nvml"
+
+    def __init__(self, nvml: NvmlApi | None = None, clock: Clock = system_clock) -> None:
+        """Initialise NVML and check that every GPU has an energy counter."""
+        self._nvml = nvml if nvml is not None else _load_pynvml()
+        self._clock = clock
+        self._call("initialising", self._nvml.nvmlInit)
+        try:
+            self._driver = _text(
+                self._call("reading the driver version", self._nvml.nvmlSystemGetDriverVersion)
+            )
+            self._handles = self._open_devices()
+        except EnergyMeterError:
+            self.close()
+            raise
+
+    @property
+    def method(self) -> Literal["measured"]:
+        """Always "measured": opening fails rather than measure nothing."""
+        return "measured"
+
+    def _call(self, doing: str, fn: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except self._nvml.NVMLError as exc:
+            raise translate_nvml_error(exc, doing) from exc
+
+    def _open_devices(self) -> list[tuple[Any, str, str]]:
+        count = int(self._call("counting GPUs", self._nvml.nvmlDeviceGetCount))
+        if count == 0:
+            raise NoGpuFoundError("NVML reports no GPU")
+        devices = []
+        for index in range(count):
+            handle = self._call(
+                f"opening GPU {index}", self._nvml.nvmlDeviceGetHandleByIndex, index
+            )
+            uuid = _text(
+                self._call(f"reading GPU {index} UUID", self._nvml.nvmlDeviceGetUUID, handle)
+            )
+            name = _text(
+                self._call(f"reading GPU {index} name", self._nvml.nvmlDeviceGetName, handle)
+            )
+            self._energy(handle, f"reading GPU {index} ({name}) energy counter (Volta or newer)")
+            devices.append((handle, uuid, name))
+        return devices
+
+    def _energy(self, handle: Any, doing: str) -> int:
+        return int(self._call(doing, self._nvml.nvmlDeviceGetTotalEnergyConsumption, handle))
+
+    def _optional(self, doing: str, fn: Callable[[Any], int], handle: Any) -> int | None:
+        """A figure some GPUs lack (power, limit): `None` when NVML says not supported."""
+        try:
+            return int(fn(handle))
+        except self._nvml.NVMLError as exc:
+            if nvml_error_code(exc) == NVML_ERROR_NOT_SUPPORTED:
+                return None
+            raise translate_nvml_error(exc, doing) from exc
+
+    def describe(self) -> MeterInfo:
+        """GPU UUIDs, names, enforced power limits (mW) and the driver version."""
+        gpus = tuple(
+            GpuInfo(
+                uuid=uuid,
+                name=name,
+                power_limit_mw=self._optional(
+                    f"reading {uuid} power limit",
+                    self._nvml.nvmlDeviceGetEnforcedPowerLimit,
+                    handle,
+                ),
+            )
+            for handle, uuid, name in self._handles
+        )
+        return MeterInfo(kind=self.kind, method="measured", gpus=gpus, driver_version=self._driver)
+
+    def read(self) -> EnergyReading:
+        """Every GPU's counter, power and limit, stamped at the middle of the reads."""
+        before_ns, before_ms = self._clock()
+        gpus = tuple(
+            GpuReading(
+                uuid=uuid,
+                name=name,
+                energy_mj=self._energy(handle, f"reading {uuid} energy counter"),
+                power_mw=self._optional(
+                    f"reading {uuid} power", self._nvml.nvmlDeviceGetPowerUsage, handle
+                ),
+                power_limit_mw=self._optional(
+                    f"reading {uuid} power limit",
+                    self._nvml.nvmlDeviceGetEnforcedPowerLimit,
+                    handle,
+                ),
+            )
+            for handle, uuid, name in self._handles
+        )
+        after_ns, after_ms = self._clock()
+        return EnergyReading(
+            method="measured",
+            monotonic_ns=(before_ns + after_ns) // 2,
+            unix_ms=(before_ms + after_ms) // 2,
+            gpus=gpus,
+        )
+
+    def close(self) -> None:
+        """Shut NVML down; errors on the way out are ignored."""
+        with contextlib.suppress(self._nvml.NVMLError):
+            self._nvml.nvmlShutdown()
+
+    def __enter__(self) -> NvmlMeter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

@@ -1,0 +1,50 @@
+"""Pick the best energy meter this machine supports, and say why."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from provider_agent.energy.clock import Clock, system_clock
+from provider_agent.energy.errors import EnergyMeterError
+from provider_agent.energy.estimated import EstimatedMeter
+from provider_agent.energy.meter import EnergyMeter
+from provider_agent.energy.nvml import NvmlApi, NvmlMeter
+from provider_agent.energy.unmeasured import UnmeasuredMeter
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class MeterConfig:
+    """The provider's metering settings.
+
+    `declared_power_w` (watts) enables the estimated fallback; without it a machine
+    with no working counter is "unmeasured". `use_nvml=False` skips NVML entirely.
+    """
+
+    declared_power_w: float | None = None
+    use_nvml: bool = True
+
+
+def select_meter(
+    config: MeterConfig, nvml: NvmlApi | None = None, clock: Clock = system_clock
+) -> EnergyMeter:
+    """NVML if it can measure; else estimated (only with a declared power) or unmeasured.
+
+    The fallback meters carry the reason NVML could not be used in `describe().reason`
+    and in every reading.
+    """
+    if config.use_nvml:
+        try:
+            return NvmlMeter(nvml, clock=clock)
+        except EnergyMeterError as exc:
+            reason = f"NVML unavailable ({exc.code}): {exc}"
+    else:
+        reason = "NVML disabled by configuration"
+    if config.declared_power_w is not None:
+        meter: EnergyMeter = EstimatedMeter(config.declared_power_w, reason, clock=clock)
+    else:
+        meter = UnmeasuredMeter(reason, clock=clock)
+    logger.warning("energy meter: %s (%s)", meter.method, reason)
+    return meter

@@ -1,0 +1,1 @@
+"""The local vLLM engine as the agent sees it: its /metrics counters."""
