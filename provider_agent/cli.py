@@ -2,11 +2,285 @@
 
 from __future__ import annotations
 
-import typer
+import json
+import time
+from enum import StrEnum
+from pathlib import Path
+from typing import NoReturn
 
-app = typer.Typer(help="The provider agent: serve jobs beside vLLM, meter energy, sign receipts.")
+import httpx
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.panel import Panel
+from rich.table import Table
+
+from protocol.chain.errors import ChainError
+from protocol.chain.settlement import SettlementClient
+from protocol.errors import KeystoreError
+from protocol.keys import PRODUCTION_KDF, TEST_KDF, ProviderIdentity, create_keystore, load_keystore
+from provider_agent.config import AgentSettings, ConfigError, load_settings
+from provider_agent.doctor import Check, failed, run_doctor
+from provider_agent.energy import EnergyMeter, MeterConfig, select_meter, window_energy
+from provider_agent.onchain import ChainSetupError, network_tokens, open_settlement, payment_tokens
+from provider_agent.provisioning import bind_key, register_with_market, stake_to
+
+app = typer.Typer(
+    help="The provider agent: serve jobs beside vLLM, meter energy, sign receipts.",
+    no_args_is_help=True,
+)
+console = Console()
+errors = Console(stderr=True)
+HTTP_TIMEOUT_S = 5.0
+STATUS_STYLE = {"pass": "green", "warn": "yellow", "fail": "bold red", "skip": "dim"}
+
+
+class KdfCost(StrEnum):
+    """How hard the keystore's passphrase KDFs work."""
+
+    production = "production"
+    fast = "fast"
+
+
+def fail(message: str, fix: str | None = None, code: int = 1) -> NoReturn:
+    """Print an error (and its fix) to stderr and exit with `code`."""
+    errors.print(f"[bold red]error:[/] {escape(message)}")
+    if fix:
+        errors.print(f"[yellow]fix:[/] {escape(fix)}")
+    raise typer.Exit(code)
+
+
+def _settings(ctx: typer.Context) -> AgentSettings:
+    try:
+        return load_settings(ctx.obj)
+    except ConfigError as exc:
+        fail(str(exc), code=2)
+
+
+def _passphrase(settings: AgentSettings, *, confirm: bool = False) -> str:
+    if settings.passphrase is not None:
+        return settings.passphrase.get_secret_value()
+    text: str = typer.prompt("Keystore passphrase", hide_input=True, confirmation_prompt=confirm)
+    return text
+
+
+def _identity(settings: AgentSettings) -> ProviderIdentity:
+    path = settings.keystore_path
+    if not path.exists():
+        fail(f"no keystore at {path}", "run `provider-agent init`")
+    try:
+        return load_keystore(path, _passphrase(settings))
+    except KeystoreError as exc:
+        fail(str(exc), "check AGENT_PASSPHRASE (or what you typed at the prompt)")
+
+
+def _meter(settings: AgentSettings) -> EnergyMeter:
+    return select_meter(MeterConfig(declared_power_w=settings.offer.declared_power_w))
 
 
 @app.callback()
-def main() -> None:
+def main(
+    ctx: typer.Context,
+    config: Path | None = typer.Option(
+        None,
+        "--config",
+        "-c",
+        envvar="AGENT_CONFIG_FILE",
+        help="TOML config file; AGENT_* environment variables override it.",
+    ),
+) -> None:
     """Provider agent commands."""
+    ctx.obj = config
+
+
+@app.command()
+def init(
+    ctx: typer.Context,
+    kdf_cost: KdfCost = typer.Option(
+        KdfCost.production,
+        "--kdf-cost",
+        help="Passphrase KDF cost. `fast` is for tests and CI only: it is cheap to brute-force.",
+    ),
+) -> None:
+    """Create the encrypted keystore: an Ed25519 identity and an EVM account."""
+    settings = _settings(ctx)
+    path = settings.keystore_path
+    if path.exists():
+        fail(f"{path} exists; refusing to overwrite a keystore", "move it away to start afresh")
+    passphrase = _passphrase(settings, confirm=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    cost = TEST_KDF if kdf_cost is KdfCost.fast else PRODUCTION_KDF
+    try:
+        identity = create_keystore(path, passphrase, kdf_cost=cost)
+    except KeystoreError as exc:
+        fail(str(exc))
+    body = (
+        f"keystore    {path}\npublic key  {identity.public_key_hex}\naddress     {identity.address}"
+    )
+    console.print(Panel(body, title="provider identity created", expand=False))
+    console.print("Next: fund the address with gas money, then `provider-agent register`.")
+
+
+@app.command()
+def doctor(ctx: typer.Context) -> None:
+    """Check everything the agent needs; exit 1 if anything fails."""
+    settings = _settings(ctx)
+    passphrase = None
+    if settings.keystore_path.exists():
+        passphrase = _passphrase(settings)
+    with httpx.Client(timeout=HTTP_TIMEOUT_S) as http:
+        checks = run_doctor(settings, passphrase, http, _meter(settings))
+    console.print(_checks_table(checks))
+    if failed(checks):
+        raise typer.Exit(1)
+
+
+def _checks_table(checks: list[Check]) -> Table:
+    table = Table(title="provider-agent doctor")
+    for column in ("check", "status", "detail", "fix"):
+        table.add_column(column, overflow="fold")
+    for check in checks:
+        style = STATUS_STYLE[check.status]
+        status = f"[{style}]{check.status}[/]"
+        table.add_row(check.name, status, escape(check.detail), escape(check.fix or ""))
+    return table
+
+
+@app.command()
+def register(
+    ctx: typer.Context,
+    stake: int | None = typer.Option(
+        None,
+        "--stake",
+        min=1,
+        help="Total stake to reach, in network-token base units (default: the contract's minimum).",
+    ),
+) -> None:
+    """Bind the Ed25519 key on-chain, stake, and register with the market."""
+    settings = _settings(ctx)
+    try:
+        rpc_url, deployment_file = settings.require_chain()
+    except ConfigError as exc:
+        fail(str(exc), code=2)
+    identity = _identity(settings)
+    try:
+        client = open_settlement(rpc_url, deployment_file)
+    except ChainSetupError as exc:
+        fail(str(exc), "check chain_rpc_url and deployment_file")
+    try:
+        with console.status("binding the key on-chain") as status:
+            console.print(bind_key(client, identity))
+            status.update("staking network tokens")
+            console.print(stake_to(client, identity, stake))
+    except (ChainSetupError, ChainError) as exc:
+        fail(str(exc))
+    if settings.market_url is None:
+        console.print("market_url not set: skipped registering with the market")
+        return
+    with httpx.Client(timeout=HTTP_TIMEOUT_S) as http:
+        ok, message = register_with_market(http, settings, identity, client.deployment)
+    if not ok:
+        fail(message, "check market_url, then run `provider-agent register` again")
+    console.print(message)
+
+
+@app.command()
+def status(ctx: typer.Context) -> None:
+    """Show identity, stake, earnings, meter and vLLM health: whatever is reachable."""
+    settings = _settings(ctx)
+    table = Table(title="provider-agent status", show_header=False)
+    table.add_column("item")
+    table.add_column("value", overflow="fold")
+    address = _keystore_rows(table, settings.keystore_path)
+    _chain_rows(table, settings, address)
+    info = _meter(settings).describe()
+    reason = f" ({info.reason})" if info.reason else ""
+    table.add_row("energy meter", escape(f"{info.kind}: {info.method}{reason}"))
+    with httpx.Client(timeout=HTTP_TIMEOUT_S) as http:
+        table.add_row("vLLM", _health(http, settings.vllm.url))
+        if settings.market_url is None:
+            table.add_row("market", _unavailable("market_url not set"))
+        else:
+            table.add_row("market", _health(http, settings.market_url))
+    console.print(table)
+
+
+def _unavailable(reason: str) -> str:
+    return f"[yellow]unavailable:[/] {escape(reason)}"
+
+
+def _keystore_rows(table: Table, path: Path) -> str | None:
+    """Address and key from the keystore's clear fields (no passphrase needed)."""
+    try:
+        document = json.loads(path.read_text())
+        address, public_key = str(document["address"]), str(document["public_key"])
+    except FileNotFoundError:
+        table.add_row("keystore", _unavailable(f"no keystore at {path}: run `provider-agent init`"))
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        table.add_row("keystore", _unavailable(f"{path} unreadable: {exc}"))
+        return None
+    table.add_row("keystore", str(path))
+    table.add_row("address", address)
+    table.add_row("public key", public_key)
+    return address
+
+
+def _chain_rows(table: Table, settings: AgentSettings, address: str | None) -> None:
+    try:
+        rpc_url, deployment_file = settings.require_chain()
+        client: SettlementClient = open_settlement(rpc_url, deployment_file)
+    except (ConfigError, ChainSetupError) as exc:
+        table.add_row("chain", _unavailable(str(exc)))
+        return
+    table.add_row("chain", f"chain {client.deployment.chain_id} via {rpc_url}")
+    if address is None:
+        table.add_row("stake", _unavailable("no keystore"))
+        return
+    try:
+        bound = client.provider_key(address)
+        table.add_row("key on-chain", "not bound" if bound == bytes(32) else "0x" + bound.hex())
+        table.add_row("stake", network_tokens(client.stake_of(address)))
+        table.add_row("active", "yes" if client.is_active_provider(address) else "no")
+        table.add_row("earnings", payment_tokens(client.earnings(address)))
+    except ChainError as exc:
+        table.add_row("on-chain state", _unavailable(str(exc)))
+
+
+def _health(http: httpx.Client, url: str) -> str:
+    try:
+        response = http.get(f"{url}/health")
+    except httpx.HTTPError as exc:
+        return _unavailable(f"{url} unreachable: {exc}")
+    if response.status_code != 200:
+        return _unavailable(f"{url}/health answered {response.status_code}")
+    return f"[green]healthy[/] ({escape(url)})"
+
+
+@app.command()
+def meter(
+    ctx: typer.Context,
+    interval: float = typer.Option(1.0, "--interval", min=0.05, help="Seconds between readings."),
+) -> None:
+    """Describe the energy meter and show the energy between two readings."""
+    settings = _settings(ctx)
+    selected = _meter(settings)
+    info = selected.describe()
+    lines = [f"kind      {info.kind}", f"method    {info.method}"]
+    if info.driver_version:
+        lines.append(f"driver    {info.driver_version}")
+    lines += [f"gpu       {gpu.name} {gpu.uuid} limit {gpu.power_limit_mw} mW" for gpu in info.gpus]
+    if info.reason:
+        lines.append(f"reason    {info.reason}")
+    console.print(Panel(escape("\n".join(lines)), title="energy meter", expand=False))
+    start = selected.read()
+    time.sleep(interval)
+    end = selected.read()
+    window = window_energy(start, end)
+    console.print(f"window    {window.duration_ns / 1e9:.3f} s")
+    if window.total_mj is None:
+        why = window.invalid_reason or window.basis
+        console.print(escape(f"energy    unmeasured: {why}"))
+        return
+    console.print(f"energy    {window.total_mj} mJ ({window.method}: {escape(window.basis)})")
+    console.print(f"power     {window.avg_power_mw} mW average")

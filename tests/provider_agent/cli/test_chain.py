@@ -1,0 +1,192 @@
+"""`register`, `doctor` and `status` against contracts deployed on the session's anvil."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+from eth_account.signers.local import LocalAccount
+from nacl.signing import SigningKey
+from typer.testing import CliRunner
+
+from protocol.canonical import from_hex, signing_input
+from protocol.chain.connection import connect, fund_from_dev_account, new_account
+from protocol.chain.deploy import Deployment, DeployParams, deploy
+from protocol.chain.settlement import SettlementClient
+from protocol.chain.transactor import Transactor
+from protocol.keys import ProviderIdentity, load_keystore, verify_key_from_hex
+from provider_agent import cli
+from tests.provider_agent.cli.conftest import MODEL, PASSPHRASE, Services, init_agent
+
+pytestmark = pytest.mark.anvil
+
+GAS_MONEY = 10**19
+MIN_STAKE = 100 * 10**18
+PARAMS = DeployParams(min_provider_stake=MIN_STAKE, faucet_enabled=True)
+
+
+@dataclasses.dataclass
+class Chain:
+    """A fresh deployment on anvil, its admin, and the file the agent reads."""
+
+    client: SettlementClient
+    admin: Transactor
+    deployment_file: Path
+
+
+@pytest.fixture
+def chain(anvil_url: str, tmp_path: Path) -> Chain:
+    """Fresh contracts on the session's anvil, recorded in a deployment file."""
+    w3 = connect(anvil_url)
+    admin_account: LocalAccount = new_account()
+    fund_from_dev_account(w3, admin_account.address, GAS_MONEY)
+    admin = Transactor(w3, admin_account)
+    deployment = deploy(admin, PARAMS)
+    path = tmp_path / "deployment.json"
+    deployment.save(path)
+    return Chain(SettlementClient(w3, deployment), admin, path)
+
+
+@pytest.fixture
+def agent(
+    runner: CliRunner,
+    agent_env: Path,
+    services: Services,
+    chain: Chain,
+    anvil_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> ProviderIdentity:
+    """An initialised agent configured for the chain, the local vLLM stand-in and market."""
+    monkeypatch.setenv("AGENT_CHAIN_RPC_URL", anvil_url)
+    monkeypatch.setenv("AGENT_DEPLOYMENT_FILE", str(chain.deployment_file))
+    monkeypatch.setenv("AGENT_VLLM__URL", services.url)
+    monkeypatch.setenv("AGENT_VLLM__SERVED_MODEL", MODEL)
+    monkeypatch.setenv("AGENT_MARKET_URL", services.url)
+    init_agent(runner)
+    return load_keystore(agent_env / "keystore.json", PASSPHRASE)
+
+
+def _fund(chain: Chain, identity: ProviderIdentity, network: int = MIN_STAKE) -> None:
+    fund_from_dev_account(chain.client.w3, identity.address, GAS_MONEY)
+    chain.client.transfer_network(chain.admin, identity.address, network)
+
+
+def test_register_binds_stakes_and_signs_for_the_market(
+    runner: CliRunner, agent: ProviderIdentity, chain: Chain, services: Services
+) -> None:
+    _fund(chain, agent)
+
+    result = runner.invoke(cli.app, ["register"])
+
+    assert result.exit_code == 0, result.output
+    assert f"bound {agent.public_key_hex} to {agent.address}" in result.stdout
+    assert "staked 100 network tokens" in result.stdout
+    assert "(404): skipped" in result.stdout
+    assert chain.client.provider_key(agent.address).hex() == agent.public_key_hex[2:]
+    assert chain.client.is_active_provider(agent.address)
+    [(path, envelope)] = services.posted
+    assert path == "/providers/register"
+    message = envelope["message"]
+    assert message["provider"] == agent.address
+    assert message["domain"]["chain_id"] == chain.client.deployment.chain_id
+    verify_key_from_hex(envelope["signer"]).verify(
+        signing_input("provider_registration", message), from_hex(envelope["signature"], 64)
+    )
+
+
+def test_register_twice_skips_what_is_done(
+    runner: CliRunner, agent: ProviderIdentity, chain: Chain
+) -> None:
+    _fund(chain, agent)
+    assert runner.invoke(cli.app, ["register"]).exit_code == 0
+
+    result = runner.invoke(cli.app, ["register"])
+
+    assert result.exit_code == 0, result.output
+    assert "key already bound" in result.stdout
+    assert "staked, target 100 network tokens: skipped" in result.stdout
+
+
+def test_register_stakes_up_to_the_amount_asked(
+    runner: CliRunner, agent: ProviderIdentity, chain: Chain
+) -> None:
+    _fund(chain, agent, network=3 * MIN_STAKE)
+
+    result = runner.invoke(cli.app, ["register", "--stake", str(2 * MIN_STAKE)])
+
+    assert result.exit_code == 0, result.output
+    assert chain.client.stake_of(agent.address) == 2 * MIN_STAKE
+
+
+def test_register_without_gas_money_says_so(runner: CliRunner, agent: ProviderIdentity) -> None:
+    result = runner.invoke(cli.app, ["register"])
+
+    assert result.exit_code == 1
+    assert "has no gas money" in result.stderr
+
+
+def test_register_without_network_tokens_says_so(
+    runner: CliRunner, agent: ProviderIdentity, chain: Chain
+) -> None:
+    _fund(chain, agent, network=MIN_STAKE // 2)
+
+    result = runner.invoke(cli.app, ["register"])
+
+    assert result.exit_code == 1
+    assert "holds 50 network tokens but staking needs 100 network tokens more" in result.stderr
+
+
+def test_register_refuses_an_address_bound_to_another_key(
+    runner: CliRunner, agent: ProviderIdentity, chain: Chain
+) -> None:
+    _fund(chain, agent)
+    other = SigningKey.generate().verify_key.encode()
+    chain.client.register_provider(Transactor(chain.client.w3, agent.eth_account), other)
+
+    result = runner.invoke(cli.app, ["register"])
+
+    assert result.exit_code == 1
+    assert f"already bound to another key 0x{other.hex()}" in result.stderr
+
+
+def test_doctor_passes_after_register(
+    runner: CliRunner, agent: ProviderIdentity, chain: Chain
+) -> None:
+    before = runner.invoke(cli.app, ["doctor"])
+    assert before.exit_code == 1
+    assert "provider-agent register" in before.stdout
+    _fund(chain, agent)
+    assert runner.invoke(cli.app, ["register"]).exit_code == 0
+
+    result = runner.invoke(cli.app, ["doctor"])
+
+    assert result.exit_code == 0, result.output
+    assert "fail" not in result.stdout
+    assert "100 network tokens staked, minimum 100 network tokens" in result.stdout
+
+
+def test_doctor_fails_on_a_deployment_for_another_chain(
+    runner: CliRunner, agent: ProviderIdentity, chain: Chain
+) -> None:
+    deployment = Deployment.load(chain.deployment_file)
+    chain.deployment_file.unlink()
+    dataclasses.replace(deployment, chain_id=deployment.chain_id + 1).save(chain.deployment_file)
+
+    result = runner.invoke(cli.app, ["doctor"])
+
+    assert result.exit_code == 1
+    assert f"differs from {deployment.chain_id + 1}" in result.stdout
+
+
+def test_status_shows_the_stake(runner: CliRunner, agent: ProviderIdentity, chain: Chain) -> None:
+    _fund(chain, agent)
+    assert runner.invoke(cli.app, ["register"]).exit_code == 0
+
+    result = runner.invoke(cli.app, ["status"])
+
+    assert result.exit_code == 0, result.output
+    assert agent.address in result.stdout
+    assert "100 network tokens" in result.stdout
+    assert "0 payment tokens" in result.stdout
+    assert "healthy" in result.stdout

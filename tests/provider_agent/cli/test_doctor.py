@@ -1,0 +1,147 @@
+"""`provider-agent doctor` against a real local HTTP server, and its checks one by one."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from provider_agent import cli
+from provider_agent.config import VllmSettings
+from provider_agent.doctor import (
+    Check,
+    check_energy_meter,
+    check_market,
+    check_vllm_health,
+    check_vllm_model,
+)
+from provider_agent.energy import EstimatedMeter, NvmlMeter, UnmeasuredMeter
+from tests.provider_agent.cli.conftest import MODEL, Services, init_agent
+from tests.provider_agent.nvml_double import two_h100s
+
+
+def _rows(output: str) -> dict[str, str]:
+    """check name -> its whole table row."""
+    rows: dict[str, str] = {}
+    for line in output.splitlines():
+        cells = [cell.strip() for cell in line.split("│")]
+        if len(cells) > 2 and cells[1]:
+            rows[cells[1]] = line
+    return rows
+
+
+@pytest.fixture
+def configured(agent_env: Path, services: Services, monkeypatch: pytest.MonkeyPatch) -> Services:
+    """vLLM and the market both point at the local server."""
+    monkeypatch.setenv("AGENT_VLLM__URL", services.url)
+    monkeypatch.setenv("AGENT_VLLM__SERVED_MODEL", MODEL)
+    monkeypatch.setenv("AGENT_MARKET_URL", services.url)
+    return services
+
+
+def test_doctor_passes_the_local_checks_and_fails_without_a_chain(
+    runner: CliRunner, configured: Services
+) -> None:
+    init_agent(runner)
+
+    result = runner.invoke(cli.app, ["doctor"])
+
+    assert result.exit_code == 1
+    rows = _rows(result.stdout)
+    for name in ("keystore", "vLLM health", "vLLM model", "market", "clock skew"):
+        assert " pass " in rows[name], rows[name]
+    assert "132 prompt / 481 generated tokens" in rows["vLLM metrics"]
+    assert " warn " in rows["energy meter"]
+    assert "unmeasured: receipts will say so" in rows["energy meter"]
+    assert " fail " in rows["chain"]
+    assert "AGENT_CHAIN_RPC_URL" in rows["chain"]
+    assert " skip " in rows["stake"]
+
+
+def test_doctor_names_a_missing_keystore(runner: CliRunner, configured: Services) -> None:
+    result = runner.invoke(cli.app, ["doctor"])
+
+    assert result.exit_code == 1
+    assert "provider-agent init" in _rows(result.stdout)["keystore"]
+
+
+def test_doctor_reports_a_wrong_passphrase(
+    runner: CliRunner, configured: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    init_agent(runner)
+    monkeypatch.setenv("AGENT_PASSPHRASE", "wrong")
+
+    result = runner.invoke(cli.app, ["doctor"])
+
+    assert result.exit_code == 1
+    assert "wrong passphrase" in _rows(result.stdout)["keystore"]
+
+
+def test_a_model_vllm_does_not_serve_fails_with_a_fix(services: Services) -> None:
+    vllm = VllmSettings(url=services.url, served_model="llama-70b")
+    with httpx.Client() as http:
+        check = check_vllm_model(http, vllm)
+
+    assert check.status == "fail"
+    assert "tiny-llama" in check.detail
+    assert check.fix is not None
+    assert "--served-model-name llama-70b" in check.fix
+
+
+def test_an_unreachable_vllm_is_a_warning_when_the_agent_starts_it() -> None:
+    vllm = VllmSettings(url="http://127.0.0.1:9", command=["vllm", "serve", "m"])
+    with httpx.Client() as http:
+        check = check_vllm_health(http, vllm)
+
+    assert check.status == "warn"
+    assert check.fix == "runs: vllm serve m"
+
+
+def test_clock_skew_over_two_seconds_warns(services: Services) -> None:
+    with httpx.Client() as http:
+        checks = check_market(http, services.url, now=lambda: time.time() + 10)
+
+    assert checks[1] == Check(
+        "clock skew", "warn", checks[1].detail, "sync the clock (chrony or systemd-timesyncd)"
+    )
+    assert checks[1].detail.startswith("+10.") or checks[1].detail.startswith("+9.")
+
+
+def test_an_unreachable_market_fails() -> None:
+    with httpx.Client() as http:
+        checks = check_market(http, "http://127.0.0.1:9")
+
+    assert [check.status for check in checks] == ["fail"]
+
+
+def test_the_meter_check_passes_only_when_measured() -> None:
+    fake = two_h100s()
+    measured = check_energy_meter(NvmlMeter(fake, clock=fake.clock))
+    estimated = check_energy_meter(EstimatedMeter(350.0, "NVML unavailable"))
+    unmeasured = check_energy_meter(UnmeasuredMeter("NVML unavailable"))
+
+    assert measured.status == "pass"
+    assert "NVIDIA H100" in measured.detail
+    assert (estimated.status, unmeasured.status) == ("warn", "warn")
+    assert unmeasured.detail.startswith("unmeasured: receipts will say so")
+
+
+def test_meter_shows_two_readings_or_why_not(runner: CliRunner, agent_env: Path) -> None:
+    result = runner.invoke(cli.app, ["meter", "--interval", "0.05"])
+
+    assert result.exit_code == 0, result.output
+    assert "energy meter" in result.stdout
+    assert "window" in result.stdout
+    assert "energy    unmeasured: " in result.stdout or " mJ (measured" in result.stdout
+
+
+def test_status_marks_what_is_unreachable(runner: CliRunner, agent_env: Path) -> None:
+    result = runner.invoke(cli.app, ["status"])
+
+    assert result.exit_code == 0, result.output
+    assert "unavailable: no keystore" in result.stdout
+    assert "unavailable: this command needs the chain" in result.stdout
+    assert "unavailable: market_url not set" in result.stdout

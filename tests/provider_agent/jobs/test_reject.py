@@ -1,0 +1,112 @@
+"""Refused tickets: each check answers its status and code, and never reaches the engine."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import pytest
+
+from protocol.keys import signing_key_from_seed
+from protocol.messages import Domain
+from tests.provider_agent.jobs.harness import OTHER_PROVIDER, Harness, chat_body
+from tests.support.openai_upstream import UpstreamProcess
+
+OTHER_DOMAIN = Domain(chain_id=1, settlement_contract="0x5FbDB2315678afecb367f032d93F642f64180aa3")
+
+
+def _refused(
+    harness: Harness,
+    upstream: UpstreamProcess,
+    headers: dict[str, str],
+    body: bytes,
+    status: int,
+    code: str,
+) -> None:
+    upstream.control(status=599)  # any request reaching the engine would fail loudly
+    response = harness.post("/jobs/chat/completions", body, headers)
+    assert response.status_code == status, response.text
+    assert response.json()["error"]["code"] == code
+    assert harness.service.outbox.all() == []
+    assert len(harness.service.checker.replay_cache) == 0
+
+
+def test_missing_header(harness: Harness, upstream: UpstreamProcess) -> None:
+    _refused(harness, upstream, {}, chat_body(), 401, "missing_ticket")
+
+
+def test_garbage_header(harness: Harness, upstream: UpstreamProcess) -> None:
+    headers = {"X-Job-Ticket": "bm90IGEgdGlja2V0"}
+    _refused(harness, upstream, headers, chat_body(), 400, "malformed_ticket")
+
+
+def test_signed_by_another_key(harness: Harness, upstream: UpstreamProcess) -> None:
+    body = chat_body()
+    forger = signing_key_from_seed("0x" + "03" * 32)
+    headers = harness.header(harness.ticket(body), key=forger)
+    _refused(harness, upstream, headers, body, 401, "wrong_signer")
+
+
+def test_tampered_signature(harness: Harness, upstream: UpstreamProcess) -> None:
+    body = chat_body()
+    headers = harness.header(harness.ticket(body))
+    raw = base64.urlsafe_b64decode(headers["X-Job-Ticket"] + "==")
+    envelope = json.loads(raw)
+    envelope["message"]["max_tokens"] = 4096
+    tampered = base64.urlsafe_b64encode(json.dumps(envelope).encode()).decode()
+    _refused(harness, upstream, {"X-Job-Ticket": tampered}, body, 401, "bad_signature")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "status", "code"),
+    [
+        ({"domain": OTHER_DOMAIN}, 403, "wrong_domain"),
+        ({"provider": OTHER_PROVIDER}, 403, "wrong_provider"),
+        ({"model": "other-model"}, 400, "model_mismatch"),
+        ({"request_digest": "0x" + "00" * 32}, 400, "digest_mismatch"),
+        ({"max_tokens": 8}, 400, "max_tokens_exceeded"),
+    ],
+)
+def test_ticket_field_checks(
+    harness: Harness, upstream: UpstreamProcess, overrides: dict[str, Any], status: int, code: str
+) -> None:
+    body = chat_body(max_tokens=16)
+    headers = harness.header(harness.ticket(body, **overrides))
+    _refused(harness, upstream, headers, body, status, code)
+
+
+def test_body_model_must_match(harness: Harness, upstream: UpstreamProcess) -> None:
+    body = chat_body(model="other-model")
+    _refused(harness, upstream, harness.header(harness.ticket(body)), body, 400, "model_mismatch")
+
+
+def test_expired(harness: Harness, upstream: UpstreamProcess) -> None:
+    body = chat_body()
+    headers = harness.header(harness.ticket(body))
+    harness.now[0] += 30_000
+    _refused(harness, upstream, headers, body, 410, "expired_message")
+
+
+def test_issued_in_the_future(harness: Harness, upstream: UpstreamProcess) -> None:
+    body = chat_body()
+    now = harness.now[0]
+    ticket = harness.ticket(body, issued_at=now + 60_000, expires_at=now + 90_000)
+    _refused(harness, upstream, harness.header(ticket), body, 400, "not_yet_valid")
+
+
+def test_replay_is_refused_then_forgotten_after_expiry(harness: Harness) -> None:
+    body = chat_body(max_tokens=2)
+    ticket = harness.ticket(body)
+    headers = harness.header(ticket)
+    first, second = harness.send(
+        [("/jobs/chat/completions", body, headers), ("/jobs/chat/completions", body, headers)]
+    )
+    assert first.status_code == 200
+    assert second.status_code == 409
+    assert second.json()["error"]["code"] == "replayed_ticket"
+    assert len(harness.service.outbox.all()) == 1
+    cache = harness.service.checker.replay_cache
+    later = harness.ticket(body, issued_at=ticket.expires_at, expires_at=ticket.expires_at + 1)
+    cache.claim(later.job_id, later.expires_at, now_ms=ticket.expires_at)
+    assert len(cache) == 1  # the first job id was forgotten once its ticket expired

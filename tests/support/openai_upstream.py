@@ -1,0 +1,248 @@
+"""A tiny OpenAI-compatible HTTP server standing in for vLLM in unit tests and benchmarks.
+
+`POST /v1/chat/completions` and `/v1/completions` answer deterministically: completion
+token `i` has id `1000 + i` and text `"t{i} "`; `usage` counts the prompt as one token
+per 4 bytes of its text (at least 1). It honours `max_tokens`, `stream`,
+`stream_options.include_usage` and `return_token_ids` the way vLLM 0.32 spells them.
+`POST /_control` changes behaviour at run time (JSON, every field optional):
+`completion_tokens` (default 8), `delay_ms` between chunks, `status` (answer every
+request with this HTTP status), `die_after_chunks` (drop the connection after that many
+stream chunks). `GET /_last` returns the last request body, `GET /health` answers 200.
+
+Run it: `python -m tests.support.openai_upstream --port 8001`; in tests, `start_upstream()`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+REPO = Path(__file__).resolve().parents[2]
+DEFAULTS: dict[str, Any] = {
+    "completion_tokens": 8,
+    "delay_ms": 0,
+    "status": None,
+    "die_after_chunks": None,
+}
+
+
+class UpstreamDiedError(Exception):
+    """Raised inside the server to drop a streaming connection on purpose."""
+
+
+class FakeEngine:
+    """The ASGI app: deterministic completions, controllable failures."""
+
+    def __init__(self) -> None:
+        """Start with the default behaviour."""
+        self.settings: dict[str, Any] = dict(DEFAULTS)
+        self.last_body: dict[str, Any] | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Route one HTTP request."""
+        if scope["type"] != "http":
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        path, method = scope["path"], scope["method"]
+        if path == "/health":
+            await _json(send, 200, {})
+        elif path == "/_last":
+            await _json(send, 200, self.last_body)
+        elif path == "/_control" and method == "POST":
+            self.settings = {**DEFAULTS, **json.loads(body or b"{}")}
+            await _json(send, 200, self.settings)
+        elif path in ("/v1/chat/completions", "/v1/completions") and method == "POST":
+            await self._complete(path.endswith("chat/completions"), json.loads(body), send)
+        else:
+            await _json(send, 404, {"error": {"message": "not found"}})
+
+    async def _complete(self, chat: bool, request: dict[str, Any], send: Send) -> None:
+        self.last_body = request
+        status = self.settings["status"]
+        if status is not None:
+            await _json(send, int(status), {"error": {"message": f"forced {status}"}})
+            return
+        limit = request.get("max_tokens") or request.get("max_completion_tokens") or 16
+        count = min(int(self.settings["completion_tokens"]), int(limit))
+        prompt = json.dumps(request.get("messages") if chat else request.get("prompt"))
+        usage = {
+            "prompt_tokens": max(1, len(prompt) // 4),
+            "completion_tokens": count,
+            "total_tokens": max(1, len(prompt) // 4) + count,
+        }
+        finish = "length" if count == limit else "stop"
+        ids = request.get("return_token_ids") is True
+        if request.get("stream"):
+            await self._stream(chat, request, count, finish, usage, ids, send)
+            return
+        text = "".join(f"t{i} " for i in range(count))
+        choice: dict[str, Any] = {"index": 0, "finish_reason": finish, "logprobs": None}
+        if chat:
+            choice["message"] = {"role": "assistant", "content": text}
+        else:
+            choice["text"] = text
+        if ids:
+            choice["token_ids"] = [1000 + i for i in range(count)]
+        kind = "chat.completion" if chat else "text_completion"
+        await _json(send, 200, _envelope(kind, request, [choice], usage))
+
+    async def _stream(
+        self,
+        chat: bool,
+        request: dict[str, Any],
+        count: int,
+        finish: str,
+        usage: dict[str, int],
+        ids: bool,
+        send: Send,
+    ) -> None:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"text/event-stream")],
+            }
+        )
+        kind = "chat.completion.chunk" if chat else "text_completion"
+        die_after = self.settings["die_after_chunks"]
+        delay = int(self.settings["delay_ms"]) / 1000
+        events: list[dict[str, Any]] = []
+        if chat:
+            events.append(_envelope(kind, request, [_delta(chat, "", None, None)], None))
+        for i in range(count):
+            done = finish if i == count - 1 else None
+            token = [1000 + i] if ids else None
+            events.append(_envelope(kind, request, [_delta(chat, f"t{i} ", token, done)], None))
+        options = request.get("stream_options") or {}
+        if options.get("include_usage"):
+            events.append(_envelope(kind, request, [], usage))
+        for sent, event in enumerate(events):
+            if die_after is not None and sent >= int(die_after):
+                raise UpstreamDiedError("told to die mid-stream")
+            chunk = b"data: " + json.dumps(event, separators=(",", ":")).encode() + b"\n\n"
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            if delay:
+                await asyncio.sleep(delay)
+        await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
+
+
+def _delta(chat: bool, text: str, token_ids: list[int] | None, finish: str | None) -> Any:
+    choice: dict[str, Any] = {"index": 0, "logprobs": None, "finish_reason": finish}
+    if chat:
+        choice["delta"] = {"role": "assistant", "content": text} if not text else {"content": text}
+    else:
+        choice["text"] = text
+    if token_ids is not None:
+        choice["token_ids"] = token_ids
+    return choice
+
+
+def _envelope(
+    kind: str, request: dict[str, Any], choices: list[Any], usage: dict[str, int] | None
+) -> dict[str, Any]:
+    return {
+        "id": "cmpl-fake",
+        "object": kind,
+        "created": 1767225600,
+        "model": request.get("model"),
+        "choices": choices,
+        "usage": usage,
+    }
+
+
+async def _json(send: Send, status: int, payload: object) -> None:
+    body = json.dumps(payload).encode()
+    headers = [(b"content-type", b"application/json")]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def free_port() -> int:
+    """A loopback TCP port nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class UpstreamProcess:
+    """A running fake engine subprocess; `url` is its OpenAI base URL (ends in /v1)."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+
+    @property
+    def url(self) -> str:
+        """Base URL as an OpenAI client would take it."""
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def control(self, **settings: Any) -> None:
+        """Set behaviour (unnamed settings return to their defaults)."""
+        httpx.post(f"http://127.0.0.1:{self.port}/_control", json=settings).raise_for_status()
+
+    def last_body(self) -> Any:
+        """The body of the last completion request the server received."""
+        return httpx.get(f"http://127.0.0.1:{self.port}/_last").json()
+
+    def stop(self) -> None:
+        """Terminate the server and wait for it."""
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def start_upstream(timeout_s: float = 20.0) -> UpstreamProcess:
+    """Start the fake engine as a subprocess on a free loopback port; wait for /health."""
+    port = free_port()
+    command = [sys.executable, "-m", "tests.support.openai_upstream", "--port", str(port)]
+    process = subprocess.Popen(command, cwd=REPO)
+    upstream = UpstreamProcess(process, port)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"fake engine exited with {process.returncode}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return upstream
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    upstream.stop()
+    raise RuntimeError("fake engine did not answer /health in time")
+
+
+def main() -> None:
+    """Serve the fake engine with uvicorn on loopback."""
+    import uvicorn
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--host", default="127.0.0.1")
+    args = parser.parse_args()
+    uvicorn.run(FakeEngine(), host=args.host, port=args.port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()
