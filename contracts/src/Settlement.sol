@@ -6,16 +6,16 @@ import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
 import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
 import {MerkleProof} from "@openzeppelin/contracts/utils/cryptography/MerkleProof.sol";
 import {Pausable} from "@openzeppelin/contracts/utils/Pausable.sol";
-import {ReentrancyGuardTransient} from
-    "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
+import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
 import {INetworkToken} from "./interfaces/INetworkToken.sol";
 import {ISettlement} from "./interfaces/ISettlement.sol";
 
 /// @title Settlement of an energy-metered inference market
 /// @notice See {ISettlement}. Every function checks, then changes state, then emits, then calls
 ///         out (checks-effects-interactions); the tokens it calls are the deployment's own.
-///         Pausing stops deposits, registration, staking and settlement; exits stay open so that
-///         funds can always leave.
+///         Pausing stops deposits, registration, staking, settlement and buyers' withdrawals
+///         (usage in flight must settle before escrow leaves); providers' earnings and unstakes
+///         stay open, and slashing keeps working.
 contract Settlement is ISettlement, AccessControl, Pausable, ReentrancyGuardTransient {
     using SafeERC20 for IERC20;
 
@@ -34,6 +34,7 @@ contract Settlement is ISettlement, AccessControl, Pausable, ReentrancyGuardTran
         uint64 unstakeDelay;
         uint256 minProviderStake;
         uint16 maxFeeBps;
+        uint64 minRewardInterval;
     }
 
     IERC20 public immutable paymentToken;
@@ -42,6 +43,9 @@ contract Settlement is ISettlement, AccessControl, Pausable, ReentrancyGuardTran
     uint64 public immutable unstakeDelay;
     uint256 public immutable minProviderStake;
     uint16 public immutable maxFeeBps;
+    /// @notice Rewards are minted at most once per this many seconds, so the per-epoch cap is
+    ///         also a cap per unit of time however often epochs settle.
+    uint64 public immutable minRewardInterval;
 
     /// @notice Payment tokens each buyer holds in escrow.
     mapping(address buyer => uint256 amount) public escrow;
@@ -62,6 +66,8 @@ contract Settlement is ISettlement, AccessControl, Pausable, ReentrancyGuardTran
 
     /// @notice The last settled epoch (0: none yet; the first epoch is 1).
     uint64 public lastSettledEpoch;
+    /// @notice When rewards were last minted (0: never).
+    uint64 public lastRewardedAt;
     /// @notice Sum of all escrow.
     uint256 public totalEscrow;
     /// @notice Sum of all unpaid earnings.
@@ -81,16 +87,10 @@ contract Settlement is ISettlement, AccessControl, Pausable, ReentrancyGuardTran
     /// @param paymentToken_ the ERC-20 buyers pay in
     /// @param networkToken_ the ERC-20 providers stake and are rewarded in
     /// @param config delays, minimum stake and fee limit
-    constructor(
-        address admin,
-        IERC20 paymentToken_,
-        INetworkToken networkToken_,
-        Config memory config
-    ) {
-        if (
-            admin == address(0) || address(paymentToken_) == address(0)
-                || address(networkToken_) == address(0)
-        ) revert ZeroAddress();
+    constructor(address admin, IERC20 paymentToken_, INetworkToken networkToken_, Config memory config) {
+        if (admin == address(0) || address(paymentToken_) == address(0) || address(networkToken_) == address(0)) {
+            revert ZeroAddress();
+        }
         if (config.maxFeeBps > _BPS) revert InvalidConfig("maxFeeBps");
         paymentToken = paymentToken_;
         networkToken = networkToken_;
@@ -98,6 +98,7 @@ contract Settlement is ISettlement, AccessControl, Pausable, ReentrancyGuardTran
         unstakeDelay = config.unstakeDelay;
         minProviderStake = config.minProviderStake;
         maxFeeBps = config.maxFeeBps;
+        minRewardInterval = config.minRewardInterval;
         _grantRole(DEFAULT_ADMIN_ROLE, admin);
         _grantRole(OPERATOR_ROLE, admin);
         _grantRole(VERIFIER_ROLE, admin);
@@ -135,7 +136,7 @@ contract Settlement is ISettlement, AccessControl, Pausable, ReentrancyGuardTran
     }
 
     /// @inheritdoc ISettlement
-    function withdraw() external nonReentrant {
+    function withdraw() external whenNotPaused nonReentrant {
         uint256 amount = _takeReadyExit(pendingWithdrawal, escrow[msg.sender]);
         escrow[msg.sender] -= amount;
         totalEscrow -= amount;
@@ -200,12 +201,7 @@ contract Settlement is ISettlement, AccessControl, Pausable, ReentrancyGuardTran
     // ----------------------------------------------------------------------------------------
 
     /// @inheritdoc ISettlement
-    function settleEpoch(EpochBatch calldata batch)
-        external
-        onlyRole(OPERATOR_ROLE)
-        whenNotPaused
-        nonReentrant
-    {
+    function settleEpoch(EpochBatch calldata batch) external onlyRole(OPERATOR_ROLE) whenNotPaused nonReentrant {
         uint64 expected = lastSettledEpoch + 1;
         if (batch.epoch < expected) revert EpochAlreadySettled(batch.epoch);
         if (batch.epoch > expected) revert EpochOutOfOrder(expected, batch.epoch);
@@ -220,6 +216,7 @@ contract Settlement is ISettlement, AccessControl, Pausable, ReentrancyGuardTran
         uint256 rewarded = _sumRewards(batch.rewards);
 
         lastSettledEpoch = batch.epoch;
+        if (batch.rewards.length > 0) lastRewardedAt = uint64(block.timestamp);
         epochRoot[batch.epoch] = batch.receiptsRoot;
         totalEscrow -= debited;
         totalEarnings += credited;
@@ -227,9 +224,7 @@ contract Settlement is ISettlement, AccessControl, Pausable, ReentrancyGuardTran
         totalDebited += debited;
         totalCredited += credited;
         totalFees += batch.fee;
-        emit EpochSettled(
-            batch.epoch, batch.receiptsRoot, batch.receiptCount, debited, batch.fee, rewarded
-        );
+        emit EpochSettled(batch.epoch, batch.receiptsRoot, batch.receiptCount, debited, batch.fee, rewarded);
 
         for (uint256 i; i < batch.rewards.length; ++i) {
             Credit calldata reward = batch.rewards[i];
@@ -279,11 +274,7 @@ contract Settlement is ISettlement, AccessControl, Pausable, ReentrancyGuardTran
     // ----------------------------------------------------------------------------------------
 
     /// @inheritdoc ISettlement
-    function verifyReceipt(uint64 epoch, bytes32 receiptHash, bytes32[] calldata proof)
-        external
-        view
-        returns (bool)
-    {
+    function verifyReceipt(uint64 epoch, bytes32 receiptHash, bytes32[] calldata proof) external view returns (bool) {
         bytes32 root = epochRoot[epoch];
         if (root == bytes32(0)) return false;
         return MerkleProof.verifyCalldata(proof, root, keccak256(abi.encode(receiptHash)));
@@ -291,9 +282,7 @@ contract Settlement is ISettlement, AccessControl, Pausable, ReentrancyGuardTran
 
     /// @inheritdoc ISettlement
     function isActiveProvider(address provider) external view returns (bool) {
-        if (providerKey[provider] == bytes32(0)) return false;
-        uint256 staked = stakeOf[provider];
-        return staked - _pendingWithin(pendingUnstake[provider], staked) >= minProviderStake;
+        return providerKey[provider] != bytes32(0) && _isActive(provider);
     }
 
     // ----------------------------------------------------------------------------------------
@@ -324,9 +313,13 @@ contract Settlement is ISettlement, AccessControl, Pausable, ReentrancyGuardTran
     }
 
     function _sumRewards(Credit[] calldata rewards) private view returns (uint256 total) {
+        if (rewards.length == 0) return 0;
+        uint64 availableAt = lastRewardedAt + minRewardInterval;
+        if (lastRewardedAt != 0 && block.timestamp < availableAt) revert RewardsTooSoon(availableAt);
         for (uint256 i; i < rewards.length; ++i) {
             address provider = rewards[i].provider;
             if (providerKey[provider] == bytes32(0)) revert UnknownProvider(provider);
+            if (!_isActive(provider)) revert RewardToInactiveProvider(provider);
             total += rewards[i].amount;
         }
         uint256 cap = networkToken.epochMintCap();
@@ -344,6 +337,12 @@ contract Settlement is ISettlement, AccessControl, Pausable, ReentrancyGuardTran
         amount = _pendingWithin(exit, held);
         if (amount == 0) revert NothingToWithdraw(msg.sender);
         delete exits[msg.sender];
+    }
+
+    /// @dev Stake not leaving covers the minimum (registration is checked by the caller).
+    function _isActive(address provider) private view returns (bool) {
+        uint256 staked = stakeOf[provider];
+        return staked - _pendingWithin(pendingUnstake[provider], staked) >= minProviderStake;
     }
 
     function _toUint192(uint256 amount) private pure returns (uint192) {

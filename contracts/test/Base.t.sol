@@ -94,12 +94,18 @@ abstract contract Base is Test {
         vm.label(address(settlement), "Settlement");
     }
 
+    /// @dev Deployments under test mint rewards as often as epochs settle unless a suite says.
+    function _minRewardInterval() internal pure virtual returns (uint64) {
+        return 0;
+    }
+
     function _config() internal pure returns (Settlement.Config memory) {
         return Settlement.Config({
             withdrawalDelay: WITHDRAWAL_DELAY,
             unstakeDelay: UNSTAKE_DELAY,
             minProviderStake: MIN_STAKE,
-            maxFeeBps: MAX_FEE_BPS
+            maxFeeBps: MAX_FEE_BPS,
+            minRewardInterval: _minRewardInterval()
         });
     }
 

@@ -226,6 +226,12 @@ contract SettlementTest is Base {
         vm.prank(alice);
         settlement.requestWithdrawal(100e6);
         vm.warp(block.timestamp + WITHDRAWAL_DELAY);
+        // usage in flight cannot settle while paused, so escrow cannot leave either
+        vm.prank(alice);
+        vm.expectRevert(Pausable.EnforcedPause.selector);
+        settlement.withdraw();
+        vm.prank(pauser);
+        settlement.unpause();
         vm.prank(alice);
         settlement.withdraw();
         assertEq(usd.balanceOf(alice), BUYER_FUNDS);
@@ -834,6 +840,19 @@ contract SettlementTest is Base {
         vm.expectRevert(
             abi.encodeWithSelector(ISettlement.RewardCapExceeded.selector, EPOCH_MINT_CAP + 1, EPOCH_MINT_CAP)
         );
+        settlement.settleEpoch(b);
+    }
+
+    function test_settleEpoch_revertsOnRewardToInactiveProvider() public {
+        _market(0, 0);
+        vm.prank(prov2);
+        settlement.requestUnstake(1); // leaving: below the minimum stake that stays
+        ISettlement.EpochBatch memory b = _emptyBatch(1);
+        b.rewards = new ISettlement.Credit[](2);
+        b.rewards[0] = ISettlement.Credit(prov1, 1e18);
+        b.rewards[1] = ISettlement.Credit(prov2, 1e18);
+        vm.prank(operator);
+        vm.expectRevert(abi.encodeWithSelector(ISettlement.RewardToInactiveProvider.selector, prov2));
         settlement.settleEpoch(b);
     }
 

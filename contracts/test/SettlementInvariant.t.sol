@@ -326,7 +326,7 @@ contract SettlementHandler is TestBase {
             b.credits[0].amount -= extra;
             b.fee = limit + 1;
         } else if (kind == 5) {
-            b.rewards = _oneCredit(_registeredOr(seed), new ISettlement.Debit[](0));
+            b.rewards = _oneCredit(_activeOr(seed), new ISettlement.Debit[](0));
             if (b.rewards[0].provider == address(0)) return;
             b.rewards[0].amount = cap + 1;
         } else {
@@ -385,6 +385,25 @@ contract SettlementHandler is TestBase {
         return address(0);
     }
 
+    function _activeOr(uint256 seed) internal view returns (address) {
+        for (uint256 k; k < _providers.length; ++k) {
+            address p = _provider(_next(seed, k, _providers.length));
+            if (s.isActiveProvider(p)) return p;
+        }
+        return address(0);
+    }
+
+    function _active() internal view returns (address[] memory active) {
+        active = new address[](_providers.length);
+        uint256 n;
+        for (uint256 k; k < _providers.length; ++k) {
+            if (s.isActiveProvider(_providers[k])) active[n++] = _providers[k];
+        }
+        assembly ("memory-safe") {
+            mstore(active, n)
+        }
+    }
+
     function _oneCredit(address provider, ISettlement.Debit[] memory debits)
         internal
         pure
@@ -410,7 +429,7 @@ contract SettlementHandler is TestBase {
         uint256 limit = debited * maxFeeBps / 10_000;
         b.fee = rf % 5 == 0 ? limit : bound(rf, 0, limit);
         b.credits = _randomCredits(seed, registered, debited - b.fee);
-        b.rewards = _randomRewards(seed, registered);
+        b.rewards = _randomRewards(seed, _active());
     }
 
     function _registered() internal view returns (address[] memory registered) {
@@ -468,7 +487,7 @@ contract SettlementHandler is TestBase {
         }
     }
 
-    /// Up to two rewards to registered providers, within the cap together.
+    /// Up to two rewards to active providers (registered, minimum stake), within the cap together.
     function _randomRewards(uint256 seed, address[] memory registered)
         internal
         view

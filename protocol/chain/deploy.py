@@ -27,6 +27,7 @@ class DeployParams:
     unstake_delay_s: int = 7 * 86400
     min_provider_stake: int = 1_000 * 10**NETWORK_DECIMALS
     max_fee_bps: int = 1_000
+    min_reward_interval_s: int = 3_600
     epoch_reward_cap: int = 10_000 * 10**NETWORK_DECIMALS
     network_genesis_supply: int = 10_000_000 * 10**NETWORK_DECIMALS
     faucet_enabled: bool = False
@@ -34,7 +35,9 @@ class DeployParams:
     payment_initial_supply: int = 0
 
 
-TESTNET = DeployParams(withdrawal_delay_s=60, unstake_delay_s=600, faucet_enabled=True)
+TESTNET = DeployParams(
+    withdrawal_delay_s=60, unstake_delay_s=600, min_reward_interval_s=0, faucet_enabled=True
+)
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,7 @@ def deploy(sender: Transactor, params: DeployParams = TESTNET) -> Deployment:
         params.unstake_delay_s,
         params.min_provider_stake,
         params.max_fee_bps,
+        params.min_reward_interval_s,
     )
     settlement = _deploy(sender, "Settlement", admin, payment, network, config)
     token = w3.eth.contract(address=network, abi=load_artifact("NetworkToken").abi)  # type: ignore[call-overload]

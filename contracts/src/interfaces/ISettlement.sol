@@ -73,6 +73,11 @@ interface ISettlement {
     error FeeExceedsLimit(uint256 fee, uint256 limit);
     /// @notice The rewards of one epoch exceed the cap.
     error RewardCapExceeded(uint256 total, uint256 cap);
+    /// @notice Rewards were already minted less than the minimum epoch interval ago; the next
+    ///         rewards may be minted from `availableAt`.
+    error RewardsTooSoon(uint64 availableAt);
+    /// @notice `provider` is not registered with the minimum stake, so it earns no reward.
+    error RewardToInactiveProvider(address provider);
     /// @notice This evidence was already used for a slash.
     error EvidenceAlreadyUsed(bytes32 evidenceHash);
     /// @notice A configuration value is out of its allowed range.
@@ -98,21 +103,14 @@ interface ISettlement {
     event Unstaked(address indexed provider, uint256 amount);
     /// @notice Epoch `epoch` settled.
     event EpochSettled(
-        uint64 indexed epoch,
-        bytes32 receiptsRoot,
-        uint64 receiptCount,
-        uint256 debited,
-        uint256 fee,
-        uint256 rewards
+        uint64 indexed epoch, bytes32 receiptsRoot, uint64 receiptCount, uint256 debited, uint256 fee, uint256 rewards
     );
     /// @notice `provider` withdrew `amount` of earnings.
     event EarningsWithdrawn(address indexed provider, uint256 amount);
     /// @notice The protocol's accrued fees, `amount`, went to `to`.
     event FeesWithdrawn(address indexed to, uint256 amount);
     /// @notice `verifier` slashed `amount` of `provider`'s stake for `evidenceHash`.
-    event Slashed(
-        address indexed provider, uint256 amount, bytes32 indexed evidenceHash, address verifier
-    );
+    event Slashed(address indexed provider, uint256 amount, bytes32 indexed evidenceHash, address verifier);
 
     // ----------------------------------------------------------------------------------------
     // Buyers
@@ -127,7 +125,8 @@ interface ISettlement {
     /// @notice Starts a withdrawal of `amount`; it stays debitable until the delay passes.
     function requestWithdrawal(uint256 amount) external;
 
-    /// @notice Completes the caller's pending withdrawal (what is left of it after settlement).
+    /// @notice Completes the caller's pending withdrawal (what is left of it after settlement);
+    ///         not while paused, since settlement of usage in flight is paused too.
     function withdraw() external;
 
     // ----------------------------------------------------------------------------------------
@@ -167,10 +166,7 @@ interface ISettlement {
     // ----------------------------------------------------------------------------------------
 
     /// @notice Whether `receiptHash` is in the receipts tree settled in `epoch`.
-    function verifyReceipt(uint64 epoch, bytes32 receiptHash, bytes32[] calldata proof)
-        external
-        view
-        returns (bool);
+    function verifyReceipt(uint64 epoch, bytes32 receiptHash, bytes32[] calldata proof) external view returns (bool);
 
     /// @notice Whether `provider` is registered with at least the minimum stake not leaving.
     function isActiveProvider(address provider) external view returns (bool);

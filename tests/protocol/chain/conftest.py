@@ -19,6 +19,7 @@ PARAMS = DeployParams(
     unstake_delay_s=600,
     min_provider_stake=1_000 * 10**18,
     max_fee_bps=1_000,
+    min_reward_interval_s=0,
     epoch_reward_cap=500 * 10**18,
     faucet_enabled=True,
     faucet_max=10_000 * 10**6,

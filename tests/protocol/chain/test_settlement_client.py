@@ -216,7 +216,7 @@ def test_bad_amounts_and_registrations_revert(chain: Chain) -> None:
         chain.client.register_provider(someone, b"short")
 
 
-def test_pause_stops_deposits_but_not_exits(chain: Chain) -> None:
+def test_pause_stops_deposits_settlement_and_escrow_exits(chain: Chain) -> None:
     buyer = chain.buyer(500)
     chain.client.request_withdrawal(buyer, 500)
     chain.client.set_paused(chain.admin, True)
@@ -225,8 +225,22 @@ def test_pause_stops_deposits_but_not_exits(chain: Chain) -> None:
     with pytest.raises(errors.EnforcedPause):
         chain.client.settle_epoch(chain.admin, EpochBatch(1, ROOT, 0, 0))
     advance_time(chain.w3, PARAMS.withdrawal_delay_s + 1)
+    with pytest.raises(errors.EnforcedPause):  # usage in flight cannot settle, so escrow stays
+        chain.client.withdraw(buyer)
+    chain.client.set_paused(chain.admin, False)
     chain.client.withdraw(buyer)
     assert chain.client.payment_balance(buyer.address) == 500
+
+
+def test_rewards_only_for_providers_with_the_minimum_stake(chain: Chain) -> None:
+    staked, unstaked = chain.provider(KEY_A), chain.provider(KEY_B, stake=0)
+    batch = EpochBatch(1, ROOT, 0, 0, rewards=[Credit(unstaked.address, 1)])
+    with pytest.raises(errors.RewardToInactiveProvider):
+        chain.client.settle_epoch(chain.admin, batch)
+    chain.client.settle_epoch(
+        chain.admin, EpochBatch(1, ROOT, 0, 0, rewards=[Credit(staked.address, 1)])
+    )
+    assert chain.client.network_balance(staked.address) == 1
 
 
 def test_concurrent_sends_from_one_account_keep_nonces_straight(chain: Chain) -> None:
