@@ -1,0 +1,37 @@
+"""What the buyers package shows: buyers, API keys (never their hash), a new key once."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+
+class BuyerRead(BaseModel):
+    """A buyer."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    address: str
+    created_at: datetime
+
+
+class ApiKeyRead(BaseModel):
+    """An API key as listed: its prefix identifies it, the rest is never stored."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    name: str | None
+    prefix: str
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+
+class ApiKeyCreated(BaseModel):
+    """A new API key with the secret itself, which the market cannot show again."""
+
+    key: ApiKeyRead
+    secret: SecretStr = Field(description="The whole key, e.g. sk-jm-...; shown only now.")

@@ -1,0 +1,125 @@
+"""Buyers and their API keys.
+
+A key is `sk-jm-` followed by 43 URL-safe characters from 32 random bytes (256 bits). Only its
+SHA-256 is stored. A slow password hash (bcrypt, argon2) protects low-entropy secrets against
+guessing after a database leak; a 256-bit random key cannot be guessed whatever the hash, so a
+fast hash loses nothing and lets each request find its key by an indexed equality lookup on
+the hash, which reveals nothing about the key that was tried (no prefix comparison on secrets).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from collections.abc import Sequence
+from datetime import timedelta
+
+from pydantic import SecretStr
+from sqlalchemy.orm import Session
+
+from market.addresses import checksum_address
+from market.buyers.models import ApiKey, Buyer
+from market.buyers.repository import BuyerRepository
+from market.buyers.schemas import ApiKeyCreated, ApiKeyRead
+from market.db import utcnow
+from market.errors import (
+    ApiKeyNotFoundError,
+    AuthenticationError,
+    BuyerNotFoundError,
+    InvalidRequestError,
+)
+
+KEY_PREFIX = "sk-jm-"
+"""What every market API key starts with (so secret scanners and people recognise one)."""
+
+KEY_RANDOM_BYTES = 32
+SHOWN_PREFIX_CHARS = len(KEY_PREFIX) + 8
+"""How much of a key is stored in clear and listed, to tell keys apart."""
+
+LAST_USED_RESOLUTION = timedelta(seconds=60)
+"""`last_used_at` is written at most this often per key, not on every request."""
+
+_MAX_KEY_LENGTH = 128
+
+
+def hash_key(raw_key: str) -> str:
+    """The stored form of a key: hex SHA-256 of its UTF-8 bytes."""
+    return hashlib.sha256(raw_key.encode("utf-8")).hexdigest()
+
+
+def new_raw_key() -> str:
+    """A fresh random key: `sk-jm-` and 256 bits, URL-safe base64."""
+    return KEY_PREFIX + secrets.token_urlsafe(KEY_RANDOM_BYTES)
+
+
+def get_or_create_buyer(session: Session, address: str) -> Buyer:
+    """The buyer with this EVM address, created on first sight."""
+    return BuyerRepository(session).ensure(checksum_address(address))
+
+
+def get_buyer(session: Session, address: str) -> Buyer:
+    """The buyer with this EVM address; `BuyerNotFoundError` if there is none."""
+    address = checksum_address(address)
+    buyer = BuyerRepository(session).get_by_address(address)
+    if buyer is None:
+        raise BuyerNotFoundError(f"no buyer {address}")
+    return buyer
+
+
+def create_api_key(session: Session, buyer: Buyer, name: str | None = None) -> ApiKeyCreated:
+    """Creates a key for the buyer and returns it with its secret, which is never shown again."""
+    if name is not None and not 1 <= len(name) <= 100:
+        raise InvalidRequestError("an API key's name is 1 to 100 characters")
+    raw = new_raw_key()
+    key = BuyerRepository(session).add_key(
+        ApiKey(
+            buyer_id=buyer.id,
+            name=name,
+            prefix=raw[:SHOWN_PREFIX_CHARS],
+            key_hash=hash_key(raw),
+            created_at=utcnow(),
+        )
+    )
+    return ApiKeyCreated(key=ApiKeyRead.model_validate(key), secret=SecretStr(raw))
+
+
+def list_api_keys(session: Session, buyer: Buyer) -> list[ApiKeyRead]:
+    """The buyer's keys (prefix, name, created, last used, revoked), oldest first."""
+    keys: Sequence[ApiKey] = BuyerRepository(session).keys_of(buyer.id)
+    return [ApiKeyRead.model_validate(k) for k in keys]
+
+
+def revoke_api_key(session: Session, buyer: Buyer, key_id: int) -> ApiKeyRead:
+    """Revokes one of the buyer's keys; revoking a revoked key changes nothing."""
+    key = BuyerRepository(session).get_key(buyer.id, key_id)
+    if key is None:
+        raise ApiKeyNotFoundError(f"the buyer has no API key {key_id}")
+    if key.revoked_at is None:
+        key.revoked_at = utcnow()
+        session.flush()
+    return ApiKeyRead.model_validate(key)
+
+
+def authenticate(session: Session, raw_key: str) -> Buyer:
+    """The buyer a key belongs to; `AuthenticationError` if it is unknown, malformed or revoked.
+
+    The lookup is by the key's hash, so timing says nothing about how close a guess was.
+    """
+    if (
+        not isinstance(raw_key, str)
+        or not raw_key.startswith(KEY_PREFIX)
+        or len(raw_key) > _MAX_KEY_LENGTH
+    ):
+        raise AuthenticationError("invalid API key")
+    digest = hash_key(raw_key)
+    key = BuyerRepository(session).get_key_by_hash(digest)
+    if key is None or not hmac.compare_digest(key.key_hash, digest):
+        raise AuthenticationError("invalid API key")
+    if key.revoked_at is not None:
+        raise AuthenticationError("this API key was revoked")
+    now = utcnow()
+    if key.last_used_at is None or now - key.last_used_at >= LAST_USED_RESOLUTION:
+        key.last_used_at = now
+        session.flush()
+    return key.buyer

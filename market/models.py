@@ -1,0 +1,10 @@
+"""Every ORM model of the market, imported so that `Base.metadata` is complete.
+
+Alembic's env.py and the migration tests import this; add each new package's models here.
+"""
+
+from market.buyers.models import ApiKey, Buyer
+from market.db import Base
+from market.ledger.models import Account, Hold, Posting, Transfer
+
+__all__ = ["Account", "ApiKey", "Base", "Buyer", "Hold", "Posting", "Transfer"]
