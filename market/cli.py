@@ -12,6 +12,8 @@ from rich.table import Table
 app = typer.Typer(help="The energy-metered inference market.", no_args_is_help=True)
 chain_app = typer.Typer(help="Contracts on a chain: deploy and inspect.", no_args_is_help=True)
 app.add_typer(chain_app, name="chain")
+db_app = typer.Typer(help="The market's database.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
 console = Console(width=None if sys.stdout.isatty() else 140)
 
 
@@ -50,6 +52,43 @@ def demo() -> None:
     table.add_row("buyer escrow after", _tusd(outcome.escrow_after))
     table.add_row("provider wallet after withdrawal", _tusd(outcome.provider_balance_after))
     console.print(table)
+
+
+@app.command()
+def serve(
+    host: str | None = typer.Option(None, help="Interface (default MARKET_HOST)"),
+    port: int | None = typer.Option(None, help="Port (default MARKET_PORT)"),
+    workers: int = typer.Option(1, help="uvicorn worker processes"),
+) -> None:
+    """Serve the buyer and provider APIs (migrating the embedded database first)."""
+    import uvicorn
+
+    from market.config import get_settings
+    from market.db import migrate
+
+    settings = get_settings()
+    if settings.is_sqlite:
+        settings.var_dir.mkdir(parents=True, exist_ok=True)
+        migrate(settings.database_url)
+    uvicorn.run(
+        "market.app:create_app",
+        factory=True,
+        host=host or settings.host,
+        port=port or settings.port,
+        workers=workers,
+        log_level="info",
+    )
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: str = typer.Argument("head", help="Alembic revision")) -> None:
+    """Apply the migrations to MARKET_DATABASE_URL."""
+    from market.config import get_settings, redact_url
+    from market.db import migrate
+
+    settings = get_settings()
+    migrate(settings.database_url, revision)
+    console.print(f"database {redact_url(settings.database_url)} is at {revision}")
 
 
 @chain_app.command("deploy")

@@ -3,8 +3,11 @@
 Alembic's env.py and the migration tests import this; add each new package's models here.
 """
 
+import market.jobs.models
+import market.providers.models
+import market.settlement.models
 from market.buyers.models import ApiKey, Buyer
 from market.db import Base
 from market.ledger.models import Account, Hold, Posting, Transfer
 
-__all__ = ["Account", "ApiKey", "Base", "Buyer", "Hold", "Posting", "Transfer"]
+__all__ = ["Account", "ApiKey", "Base", "Buyer", "Hold", "Posting", "Transfer", "market"]

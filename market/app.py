@@ -1,0 +1,35 @@
+"""The market's HTTP application: the buyer API, the provider API, health and metrics."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from prometheus_client import make_asgi_app
+
+from market.config import Settings, get_settings
+from market.errors import MarketError
+from market.health import router as health_router
+from market.inference import errors as openai_errors
+from market.runtime import Runtime
+
+
+def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> FastAPI:
+    """Builds the app; the runtime is built at start-up unless one is given (tests)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.runtime = runtime or Runtime.build(settings or get_settings())
+        try:
+            yield
+        finally:
+            await app.state.runtime.aclose()
+
+    app = FastAPI(title="Joule Market", version="0.1.0", lifespan=lifespan)
+    app.add_exception_handler(RequestValidationError, openai_errors.validation_error)
+    app.add_exception_handler(MarketError, openai_errors.market_error)
+    app.include_router(health_router)
+    app.mount("/metrics", make_asgi_app())
+    return app

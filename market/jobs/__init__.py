@@ -1,0 +1,1 @@
+"""Jobs: a routed request from hold to receipt, and the receipts providers sign."""

@@ -1,0 +1,1 @@
+"""Providers: registration bound on-chain, offers, heartbeats, attestations."""

@@ -1,0 +1,3 @@
+"""Providers, offers, heartbeats and attestations: tables."""
+
+from __future__ import annotations

@@ -1,0 +1,1 @@
+"""Settlement: epochs of verified receipts, settled on-chain in one batch, with proofs."""

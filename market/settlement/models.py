@@ -1,0 +1,3 @@
+"""Epochs, their settlement lines, and the chain watcher's cursor: tables."""
+
+from __future__ import annotations
