@@ -28,6 +28,7 @@ class LiveOffer:
     price_out_per_mtok: int
     max_concurrency: int
     job_url: str
+    public_key: str = ""  # the provider's Ed25519 key (hex) that signs its receipts
     latency_ms: float = UNKNOWN
     tokens_per_s: float = 0.0
     joules_per_token: float | None = None
