@@ -9,11 +9,17 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from prometheus_client import make_asgi_app
 
+from market import background
+from market.buyers.endpoints import router as buyers_router
 from market.config import Settings, get_settings
 from market.errors import MarketError
 from market.health import router as health_router
 from market.inference import errors as openai_errors
+from market.inference.endpoints import router as inference_router
+from market.jobs.endpoints import router as jobs_router
+from market.providers.endpoints import router as providers_router
 from market.runtime import Runtime
+from market.settlement.endpoints import router as settlement_router
 
 
 def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> FastAPI:
@@ -23,7 +29,8 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.runtime = runtime or Runtime.build(settings or get_settings())
         try:
-            yield
+            async with background.running(app.state.runtime):
+                yield
         finally:
             await app.state.runtime.aclose()
 
@@ -31,5 +38,10 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.add_exception_handler(RequestValidationError, openai_errors.validation_error)
     app.add_exception_handler(MarketError, openai_errors.market_error)
     app.include_router(health_router)
+    app.include_router(inference_router)
+    app.include_router(providers_router)
+    app.include_router(buyers_router)
+    app.include_router(jobs_router)
+    app.include_router(settlement_router)
     app.mount("/metrics", make_asgi_app())
     return app

@@ -1,0 +1,7 @@
+"""HTTP routes of the jobs package."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter(tags=["jobs"])
