@@ -117,3 +117,28 @@ def chain_deploy(
     deployment.save(out)
     console.print(f"deployed on chain {deployment.chain_id}: {deployment}")
     console.print(f"wrote {out}")
+
+
+@app.command()
+def worker(
+    concurrency: int = typer.Option(2, help="Worker processes"),
+    loglevel: str = typer.Option("INFO", help="Log level"),
+) -> None:
+    """Run a Celery worker for the settlement tasks (MARKET_BROKER_URL must be redis://)."""
+    from market.worker import celery_app
+
+    celery_app().worker_main(
+        ["worker", f"--loglevel={loglevel}", f"--concurrency={concurrency}", "--pool=prefork"]
+    )
+
+
+@app.command()
+def beat(
+    schedule: Path = typer.Option(Path(".var/celerybeat-schedule"), help="Beat's state file"),
+    loglevel: str = typer.Option("INFO", help="Log level"),
+) -> None:
+    """Run Celery beat: the deposit watcher every few seconds, epoch close every epoch."""
+    from market.worker import celery_app
+
+    schedule.parent.mkdir(parents=True, exist_ok=True)
+    celery_app().start(["beat", f"--loglevel={loglevel}", f"--schedule={schedule}"])

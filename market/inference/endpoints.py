@@ -2,6 +2,37 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import Response
+
+from market.inference import service
+from market.inference.auth import bearer_key
+from market.inference.schemas import ChatCompletionRequest, CompletionRequest
+from market.runtime import Runtime, get_runtime
 
 router = APIRouter(prefix="/v1", tags=["openai"])
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+KeyDep = Annotated[str, Depends(bearer_key)]
+
+
+@router.get("/models")
+async def list_models(runtime: RuntimeDep) -> dict[str, Any]:
+    """Models on offer now, with price ranges (per million tokens) and provider counts."""
+    return service.list_models(runtime)
+
+
+@router.post("/chat/completions", response_model=None)
+async def chat_completions(
+    body: ChatCompletionRequest, key: KeyDep, runtime: RuntimeDep
+) -> Response:
+    """OpenAI's chat completions, served by a provider and charged on its signed receipt."""
+    return await service.complete(runtime, key, body, "chat/completions")
+
+
+@router.post("/completions", response_model=None)
+async def completions(body: CompletionRequest, key: KeyDep, runtime: RuntimeDep) -> Response:
+    """OpenAI's (legacy) text completions, served and charged like chat completions."""
+    return await service.complete(runtime, key, body, "completions")

@@ -60,3 +60,41 @@ async def market_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, MarketError)
     param = getattr(exc, "param", None)
     return envelope(exc.status_code, exc.message, openai_type(exc.status_code), exc.code, param)
+
+
+# -- errors of the request path -----------------------------------------------------------
+
+
+class ModelNotFoundError(MarketError):
+    """No provider offers the model at all."""
+
+    status_code = 404
+    code = "model_not_found"
+
+
+class NoProviderAvailableError(MarketError):
+    """Providers offer the model, but none that passes the buyer's filters can take it now."""
+
+    status_code = 503
+    code = "no_provider_available"
+
+
+class ProviderFailedError(MarketError):
+    """Every provider tried failed before answering (unreachable, 5xx, refused the ticket)."""
+
+    status_code = 502
+    code = "provider_unavailable"
+
+
+class QuotaExceededError(MarketError):
+    """The buyer's available balance does not cover the worst-case cost of the request."""
+
+    status_code = 402
+    code = "insufficient_quota"
+
+
+class UpstreamRejectedError(MarketError):
+    """The provider's engine refused the request itself (e.g. the prompt is too long)."""
+
+    status_code = 400
+    code = "upstream_rejected"

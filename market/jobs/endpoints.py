@@ -2,6 +2,27 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
+
+from market.buyers.service import authenticate
+from market.db import session_scope
+from market.inference.auth import bearer_key
+from market.jobs import service
+from market.jobs.schemas import JobRead
+from market.runtime import Runtime, get_runtime
 
 router = APIRouter(tags=["jobs"])
+
+
+@router.get("/jobs/{job_id}")
+def get_job(
+    job_id: str,
+    key: Annotated[str, Depends(bearer_key)],
+    runtime: Annotated[Runtime, Depends(get_runtime)],
+) -> JobRead:
+    """One of the caller's jobs, with its receipt (as signed) and what it was charged."""
+    with session_scope(runtime.sessions) as session:
+        buyer = authenticate(session, key)
+        return service.get_job(session, buyer.address, job_id)

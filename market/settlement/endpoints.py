@@ -1,7 +1,67 @@
-"""HTTP routes of the settlement package."""
+"""HTTP routes of the settlement package: epochs and receipt inclusion proofs."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Annotated, Any
 
-router = APIRouter(tags=["settlement"])
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from sqlalchemy.orm import Session
+
+from market.errors import MarketError
+from market.runtime import Runtime, get_runtime, transaction
+from market.settlement import service
+from market.settlement.schemas import EpochDetail, EpochRead, ReceiptProof
+
+
+class MarketErrorRoute(APIRoute):
+    """A route that answers `MarketError`s in the market's own error body (not OpenAI's)."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def handle(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except MarketError as exc:
+                return JSONResponse(status_code=exc.status_code, content=exc.body())
+
+        return handle
+
+
+def db(runtime: Annotated[Runtime, Depends(get_runtime)]) -> Iterator[Session]:
+    """The request's transaction."""
+    yield from transaction(runtime)
+
+
+router = APIRouter(tags=["settlement"], route_class=MarketErrorRoute)
+DB = Annotated[Session, Depends(db)]
+
+
+@router.get("/epochs", response_model=list[EpochRead])
+def list_epochs(
+    session: DB,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    before: Annotated[int | None, Query(ge=1)] = None,
+) -> list[EpochRead]:
+    """Epochs, newest first."""
+    return service.list_epochs(session, limit, before)
+
+
+@router.get("/epochs/{number}", response_model=EpochDetail)
+def get_epoch(number: int, session: DB) -> EpochDetail:
+    """One epoch: status, root, tx, totals, debit and credit lines."""
+    return service.get_epoch(session, number)
+
+
+@router.get("/receipts/{job_id}/proof", response_model=ReceiptProof)
+def receipt_proof(
+    job_id: str, session: DB, runtime: Annotated[Runtime, Depends(get_runtime)]
+) -> ReceiptProof:
+    """The receipt's Merkle proof in its settled epoch, for `verifyReceipt` on-chain."""
+    proof = service.receipt_proof(session, job_id)
+    return proof.model_copy(
+        update={"settlement_contract": runtime.chain.domain.settlement_contract}
+    )

@@ -1,3 +1,99 @@
-"""Epochs, their settlement lines, and the chain watcher's cursor: tables."""
+"""Epochs, their settlement lines, and the chain watcher's cursors: tables.
+
+An epoch is opened by assigning every verified receipt not yet in an epoch to it; its Merkle
+root, counts and totals are fixed then (status `pending`). It is `submitted` once the operator
+is about to send `settleEpoch`, and `settled` once the chain has recorded its root and the
+ledger has booked the settlement, in the same database transaction.
+"""
 
 from __future__ import annotations
+
+import enum
+from datetime import datetime
+
+from sqlalchemy import BigInteger, Enum, ForeignKey, Integer, String, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from market.db import Amount, Base, BigIntPK, UTCDateTime, utcnow
+
+
+def _values(enum_cls: type[enum.Enum]) -> list[str]:
+    return [str(member.value) for member in enum_cls]
+
+
+class EpochStatus(enum.StrEnum):
+    """Where an epoch stands."""
+
+    PENDING = "pending"
+    SUBMITTED = "submitted"
+    SETTLED = "settled"
+
+
+class LineKind(enum.StrEnum):
+    """A buyer's debit or a provider's credit in an epoch."""
+
+    DEBIT = "debit"
+    CREDIT = "credit"
+
+
+class ChainCursor(Base):
+    """How far a sequential reader has got: the next block a watcher scans, or the last
+    epoch opened. The row is what concurrent runs lock, so they take turns."""
+
+    __tablename__ = "chain_cursors"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    position: Mapped[int] = mapped_column(BigInteger())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Epoch(Base):
+    """One settlement epoch: its receipts' root, totals, and the transaction that settled it."""
+
+    __tablename__ = "epochs"
+
+    number: Mapped[int] = mapped_column(Integer(), primary_key=True, autoincrement=False)
+    status: Mapped[EpochStatus] = mapped_column(
+        Enum(
+            EpochStatus,
+            name="epoch_status",
+            native_enum=False,
+            create_constraint=True,
+            length=16,
+            values_callable=_values,
+        ),
+        default=EpochStatus.PENDING,
+        index=True,
+    )
+    receipts_root: Mapped[str] = mapped_column(String(66))
+    receipt_count: Mapped[int] = mapped_column(Integer())
+    total_debit: Mapped[int] = mapped_column(Amount())
+    total_credit: Mapped[int] = mapped_column(Amount())
+    fee: Mapped[int] = mapped_column(Amount())
+    tx_hash: Mapped[str | None] = mapped_column(String(66))
+    block: Mapped[int | None] = mapped_column(BigInteger())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    submitted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    settled_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class EpochLine(Base):
+    """One buyer's debit or one provider's credit in an epoch's batch."""
+
+    __tablename__ = "epoch_lines"
+    __table_args__ = (UniqueConstraint("epoch", "kind", "address"),)
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    epoch: Mapped[int] = mapped_column(ForeignKey("epochs.number"), index=True)
+    kind: Mapped[LineKind] = mapped_column(
+        Enum(
+            LineKind,
+            name="epoch_line_kind",
+            native_enum=False,
+            create_constraint=True,
+            length=8,
+            values_callable=_values,
+        )
+    )
+    address: Mapped[str] = mapped_column(String(42))
+    amount: Mapped[int] = mapped_column(Amount())

@@ -1,11 +1,103 @@
-"""Background work of the settlement package: the deposit watcher and epoch closing."""
+"""Background work of the settlement package: the deposit watcher and epoch closing.
+
+Each task owns its transactions (one per watcher round, three per epoch close: see
+`market.settlement.service`), takes no objects, and can run twice, or twice at once, without
+harm. The Celery worker (`market.worker`) and, in the embedded mode, the API process
+(`embedded_schedule`) call them.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from sqlalchemy.orm import Session, sessionmaker
+
 from market.background import Periodic
+from market.chain.service import MarketChain
+from market.config import Settings
+from market.db import session_scope
 from market.runtime import Runtime
+from market.settlement import service
+from market.settlement.models import EpochStatus
+from market.settlement.repository import SettlementRepository
+from protocol.chain.errors import EpochAlreadySettled
+
+log = logging.getLogger(__name__)
+
+WATCH_INTERVAL_S = 2.0
+"""How often the deposit watcher looks for new confirmed blocks."""
+
+
+@dataclass(frozen=True)
+class TaskContext:
+    """What the settlement tasks need: the settings, database sessions and the chain."""
+
+    settings: Settings
+    sessions: sessionmaker[Session]
+    chain: MarketChain
+
+    @classmethod
+    def of(cls, runtime: Runtime) -> TaskContext:
+        """The context of the API's runtime."""
+        return cls(settings=runtime.settings, sessions=runtime.sessions, chain=runtime.chain)
+
+
+def watch_deposits(ctx: TaskContext) -> int:
+    """Books confirmed deposits and withdrawals up to the confirmed head; returns how many
+    events it booked. One transaction per round of blocks, so progress survives a crash."""
+    booked = 0
+    while True:
+        with session_scope(ctx.sessions) as session:
+            round_ = service.watch_chain(session, ctx.chain.client, ctx.settings.confirmations)
+        booked += round_.events
+        if round_.caught_up:
+            return booked
+
+
+def close_epoch(ctx: TaskContext) -> int | None:
+    """Settles the open epoch, opening one over the unassigned receipts if none is open.
+
+    Returns the epoch number settled (or found settled), None if there was nothing to settle
+    or a recent submission is still in flight.
+    """
+    client, operator = ctx.chain.client, ctx.chain.operator
+    with session_scope(ctx.sessions) as session:
+        epoch = service.open_epoch(session, client)
+        if epoch is None:
+            return None
+        number = epoch.number
+    with session_scope(ctx.sessions) as session:
+        batch = service.begin_submission(session, client, number)
+        if batch is None:
+            settled = SettlementRepository(session).get_epoch(number)
+            done = settled is not None and settled.status is EpochStatus.SETTLED
+            return number if done else None
+    tx_hash: str | None = None
+    block: int | None = None
+    try:
+        receipt = client.settle_epoch(operator, batch)
+        tx_hash = "0x" + bytes(receipt["transactionHash"]).hex()
+        block = int(receipt["blockNumber"])
+    except EpochAlreadySettled:
+        log.warning("epoch %d was already settled on-chain; checking its root", number)
+    with session_scope(ctx.sessions) as session:
+        service.record_settlement(session, client, number, tx_hash, block)
+    return number
 
 
 def embedded_schedule(runtime: Runtime) -> list[Periodic]:
     """The periodic tasks the API runs itself in the embedded mode (no worker, no beat)."""
-    return []
+    ctx = TaskContext.of(runtime)
+
+    async def watch(_: Runtime) -> None:
+        await asyncio.to_thread(watch_deposits, ctx)
+
+    async def close(_: Runtime) -> None:
+        await asyncio.to_thread(close_epoch, ctx)
+
+    return [
+        ("watch_deposits", WATCH_INTERVAL_S, watch),
+        ("close_epoch", float(runtime.settings.epoch_seconds), close),
+    ]

@@ -1,0 +1,78 @@
+"""Talking to provider agents: the signed job ticket header and one job request.
+
+Failures are sorted where they enter: anything that means "this provider could not take the
+job" (unreachable, 5xx, refused our ticket) may be retried on another provider; the engine
+refusing the request itself (`upstream_rejected`) is the buyer's answer.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import httpx
+
+from protocol.messages import JobTicket, Signed
+
+TICKET_HEADER = "X-Job-Ticket"
+
+
+def ticket_header(envelope: Signed[JobTicket]) -> str:
+    """base64url (no padding) of the envelope's JSON, as docs/agent-protocol.md fixes."""
+    raw = envelope.model_dump_json().encode()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def job_endpoint(job_url: str, route: str) -> str:
+    """`{job_url}/{route}`, where `job_url` is the agent's `.../jobs` base (added if absent)."""
+    base = job_url.rstrip("/")
+    if not base.endswith("/jobs"):
+        base += "/jobs"
+    return f"{base}/{route}"
+
+
+class AgentFailure(Exception):
+    """The agent did not accept or answer the job; `retryable` if another provider may."""
+
+    def __init__(self, message: str, *, retryable: bool, status: int = 502) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retryable = retryable
+        self.status = status
+
+
+def _agent_error(raw: bytes) -> tuple[str | None, str]:
+    try:
+        error = json.loads(raw)["error"]
+        return error.get("code"), str(error.get("message", ""))[:500]
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None, raw[:500].decode("utf-8", "replace")
+
+
+async def send_job(client: httpx.AsyncClient, url: str, body: bytes, ticket: str) -> httpx.Response:
+    """POSTs one job and returns the open (streaming) response once the agent said 200."""
+    request = client.build_request(
+        "POST",
+        url,
+        content=body,
+        headers={"content-type": "application/json", TICKET_HEADER: ticket},
+    )
+    try:
+        response = await client.send(request, stream=True)
+    except httpx.HTTPError as exc:
+        raise AgentFailure(f"provider unreachable: {exc!r}", retryable=True) from exc
+    if response.status_code == 200:
+        return response
+    try:
+        raw = await response.aread()
+    except httpx.HTTPError:
+        raw = b""
+    finally:
+        await response.aclose()
+    code, message = _agent_error(raw)
+    if code == "upstream_rejected" and response.status_code < 500:
+        raise AgentFailure(message, retryable=False, status=response.status_code)
+    raise AgentFailure(
+        f"provider answered {response.status_code} {code or ''}: {message}".strip(),
+        retryable=True,
+    )

@@ -1,0 +1,150 @@
+"""One try of a request on one provider: its job, ticket, charge or release, and load count.
+
+Blocking database work runs in a worker thread (one transaction to open the job, one to
+close it), never on the event loop. `close()` ends every attempt: whatever happened, the
+hold is settled or released and the provider's in-flight count comes back down.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from functools import partial
+from typing import Any
+
+import anyio
+from anyio import to_thread
+from sqlalchemy.orm import Session
+
+from market.buyers.service import authenticate
+from market.db import session_scope
+from market.errors import InsufficientFundsError
+from market.inference.agents import ticket_header
+from market.inference.errors import QuotaExceededError
+from market.jobs import service as jobs
+from market.jobs.service import JobOrder, Usage
+from market.routing.table import LiveOffer
+from market.runtime import Runtime
+from protocol.messages import JobTicket, sign
+
+TICKET_TTL_MS = 60_000
+
+
+def _authenticate(runtime: Runtime, raw_key: str) -> str:
+    with session_scope(runtime.sessions) as session:
+        return authenticate(session, raw_key).address
+
+
+def _open(runtime: Runtime, buyer: str | None, raw_key: str, order: JobOrder) -> str:
+    """Authenticates (first try only), then places the hold and records the job: one commit."""
+    with session_scope(runtime.sessions) as session:
+        if buyer is None:
+            buyer = authenticate(session, raw_key).address
+        try:
+            jobs.open_job(session, replace(order, buyer=buyer))
+        except InsufficientFundsError as exc:
+            raise QuotaExceededError(
+                f"Your balance ({exc.available} base units available) does not cover the "
+                f"{exc.requested} this request may cost at most; deposit more or lower "
+                "max_tokens."
+            ) from exc
+        return buyer
+
+
+def _in_transaction(runtime: Runtime, work: Callable[[Session], object]) -> None:
+    with session_scope(runtime.sessions) as session:
+        work(session)
+
+
+async def authenticate_buyer(runtime: Runtime, raw_key: str) -> str:
+    """The buyer's address for a key (`AuthenticationError` if it is not a live key)."""
+    return await to_thread.run_sync(_authenticate, runtime, raw_key)
+
+
+def energy_block(method: str, millijoules: int | None, basis: str | None) -> dict[str, Any]:
+    """The `energy` extension buyers see: joules (null when unmeasured), and how measured."""
+    joules = None if millijoules is None else millijoules / 1000
+    return {"method": method, "joules": joules, "basis": basis}
+
+
+@dataclass
+class Attempt:
+    """One job on one provider, from its hold to its settlement or release."""
+
+    runtime: Runtime
+    offer: LiveOffer
+    order: JobOrder
+    body_digest: str
+    buyer: str = ""
+    ticket: JobTicket | None = None
+    finished: bool = False
+    _counted: bool = field(default=False, repr=False)
+
+    async def open(self, raw_key: str, buyer: str | None) -> str:
+        """Holds, records, signs the ticket and counts the provider's load; the ticket header."""
+        self.buyer = await to_thread.run_sync(_open, self.runtime, buyer, raw_key, self.order)
+        now = time.time_ns() // 1_000_000
+        self.ticket = JobTicket(
+            job_id=self.order.job_id,
+            provider=self.offer.provider,
+            request_digest=self.body_digest,
+            model=self.order.model,
+            max_tokens=self.order.max_tokens,
+            issued_at=now,
+            expires_at=now + TICKET_TTL_MS,
+            domain=self.runtime.chain.domain,
+        )
+        self.offer.in_flight += 1
+        self._counted = True
+        return ticket_header(sign(self.ticket, self.runtime.ticket_key))
+
+    async def settle(
+        self, envelope: str | bytes, usage: Any, token_ids: list[int] | None
+    ) -> dict[str, Any]:
+        """Verifies the receipt against the ticket and what was relayed, charges it and
+        stores it in one transaction; the energy block for the buyer."""
+        assert self.ticket is not None
+        runtime, ticket = self.runtime, self.ticket
+        receipt = jobs.check_receipt(
+            envelope,
+            ticket,
+            self.offer.public_key,
+            runtime.chain.domain,
+            Usage.of(usage),
+            token_ids,
+        )
+        text = envelope if isinstance(envelope, str) else envelope.decode()
+        work = partial(
+            jobs.complete_job,
+            job_id=ticket.job_id,
+            receipt=receipt,
+            envelope=text,
+            fee_bps=runtime.settings.protocol_fee_bps,
+        )
+        await to_thread.run_sync(_in_transaction, runtime, work)
+        self.finished = True
+        energy = receipt.energy
+        return energy_block(energy.method, energy.millijoules, energy.basis)
+
+    async def fail(self, reason: str) -> None:
+        """Releases the whole hold and marks the job failed (shielded from cancellation)."""
+        if self.finished:
+            return
+        self.finished = True
+        work = partial(jobs.fail_job, job_id=self.order.job_id, reason=reason)
+        with anyio.CancelScope(shield=True):
+            await to_thread.run_sync(_in_transaction, self.runtime, work)
+
+    async def close(self, reason: str = "request ended without a verified receipt") -> None:
+        """Ends the attempt: releases the hold unless it was settled; drops the load count."""
+        try:
+            await self.fail(reason)
+        finally:
+            if self._counted:
+                self._counted = False
+                self.offer.in_flight -= 1
+
+    def provider_block(self) -> dict[str, Any]:
+        """The `provider` extension buyers see."""
+        return {"address": self.offer.provider, "region": self.offer.region}

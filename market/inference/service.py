@@ -1,0 +1,156 @@
+"""The request path: route, hold, ticket, relay, verify, charge (or release), answer.
+
+Each provider tried gets its own job (new id, hold, ticket). A provider that fails before
+answering (unreachable, 5xx, refused the ticket) is replaced by the next fallback; once an
+answer has started, a failure is the buyer's error and the hold is released.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from fastapi.responses import Response
+
+from market.inference.agents import AgentFailure, job_endpoint, send_job
+from market.inference.attempt import Attempt, authenticate_buyer
+from market.inference.errors import (
+    ModelNotFoundError,
+    NoProviderAvailableError,
+    ProviderFailedError,
+    UpstreamRejectedError,
+)
+from market.inference.schemas import CompletionRequestBase
+from market.inference.stream import JOB_ID_HEADER, RelayResponse, StreamRelay
+from market.jobs.errors import ReceiptRejectedError
+from market.jobs.service import JobOrder, cost
+from market.routing.service import RouteRequest, choose
+from market.routing.table import LiveOffer
+from market.runtime import Runtime
+from protocol.messages import new_job_id, request_digest
+
+Route = Literal["chat/completions", "completions"]
+_ID_FIELDS = ("token_ids", "prompt_token_ids")
+#: Buyer-identifying fields that never reach a provider (docs/protocol.md, request digest).
+_PRIVATE_FIELDS = ("user", "safety_identifier", "prompt_cache_key")
+
+
+def forwarded_body(request: CompletionRequestBase) -> bytes:
+    """The exact bytes sent to the agent (and covered by the ticket's request digest)."""
+    body = request.engine_body()
+    for name in _PRIVATE_FIELDS:
+        body.pop(name, None)
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def list_models(runtime: Runtime) -> dict[str, Any]:
+    """`GET /v1/models`: every model on offer, with its price range and provider count."""
+    data = []
+    for model in runtime.routing.models():
+        offers = runtime.routing.offers(model)
+        prices_in = [o.price_in_per_mtok for o in offers]
+        prices_out = [o.price_out_per_mtok for o in offers]
+        data.append(
+            {
+                "id": model,
+                "object": "model",
+                "created": 0,
+                "owned_by": "joule-market",
+                "market": {
+                    "providers": len(offers),
+                    "price_in_per_mtok": {"min": min(prices_in), "max": max(prices_in)},
+                    "price_out_per_mtok": {"min": min(prices_out), "max": max(prices_out)},
+                },
+            }
+        )
+    return {"object": "list", "data": data}
+
+
+async def complete(
+    runtime: Runtime, raw_key: str, request: CompletionRequestBase, route: Route
+) -> Response:
+    """Serves one completion request end to end; raises `MarketError`s for the buyer."""
+    offers = choose(runtime.routing, RouteRequest(request.model, request.provider))
+    if not offers:
+        await authenticate_buyer(runtime, raw_key)  # an unknown key is a 401 before all else
+        if not runtime.routing.offers(request.model):
+            raise ModelNotFoundError(f"The model `{request.model}` does not exist on the market.")
+        raise NoProviderAvailableError(
+            f"No provider of `{request.model}` that meets your preferences is available now."
+        )
+    body = forwarded_body(request)
+    digest = request_digest(body)
+    prompt_bound, limit = request.prompt_bound(), request.completion_limit
+    buyer: str | None = None
+    failures: list[str] = []
+    for offer in offers:
+        attempt = Attempt(runtime, offer, _order(request, offer, prompt_bound, limit), digest)
+        header = await attempt.open(raw_key, buyer)
+        buyer = attempt.buyer
+        try:
+            response = await send_job(
+                runtime.agents, job_endpoint(offer.job_url, route), body, header
+            )
+        except AgentFailure as exc:
+            await attempt.close(exc.message)
+            if not exc.retryable:
+                raise UpstreamRejectedError(exc.message, status_code=exc.status) from exc
+            failures.append(f"{offer.provider}: {exc.message}")
+            continue
+        except BaseException:
+            await attempt.close("request cancelled before the provider answered")
+            raise
+        if request.stream:
+            include_usage = bool(request.stream_options and request.stream_options.include_usage)
+            return RelayResponse(StreamRelay(response, attempt, include_usage))
+        try:
+            return await _answer_json(response, attempt)
+        finally:
+            await attempt.close()
+    raise ProviderFailedError("No provider could serve the request: " + "; ".join(failures))
+
+
+def _order(
+    request: CompletionRequestBase, offer: LiveOffer, prompt_bound: int, limit: int
+) -> JobOrder:
+    hold = cost(prompt_bound, limit, offer.price_in_per_mtok, offer.price_out_per_mtok)
+    return JobOrder(
+        job_id=new_job_id(),
+        buyer="",
+        provider=offer.provider,
+        model=request.model,
+        stream=request.stream,
+        price_in=offer.price_in_per_mtok,
+        price_out=offer.price_out_per_mtok,
+        hold=max(hold, 1),  # a hold is positive; a free offer holds one base unit
+        max_tokens=limit,
+    )
+
+
+async def _answer_json(response: Any, attempt: Attempt) -> Response:
+    """Reads the agent's JSON answer, charges its receipt, returns OpenAI's body + extensions."""
+    try:
+        raw = await response.aread()
+    except Exception as exc:
+        raise ProviderFailedError(f"the provider's answer broke off: {exc!r}") from exc
+    finally:
+        await response.aclose()
+    try:
+        payload = json.loads(raw)
+        envelope = payload.pop("receipt")
+        choices = payload.get("choices") or []
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ReceiptRejectedError("the provider's answer has no receipt") from exc
+    token_ids: list[int] | None = None
+    for choice in choices:
+        ids = choice.pop("token_ids", None)
+        choice.pop("prompt_token_ids", None)
+        if isinstance(ids, list):
+            token_ids = [*(token_ids or []), *ids]
+    payload.pop("prompt_token_ids", None)
+    text = json.dumps(envelope, separators=(",", ":"), ensure_ascii=False)
+    payload["energy"] = await attempt.settle(text, payload.get("usage"), token_ids)
+    payload["provider"] = attempt.provider_block()
+    content = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+    headers = {JOB_ID_HEADER: attempt.order.job_id}
+    return Response(content, media_type="application/json", headers=headers)

@@ -1,0 +1,151 @@
+"""Relaying an agent's event stream to the buyer as OpenAI would send it.
+
+Events pass through as the original bytes, minus the engine's `token_ids` (cut out with a
+byte pattern, collected to check the receipt's output digest). Only the usage chunk is
+parsed and rewritten: it is held back until the receipt has been verified and charged, then
+sent with an `energy` block (or dropped if the buyer did not ask for usage), then
+`data: [DONE]`. A failure ends the stream with OpenAI's error event and releases the hold.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from market.errors import MarketError
+from market.inference.attempt import Attempt
+
+DONE = b"data: [DONE]"
+_DATA = b"data: "
+_RECEIPT = b"event: receipt\n"
+_ERROR = b"event: error\n"
+_IDS = rb'(?:prompt_)?token_ids"\s*:\s*(?:\[[0-9,\s]*\]|null)'
+#: `"token_ids":[...]` (or `prompt_token_ids`) with the comma that joins it to its object.
+_TOKEN_IDS = re.compile(rb',\s*"' + _IDS + rb'|"' + _IDS + rb"\s*,?")
+_OUTPUT_IDS = re.compile(rb'(?<!prompt_)token_ids"\s*:\s*\[([0-9,\s]*)\]')
+SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+JOB_ID_HEADER = "x-job-id"
+"""Response header naming the job, for `GET /jobs/{job_id}`."""
+
+
+def error_event(message: str, code: str) -> bytes:
+    """OpenAI's in-stream error, which the official clients raise as `APIError`."""
+    body = {"error": {"message": message, "type": "server_error", "param": None, "code": code}}
+    return b"data: " + json.dumps(body).encode() + b"\n\n"
+
+
+def _agent_error(event: bytes) -> str:
+    data = event.split(_DATA, 1)[-1]
+    try:
+        error = json.loads(data)["error"]
+        return f"provider stream failed: {error.get('code')}: {error.get('message')}"
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return "provider stream failed"
+
+
+class StreamRelay:
+    """Turns the agent's stream into the buyer's, settling or releasing the job at its end."""
+
+    def __init__(self, response: httpx.Response, attempt: Attempt, include_usage: bool) -> None:
+        self.response = response
+        self.attempt = attempt
+        self.include_usage = include_usage
+        self.token_ids: list[int] = []
+        self.usage_chunk: dict[str, Any] | None = None
+        self.energy: dict[str, Any] | None = None
+
+    async def events(self) -> AsyncIterator[bytes]:
+        """The buyer's SSE bytes."""
+        buffer = b""
+        try:
+            async for chunk in self.response.aiter_bytes():
+                buffer += chunk
+                if b"\n\n" not in buffer:
+                    continue
+                *events, buffer = buffer.split(b"\n\n")
+                out: list[bytes] = []
+                for event in events:
+                    done = await self._handle(event, out)
+                    if done:
+                        yield b"".join(out)
+                        return
+                if out:
+                    yield b"".join(out)
+            await self.attempt.fail("provider stream ended without [DONE]")
+            yield error_event("The provider's stream ended early.", "provider_stream_ended")
+        except httpx.HTTPError as exc:
+            await self.attempt.fail(f"provider stream broke off: {exc!r}")
+            yield error_event("The provider's stream broke off.", "provider_stream_broken")
+        except MarketError as exc:
+            await self.attempt.fail(exc.message)
+            yield error_event(exc.message, exc.code)
+
+    async def _handle(self, event: bytes, out: list[bytes]) -> bool:
+        """Appends what the buyer gets for one event; True once the stream is over."""
+        if event.startswith(_DATA):
+            if event == DONE:
+                return self._finish(out)
+            if b'"usage":{' in event and self._hold_usage(event):
+                return False
+            if b"token_ids" in event:
+                for ids in _OUTPUT_IDS.findall(event):
+                    self.token_ids.extend(int(i) for i in ids.split(b",") if i.strip())
+                event = _TOKEN_IDS.sub(b"", event)
+            out.append(event + b"\n\n")
+        elif event.startswith(_RECEIPT):
+            envelope = event[len(_RECEIPT) :].split(_DATA, 1)[-1]
+            usage = self.usage_chunk["usage"] if self.usage_chunk else None
+            self.energy = await self.attempt.settle(envelope, usage, self.token_ids)
+        elif event.startswith(_ERROR):
+            reason = _agent_error(event)
+            await self.attempt.fail(reason)
+            out.append(error_event(reason, "provider_stream_failed"))
+            return True
+        return False
+
+    def _hold_usage(self, event: bytes) -> bool:
+        payload = json.loads(event[len(_DATA) :])
+        if payload.get("choices"):  # usage riding on a content chunk: pass it through
+            return False
+        self.usage_chunk = payload
+        return True
+
+    def _finish(self, out: list[bytes]) -> bool:
+        if self.energy is None:
+            raise_missing = "provider ended the stream without a receipt"
+            out.append(error_event(raise_missing, "invalid_receipt"))
+            return True
+        if self.include_usage and self.usage_chunk is not None:
+            chunk = {**self.usage_chunk, "energy": self.energy}
+            chunk["provider"] = self.attempt.provider_block()
+            out.append(b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n")
+        out.append(DONE + b"\n\n")
+        return True
+
+    async def close(self) -> None:
+        """Releases the hold unless the receipt was charged, and closes the agent's stream."""
+        try:
+            await self.response.aclose()
+        finally:
+            await self.attempt.close()
+
+
+class RelayResponse(StreamingResponse):
+    """A streaming response that ends its job whatever happens, even if never iterated."""
+
+    def __init__(self, relay: StreamRelay) -> None:
+        headers = {**SSE_HEADERS, JOB_ID_HEADER: relay.attempt.order.job_id}
+        super().__init__(relay.events(), media_type="text/event-stream", headers=headers)
+        self.relay = relay
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.relay.close()

@@ -1,0 +1,193 @@
+"""Provider messages the market accepts and what it shows of providers.
+
+The registration and heartbeat are signed like protocol.md's messages (`signing_input(type,
+message)`, Ed25519, `{"message", "signer", "signature"}` envelope) but have no model in
+`protocol.messages` yet; their market-side models live here (docs/agent-protocol.md,
+sections "Registration" and "Heartbeat"). The signature is checked over the message exactly
+as received, before these models read it.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_validator
+
+from protocol.messages import (
+    Address,
+    Domain,
+    EnergyMethod,
+    Hash32,
+    PublicKeyHex,
+    SignatureHex,
+    UInt,
+    UnixMs,
+    Version,
+)
+
+REGISTRATION_TYPE = "provider_registration"
+HEARTBEAT_TYPE = "provider_heartbeat"
+
+PueProfile = Literal[
+    "industry_average", "new_large_site", "hyperscale_best", "colocation", "edge_or_home"
+]
+Price = Annotated[StrictStr, Field(pattern=r"^(auto|[0-9]{1,78})$")]
+ShortText = Annotated[StrictStr, Field(min_length=1, max_length=128)]
+ModelName = Annotated[StrictStr, Field(min_length=1, max_length=256)]
+JobUrl = Annotated[StrictStr, Field(pattern=r"^https?://[^\s]+$", max_length=512)]
+Region = Annotated[StrictStr, Field(pattern=r"^[A-Z]{2}(-[A-Z0-9]{1,8})?$")]
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class SignedProviderMessage(BaseModel):
+    """The envelope of a registration or heartbeat; `message` is checked after the signature."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    message: dict[str, Any]
+    signer: PublicKeyHex
+    signature: SignatureHex
+
+
+class Tariff(_Message):
+    """Electricity price: a decimal per kWh (at most 6 decimals) in an ISO 4217 currency."""
+
+    per_kwh: Annotated[StrictStr, Field(pattern=r"^[0-9]{1,6}(\.[0-9]{1,6})?$")]
+    currency: Annotated[StrictStr, Field(pattern=r"^[A-Z]{3}$")]
+
+
+class Registration(_Message):
+    """`provider_registration` v1: one offer, signed with the key bound on-chain.
+
+    `gpu_count` and `quantization` are optional additions (absent: 1 GPU, not declared).
+    """
+
+    type: Literal["provider_registration"]
+    version: Version
+    provider: Address
+    public_key: PublicKeyHex
+    endpoint: JobUrl | None
+    model: ModelName | None
+    model_digest: Hash32 | None
+    price_in_per_mtok: Price
+    price_out_per_mtok: Price
+    max_concurrency: Annotated[StrictInt, Field(ge=1, le=4096)]
+    region: Region | None
+    tariff: Tariff | None
+    pue_profile: PueProfile
+    host_overhead_milli: Annotated[StrictInt, Field(ge=1000, le=3000)]
+    gpu: ShortText | None
+    declared_power_mw: UInt | None
+    issued_at: UnixMs
+    expires_at: UnixMs
+    domain: Domain
+    gpu_count: Annotated[StrictInt, Field(ge=1, le=64)] | None = None
+    quantization: Annotated[StrictStr, Field(min_length=1, max_length=32)] | None = None
+
+    @model_validator(mode="after")
+    def _window(self) -> Self:
+        if self.expires_at <= self.issued_at:
+            raise ValueError("expires_at must be after issued_at")
+        return self
+
+
+class Heartbeat(_Message):
+    """`provider_heartbeat` v1: "still here", with `issued_at` as a strictly rising nonce."""
+
+    type: Literal["provider_heartbeat"]
+    version: Version
+    provider: Address
+    issued_at: UnixMs
+    domain: Domain
+
+
+# -- answers --------------------------------------------------------------------------------
+
+
+class OfferRead(BaseModel):
+    """One offer as the market stores and shows it."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    model: str
+    model_digest: str | None
+    quantization: str | None
+    price_in_per_mtok: int = Field(description="Payment-token base units per 1M input tokens.")
+    price_out_per_mtok: int = Field(description="Payment-token base units per 1M output tokens.")
+    max_concurrency: int
+    region: str | None
+    tariff_micro_per_kwh: int | None = Field(description="Millionths of `tariff_currency`/kWh.")
+    tariff_currency: str | None
+    pue_profile: str
+    pue_milli: int
+    host_overhead_milli: int
+    gpu: str | None
+    gpu_count: int
+    declared_power_mw: int | None
+    job_url: str
+    updated_at: datetime
+
+
+class RegistrationAccepted(BaseModel):
+    """The answer to an accepted registration."""
+
+    provider: str
+    public_key: str
+    registered_at: datetime
+    offer: OfferRead
+    heartbeat_timeout_s: int = Field(description="Send heartbeats more often than this.")
+
+
+class HeartbeatAccepted(BaseModel):
+    """The answer to an accepted heartbeat."""
+
+    provider: str
+    received_at: datetime
+    online_until: datetime = Field(description="When the provider leaves routing without one.")
+
+
+class AttestationAccepted(BaseModel):
+    """The answer to an accepted attestation (`duplicate`: it was stored before)."""
+
+    provider: str
+    seq: int
+    digest: str
+    duplicate: bool
+
+
+class AttestationSummary(BaseModel):
+    """The figures of one stored attestation."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    seq: int
+    digest: str
+    window_start_ms: int
+    window_end_ms: int
+    energy_method: EnergyMethod
+    energy_mj: int | None
+    prompt_tokens: int
+    generation_tokens: int
+    avg_power_mw: int | None
+    power_limit_mw: int | None
+    avg_running_milli: int
+    avg_waiting_milli: int
+    received_at: datetime
+
+
+class ProviderRead(BaseModel):
+    """A provider's public view."""
+
+    address: str
+    public_key: str
+    status: str
+    reputation: int
+    registered_at: datetime
+    last_heartbeat_at: datetime | None
+    online: bool = Field(description="Active with a heartbeat within the timeout: routable.")
+    offers: list[OfferRead]
+    latest_attestation: AttestationSummary | None

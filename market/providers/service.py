@@ -1,0 +1,510 @@
+"""Providers: registration bound on-chain, offers, heartbeats, attestations, routing's view.
+
+Every signed provider message is checked in the same order: signature (401), then the
+message's fields (422), domain (403), time window (410 / 422), the chain (403), and last the
+database: a registration or heartbeat not newer than the last accepted one is a replay (409).
+Services flush and never commit; the request owns the transaction.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import nacl.exceptions
+from nacl.signing import VerifyKey
+from pydantic import ValidationError
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from market.addresses import checksum_address
+from market.db import utcnow
+from market.providers.errors import (
+    BrokenAttestationChainError,
+    ChainUnavailableError,
+    InvalidOfferError,
+    MalformedProviderMessageError,
+    MessageExpiredError,
+    MessageNotYetValidError,
+    ProviderKeyNotBoundError,
+    ProviderNotFoundError,
+    ProviderSignatureError,
+    ProviderStakeTooLowError,
+    ProviderSuspendedError,
+    ProviderWrongDomainError,
+    ReplayedMessageError,
+)
+from market.providers.models import Attestation, Offer, Provider, ProviderStatus
+from market.providers.repository import ProviderRepository, RoutableOffer
+from market.providers.schemas import (
+    HEARTBEAT_TYPE,
+    REGISTRATION_TYPE,
+    AttestationAccepted,
+    AttestationSummary,
+    Heartbeat,
+    HeartbeatAccepted,
+    OfferRead,
+    ProviderRead,
+    Registration,
+    RegistrationAccepted,
+    SignedProviderMessage,
+)
+from market.routing.table import LiveOffer
+from protocol.canonical import from_hex, signing_input
+from protocol.chain.errors import ChainError, ChainUnavailable
+from protocol.chain.settlement import SettlementClient
+from protocol.errors import BadSignatureError, BrokenChainError, ProtocolError, WrongDomainError
+from protocol.messages import Attestation as AttestationMessage
+from protocol.messages import Domain, Signed, check_chain, message_digest, parse_signed, verify
+
+MAX_CLOCK_SKEW_MS = 5_000
+"""How far ahead of the market's clock a message's `issued_at` may be."""
+
+MAX_REGISTRATION_VALIDITY_MS = 10 * 60 * 1000
+"""The longest `expires_at - issued_at` a registration may ask for (the agent signs for 5 min)."""
+
+HEARTBEAT_MAX_AGE_MS = 60_000
+"""A heartbeat older than this on arrival is refused as expired."""
+
+PUE_MILLI: dict[str, int] = {
+    # shared/data/pue.csv
+    "industry_average": 1560,  # Uptime Institute global survey 2024 (1.55-1.59 since 2020)
+    "new_large_site": 1300,  # Uptime Institute (new large sites <= 1.3)
+    "hyperscale_best": 1100,  # Google fleet Q2 2021
+    "colocation": 1420,  # Equinix 2023
+    "edge_or_home": 1000,  # no facility overhead beyond the rig (an assumption)
+}
+"""PUE of each profile a provider may declare, in milli-units."""
+
+
+def now_ms() -> int:
+    """The market's clock in unix milliseconds."""
+    return time.time_ns() // 1_000_000
+
+
+# -- checking signed provider messages -----------------------------------------------------
+
+
+def _verify_raw(envelope: SignedProviderMessage, type_tag: str, expected_signer: str) -> None:
+    """Checks the Ed25519 signature over the message exactly as received."""
+    if envelope.signer != expected_signer:
+        raise ProviderSignatureError(f"signed by {envelope.signer}, expected {expected_signer}")
+    if envelope.message.get("type") != type_tag:
+        raise MalformedProviderMessageError(f"message type must be {type_tag!r}")
+    try:
+        data = signing_input(type_tag, envelope.message)
+    except ProtocolError as exc:
+        raise MalformedProviderMessageError(f"{type_tag} is not canonical JSON: {exc}") from exc
+    try:
+        VerifyKey(from_hex(envelope.signer, 32)).verify(data, from_hex(envelope.signature, 64))
+    except (nacl.exceptions.CryptoError, ProtocolError) as exc:
+        raise ProviderSignatureError(f"{type_tag} signature does not verify") from exc
+
+
+def _problems(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(part) for part in error['loc']) or '$'}: {error['msg']}"
+        for error in exc.errors(include_url=False, include_input=False)
+    )
+
+
+def _check_domain(kind: str, got: Domain, want: Domain) -> None:
+    if got != want:
+        raise ProviderWrongDomainError(f"{kind} is for {got}, the market is on {want}")
+
+
+def _check_not_ahead(kind: str, issued_at: int, now: int) -> None:
+    if issued_at > now + MAX_CLOCK_SKEW_MS:
+        raise MessageNotYetValidError(f"{kind} issued at {issued_at}, market time is {now}")
+
+
+def _check_on_chain(
+    client: SettlementClient, address: str, public_key: str, min_stake: int
+) -> None:
+    """The key is bound to `address` on-chain, and the address is an active, staked provider."""
+    try:
+        bound = client.provider_key(address)
+        if bound != from_hex(public_key, 32):
+            if bound == bytes(32):
+                raise ProviderKeyNotBoundError(f"{address} has bound no Ed25519 key on-chain")
+            raise ProviderKeyNotBoundError(
+                f"{address} bound another key on-chain: 0x{bound.hex()}, not {public_key}"
+            )
+        stake = client.stake_of(address)
+        if not client.is_active_provider(address) or stake < min_stake:
+            raise ProviderStakeTooLowError(
+                f"{address} stakes {stake} network-token base units; the market requires "
+                f"{min_stake} and an active provider on-chain"
+            )
+    except ChainUnavailable as exc:
+        raise ChainUnavailableError(f"the chain did not answer: {exc}") from exc
+    except ChainError as exc:
+        raise ChainUnavailableError(f"the chain call failed: {exc}") from exc
+
+
+# -- registration ----------------------------------------------------------------------------
+
+
+def _tariff_micro(per_kwh: str) -> int:
+    return int(Decimal(per_kwh) * 1_000_000)
+
+
+def _price(name: str, value: str) -> int:
+    if value == "auto":
+        raise InvalidOfferError(
+            f"{name} is 'auto', which the market does not price yet: send an integer in "
+            "payment-token base units per million tokens"
+        )
+    return int(value)
+
+
+def parse_registration(envelope: SignedProviderMessage) -> Registration:
+    """The registration in the envelope, if its signature and fields are valid."""
+    _verify_raw(envelope, REGISTRATION_TYPE, envelope.signer)
+    try:
+        registration = Registration.model_validate(envelope.message)
+    except ValidationError as exc:
+        raise InvalidOfferError(f"invalid registration: {_problems(exc)}") from exc
+    if registration.public_key != envelope.signer:
+        raise ProviderSignatureError("public_key differs from the envelope's signer")
+    return registration
+
+
+def register(
+    session: Session,
+    envelope: SignedProviderMessage,
+    *,
+    client: SettlementClient,
+    domain: Domain,
+    min_stake: int,
+    heartbeat_timeout_s: int,
+    now: int | None = None,
+) -> RegistrationAccepted:
+    """Accepts a signed registration whose key is bound and staked on-chain; stores its offer.
+
+    The newest registration wins: it replaces the provider's key and offer; one not newer
+    than the last accepted is a replay. A registration also counts as a heartbeat.
+    """
+    now = now_ms() if now is None else now
+    registration = parse_registration(envelope)
+    _check_domain("registration", registration.domain, domain)
+    if registration.expires_at <= now:
+        raise MessageExpiredError(f"registration expired at {registration.expires_at}")
+    if registration.expires_at - registration.issued_at > MAX_REGISTRATION_VALIDITY_MS:
+        raise MessageExpiredError(
+            f"a registration may be valid for at most {MAX_REGISTRATION_VALIDITY_MS} ms"
+        )
+    _check_not_ahead("registration", registration.issued_at, now)
+    if registration.endpoint is None:
+        raise InvalidOfferError("endpoint is required: the public URL of the job endpoint")
+    if registration.model is None:
+        raise InvalidOfferError("model is required: the served model's name")
+    price_in = _price("price_in_per_mtok", registration.price_in_per_mtok)
+    price_out = _price("price_out_per_mtok", registration.price_out_per_mtok)
+    _check_on_chain(client, registration.provider, registration.public_key, min_stake)
+
+    repo = ProviderRepository(session)
+    received = utcnow()
+    provider = repo.get(registration.provider, for_update=True)
+    if provider is None:
+        provider = Provider(
+            address=registration.provider,
+            public_key=registration.public_key,
+            status=ProviderStatus.ACTIVE,
+            reputation=0,
+            registered_at=received,
+            registration_issued_at_ms=registration.issued_at,
+            last_heartbeat_at=received,
+        )
+        repo.add(provider)
+    else:
+        if registration.issued_at <= provider.registration_issued_at_ms:
+            raise ReplayedMessageError(
+                f"registration issued at {registration.issued_at} is not newer than the last "
+                f"accepted one ({provider.registration_issued_at_ms})"
+            )
+        if provider.status == ProviderStatus.SUSPENDED:
+            raise ProviderSuspendedError(f"{provider.address} is suspended by the market")
+        provider.public_key = registration.public_key
+        provider.registered_at = received
+        provider.registration_issued_at_ms = registration.issued_at
+        provider.last_heartbeat_at = received
+    offer = _store_offer(repo, registration, registration.model, price_in, price_out, received)
+    session.flush()
+    return RegistrationAccepted(
+        provider=provider.address,
+        public_key=provider.public_key,
+        registered_at=received,
+        offer=OfferRead.model_validate(offer),
+        heartbeat_timeout_s=heartbeat_timeout_s,
+    )
+
+
+def _store_offer(
+    repo: ProviderRepository,
+    registration: Registration,
+    model: str,
+    price_in: int,
+    price_out: int,
+    received: datetime,
+) -> Offer:
+    assert registration.endpoint is not None
+    repo.delete_offers_except(registration.provider, model)
+    offer = repo.get_offer(registration.provider, model)
+    if offer is None:
+        offer = Offer(provider_address=registration.provider, model=model)
+    tariff = registration.tariff
+    offer.model_digest = registration.model_digest
+    offer.quantization = registration.quantization
+    offer.price_in_per_mtok = price_in
+    offer.price_out_per_mtok = price_out
+    offer.max_concurrency = registration.max_concurrency
+    offer.region = registration.region
+    offer.tariff_micro_per_kwh = None if tariff is None else _tariff_micro(tariff.per_kwh)
+    offer.tariff_currency = None if tariff is None else tariff.currency
+    offer.pue_profile = registration.pue_profile
+    offer.pue_milli = PUE_MILLI[registration.pue_profile]
+    offer.host_overhead_milli = registration.host_overhead_milli
+    offer.gpu = registration.gpu
+    offer.gpu_count = registration.gpu_count or 1
+    offer.declared_power_mw = registration.declared_power_mw
+    offer.job_url = registration.endpoint
+    offer.updated_at = received
+    return repo.add_offer(offer)
+
+
+# -- heartbeats ------------------------------------------------------------------------------
+
+
+def _registered(repo: ProviderRepository, address: Any) -> Provider:
+    if not isinstance(address, str):
+        raise MalformedProviderMessageError("provider must be an EVM address")
+    provider = repo.get(checksum_address(address), for_update=True)
+    if provider is None:
+        raise ProviderNotFoundError(f"no provider {address} is registered; register first")
+    return provider
+
+
+def heartbeat(
+    session: Session,
+    envelope: SignedProviderMessage,
+    *,
+    client: SettlementClient,
+    domain: Domain,
+    heartbeat_timeout_s: int,
+    now: int | None = None,
+) -> HeartbeatAccepted:
+    """Records that a registered, still active provider is alive (`issued_at` must rise)."""
+    now = now_ms() if now is None else now
+    repo = ProviderRepository(session)
+    provider = _registered(repo, envelope.message.get("provider"))
+    _verify_raw(envelope, HEARTBEAT_TYPE, provider.public_key)
+    try:
+        beat = Heartbeat.model_validate(envelope.message)
+    except ValidationError as exc:
+        raise MalformedProviderMessageError(f"invalid heartbeat: {_problems(exc)}") from exc
+    _check_domain("heartbeat", beat.domain, domain)
+    if beat.issued_at < now - HEARTBEAT_MAX_AGE_MS:
+        raise MessageExpiredError(f"heartbeat issued at {beat.issued_at} is too old (now {now})")
+    _check_not_ahead("heartbeat", beat.issued_at, now)
+    if provider.heartbeat_issued_at_ms is not None and beat.issued_at <= (
+        provider.heartbeat_issued_at_ms
+    ):
+        raise ReplayedMessageError(
+            f"heartbeat issued at {beat.issued_at} is not newer than the last accepted one "
+            f"({provider.heartbeat_issued_at_ms})"
+        )
+    if provider.status == ProviderStatus.SUSPENDED:
+        raise ProviderSuspendedError(f"{provider.address} is suspended by the market")
+    try:
+        active = client.is_active_provider(provider.address)
+    except ChainError as exc:
+        raise ChainUnavailableError(f"the chain call failed: {exc}") from exc
+    if not active:
+        raise ProviderStakeTooLowError(f"{provider.address} is no longer active on-chain")
+    received = utcnow()
+    provider.last_heartbeat_at = received
+    provider.heartbeat_issued_at_ms = beat.issued_at
+    session.flush()
+    return HeartbeatAccepted(
+        provider=provider.address,
+        received_at=received,
+        online_until=received + timedelta(seconds=heartbeat_timeout_s),
+    )
+
+
+# -- attestations ----------------------------------------------------------------------------
+
+
+def _stored_message(row: Attestation) -> AttestationMessage:
+    return parse_signed(row.envelope, AttestationMessage).message
+
+
+def _sum_or_none(values: list[int | None]) -> int | None:
+    if not values or any(v is None for v in values):
+        return None
+    return sum(v for v in values if v is not None)
+
+
+def _row(envelope: Signed[AttestationMessage], digest: str) -> Attestation:
+    message = envelope.message
+    energies: list[int | None] = [
+        None
+        if gpu.energy_mj_end is None or gpu.energy_mj_start is None
+        else gpu.energy_mj_end - gpu.energy_mj_start
+        for gpu in message.gpus
+    ]
+    tokens = message.tokens
+    return Attestation(
+        provider_address=message.provider,
+        seq=message.seq,
+        digest=digest,
+        prev_hash=message.prev_hash,
+        window_start_ms=message.window_start,
+        window_end_ms=message.window_end,
+        energy_method=message.energy_method,
+        energy_mj=None if message.energy_method == "unmeasured" else _sum_or_none(energies),
+        prompt_tokens=tokens.prompt_tokens_end - tokens.prompt_tokens_start,
+        generation_tokens=tokens.generation_tokens_end - tokens.generation_tokens_start,
+        avg_power_mw=_sum_or_none([gpu.avg_power_mw for gpu in message.gpus]),
+        power_limit_mw=_sum_or_none([gpu.power_limit_mw for gpu in message.gpus]),
+        avg_running_milli=message.avg_running_requests_milli,
+        avg_waiting_milli=message.avg_waiting_requests_milli,
+        envelope=envelope.model_dump_json(),
+        received_at=utcnow(),
+    )
+
+
+def submit_attestation(
+    session: Session,
+    envelope: Signed[AttestationMessage],
+    *,
+    domain: Domain,
+    now: int | None = None,
+) -> AttestationAccepted:
+    """Stores a signed attestation that extends the provider's chain by exactly one.
+
+    The first must have seq 0; the same attestation sent again is acknowledged as a
+    duplicate; anything else that does not follow the last stored one is refused (409).
+    """
+    now = now_ms() if now is None else now
+    repo = ProviderRepository(session)
+    provider = _registered(repo, envelope.message.provider)
+    try:
+        message = verify(envelope, provider.public_key, domain)
+    except WrongDomainError as exc:
+        raise ProviderWrongDomainError(str(exc)) from exc
+    except BadSignatureError as exc:
+        raise ProviderSignatureError(str(exc)) from exc
+    _check_not_ahead("attestation window", message.window_end, now)
+    digest = message_digest(message)
+    last = repo.latest_attestation(provider.address)
+    if last is not None and message.seq <= last.seq:
+        stored: Attestation | None = last
+        if message.seq != last.seq:
+            stored = repo.attestation_at(provider.address, message.seq)
+        if stored is not None and stored.digest == digest:
+            return AttestationAccepted(
+                provider=provider.address, seq=message.seq, digest=digest, duplicate=True
+            )
+        raise BrokenAttestationChainError(
+            f"attestation seq {message.seq} differs from the one stored (fork); the chain is "
+            f"at seq {last.seq}"
+        )
+    try:
+        check_chain(None if last is None else _stored_message(last), message)
+    except BrokenChainError as exc:
+        raise BrokenAttestationChainError(str(exc)) from exc
+    try:
+        with session.begin_nested():
+            repo.add_attestation(_row(envelope, digest))
+    except IntegrityError as exc:  # a concurrent submission took this seq first
+        raise BrokenAttestationChainError(
+            f"attestation seq {message.seq} was stored concurrently"
+        ) from exc
+    return AttestationAccepted(
+        provider=provider.address, seq=message.seq, digest=digest, duplicate=False
+    )
+
+
+# -- public view and routing -----------------------------------------------------------------
+
+
+def is_online(provider: Provider, now: datetime, heartbeat_timeout_s: int) -> bool:
+    """Active, with a heartbeat within the timeout."""
+    return (
+        provider.status == ProviderStatus.ACTIVE
+        and provider.last_heartbeat_at is not None
+        and provider.last_heartbeat_at >= now - timedelta(seconds=heartbeat_timeout_s)
+    )
+
+
+def _views(session: Session, providers: list[Provider], timeout_s: int) -> list[ProviderRead]:
+    repo = ProviderRepository(session)
+    addresses = [p.address for p in providers]
+    offers: dict[str, list[OfferRead]] = {}
+    for offer in repo.offers_of(addresses):
+        offers.setdefault(offer.provider_address, []).append(OfferRead.model_validate(offer))
+    latest = repo.latest_attestations(addresses)
+    now = utcnow()
+    return [
+        ProviderRead(
+            address=p.address,
+            public_key=p.public_key,
+            status=str(p.status),
+            reputation=p.reputation,
+            registered_at=p.registered_at,
+            last_heartbeat_at=p.last_heartbeat_at,
+            online=is_online(p, now, timeout_s),
+            offers=offers.get(p.address, []),
+            latest_attestation=(
+                AttestationSummary.model_validate(latest[p.address])
+                if p.address in latest
+                else None
+            ),
+        )
+        for p in providers
+    ]
+
+
+def list_providers(session: Session, heartbeat_timeout_s: int) -> list[ProviderRead]:
+    """Every provider's public view."""
+    return _views(session, list(ProviderRepository(session).all()), heartbeat_timeout_s)
+
+
+def get_provider(session: Session, address: str, heartbeat_timeout_s: int) -> ProviderRead:
+    """One provider's public view; `ProviderNotFoundError` if it never registered."""
+    address = checksum_address(address)
+    provider = ProviderRepository(session).get(address)
+    if provider is None:
+        raise ProviderNotFoundError(f"no provider {address}")
+    return _views(session, [provider], heartbeat_timeout_s)[0]
+
+
+def live_offer(row: RoutableOffer) -> LiveOffer:
+    """What routing keeps of an online provider's offer."""
+    offer = row.offer
+    joules_per_token = None
+    if row.steady_energy_mj is not None and row.steady_generation_tokens:
+        joules_per_token = row.steady_energy_mj / 1000 / row.steady_generation_tokens
+    return LiveOffer(
+        provider=offer.provider_address,
+        model=offer.model,
+        region=offer.region or "",
+        price_in_per_mtok=offer.price_in_per_mtok,
+        price_out_per_mtok=offer.price_out_per_mtok,
+        max_concurrency=offer.max_concurrency,
+        job_url=offer.job_url,
+        public_key=row.public_key,
+        joules_per_token=joules_per_token,
+    )
+
+
+def live_offers(session: Session, heartbeat_timeout_s: int) -> list[LiveOffer]:
+    """The offers routing may use now: active providers with a fresh heartbeat (one query)."""
+    now = utcnow()
+    online_since = now - timedelta(seconds=heartbeat_timeout_s)
+    rows = ProviderRepository(session).routable_offers(online_since, int(now.timestamp() * 1000))
+    return [live_offer(row) for row in rows]

@@ -1,0 +1,142 @@
+"""Queries of the settlement package: cursors, epochs, their lines, and receipts by epoch."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from sqlalchemy import Row, exists, func, select, text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from market.db import utcnow
+from market.jobs.models import Receipt
+from market.settlement.models import ChainCursor, Epoch, EpochLine, EpochStatus
+
+STREAM_CHUNK = 5_000
+"""Receipts fetched per round trip when an epoch's receipts are streamed."""
+
+_ASSIGN = text(
+    """
+    UPDATE receipts SET epoch = :epoch, leaf_index = ordered.leaf
+    FROM (
+        SELECT job_id, row_number() OVER (ORDER BY receipt_hash, job_id) - 1 AS leaf
+        FROM receipts WHERE epoch IS NULL
+    ) AS ordered
+    WHERE receipts.job_id = ordered.job_id
+    """
+)
+
+
+class SettlementRepository:
+    """Reads and writes of settlement rows within the caller's session."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    # -- cursors -------------------------------------------------------------------------
+
+    def lock_cursor(self, name: str, initial: int) -> ChainCursor:
+        """The cursor `name` (created at `initial` if new), locked until the transaction ends.
+
+        On PostgreSQL `SELECT ... FOR UPDATE`; on SQLite every transaction already holds the
+        database's write lock (`BEGIN IMMEDIATE`).
+        """
+        insert = (
+            pg_insert if self.session.get_bind().dialect.name == "postgresql" else sqlite_insert
+        )
+        self.session.execute(
+            insert(ChainCursor)
+            .values(name=name, position=initial, updated_at=utcnow())
+            .on_conflict_do_nothing(index_elements=["name"])
+        )
+        stmt = (
+            select(ChainCursor)
+            .where(ChainCursor.name == name)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+        return self.session.scalars(stmt).one()
+
+    # -- epochs --------------------------------------------------------------------------
+
+    def get_epoch(self, number: int, *, for_update: bool = False) -> Epoch | None:
+        """Epoch `number`."""
+        stmt = select(Epoch).where(Epoch.number == number)
+        if for_update:
+            stmt = stmt.with_for_update()
+        return self.session.scalars(stmt.execution_options(populate_existing=True)).one_or_none()
+
+    def unsettled_epoch(self) -> Epoch | None:
+        """The oldest epoch not yet settled (there is at most one)."""
+        stmt = (
+            select(Epoch).where(Epoch.status != EpochStatus.SETTLED).order_by(Epoch.number).limit(1)
+        )
+        return self.session.scalars(stmt).one_or_none()
+
+    def last_epoch_number(self) -> int:
+        """The highest epoch number recorded (0 if none)."""
+        return int(self.session.scalar(select(func.max(Epoch.number))) or 0)
+
+    def list_epochs(self, limit: int, before: int | None) -> Sequence[Epoch]:
+        """Epochs, newest first."""
+        stmt = select(Epoch).order_by(Epoch.number.desc()).limit(limit)
+        if before is not None:
+            stmt = stmt.where(Epoch.number < before)
+        return self.session.scalars(stmt).all()
+
+    def lines_of(self, number: int) -> Sequence[EpochLine]:
+        """The epoch's debit and credit lines, by kind and address."""
+        stmt = (
+            select(EpochLine)
+            .where(EpochLine.epoch == number)
+            .order_by(EpochLine.kind, EpochLine.address)
+        )
+        return self.session.scalars(stmt).all()
+
+    def add(self, *rows: Any) -> None:
+        """Adds rows and flushes."""
+        self.session.add_all(rows)
+        self.session.flush()
+
+    # -- receipts ------------------------------------------------------------------------
+
+    def has_unassigned_receipts(self) -> bool:
+        """Whether some verified receipt is in no epoch yet."""
+        return bool(self.session.scalar(select(exists().where(Receipt.epoch.is_(None)))))
+
+    def assign_receipts(self, number: int) -> None:
+        """Puts every receipt in no epoch into `number`, leaf indexes in receipt-hash order."""
+        self.session.execute(_ASSIGN, {"epoch": number})
+
+    def stream_epoch(self, number: int) -> Iterator[Row[str, str, str, int, int]]:
+        """(receipt_hash, buyer, provider, charge, fee) of the epoch's receipts by leaf index,
+        fetched in chunks so that memory does not grow with the epoch."""
+        stmt = (
+            select(
+                Receipt.receipt_hash,
+                Receipt.buyer_address,
+                Receipt.provider_address,
+                Receipt.charge,
+                Receipt.fee,
+            )
+            .where(Receipt.epoch == number)
+            .order_by(Receipt.leaf_index)
+            .execution_options(yield_per=STREAM_CHUNK)
+        )
+        yield from self.session.execute(stmt)
+
+    def epoch_hashes(self, number: int) -> Iterator[str]:
+        """The epoch's receipt hashes by leaf index, streamed."""
+        stmt = (
+            select(Receipt.receipt_hash)
+            .where(Receipt.epoch == number)
+            .order_by(Receipt.leaf_index)
+            .execution_options(yield_per=STREAM_CHUNK)
+        )
+        yield from self.session.scalars(stmt)
+
+    def get_receipt(self, job_id: str) -> Receipt | None:
+        """The receipt of `job_id`."""
+        return self.session.get(Receipt, job_id)

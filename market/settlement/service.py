@@ -1,0 +1,415 @@
+"""Settlement: epochs of verified receipts, settled on-chain in one batch, with proofs.
+
+Closing an epoch takes three short transactions, each starting by locking the `epochs` cursor
+row so that concurrent closers take turns (`market.settlement.tasks.close_epoch` runs them):
+
+1. `open_epoch`: the unsettled epoch if there is one, else a new one (number: the chain's last
+   settled epoch + 1) that takes every receipt in no epoch yet. Leaf indexes follow the
+   receipts' hashes; the receipts are then streamed in leaf order to build the Merkle tree and
+   the per-buyer debits (sum of charges) and per-provider credits (sum of charge - fee).
+2. `begin_submission`: if the chain already settled the epoch (a crash after sending), it is
+   recorded as settled without sending anything; else it is marked `submitted` and its batch
+   returned for the operator to send.
+3. `record_settlement`: checks the root the chain recorded against ours (a different root
+   raises `EpochRootMismatchError`), books the settlement in the ledger and marks the epoch
+   settled, in one transaction.
+
+Ledger at settlement (transfer kind `settle`, key `settle:<epoch>`): the charges were booked
+when each receipt was verified (buyer held -> provider earned + protocol fees). Settlement
+moves, for each provider, its epoch credit from `provider:<addr>:earned` (earned, unsettled)
+to `provider:<addr>:settled` (on-chain earnings), and the epoch fee from `protocol:fees` to
+`protocol:fees_settled` (the contract's accrued fees). Buyers' accounts do not move: their
+held balance was reduced at charge time, and the contract's escrow catches up now. Hence after
+settlement, on-chain `escrow(b)` = available + held + withdrawing of b, and `earnings(p)` =
+settled of p, to the base unit (while no earnings have been withdrawn).
+
+Withdrawals (the chain watcher): a `WithdrawalRequested` moves the requested amount (the
+contract keeps one pending request per buyer, the newest replacing the older) from
+`buyer:<addr>:available` to `buyer:<addr>:withdrawing`, so it can no longer be held for jobs;
+`Withdrawn` moves it from `withdrawing` to the chain's contra account. Both are `withdrawal`
+transfers, idempotent on the log's (tx_hash, log_index).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy.orm import Session
+
+from market.addresses import checksum_address
+from market.buyers.service import get_or_create_buyer
+from market.db import utcnow
+from market.ledger.models import OwnerKind, TransferKind
+from market.ledger.repository import AccountRef, LedgerRepository
+from market.ledger.service import (
+    CHAIN_ESCROW,
+    PROTOCOL_FEES,
+    Leg,
+    buyer_available,
+    credit_deposit,
+    post_transfer,
+    provider_earned,
+)
+from market.settlement.errors import (
+    EpochNotFoundError,
+    EpochNotOnChainError,
+    EpochRootMismatchError,
+    ReceiptNotSettledError,
+)
+from market.settlement.models import Epoch, EpochLine, EpochStatus, LineKind
+from market.settlement.repository import SettlementRepository
+from market.settlement.schemas import EpochDetail, EpochRead, LineRead, ReceiptProof
+from protocol.chain.settlement import ChainEvent, Credit, Debit, EpochBatch, SettlementClient
+from protocol.merkle import MerkleTree
+
+log = logging.getLogger(__name__)
+
+EPOCH_CURSOR = "epochs"
+CHAIN_CURSOR = "chain_events"
+WATCH_BLOCKS = 2_000
+"""Blocks scanned per watcher transaction."""
+
+RESUBMIT_AFTER = timedelta(minutes=2)
+"""A `submitted` epoch not on-chain after this long is sent again (the sender died)."""
+
+PROTOCOL_SETTLED_FEES = AccountRef(OwnerKind.PROTOCOL, None, "fees_settled")
+"""Fees the contract has accrued for the protocol (settled, not withdrawn)."""
+
+
+def provider_settled(provider: str) -> AccountRef:
+    """The provider's settled earnings, which the contract holds for it."""
+    return AccountRef(OwnerKind.PROVIDER, checksum_address(provider), "settled")
+
+
+def buyer_withdrawing(buyer: str) -> AccountRef:
+    """The buyer's escrow with a withdrawal pending on-chain: not available for holds."""
+    return AccountRef(OwnerKind.BUYER, checksum_address(buyer), "withdrawing")
+
+
+def hash_bytes(receipt_hash: str) -> bytes:
+    """The 32 bytes of a stored `0x`-hex receipt hash."""
+    raw = bytes.fromhex(receipt_hash.removeprefix("0x"))
+    if len(raw) != 32:
+        raise ValueError(f"receipt hash {receipt_hash!r} is not 32 bytes")
+    return raw
+
+
+def _hex(raw: bytes) -> str:
+    return "0x" + raw.hex()
+
+
+# -- closing an epoch ---------------------------------------------------------------------
+
+
+def open_epoch(session: Session, client: SettlementClient) -> Epoch | None:
+    """The epoch to settle next (see the module doc), or None if there is nothing to settle."""
+    repo = SettlementRepository(session)
+    cursor = repo.lock_cursor(EPOCH_CURSOR, 0)
+    unsettled = repo.unsettled_epoch()
+    if unsettled is not None:
+        return unsettled
+    if not repo.has_unassigned_receipts():
+        return None
+    number = max(client.last_settled_epoch(), repo.last_epoch_number()) + 1
+    repo.assign_receipts(number)
+
+    hashes: list[bytes] = []
+    debits: dict[str, int] = {}
+    credits: dict[str, int] = {}
+    fee = 0
+    for receipt_hash, buyer, provider, charge, receipt_fee in repo.stream_epoch(number):
+        hashes.append(hash_bytes(receipt_hash))
+        debits[buyer] = debits.get(buyer, 0) + charge
+        credits[provider] = credits.get(provider, 0) + charge - receipt_fee
+        fee += receipt_fee
+    root = MerkleTree(hashes).root
+    epoch = Epoch(
+        number=number,
+        status=EpochStatus.PENDING,
+        receipts_root=_hex(root),
+        receipt_count=len(hashes),
+        total_debit=sum(debits.values()),
+        total_credit=sum(credits.values()),
+        fee=fee,
+        created_at=utcnow(),
+    )
+    repo.add(epoch)
+    lines = [
+        EpochLine(epoch=number, kind=LineKind.DEBIT, address=a, amount=v)
+        for a, v in sorted(debits.items())
+        if v > 0
+    ] + [
+        EpochLine(epoch=number, kind=LineKind.CREDIT, address=a, amount=v)
+        for a, v in sorted(credits.items())
+        if v > 0
+    ]
+    repo.add(*lines)
+    cursor.position = number
+    cursor.updated_at = utcnow()
+    session.flush()
+    log.info("opened epoch %d: %d receipts, root %s", number, len(hashes), epoch.receipts_root)
+    return epoch
+
+
+def batch_of(session: Session, epoch: Epoch) -> EpochBatch:
+    """The `settleEpoch` batch of a recorded epoch."""
+    lines = SettlementRepository(session).lines_of(epoch.number)
+    return EpochBatch(
+        epoch=epoch.number,
+        receipts_root=hash_bytes(epoch.receipts_root),
+        receipt_count=epoch.receipt_count,
+        fee=epoch.fee,
+        debits=[Debit(line.address, line.amount) for line in lines if line.kind is LineKind.DEBIT],
+        credits=[
+            Credit(line.address, line.amount) for line in lines if line.kind is LineKind.CREDIT
+        ],
+    )
+
+
+def begin_submission(session: Session, client: SettlementClient, number: int) -> EpochBatch | None:
+    """The batch to send for epoch `number`, marked submitted; None if nothing is to be sent
+    (already settled, settled on-chain and now recorded, or a recent submission in flight)."""
+    repo = SettlementRepository(session)
+    repo.lock_cursor(EPOCH_CURSOR, 0)
+    epoch = _epoch(repo, number)
+    if epoch.status is EpochStatus.SETTLED:
+        return None
+    if client.last_settled_epoch() >= number:
+        record_settlement(session, client, number)
+        return None
+    if (
+        epoch.status is EpochStatus.SUBMITTED
+        and epoch.submitted_at is not None
+        and utcnow() - epoch.submitted_at < RESUBMIT_AFTER
+    ):
+        return None
+    epoch.status = EpochStatus.SUBMITTED
+    epoch.submitted_at = utcnow()
+    session.flush()
+    return batch_of(session, epoch)
+
+
+def record_settlement(
+    session: Session,
+    client: SettlementClient,
+    number: int,
+    tx_hash: str | None = None,
+    block: int | None = None,
+) -> Epoch:
+    """Records epoch `number` as settled once the chain holds its root, and books the
+    settlement in the ledger (module doc). Idempotent; a different root on-chain raises."""
+    repo = SettlementRepository(session)
+    repo.lock_cursor(EPOCH_CURSOR, 0)
+    epoch = _epoch(repo, number)
+    if epoch.status is EpochStatus.SETTLED:
+        return epoch
+    if client.last_settled_epoch() < number:
+        raise EpochNotOnChainError(f"epoch {number} is not settled on-chain")
+    onchain = _hex(client.epoch_root(number))
+    if onchain != epoch.receipts_root:
+        raise EpochRootMismatchError(
+            f"epoch {number} was settled on-chain with root {onchain}, "
+            f"the market built {epoch.receipts_root}: investigate before settling anything else"
+        )
+    if tx_hash is None:
+        tx_hash, block = _find_settlement_tx(client, number)
+    legs: list[Leg] = []
+    for line in repo.lines_of(number):
+        if line.kind is LineKind.CREDIT:
+            legs += [Leg(provider_earned(line.address), -line.amount)]
+            legs += [Leg(provider_settled(line.address), line.amount)]
+    if epoch.fee > 0:
+        legs += [Leg(PROTOCOL_FEES, -epoch.fee), Leg(PROTOCOL_SETTLED_FEES, epoch.fee)]
+    if legs:
+        post_transfer(
+            session,
+            kind=TransferKind.SETTLE,
+            idempotency_key=f"settle:{number}",
+            legs=legs,
+            epoch=number,
+        )
+    epoch.status = EpochStatus.SETTLED
+    epoch.tx_hash, epoch.block = tx_hash, block
+    epoch.settled_at = utcnow()
+    session.flush()
+    log.info("epoch %d settled in %s", number, tx_hash)
+    return epoch
+
+
+def _find_settlement_tx(client: SettlementClient, number: int) -> tuple[str | None, int | None]:
+    head = client.confirmed_head(0)
+    start = max(client.deployment.block, head - 100_000)
+    for event in client.events("EpochSettled", start, head):
+        if int(event.args["epoch"]) == number:
+            return event.tx_hash, event.block
+    return None, None
+
+
+def _epoch(repo: SettlementRepository, number: int) -> Epoch:
+    epoch = repo.get_epoch(number, for_update=True)
+    if epoch is None:
+        raise EpochNotFoundError(f"no epoch {number}")
+    return epoch
+
+
+# -- the chain watcher --------------------------------------------------------------------
+
+WATCHED_EVENTS = ("Deposited", "WithdrawalRequested", "Withdrawn")
+
+
+@dataclass(frozen=True)
+class WatchRound:
+    """What one watcher transaction did."""
+
+    from_block: int
+    to_block: int
+    events: int
+    caught_up: bool
+
+
+def watch_chain(
+    session: Session, client: SettlementClient, confirmations: int, max_blocks: int = WATCH_BLOCKS
+) -> WatchRound:
+    """Books the confirmed buyer events after the cursor (at most `max_blocks` blocks) and
+    moves the cursor past them, in the caller's transaction. Safe to run twice or at once:
+    the cursor row is locked, and every posting is idempotent on its log."""
+    repo = SettlementRepository(session)
+    cursor = repo.lock_cursor(CHAIN_CURSOR, client.deployment.block)
+    head = client.confirmed_head(confirmations)
+    start = cursor.position
+    if head < start:
+        return WatchRound(start, start - 1, 0, True)
+    end = min(head, start + max_blocks - 1)
+    events: list[ChainEvent] = []
+    for name in WATCHED_EVENTS:
+        events += client.events(name, start, end)
+    events.sort(key=lambda e: (e.block, e.log_index))
+    for event in events:
+        _apply(session, event)
+    cursor.position = end + 1
+    cursor.updated_at = utcnow()
+    session.flush()
+    return WatchRound(start, end, len(events), end == head)
+
+
+def _apply(session: Session, event: ChainEvent) -> None:
+    buyer = checksum_address(str(event.args["buyer"]))
+    amount = int(event.args["amount"])
+    if event.name == "Deposited":
+        get_or_create_buyer(session, buyer)
+        credit_deposit(session, buyer, amount, event.tx_hash, event.log_index)
+    elif event.name == "WithdrawalRequested":
+        _withdrawal_requested(session, buyer, amount, event)
+    elif event.name == "Withdrawn":
+        _withdrawn(session, buyer, amount, event)
+
+
+def _balances(session: Session, *refs: AccountRef) -> list[int]:
+    repo = LedgerRepository(session)
+    repo.ensure_accounts(refs)
+    accounts = repo.lock_accounts(r.name for r in refs)
+    return [accounts[r.name].balance for r in refs]
+
+
+def _withdrawal_requested(session: Session, buyer: str, amount: int, event: ChainEvent) -> None:
+    key = f"withdrawal-request:{event.tx_hash}:{event.log_index}"
+    if LedgerRepository(session).get_transfer_by_key(key) is not None:
+        return
+    available, withdrawing = buyer_available(buyer), buyer_withdrawing(buyer)
+    free, pending = _balances(session, available, withdrawing)
+    target = min(amount, free + pending)  # the newest request replaces the pending one
+    if target < amount:
+        log.warning("buyer %s asked to withdraw %d, only %d is not held", buyer, amount, target)
+    delta = target - pending
+    if delta == 0:
+        return
+    post_transfer(
+        session,
+        kind=TransferKind.WITHDRAWAL,
+        idempotency_key=key,
+        legs=[Leg(available, -delta), Leg(withdrawing, delta)],
+        tx_hash=event.tx_hash.lower(),
+        log_index=event.log_index,
+    )
+
+
+def _withdrawn(session: Session, buyer: str, amount: int, event: ChainEvent) -> None:
+    key = f"withdrawal:{event.tx_hash}:{event.log_index}"
+    if LedgerRepository(session).get_transfer_by_key(key) is not None:
+        return
+    available, withdrawing = buyer_available(buyer), buyer_withdrawing(buyer)
+    free, pending = _balances(session, available, withdrawing)
+    from_pending = min(amount, pending)
+    from_free = min(amount - from_pending, free)
+    if from_pending + from_free < amount:
+        log.error("buyer %s withdrew %d, the ledger had %d free", buyer, amount, free + pending)
+    legs = [Leg(CHAIN_ESCROW, from_pending + from_free)]
+    if from_pending:
+        legs.append(Leg(withdrawing, -from_pending))
+    if from_free:
+        legs.append(Leg(available, -from_free))
+    if len(legs) > 1:
+        post_transfer(
+            session,
+            kind=TransferKind.WITHDRAWAL,
+            idempotency_key=key,
+            legs=legs,
+            tx_hash=event.tx_hash.lower(),
+            log_index=event.log_index,
+        )
+
+
+# -- reading ------------------------------------------------------------------------------
+
+
+def list_epochs(session: Session, limit: int = 50, before: int | None = None) -> list[EpochRead]:
+    """Epochs, newest first."""
+    return [
+        EpochRead.model_validate(e)
+        for e in SettlementRepository(session).list_epochs(limit, before)
+    ]
+
+
+def get_epoch(session: Session, number: int) -> EpochDetail:
+    """One epoch with its debit and credit lines."""
+    repo = SettlementRepository(session)
+    epoch = repo.get_epoch(number)
+    if epoch is None:
+        raise EpochNotFoundError(f"no epoch {number}")
+    lines = [LineRead.model_validate(line) for line in repo.lines_of(number)]
+    return EpochDetail(**EpochRead.model_validate(epoch).model_dump(), lines=lines)
+
+
+_TREES: dict[tuple[int, str], MerkleTree] = {}
+_TREES_KEPT = 4
+
+
+def receipt_proof(session: Session, job_id: str) -> ReceiptProof:
+    """The inclusion proof of a job's receipt in its settled epoch (for `verifyReceipt`)."""
+    repo = SettlementRepository(session)
+    receipt = repo.get_receipt(job_id)
+    if receipt is None or receipt.epoch is None or receipt.leaf_index is None:
+        raise ReceiptNotSettledError(f"job {job_id} has no receipt in an epoch")
+    epoch = repo.get_epoch(receipt.epoch)
+    if epoch is None or epoch.status is not EpochStatus.SETTLED:
+        raise ReceiptNotSettledError(f"the epoch of job {job_id} is not settled yet")
+    key = (epoch.number, epoch.receipts_root)
+    tree = _TREES.get(key)
+    if tree is None:
+        tree = MerkleTree([hash_bytes(h) for h in repo.epoch_hashes(epoch.number)])
+        if _hex(tree.root) != epoch.receipts_root:
+            raise EpochRootMismatchError(f"epoch {epoch.number}'s receipts no longer give its root")
+        if len(_TREES) >= _TREES_KEPT:
+            _TREES.pop(next(iter(_TREES)))
+        _TREES[key] = tree
+    return ReceiptProof(
+        job_id=job_id,
+        epoch=epoch.number,
+        leaf_index=receipt.leaf_index,
+        receipt_hash=receipt.receipt_hash,
+        proof=[_hex(p) for p in tree.proof(receipt.leaf_index)],
+        root=epoch.receipts_root,
+        settlement_contract=None,
+    )

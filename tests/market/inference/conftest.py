@@ -1,0 +1,142 @@
+"""A market served by uvicorn, with real provider agents in front of the fake engine."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy.orm import Session, sessionmaker
+
+from market.app import create_app
+from market.buyers.service import create_api_key, get_or_create_buyer
+from market.chain.service import MarketChain, open_chain
+from market.config import Settings
+from market.db import create_engine, make_session_factory, session_scope
+from market.ledger import service as ledger
+from market.runtime import Runtime
+from tests.market.factories import new_address, new_tx_hash
+from tests.market.inference.servers import (
+    MARKET_KEY,
+    Agent,
+    PinnedRoutingTable,
+    Served,
+    serve,
+    start_agent,
+)
+from tests.support.openai_upstream import UpstreamProcess, start_upstream
+
+PROVIDER_A = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
+PROVIDER_B = "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC"
+DEPOSIT = 10_000_000
+
+
+@pytest.fixture(scope="session")
+def upstream() -> Iterator[UpstreamProcess]:
+    """The fake OpenAI engine behind every agent."""
+    process = start_upstream()
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.fixture(scope="session")
+def chain(tmp_path_factory: pytest.TempPathFactory) -> MarketChain:
+    """The embedded chain, deployed once (only its domain matters here)."""
+    var = tmp_path_factory.mktemp("chain")
+    return open_chain(Settings(database_url=f"sqlite:///{var}/unused.db", var_dir=var))
+
+
+@pytest.fixture(scope="session")
+def agents(
+    upstream: UpstreamProcess, chain: MarketChain, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Agent]]:
+    """Two real provider agents, by address."""
+    started = {
+        PROVIDER_A: start_agent(
+            upstream.url, chain.domain, PROVIDER_A, "0x" + "02" * 32, tmp_path_factory.mktemp("a")
+        ),
+        PROVIDER_B: start_agent(
+            upstream.url, chain.domain, PROVIDER_B, "0x" + "03" * 32, tmp_path_factory.mktemp("b")
+        ),
+    }
+    try:
+        yield started
+    finally:
+        for agent in started.values():
+            agent.served.stop()
+
+
+@dataclass
+class Market:
+    """The served market, its runtime and a funded buyer's key."""
+
+    served: Served
+    runtime: Runtime
+    routing: PinnedRoutingTable
+    buyer: str
+    api_key: str
+
+    @property
+    def url(self) -> str:
+        """The OpenAI base URL."""
+        return f"{self.served.url}/v1"
+
+    @property
+    def sessions(self) -> sessionmaker[Session]:
+        """Sessions on the market's database."""
+        return self.runtime.sessions
+
+
+def fund(sessions: sessionmaker[Session], amount: int) -> tuple[str, str]:
+    """A new buyer with `amount` deposited and an API key: (address, key)."""
+    with session_scope(sessions) as session:
+        address = new_address()
+        buyer = get_or_create_buyer(session, address)
+        if amount:
+            ledger.credit_deposit(session, address, amount, new_tx_hash(), 0)
+        key = create_api_key(session, buyer).secret.get_secret_value()
+    return address, key
+
+
+def start_market(url: str, chain: MarketChain, tmp_path: Path) -> Iterator[Market]:
+    """A market on the database at `url`, served until the generator is closed."""
+    settings = Settings(database_url=url, var_dir=tmp_path)
+    engine = create_engine(url)
+    routing = PinnedRoutingTable()
+    runtime = Runtime(
+        settings=settings,
+        sessions=make_session_factory(engine),
+        chain=chain,
+        ticket_key=MARKET_KEY,
+        routing=routing,
+        agents=httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=2.0)),
+    )
+    served = serve(create_app(settings, runtime))
+    buyer, key = fund(runtime.sessions, DEPOSIT)
+    try:
+        yield Market(served, runtime, routing, buyer, key)
+    finally:
+        served.stop()
+        engine.dispose()
+
+
+@pytest.fixture
+def market(
+    sqlite_url: str, chain: MarketChain, upstream: UpstreamProcess, tmp_path: Path
+) -> Iterator[Market]:
+    """The market on a fresh SQLite database."""
+    upstream.control()
+    yield from start_market(sqlite_url, chain, tmp_path)
+
+
+@pytest.fixture
+def pg_market(
+    postgres_url: str, chain: MarketChain, upstream: UpstreamProcess, tmp_path: Path
+) -> Iterator[Market]:
+    """The market on a fresh PostgreSQL database."""
+    upstream.control()
+    yield from start_market(postgres_url, chain, tmp_path)

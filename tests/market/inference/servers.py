@@ -1,0 +1,115 @@
+"""Real servers on loopback for the request-path tests: uvicorn in a background thread."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from nacl.signing import SigningKey
+
+from market.routing.table import LiveOffer, RoutingTable
+from protocol.keys import public_key_hex, signing_key_from_seed
+from protocol.messages import Domain
+from provider_agent.energy import UnmeasuredMeter
+from provider_agent.jobs import JobsConfig, create_app
+from tests.conftest import free_port
+
+MODEL = "tiny-llama"
+MODEL_DIGEST = "0x" + "ab" * 32
+MARKET_KEY = signing_key_from_seed("0x" + "01" * 32)
+
+
+@dataclass
+class Served:
+    """An ASGI app served by uvicorn on a free loopback port in a daemon thread."""
+
+    server: uvicorn.Server
+    thread: threading.Thread
+    port: int
+
+    @property
+    def url(self) -> str:
+        """Base URL."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        """Asks uvicorn to exit and waits for it."""
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+def serve(app: Any) -> Served:
+    """Starts `app` and waits until it accepts connections."""
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.01)
+    return Served(server, thread, port)
+
+
+@dataclass
+class Agent:
+    """A real provider agent (job endpoint) in front of the fake engine."""
+
+    address: str
+    key: SigningKey
+    served: Served
+
+    def offer(self, price_in: int, price_out: int, region: str = "DE") -> LiveOffer:
+        """Its offer as routing holds it."""
+        return LiveOffer(
+            provider=self.address,
+            model=MODEL,
+            region=region,
+            price_in_per_mtok=price_in,
+            price_out_per_mtok=price_out,
+            max_concurrency=8,
+            job_url=f"{self.served.url}/jobs",
+            public_key=public_key_hex(self.key),
+        )
+
+
+def start_agent(upstream_url: str, domain: Domain, address: str, seed: str, data: Path) -> Agent:
+    """An agent that trusts `MARKET_KEY` and signs with the key from `seed`."""
+    key = signing_key_from_seed(seed)
+    config = JobsConfig(
+        upstream_url=upstream_url,
+        market_public_key=public_key_hex(MARKET_KEY),
+        domain=domain,
+        provider_address=address,
+        served_model=MODEL,
+        model_digest=MODEL_DIGEST,
+        data_dir=data,
+        upstream_connect_timeout_s=2.0,
+        upstream_read_timeout_s=10.0,
+    )
+    app = create_app(config, key, UnmeasuredMeter("NVML absent (test)"))
+    return Agent(address, key, serve(app))
+
+
+class PinnedRoutingTable(RoutingTable):
+    """A routing table whose offers, placed by a test, survive the periodic refresh."""
+
+    def __init__(self) -> None:
+        self.pinned: list[LiveOffer] = []
+        super().__init__()
+
+    def pin(self, offers: Iterable[LiveOffer]) -> None:
+        """Puts these offers on the table (until the test ends)."""
+        self.pinned = list(offers)
+        self.replace([])
+
+    def replace(self, offers: Iterable[LiveOffer]) -> None:
+        """Keeps the pinned offers beside whatever the refresh found."""
+        super().replace([*offers, *getattr(self, "pinned", [])])

@@ -1,0 +1,107 @@
+"""Errors in OpenAI's envelope, fallback to another provider, and a stream that dies."""
+
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageParam
+from sqlalchemy import select
+
+from market.db import session_scope
+from market.jobs.models import Job, JobStatus, Receipt
+from market.ledger import service as ledger
+from tests.conftest import free_port
+from tests.market.inference.conftest import DEPOSIT, PROVIDER_A, PROVIDER_B, Market, fund
+from tests.market.inference.servers import MODEL, Agent
+from tests.support.openai_upstream import UpstreamProcess
+
+MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Say something."}]
+
+
+def _post(market: Market, body: dict[str, object], key: str | None) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return httpx.post(f"{market.url}/chat/completions", json=body, headers=headers)
+
+
+def _jobs(market: Market) -> list[Job]:
+    with session_scope(market.sessions) as session:
+        return list(session.scalars(select(Job).order_by(Job.created_at)))
+
+
+def test_error_statuses_use_openais_envelope(market: Market, agents: dict[str, Agent]) -> None:
+    market.routing.pin([agents[PROVIDER_A].offer(1_000_000, 1_000_000, region="DE")])
+    body = {"model": MODEL, "messages": MESSAGES, "max_tokens": 16}
+    missing = _post(market, body, None)
+    assert missing.status_code == 401
+    assert missing.json()["error"]["type"] == "authentication_error"
+    assert _post(market, body, "sk-jm-wrong").status_code == 401
+    bad = _post(market, {**body, "provider": {"sortt": "price"}}, market.api_key)
+    assert bad.status_code == 400
+    assert bad.json()["error"]["param"] == "provider.sortt"
+    unknown = _post(market, {**body, "model": "nope"}, market.api_key)
+    assert (unknown.status_code, unknown.json()["error"]["code"]) == (404, "model_not_found")
+    none = _post(market, {**body, "provider": {"regions": ["FR"]}}, market.api_key)
+    assert none.status_code == 503
+    _, poor_key = fund(market.sessions, 5)
+    poor = _post(market, body, poor_key)
+    assert poor.status_code == 402
+    assert poor.json()["error"]["type"] == "insufficient_quota"
+    client = openai.OpenAI(base_url=market.url, api_key="sk-jm-wrong")
+    with pytest.raises(openai.AuthenticationError):
+        client.chat.completions.create(model=MODEL, messages=MESSAGES)
+    models = httpx.get(f"{market.url}/models").json()["data"]
+    assert [m["id"] for m in models] == [MODEL]
+    assert models[0]["market"]["providers"] == 1
+    with session_scope(market.sessions) as session:
+        assert ledger.statement(session, market.buyer).available == DEPOSIT
+
+
+def test_falls_back_to_the_next_provider_when_the_first_is_down(
+    market: Market, agents: dict[str, Agent]
+) -> None:
+    down = agents[PROVIDER_A].offer(1_000_000, 1_000_000)
+    down.job_url = f"http://127.0.0.1:{free_port()}/jobs"  # nothing listens there
+    market.routing.pin([down, agents[PROVIDER_B].offer(2_000_000, 2_000_000)])
+    client = openai.OpenAI(base_url=market.url, api_key=market.api_key)
+    result = client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=16)
+    assert (result.model_extra or {})["provider"]["address"] == PROVIDER_B
+    failed, served = _jobs(market)
+    assert (failed.provider_address, failed.status) == (PROVIDER_A, JobStatus.FAILED)
+    assert (served.provider_address, served.status) == (PROVIDER_B, JobStatus.COMPLETED)
+    assert failed.id != served.id
+    with session_scope(market.sessions) as session:
+        assert ledger.get_hold(session, failed.id).status.value == "released"
+        charge = ledger.get_hold(session, served.id).charged or 0
+        assert ledger.statement(session, market.buyer).available == DEPOSIT - charge
+    assert down.in_flight == 0
+
+
+def test_stream_that_dies_midway_is_not_charged(
+    market: Market, agents: dict[str, Agent], upstream: UpstreamProcess
+) -> None:
+    market.routing.pin([agents[PROVIDER_A].offer(1_000_000, 1_000_000)])
+    upstream.control(die_after_chunks=3)
+    client = openai.OpenAI(base_url=market.url, api_key=market.api_key)
+    stream = client.chat.completions.create(
+        model=MODEL,
+        messages=MESSAGES,
+        max_tokens=16,
+        stream=True,
+    )
+    seen: list[ChatCompletionChunk] = []
+
+    def consume() -> None:
+        seen.extend(stream)
+
+    with pytest.raises(openai.APIError):
+        consume()
+    assert len(seen) == 3
+    (job,) = _jobs(market)
+    assert job.status is JobStatus.FAILED
+    with session_scope(market.sessions) as session:
+        assert ledger.get_hold(session, job.id).status.value == "released"
+        assert session.get(Receipt, job.id) is None
+        statement = ledger.statement(session, market.buyer)
+        assert (statement.available, statement.held, statement.charged) == (DEPOSIT, 0, 0)
+    assert market.routing.pinned[0].in_flight == 0
