@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from market.runtime import Runtime, get_runtime
+from protocol.keys import public_key_hex
 
 router = APIRouter(tags=["health"])
 
@@ -61,3 +62,20 @@ def health(runtime: Annotated[Runtime, Depends(get_runtime)]) -> JSONResponse:
     }
     ok = all(check["ok"] for check in checks.values())
     return JSONResponse(status_code=200 if ok else 503, content={"ok": ok, "checks": checks})
+
+
+@router.get("/market")
+def market_info(runtime: Annotated[Runtime, Depends(get_runtime)]) -> dict[str, Any]:
+    """What agents and buyers need to talk to this market: its domain, ticket key and terms."""
+    deployment = runtime.chain.deployment
+    return {
+        "chain_id": deployment.chain_id,
+        "settlement_contract": deployment.settlement,
+        "payment_token": deployment.payment_token,
+        "network_token": deployment.network_token,
+        "ticket_public_key": public_key_hex(runtime.ticket_key),
+        "protocol_fee_bps": runtime.settings.protocol_fee_bps,
+        "min_provider_stake": str(runtime.settings.min_provider_stake),
+        "confirmations": runtime.settings.confirmations,
+        "epoch_seconds": runtime.settings.epoch_seconds,
+    }

@@ -22,6 +22,10 @@ def test_health_and_metrics_on_the_embedded_default(tmp_path: Path) -> None:
         assert set(body["checks"]) == {"database", "broker", "chain"}
         assert body["checks"]["chain"]["settlement"].startswith("0x")
         assert client.get("/metrics").status_code == 200
+        info = client.get("/market").json()
+        assert info["settlement_contract"] == body["checks"]["chain"]["settlement"]
+        assert info["ticket_public_key"].startswith("0x")
+        assert len(info["ticket_public_key"]) == 66
 
 
 def test_health_names_a_failing_broker(tmp_path: Path) -> None:
