@@ -284,3 +284,29 @@ def meter(
         return
     console.print(f"energy    {window.total_mj} mJ ({window.method}: {escape(window.basis)})")
     console.print(f"power     {window.avg_power_mw} mW average")
+
+
+@app.command()
+def run(ctx: typer.Context) -> None:
+    """Supervise vLLM, serve jobs, send heartbeats and attestations until SIGTERM/SIGINT."""
+    import asyncio
+    import logging
+
+    from provider_agent.runner import run_agent
+    from provider_agent.supervisor import EngineStartError
+
+    settings = _settings(ctx)
+    identity = _identity(settings)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    selected = _meter(settings)
+    try:
+        code = asyncio.run(run_agent(settings, identity, selected))
+    except ConfigError as exc:
+        fail(str(exc), code=2)
+    except EngineStartError as exc:
+        fail(str(exc), "check vllm.command, vllm.url and data_dir/vllm.log")
+    finally:
+        selected.close()
+    raise typer.Exit(code)

@@ -138,6 +138,17 @@ class ListenSettings(_Group):
     port: int = Field(default=8100, ge=1, le=65535)
 
 
+class RunSettings(_Group):
+    """Timings of `provider-agent run`."""
+
+    heartbeat_interval_s: float = Field(default=15.0, gt=0, le=3600)
+    attestation_window_s: float = Field(default=10.0, gt=0, le=3600)
+    engine_startup_timeout_s: float = Field(default=900.0, gt=0)
+    engine_stop_grace_s: float = Field(default=20.0, ge=0)
+    shutdown_grace_s: float = Field(default=30.0, ge=0)
+    flush_timeout_s: float = Field(default=10.0, ge=0)
+
+
 class AgentSettings(BaseSettings):
     """Everything the agent is told; see `load_settings` for where it comes from."""
 
@@ -150,10 +161,12 @@ class AgentSettings(BaseSettings):
     passphrase: SecretStr | None = None
     vllm: VllmSettings = VllmSettings()
     market_url: str | None = None
+    market_public_key: str | None = Field(default=None, pattern=r"^0x[0-9a-f]{64}$")
     chain_rpc_url: str | None = None
     deployment_file: Path | None = None
     offer: OfferSettings = OfferSettings()
     listen: ListenSettings = ListenSettings()
+    run: RunSettings = RunSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -7,7 +7,10 @@ per 4 bytes of its text (at least 1). It honours `max_tokens`, `stream`,
 `POST /_control` changes behaviour at run time (JSON, every field optional):
 `completion_tokens` (default 8), `delay_ms` between chunks, `status` (answer every
 request with this HTTP status), `die_after_chunks` (drop the connection after that many
-stream chunks). `GET /_last` returns the last request body, `GET /health` answers 200.
+stream chunks). `GET /_last` returns the last request body, `GET /health` answers 200,
+`GET /v1/models` lists the served model (`--served-model`, default `tiny-llama`) and
+`GET /metrics` exports vLLM's token counters and request gauges for it (prompt and
+completion tokens of every answered request, requests in progress, 0 waiting).
 
 Run it: `python -m tests.support.openai_upstream --port 8001`; in tests, `start_upstream()`.
 """
@@ -48,10 +51,14 @@ class UpstreamDiedError(Exception):
 class FakeEngine:
     """The ASGI app: deterministic completions, controllable failures."""
 
-    def __init__(self) -> None:
+    def __init__(self, served_model: str = "tiny-llama") -> None:
         """Start with the default behaviour."""
         self.settings: dict[str, Any] = dict(DEFAULTS)
         self.last_body: dict[str, Any] | None = None
+        self.served_model = served_model
+        self.prompt_tokens = 0
+        self.generation_tokens = 0
+        self.running = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Route one HTTP request."""
@@ -71,10 +78,35 @@ class FakeEngine:
         elif path == "/_control" and method == "POST":
             self.settings = {**DEFAULTS, **json.loads(body or b"{}")}
             await _json(send, 200, self.settings)
+        elif path == "/v1/models":
+            await _json(send, 200, {"object": "list", "data": [{"id": self.served_model}]})
+        elif path == "/metrics":
+            await self._metrics(send)
         elif path in ("/v1/chat/completions", "/v1/completions") and method == "POST":
-            await self._complete(path.endswith("chat/completions"), json.loads(body), send)
+            self.running += 1
+            try:
+                await self._complete(path.endswith("chat/completions"), json.loads(body), send)
+            finally:
+                self.running -= 1
         else:
             await _json(send, 404, {"error": {"message": "not found"}})
+
+    async def _metrics(self, send: Send) -> None:
+        labels = f'{{engine="0",model_name="{self.served_model}"}}'
+        lines = [
+            "# TYPE vllm:num_requests_running gauge",
+            f"vllm:num_requests_running{labels} {float(self.running)}",
+            "# TYPE vllm:num_requests_waiting gauge",
+            f"vllm:num_requests_waiting{labels} 0.0",
+            "# TYPE vllm:prompt_tokens_total counter",
+            f"vllm:prompt_tokens_total{labels} {float(self.prompt_tokens)}",
+            "# TYPE vllm:generation_tokens_total counter",
+            f"vllm:generation_tokens_total{labels} {float(self.generation_tokens)}",
+        ]
+        body = ("\n".join(lines) + "\n").encode()
+        headers = [(b"content-type", b"text/plain; version=0.0.4")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
 
     async def _complete(self, chat: bool, request: dict[str, Any], send: Send) -> None:
         self.last_body = request
@@ -91,6 +123,8 @@ class FakeEngine:
             "total_tokens": max(1, len(prompt) // 4) + count,
         }
         finish = "length" if count == limit else "stop"
+        self.prompt_tokens += usage["prompt_tokens"]
+        self.generation_tokens += count
         ids = request.get("return_token_ids") is True
         if request.get("stream"):
             await self._stream(chat, request, count, finish, usage, ids, send)
@@ -240,8 +274,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--served-model", default="tiny-llama")
     args = parser.parse_args()
-    uvicorn.run(FakeEngine(), host=args.host, port=args.port, log_level="warning")
+    engine = FakeEngine(args.served_model)
+    uvicorn.run(engine, host=args.host, port=args.port, log_level="warning")
 
 
 if __name__ == "__main__":

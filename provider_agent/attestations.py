@@ -1,0 +1,381 @@
+"""Attestations: one signed window of energy and token counters every few seconds.
+
+Each window reads the energy meter and vLLM's `/metrics` at both ends (the end of one
+window is the start of the next), samples the running and waiting requests in between,
+and becomes a protocol `Attestation` chained by `seq` and `prev_hash`. Every signed
+attestation is appended to `<data_dir>/attestations.jsonl` before it is sent, and its
+seq to `attestations-sent.jsonl` once the market has it; the chain's head is the last
+line of the first file, so a restarted agent continues the chain, and an attestation the
+market did not take is retried with backoff until it does: none is dropped.
+
+A window whose token counters cannot be read, or went backwards (vLLM restarted), is
+not attested: the next window starts from the next good reading. A window whose energy
+is invalid (counter reset, GPU set changed) is attested as `unmeasured` with the reason.
+An estimated meter has no GPU counters, so its windows carry one `declared-power` entry
+whose counter is the running sum of the estimated energy over the chain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nacl.signing import SigningKey
+
+from protocol.messages import (
+    ZERO_HASH,
+    Attestation,
+    Domain,
+    GpuReading,
+    Signed,
+    TokenCounters,
+    message_digest,
+    parse_signed,
+    sign,
+)
+from provider_agent.energy import EnergyMeter, EnergyReading, WindowEnergy, window_energy
+from provider_agent.engine.errors import EngineError
+from provider_agent.engine.metrics import EngineCounters
+
+log = logging.getLogger(__name__)
+
+DECLARED_GPU_UUID = "declared-power"
+MAX_TEXT = 256
+CountersFetch = Callable[[], Awaitable[EngineCounters]]
+Sender = Callable[[Signed[Attestation]], Awaitable[object]]
+
+
+def _text(value: str | None) -> str | None:
+    if not value:
+        return None
+    return value if len(value) <= MAX_TEXT else value[: MAX_TEXT - 3] + "..."
+
+
+class AttestationLog:
+    """Append-only store of signed attestations and of which seqs the market has."""
+
+    def __init__(self, data_dir: Path, *, fsync: bool = True) -> None:
+        """Load what `data_dir` holds (a torn last line, from a crash mid-write, is cut off)."""
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.path = data_dir / "attestations.jsonl"
+        self.sent_path = data_dir / "attestations-sent.jsonl"
+        self._fsync = fsync
+        self._all: list[Signed[Attestation]] = []
+        for line in self._lines(self.path):
+            self._all.append(parse_signed(line, Attestation))
+        self._sent = {int(line) for line in self._lines(self.sent_path)}
+
+    @staticmethod
+    def _lines(path: Path) -> list[str]:
+        if not path.exists():
+            return []
+        data = path.read_bytes()
+        if data and not data.endswith(b"\n"):  # torn write: drop the fragment
+            data = data[: data.rfind(b"\n") + 1]
+            path.write_bytes(data)
+        return [line for line in data.decode("utf-8").splitlines() if line.strip()]
+
+    def _append(self, path: Path, line: str) -> None:
+        with path.open("a", encoding="utf-8") as out:
+            out.write(line + "\n")
+            out.flush()
+            if self._fsync:
+                os.fsync(out.fileno())
+
+    def last(self) -> Signed[Attestation] | None:
+        """The head of the chain, if any."""
+        return self._all[-1] if self._all else None
+
+    def append(self, envelope: Signed[Attestation]) -> None:
+        """Store a signed attestation (before it is sent); it must extend the chain."""
+        head = self.last()
+        expected = 0 if head is None else head.message.seq + 1
+        if envelope.message.seq != expected:
+            raise ValueError(f"attestation seq {envelope.message.seq} != expected {expected}")
+        self._append(self.path, envelope.model_dump_json())
+        self._all.append(envelope)
+
+    def mark_sent(self, seq: int) -> None:
+        """Record that the market has attestation `seq`."""
+        if seq not in self._sent:
+            self._append(self.sent_path, str(seq))
+            self._sent.add(seq)
+
+    def all(self) -> list[Signed[Attestation]]:
+        """Every stored attestation, in chain order."""
+        return list(self._all)
+
+    def unsent(self) -> list[Signed[Attestation]]:
+        """Stored attestations the market has not acknowledged, in chain order."""
+        return [env for env in self._all if env.message.seq not in self._sent]
+
+
+@dataclass
+class _Window:
+    reading: EnergyReading
+    counters: EngineCounters
+    running: list[int] = field(default_factory=list)
+    waiting: list[int] = field(default_factory=list)
+
+    def sample(self, counters: EngineCounters) -> None:
+        self.running.append(counters.requests_running)
+        self.waiting.append(counters.requests_waiting)
+
+
+def _avg_milli(values: list[int]) -> int:
+    return (sum(values) * 1000 + len(values) // 2) // len(values) if values else 0
+
+
+class AttestationBuilder:
+    """Turns two readings into the next signed attestation of the chain."""
+
+    def __init__(
+        self,
+        *,
+        provider: str,
+        domain: Domain,
+        signing_key: SigningKey,
+        log_store: AttestationLog,
+        driver_version: str | None = None,
+        declared_gpu_name: str | None = None,
+    ) -> None:
+        """`log_store` holds the chain; the next attestation follows its head."""
+        self.provider = provider
+        self.domain = domain
+        self.signing_key = signing_key
+        self.store = log_store
+        self.driver_version = _text(driver_version)
+        self.declared_gpu_name = declared_gpu_name or "declared"
+
+    def _gpus(
+        self, start: EnergyReading, end: EnergyReading, window: WindowEnergy
+    ) -> list[GpuReading]:
+        duration_ns = end.monotonic_ns - start.monotonic_ns
+        if window.method == "estimated":
+            head = self.store.last()
+            base = 0
+            if head is not None:
+                for attested in head.message.gpus:
+                    if attested.uuid == DECLARED_GPU_UUID and attested.energy_mj_end is not None:
+                        base = attested.energy_mj_end
+            total = window.total_mj or 0
+            return [
+                GpuReading(
+                    uuid=DECLARED_GPU_UUID,
+                    name=self.declared_gpu_name,
+                    energy_mj_start=base,
+                    energy_mj_end=base + total,
+                    power_limit_mw=None,
+                    avg_power_mw=window.avg_power_mw,
+                )
+            ]
+        before = {gpu.uuid: gpu for gpu in start.gpus}
+        result = []
+        for gpu in end.gpus:
+            first = before.get(gpu.uuid)
+            energy_start = None if first is None else first.energy_mj
+            energy_end = gpu.energy_mj
+            avg_power: int | None = None
+            if window.total_mj is None or energy_start is None or energy_end is None:
+                energy_start = energy_end = None
+            elif duration_ns > 0:
+                avg_power = ((energy_end - energy_start) * 10**9 + duration_ns // 2) // duration_ns
+            result.append(
+                GpuReading(
+                    uuid=gpu.uuid,
+                    name=gpu.name,
+                    energy_mj_start=energy_start,
+                    energy_mj_end=energy_end,
+                    power_limit_mw=gpu.power_limit_mw,
+                    avg_power_mw=avg_power,
+                )
+            )
+        return result
+
+    def build(
+        self,
+        start: EnergyReading,
+        end: EnergyReading,
+        tokens_start: EngineCounters,
+        tokens_end: EngineCounters,
+        running: list[int],
+        waiting: list[int],
+    ) -> Signed[Attestation] | None:
+        """Sign and store the next attestation; `None` if the window cannot be attested."""
+        head = self.store.last()
+        window_start = start.unix_ms
+        if head is not None:
+            window_start = max(window_start, head.message.window_end)
+        if end.unix_ms <= window_start:
+            return None
+        window = window_energy(start, end)
+        method = window.method if window.total_mj is not None else "unmeasured"
+        if method == "unmeasured":
+            basis = window.invalid_reason or end.reason or window.basis
+        else:
+            basis = window.basis
+        gpus = self._gpus(start, end, window)
+        if method == "measured" and not gpus:
+            method, basis = "unmeasured", "no GPU in the reading"
+        message = Attestation(
+            provider=self.provider,
+            seq=0 if head is None else head.message.seq + 1,
+            prev_hash=ZERO_HASH if head is None else message_digest(head.message),
+            window_start=window_start,
+            window_end=end.unix_ms,
+            gpus=tuple(gpus),
+            driver_version=self.driver_version,
+            energy_method=method,
+            energy_basis=_text(basis),
+            tokens=TokenCounters(
+                prompt_tokens_start=tokens_start.prompt_tokens,
+                prompt_tokens_end=tokens_end.prompt_tokens,
+                generation_tokens_start=tokens_start.generation_tokens,
+                generation_tokens_end=tokens_end.generation_tokens,
+            ),
+            avg_running_requests_milli=_avg_milli(running),
+            avg_waiting_requests_milli=_avg_milli(waiting),
+            domain=self.domain,
+        )
+        envelope = sign(message, self.signing_key)
+        self.store.append(envelope)
+        return envelope
+
+
+def _went_backwards(start: EngineCounters, end: EngineCounters) -> bool:
+    return (
+        end.prompt_tokens < start.prompt_tokens or end.generation_tokens < start.generation_tokens
+    )
+
+
+class AttestationLoop:
+    """Produces one attestation per window and posts the queue to the market."""
+
+    def __init__(
+        self,
+        *,
+        builder: AttestationBuilder,
+        meter: EnergyMeter,
+        counters: CountersFetch,
+        sender: Sender | None,
+        window_s: float = 10.0,
+        sample_s: float = 1.0,
+        retry_initial_s: float = 1.0,
+        retry_max_s: float = 60.0,
+    ) -> None:
+        """`sender` posts one attestation (raising on failure); `None` only stores them."""
+        self.builder = builder
+        self.meter = meter
+        self.counters = counters
+        self.sender = sender
+        self.window_s = window_s
+        self.sample_s = min(sample_s, window_s)
+        self.retry_initial_s = retry_initial_s
+        self.retry_max_s = retry_max_s
+        self.produced = 0
+        self.send_failures = 0
+        self._wake = asyncio.Event()
+
+    async def _reading(self) -> tuple[EnergyReading, EngineCounters] | None:
+        reading = await asyncio.to_thread(self.meter.read)
+        try:
+            counters = await self.counters()
+        except EngineError as exc:
+            log.warning("engine counters unavailable: %s", exc)
+            return None
+        return reading, counters
+
+    async def produce(self) -> None:
+        """Run windows back to back until cancelled."""
+        loop = asyncio.get_running_loop()
+        window: _Window | None = None
+        while True:
+            if window is None:
+                first = await self._reading()
+                if first is None:
+                    await asyncio.sleep(self.sample_s)
+                    continue
+                window = _Window(*first)
+                window.sample(first[1])
+            deadline = loop.time() + self.window_s
+            while (left := deadline - loop.time()) > 0:
+                await asyncio.sleep(min(self.sample_s, left))
+                if loop.time() < deadline:
+                    with contextlib.suppress(EngineError):
+                        window.sample(await self.counters())
+            end = await self._reading()
+            if end is None:
+                window = None
+                continue
+            reading, counters = end
+            window.sample(counters)
+            if not _went_backwards(window.counters, counters):
+                envelope = self.builder.build(
+                    window.reading,
+                    reading,
+                    window.counters,
+                    counters,
+                    window.running,
+                    window.waiting,
+                )
+                if envelope is not None:
+                    self.produced += 1
+                    self._wake.set()
+            else:
+                log.warning("engine token counters went backwards (restart?): window not attested")
+            window = _Window(reading, counters)
+            window.sample(counters)
+
+    async def send_pending(self) -> bool:
+        """Post every unsent attestation in order; `False` at the first failure."""
+        if self.sender is None:
+            return True
+        for envelope in self.builder.store.unsent():
+            try:
+                await self.sender(envelope)
+            except Exception as exc:  # any failure: keep it queued and retry later
+                self.send_failures += 1
+                log.warning("attestation %d not sent: %s", envelope.message.seq, exc)
+                return False
+            self.builder.store.mark_sent(envelope.message.seq)
+        return True
+
+    async def deliver(self) -> None:
+        """Send queued attestations as they appear, retrying with backoff, until cancelled."""
+        delay = self.retry_initial_s
+        while True:
+            self._wake.clear()
+            if await self.send_pending():
+                delay = self.retry_initial_s
+                await self._wake.wait()
+            else:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.retry_max_s)
+
+    async def run(self) -> None:
+        """Produce and deliver until cancelled."""
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self.produce())
+            group.create_task(self.deliver())
+
+    async def flush(self, timeout_s: float) -> bool:
+        """Try to send what is queued within `timeout_s`; whether nothing is left."""
+        try:
+            return await asyncio.wait_for(self.send_pending(), timeout_s)
+        except TimeoutError:
+            return False
+
+
+def describe_log(store: AttestationLog) -> str:
+    """One line on the chain's state."""
+    head = store.last()
+    unsent = len(store.unsent())
+    if head is None:
+        return "no attestation yet"
+    return json.dumps({"head_seq": head.message.seq, "unsent": unsent})

@@ -1,0 +1,118 @@
+"""The agent's calls to the market over HTTP: registration, heartbeats, attestations.
+
+Wire formats: docs/agent-protocol.md and `market/providers/schemas.py`. The heartbeat is
+`provider_heartbeat` v1 (`provider`, `issued_at` as a strictly rising nonce, `domain`),
+signed over `signing_input("provider_heartbeat", message)` in the usual envelope.
+
+The market has no endpoint that takes receipts back from an agent (receipts travel in
+the job response), so the receipt outbox cannot be flushed to it yet.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+
+from protocol.canonical import JsonValue, signing_input, to_hex
+from protocol.keys import ProviderIdentity
+from protocol.messages import Attestation, Domain, Signed
+
+HEARTBEAT_TYPE = "provider_heartbeat"
+
+
+class MarketError(Exception):
+    """The market could not be reached or refused a message; `status` is its HTTP status."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        """`status` is `None` when the market did not answer at all."""
+        super().__init__(message)
+        self.status = status
+
+
+def _domain_json(domain: Domain) -> dict[str, JsonValue]:
+    return {"chain_id": domain.chain_id, "settlement_contract": domain.settlement_contract}
+
+
+def heartbeat_envelope(
+    identity: ProviderIdentity, domain: Domain, issued_at: int
+) -> dict[str, Any]:
+    """The signed heartbeat envelope `{"message", "signer", "signature"}`."""
+    message: dict[str, JsonValue] = {
+        "type": HEARTBEAT_TYPE,
+        "version": 1,
+        "provider": identity.address,
+        "issued_at": issued_at,
+        "domain": _domain_json(domain),
+    }
+    signature = identity.signing_key.sign(signing_input(HEARTBEAT_TYPE, message)).signature
+    return {"message": message, "signer": identity.public_key_hex, "signature": to_hex(signature)}
+
+
+async def fetch_market_domain(http: httpx.AsyncClient, market_url: str) -> Domain:
+    """The market's chain id and Settlement contract, from its `GET /health` chain check."""
+    try:
+        response = await http.get(f"{market_url}/health")
+        chain = response.json()["checks"]["chain"]
+        return Domain(chain_id=chain["chain_id"], settlement_contract=chain["settlement"])
+    except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+        raise MarketError(
+            f"cannot read the market's chain from {market_url}/health: {exc}"
+        ) from exc
+
+
+class MarketClient:
+    """Posts the agent's signed messages to one market."""
+
+    def __init__(
+        self,
+        market_url: str,
+        identity: ProviderIdentity,
+        domain: Domain,
+        http: httpx.AsyncClient | None = None,
+    ) -> None:
+        """`http` is used for every call (one with a 10 s timeout is made if not given)."""
+        self.market_url = market_url.rstrip("/")
+        self.identity = identity
+        self.domain = domain
+        self._http = http or httpx.AsyncClient(timeout=10.0)
+        self._own_http = http is None
+        self._last_heartbeat_ms = 0
+
+    async def _post(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
+        url = f"{self.market_url}{path}"
+        try:
+            response = await self._http.post(url, json=payload)
+        except httpx.HTTPError as exc:
+            raise MarketError(f"market unreachable at {url}: {exc!r}") from exc
+        if not response.is_success:
+            raise MarketError(
+                f"{url} answered {response.status_code}: {response.text[:500]}",
+                response.status_code,
+            )
+        try:
+            body = response.json()
+        except ValueError:
+            return {}
+        return body if isinstance(body, dict) else {}
+
+    async def register(self, envelope: dict[str, Any]) -> dict[str, Any]:
+        """Post a signed registration (`provider_agent.registration.signed_registration`)."""
+        return await self._post("/providers/register", envelope)
+
+    async def heartbeat(self) -> dict[str, Any]:
+        """Post a signed heartbeat; `issued_at` rises strictly even if the clock does not."""
+        issued_at = max(time.time_ns() // 1_000_000, self._last_heartbeat_ms + 1)
+        self._last_heartbeat_ms = issued_at
+        envelope = heartbeat_envelope(self.identity, self.domain, issued_at)
+        return await self._post("/providers/heartbeat", envelope)
+
+    async def post_attestation(self, envelope: Signed[Attestation]) -> dict[str, Any]:
+        """Post one signed attestation (a duplicate of a stored one is accepted too)."""
+        return await self._post("/providers/attestations", envelope.model_dump(mode="json"))
+
+    async def aclose(self) -> None:
+        """Close the HTTP client if this object made it."""
+        if self._own_http:
+            await self._http.aclose()

@@ -1,0 +1,311 @@
+"""`provider-agent run`: the engine, the job endpoint, heartbeats and attestations in one loop.
+
+Order at start: supervise vLLM until it serves the configured model; serve the job
+endpoint (uvicorn in this event loop); announce the offer to the market (best effort);
+then heartbeats and attestations run until SIGTERM or SIGINT. Shutdown: stop accepting
+jobs, let in-flight jobs finish (up to `run.shutdown_grace_s`), flush queued attestations
+(up to `run.flush_timeout_s`), stop vLLM (SIGTERM, then SIGKILL), return 0.
+
+The market's ticket public key comes from `market_public_key` (`AGENT_MARKET_PUBLIC_KEY`):
+the market does not publish it. The domain (chain id, Settlement contract) comes from
+`deployment_file` when set, else from the market's `GET /health` chain check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Generator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import uvicorn
+from fastapi import FastAPI
+
+from protocol.chain.deploy import Deployment
+from protocol.keys import ProviderIdentity
+from protocol.messages import Domain
+from provider_agent.attestations import AttestationBuilder, AttestationLog, AttestationLoop
+from provider_agent.config import AgentSettings, ConfigError
+from provider_agent.energy import EnergyMeter
+from provider_agent.engine.metrics import EngineCounters, afetch_engine_counters
+from provider_agent.jobs import JobsConfig, ReceiptOutbox, create_app
+from provider_agent.market_client import MarketClient, MarketError, fetch_market_domain
+from provider_agent.registration import signed_registration
+from provider_agent.supervisor import EngineState, EngineSupervisor, SupervisorConfig
+
+log = logging.getLogger(__name__)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: the runner owns SIGTERM and SIGINT."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What `run` needs beyond the settings, resolved before anything starts."""
+
+    served_model: str
+    model_digest: str
+    market_public_key: str
+    domain: Domain
+    deployment: Deployment | None
+
+
+async def resolve_plan(settings: AgentSettings, http: httpx.AsyncClient) -> RunPlan:
+    """Check the settings `run` needs; `ConfigError` naming what is missing."""
+    missing = []
+    if settings.vllm.served_model is None:
+        missing.append("vllm.served_model (AGENT_VLLM__SERVED_MODEL)")
+    if settings.vllm.model_digest is None:
+        missing.append("vllm.model_digest (AGENT_VLLM__MODEL_DIGEST)")
+    if settings.market_public_key is None:
+        missing.append("market_public_key (AGENT_MARKET_PUBLIC_KEY), the market's ticket key")
+    if settings.deployment_file is None and settings.market_url is None:
+        missing.append("deployment_file (AGENT_DEPLOYMENT_FILE) or market_url (AGENT_MARKET_URL)")
+    if missing:
+        raise ConfigError(f"`run` needs: {'; '.join(missing)}")
+    assert settings.vllm.served_model is not None
+    assert settings.vllm.model_digest is not None
+    assert settings.market_public_key is not None
+    deployment = None
+    if settings.deployment_file is not None:
+        try:
+            deployment = Deployment.load(settings.deployment_file)
+        except (OSError, ValueError, TypeError) as exc:
+            raise ConfigError(f"cannot read {settings.deployment_file}: {exc}") from exc
+        domain = Domain(chain_id=deployment.chain_id, settlement_contract=deployment.settlement)
+    else:
+        assert settings.market_url is not None
+        try:
+            domain = await fetch_market_domain(http, settings.market_url)
+        except MarketError as exc:
+            raise ConfigError(f"{exc}; or set deployment_file") from exc
+    return RunPlan(
+        served_model=settings.vllm.served_model,
+        model_digest=settings.vllm.model_digest,
+        market_public_key=settings.market_public_key,
+        domain=domain,
+        deployment=deployment,
+    )
+
+
+class AgentRunner:
+    """Everything `provider-agent run` runs; `request_stop` ends it cleanly."""
+
+    def __init__(
+        self,
+        settings: AgentSettings,
+        identity: ProviderIdentity,
+        meter: EnergyMeter,
+        plan: RunPlan,
+        *,
+        sample_s: float = 1.0,
+    ) -> None:
+        """Build the parts; nothing starts until `run`."""
+        self.settings = settings
+        self.identity = identity
+        self.meter = meter
+        self.plan = plan
+        run = settings.run
+        self.data_dir = settings.data_dir
+        command = tuple(settings.vllm.command) if settings.vllm.command else None
+        self.supervisor = EngineSupervisor(
+            SupervisorConfig(
+                url=settings.vllm.url,
+                command=command,
+                served_model=plan.served_model,
+                log_path=self.data_dir / "vllm.log",
+                startup_timeout_s=run.engine_startup_timeout_s,
+                stop_grace_s=run.engine_stop_grace_s,
+            )
+        )
+        self.engine_http = httpx.AsyncClient(base_url=settings.vllm.url, timeout=5.0)
+        self.market: MarketClient | None = None
+        if settings.market_url is not None:
+            self.market = MarketClient(settings.market_url, identity, plan.domain)
+        self.store = AttestationLog(self.data_dir)
+        info = meter.describe()
+        builder = AttestationBuilder(
+            provider=identity.address,
+            domain=plan.domain,
+            signing_key=identity.signing_key,
+            log_store=self.store,
+            driver_version=info.driver_version,
+            declared_gpu_name=settings.offer.gpu,
+        )
+        sender = None if self.market is None else self.market.post_attestation
+        self.attestations = AttestationLoop(
+            builder=builder,
+            meter=meter,
+            counters=self._counters,
+            sender=sender,
+            window_s=run.attestation_window_s,
+            sample_s=sample_s,
+        )
+        self.heartbeats_sent = 0
+        self.heartbeat_error: str | None = None
+        self._stop = asyncio.Event()
+        self.server: _Server | None = None
+
+    async def _counters(self) -> EngineCounters:
+        return await afetch_engine_counters(self.engine_http, self.plan.served_model)
+
+    def request_stop(self) -> None:
+        """Begin a clean shutdown."""
+        self._stop.set()
+
+    def status(self) -> dict[str, Any]:
+        """What `GET /agent/status` shows."""
+        head = self.store.last()
+        return {
+            "engine": {
+                "state": str(self.supervisor.state),
+                "restarts": self.supervisor.restarts,
+                "last_error": self.supervisor.last_error,
+                "pid": self.supervisor.pid,
+            },
+            "attestations": {
+                "head_seq": None if head is None else head.message.seq,
+                "unsent": len(self.store.unsent()),
+                "send_failures": self.attestations.send_failures,
+            },
+            "heartbeats": {"sent": self.heartbeats_sent, "last_error": self.heartbeat_error},
+            "stopping": self._stop.is_set(),
+        }
+
+    def build_app(self) -> FastAPI:
+        """The job endpoint plus `GET /agent/status`."""
+        config = JobsConfig(
+            upstream_url=f"{self.settings.vllm.url}/v1",
+            market_public_key=self.plan.market_public_key,
+            domain=self.plan.domain,
+            provider_address=self.identity.address,
+            served_model=self.plan.served_model,
+            model_digest=self.plan.model_digest,
+            data_dir=self.data_dir,
+        )
+        app = create_app(config, self.identity.signing_key, self.meter)
+
+        @app.get("/agent/status")
+        async def agent_status() -> dict[str, Any]:
+            return self.status()
+
+        return app
+
+    async def _register(self) -> None:
+        if self.market is None or self.plan.deployment is None:
+            return
+        envelope = signed_registration(self.settings, self.identity, self.plan.deployment)
+        try:
+            await self.market.register(envelope)
+            log.info("registered the offer with the market")
+        except MarketError as exc:
+            log.warning("could not register with the market (heartbeats go on): %s", exc)
+
+    async def _heartbeats(self) -> None:
+        assert self.market is not None
+        while True:
+            if self.supervisor.state is EngineState.healthy:
+                try:
+                    await self.market.heartbeat()
+                    self.heartbeats_sent += 1
+                    self.heartbeat_error = None
+                except MarketError as exc:
+                    self.heartbeat_error = str(exc)
+                    log.warning("heartbeat failed: %s", exc)
+            await asyncio.sleep(self.settings.run.heartbeat_interval_s)
+
+    async def run(self, *, install_signals: bool = True) -> int:
+        """Run until `request_stop` (or a signal); 0 after a clean shutdown."""
+        loop = asyncio.get_running_loop()
+        if install_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.request_stop)
+        unsent_receipts = len(ReceiptOutbox(self.data_dir).unsent())
+        if unsent_receipts:
+            log.info(
+                "%d receipts in the outbox not acknowledged (no market route)", unsent_receipts
+            )
+        tasks: list[asyncio.Task[Any]] = []
+        try:
+            start = asyncio.create_task(self.supervisor.start())
+            stop_wait = asyncio.create_task(self._stop.wait())
+            await asyncio.wait({start, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+            if not start.done():  # stopped while the engine was starting
+                start.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await start
+                return 0
+            stop_wait.cancel()
+            start.result()
+            listen = self.settings.listen
+            grace = round(self.settings.run.shutdown_grace_s)
+            config = uvicorn.Config(
+                self.build_app(),
+                host=listen.host,
+                port=listen.port,
+                log_level="info",
+                lifespan="on",
+                timeout_graceful_shutdown=grace,
+            )
+            self.server = _Server(config)
+            server_task = asyncio.create_task(self.server.serve())
+            tasks.append(asyncio.create_task(self.supervisor.watch()))
+            tasks.append(asyncio.create_task(self.attestations.run()))
+            if self.market is not None:
+                await self._register()
+                tasks.append(asyncio.create_task(self._heartbeats()))
+            log.info("provider agent running: jobs on http://%s:%d", listen.host, listen.port)
+            stop_wait = asyncio.create_task(self._stop.wait())
+            done, _ = await asyncio.wait(
+                {server_task, stop_wait, *tasks}, return_when=asyncio.FIRST_COMPLETED
+            )
+            for task in done:
+                if task is not stop_wait and task.exception() is not None:
+                    log.error("a part of the agent failed: %r", task.exception())
+            stop_wait.cancel()
+            # 1. stop accepting jobs; in-flight ones get up to the grace period
+            self.server.should_exit = True
+            try:
+                await asyncio.wait_for(server_task, self.settings.run.shutdown_grace_s + 5)
+            except TimeoutError:
+                self.server.force_exit = True
+                log.warning("jobs still running after the grace period were cut off")
+            return 0
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            # 2. flush queued attestations (bounded)
+            if not await self.attestations.flush(self.settings.run.flush_timeout_s):
+                log.warning(
+                    "%d attestations still queued in %s; they are sent on the next start",
+                    len(self.store.unsent()),
+                    self.store.path,
+                )
+            # 3. stop the engine
+            await self.supervisor.stop()
+            await self.engine_http.aclose()
+            if self.market is not None:
+                await self.market.aclose()
+            if install_signals:
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.remove_signal_handler(sig)
+
+
+async def run_agent(settings: AgentSettings, identity: ProviderIdentity, meter: EnergyMeter) -> int:
+    """Resolve the plan and run the agent until a signal; the exit code."""
+    async with httpx.AsyncClient(timeout=10.0) as http:
+        plan = await resolve_plan(settings, http)
+    runner = AgentRunner(settings, identity, meter, plan)
+    return await runner.run()

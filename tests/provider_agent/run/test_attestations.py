@@ -1,0 +1,326 @@
+"""The attestation loop against a real HTTP market double: chain, persistence, retries."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+from protocol.keys import ProviderIdentity
+from protocol.messages import ZERO_HASH, Attestation, check_chain, message_digest
+from provider_agent.attestations import (
+    DECLARED_GPU_UUID,
+    AttestationBuilder,
+    AttestationLog,
+    AttestationLoop,
+)
+from provider_agent.energy import (
+    EnergyMeter,
+    EnergyReading,
+    EstimatedMeter,
+    UnmeasuredMeter,
+)
+from provider_agent.energy import GpuReading as MeterGpuReading
+from provider_agent.engine.errors import MetricsUnavailableError
+from provider_agent.engine.metrics import EngineCounters
+from provider_agent.market_client import MarketClient
+from tests.provider_agent.run.market_double import DOMAIN, MarketDouble, running_market
+
+
+class Counters:
+    """vLLM counters that grow by a fixed step per read; can restart or vanish."""
+
+    def __init__(self) -> None:
+        self.prompt = 100
+        self.generation = 1000
+        self.running = 2
+        self.unavailable = False
+
+    async def __call__(self) -> EngineCounters:
+        if self.unavailable:
+            raise MetricsUnavailableError("GET /metrics failed: told to")
+        self.prompt += 3
+        self.generation += 7
+        return EngineCounters(self.prompt, self.generation, self.running, 1)
+
+
+def make_loop(
+    data_dir: Path,
+    identity: ProviderIdentity,
+    market: MarketDouble | None,
+    counters: Counters,
+    meter: EnergyMeter | None = None,
+    window_s: float = 0.15,
+) -> tuple[AttestationLoop, AttestationLog, MarketClient | None]:
+    store = AttestationLog(data_dir, fsync=False)
+    builder = AttestationBuilder(
+        provider=identity.address,
+        domain=DOMAIN,
+        signing_key=identity.signing_key,
+        log_store=store,
+        declared_gpu_name="RTX 4090",
+    )
+    client = None if market is None else MarketClient(market.url, identity, DOMAIN)
+    loop = AttestationLoop(
+        builder=builder,
+        meter=meter or UnmeasuredMeter("NVML unavailable (library_not_found): test"),
+        counters=counters,
+        sender=None if client is None else client.post_attestation,
+        window_s=window_s,
+        sample_s=0.05,
+        retry_initial_s=0.05,
+        retry_max_s=0.2,
+    )
+    return loop, store, client
+
+
+async def run_for(loop: AttestationLoop, until: Callable[[], bool], timeout_s: float = 15) -> None:
+    """Run the loop until `until()` holds, then cancel it."""
+    task = asyncio.create_task(loop.run())
+    deadline = time.monotonic() + timeout_s
+    try:
+        while not until():
+            if time.monotonic() > deadline:
+                raise AssertionError("condition not reached in time")
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.02)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def assert_chain(attestations: list[Attestation]) -> None:
+    previous = None
+    for attestation in attestations:
+        check_chain(previous, attestation)
+        previous = attestation
+
+
+def arun(coro: Coroutine[Any, Any, None]) -> None:
+    asyncio.run(coro)
+
+
+def test_the_chain_continues_across_a_restart(tmp_path: Path) -> None:
+    identity = ProviderIdentity.generate()
+    counters = Counters()
+    with running_market() as market:
+
+        async def first_run() -> None:
+            loop, _store, client = make_loop(tmp_path, identity, market, counters)
+            await run_for(loop, lambda: len(market.attestations) >= 3)
+            assert client is not None
+            await loop.flush(5)
+            await client.aclose()
+
+        async def second_run() -> None:
+            loop, store, client = make_loop(tmp_path, identity, market, counters)
+            head = store.last()
+            assert head is not None
+            start = len(market.attestations)
+            assert start == head.message.seq + 1
+            await run_for(loop, lambda: len(market.attestations) >= start + 3)
+            assert client is not None
+            await client.aclose()
+            assert store.all()[start].message.prev_hash == message_digest(head.message)
+
+        arun(first_run())
+        arun(second_run())
+        assert market.refused == []
+        attestations = market.attestations
+        assert attestations[0].seq == 0
+        assert attestations[0].prev_hash == ZERO_HASH
+        assert_chain(attestations)
+        first = attestations[0]
+        assert first.energy_method == "unmeasured"
+        assert first.energy_basis is not None
+        assert "NVML unavailable" in first.energy_basis
+        assert first.tokens.generation_tokens_end > first.tokens.generation_tokens_start
+        assert first.avg_running_requests_milli == 2000
+        assert first.avg_waiting_requests_milli == 1000
+
+
+def test_failed_posts_are_retried_in_order_and_none_is_lost(tmp_path: Path) -> None:
+    identity = ProviderIdentity.generate()
+    with running_market() as market:
+        market.fail_next = 5
+
+        async def scenario() -> None:
+            loop, store, client = make_loop(tmp_path, identity, market, Counters())
+            await run_for(loop, lambda: len(market.attestations) >= 4 and not store.unsent())
+            assert loop.send_failures >= 5
+            assert client is not None
+            await client.aclose()
+
+        arun(scenario())
+        assert market.refused == []
+        assert_chain(market.attestations)
+        assert [a.seq for a in market.attestations] == list(range(len(market.attestations)))
+
+
+def test_attestations_queued_while_the_market_is_down_are_sent_after_a_restart(
+    tmp_path: Path,
+) -> None:
+    identity = ProviderIdentity.generate()
+    with running_market() as market:
+        market.fail_all = True
+
+        async def while_down() -> None:
+            loop, store, client = make_loop(tmp_path, identity, market, Counters())
+            await run_for(loop, lambda: len(store.all()) >= 3)
+            assert not await loop.flush(1)  # still down: kept, not dropped
+            assert client is not None
+            await client.aclose()
+
+        arun(while_down())
+        queued = AttestationLog(tmp_path).unsent()
+        assert len(queued) >= 3
+        assert market.attestations == []
+        market.fail_all = False
+
+        async def after_restart() -> None:
+            loop, store, client = make_loop(tmp_path, identity, market, Counters())
+            assert await loop.flush(5)
+            assert store.unsent() == []
+            assert client is not None
+            await client.aclose()
+
+        arun(after_restart())
+        assert [a.seq for a in market.attestations] == [e.message.seq for e in queued]
+        assert_chain(market.attestations)
+
+
+def test_resending_an_attestation_the_market_has_is_harmless(tmp_path: Path) -> None:
+    identity = ProviderIdentity.generate()
+    with running_market() as market:
+
+        async def scenario() -> None:
+            loop, store, client = make_loop(tmp_path, identity, market, Counters())
+            await run_for(loop, lambda: len(market.attestations) >= 2 and not store.unsent())
+            assert client is not None
+            # the ack was lost: the agent sends it again
+            await client.post_attestation(store.all()[0])
+            await client.aclose()
+
+        arun(scenario())
+        assert market.refused == []
+
+
+def test_windows_with_unreadable_or_reset_counters_are_skipped_without_breaking_the_chain(
+    tmp_path: Path,
+) -> None:
+    identity = ProviderIdentity.generate()
+    counters = Counters()
+    with running_market() as market:
+
+        async def scenario() -> None:
+            loop, _store, client = make_loop(tmp_path, identity, market, counters)
+            await run_for(loop, lambda: len(market.attestations) >= 2)
+            counters.prompt, counters.generation = 0, 0  # vLLM restarted
+            await run_for(loop, lambda: len(market.attestations) >= 4)
+            counters.unavailable = True
+            await asyncio.sleep(0.4)
+            counters.unavailable = False
+            await run_for(loop, lambda: len(market.attestations) >= 6)
+            assert client is not None
+            await client.aclose()
+
+        arun(scenario())
+        assert market.refused == []
+        assert_chain(market.attestations)
+        for attestation in market.attestations:
+            assert attestation.tokens.prompt_tokens_end >= attestation.tokens.prompt_tokens_start
+
+
+def test_an_estimated_meter_attests_a_declared_counter_that_continues(tmp_path: Path) -> None:
+    identity = ProviderIdentity.generate()
+    meter = EstimatedMeter(350.0, "NVML unavailable (library_not_found): test")
+    with running_market() as market:
+
+        async def scenario() -> None:
+            loop, _store, client = make_loop(tmp_path, identity, market, Counters(), meter=meter)
+            await run_for(loop, lambda: len(market.attestations) >= 3)
+            assert client is not None
+            await client.aclose()
+
+        arun(scenario())
+        assert market.refused == []
+        previous_end = 0
+        for attestation in market.attestations:
+            assert attestation.energy_method == "estimated"
+            assert attestation.energy_basis is not None
+            assert attestation.energy_basis.startswith("declared 350")
+            (gpu,) = attestation.gpus
+            assert gpu.uuid == DECLARED_GPU_UUID
+            assert gpu.name == "RTX 4090"
+            assert gpu.energy_mj_start == previous_end
+            assert gpu.energy_mj_end is not None
+            assert gpu.energy_mj_end > gpu.energy_mj_start
+            previous_end = gpu.energy_mj_end
+
+
+def test_a_torn_last_line_is_cut_off(tmp_path: Path) -> None:
+    identity = ProviderIdentity.generate()
+
+    async def scenario() -> None:
+        loop, store, _ = make_loop(tmp_path, identity, None, Counters())
+        await run_for(loop, lambda: len(store.all()) >= 2)
+
+    arun(scenario())
+    path = tmp_path / "attestations.jsonl"
+    count = len(AttestationLog(tmp_path).all())
+    with path.open("a") as out:
+        out.write('{"message": {"type": "attes')
+    store = AttestationLog(tmp_path)
+    assert len(store.all()) == count
+    assert path.read_text().endswith("\n")
+
+
+def _reading(ns: int, ms: int, counters: dict[str, int | None]) -> EnergyReading:
+    gpus = tuple(
+        MeterGpuReading(uuid, "NVIDIA H100", energy, None, 700_000)
+        for uuid, energy in counters.items()
+    )
+    return EnergyReading("measured", ns, ms, gpus)
+
+
+def test_measured_windows_carry_counters_and_power_and_a_reset_is_unmeasured(
+    tmp_path: Path,
+) -> None:
+    identity = ProviderIdentity.generate()
+    store = AttestationLog(tmp_path, fsync=False)
+    builder = AttestationBuilder(
+        provider=identity.address,
+        domain=DOMAIN,
+        signing_key=identity.signing_key,
+        log_store=store,
+        driver_version="550.54.15",
+    )
+    tokens = [EngineCounters(10 * i, 100 * i, 1, 0) for i in range(3)]
+    start = _reading(0, 1_000, {"GPU-a": 1_000_000, "GPU-b": 5_000})
+    middle = _reading(2 * 10**9, 3_000, {"GPU-a": 1_700_000, "GPU-b": 405_000})
+    end = _reading(4 * 10**9, 5_000, {"GPU-a": 100, "GPU-b": 805_000})  # GPU-a was reset
+    first = builder.build(start, middle, tokens[0], tokens[1], [1, 2], [0, 1])
+    second = builder.build(middle, end, tokens[1], tokens[2], [1], [0])
+    assert first is not None
+    assert second is not None
+    one, two = first.message, second.message
+    assert one.energy_method == "measured"
+    assert [(g.uuid, g.energy_mj_start, g.energy_mj_end, g.avg_power_mw) for g in one.gpus] == [
+        ("GPU-a", 1_000_000, 1_700_000, 350_000),
+        ("GPU-b", 5_000, 405_000, 200_000),
+    ]
+    assert one.driver_version == "550.54.15"
+    assert (one.avg_running_requests_milli, one.avg_waiting_requests_milli) == (1500, 500)
+    assert (one.window_start, one.window_end) == (1_000, 3_000)
+    assert two.energy_method == "unmeasured"
+    assert two.energy_basis is not None
+    assert "reset" in two.energy_basis
+    assert all(g.energy_mj_start is None and g.avg_power_mw is None for g in two.gpus)
+    check_chain(None, one)
+    check_chain(one, two)
+    assert [e.message for e in AttestationLog(tmp_path).all()] == [one, two]

@@ -1,0 +1,177 @@
+"""`provider-agent run` as a real process: fake engine, market double, SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from provider_agent.attestations import AttestationLog
+from tests.provider_agent.run.agent_process import running_agent
+from tests.provider_agent.run.market_double import DOMAIN, running_market
+from tests.support.openai_upstream import free_port
+
+UPSTREAM = Path(__file__).resolve().parents[2] / "support" / "openai_upstream.py"
+DIGEST = "0x" + "ab" * 32
+MODEL = "tiny-llama"
+
+
+def alive(pid: int) -> bool:
+    """Whether a process with this id exists."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_run_serves_jobs_reports_to_the_market_and_exits_cleanly_on_sigterm(
+    tmp_path: Path,
+) -> None:
+    engine_port = free_port()
+    command = [sys.executable, str(UPSTREAM), "--port", str(engine_port)]
+    engine_url = f"http://127.0.0.1:{engine_port}"
+    with (
+        running_market() as market,
+        running_agent(
+            tmp_path,
+            engine_command=command,
+            engine_url=engine_url,
+            model=MODEL,
+            model_digest=DIGEST,
+            market_url=market.url,
+            domain=DOMAIN,
+        ) as agent,
+    ):
+        status = agent.wait_healthy()
+        engine_pid = status["engine"]["pid"]
+        assert engine_pid is not None
+        assert (agent.data_dir / "vllm.log").exists()
+
+        body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
+        response = agent.job(body)
+        assert response.status_code == 200, response.text
+        receipt = response.json()["receipt"]["message"]
+        assert receipt["completion_tokens"] == 5
+        assert receipt["provider"] == agent.identity.address
+
+        agent.wait_until(lambda: len(market.heartbeats) >= 2, 20, "two heartbeats")
+        agent.wait_until(lambda: len(market.attestations) >= 2, 20, "two attestations")
+        assert len(market.registrations) == 1
+        assert market.refused == []
+        generated = sum(
+            a.tokens.generation_tokens_end - a.tokens.generation_tokens_start
+            for a in market.attestations
+        )
+        assert generated in (0, 5)  # the job may fall before the first window
+
+        # a streamed job in flight when SIGTERM arrives still completes
+        httpx.post(f"{engine_url}/_control", json={"delay_ms": 150}).raise_for_status()
+        results: dict[str, Any] = {}
+
+        def slow_job() -> None:
+            streamed = dict(body, stream=True, max_tokens=8)
+            results["response"] = agent.job(streamed)
+
+        thread = threading.Thread(target=slow_job)
+        thread.start()
+        time.sleep(0.5)
+        started = time.monotonic()
+        code = agent.terminate(timeout_s=30)
+        elapsed = time.monotonic() - started
+        thread.join(timeout=30)
+        assert code == 0, agent.log()
+        assert elapsed < 25
+        streamed_response = results["response"]
+        assert streamed_response.status_code == 200
+        assert "event: receipt" in streamed_response.text
+        assert streamed_response.text.rstrip().endswith("data: [DONE]")
+        assert not alive(engine_pid), "the engine outlived the agent"
+        assert AttestationLog(agent.data_dir).unsent() == []
+        assert market.refused == []
+
+
+def test_run_attaches_to_a_running_engine_and_takes_the_domain_from_the_market(
+    tmp_path: Path,
+) -> None:
+    from tests.support.openai_upstream import start_upstream
+
+    upstream = start_upstream()
+    try:
+        with (
+            running_market() as market,
+            running_agent(
+                tmp_path,
+                engine_command=None,
+                engine_url=f"http://127.0.0.1:{upstream.port}",
+                model=MODEL,
+                model_digest=DIGEST,
+                market_url=market.url,
+                domain=DOMAIN,
+                with_deployment=False,
+            ) as agent,
+        ):
+            status = agent.wait_healthy()
+            assert status["engine"]["pid"] is None
+            agent.wait_until(lambda: len(market.attestations) >= 1, 20, "an attestation")
+            assert market.registrations == []  # no deployment file: no registration
+            assert agent.terminate(timeout_s=30) == 0, agent.log()
+            assert upstream.process.poll() is None  # an attached engine is left running
+    finally:
+        upstream.stop()
+
+
+def test_run_refuses_without_the_market_key(tmp_path: Path) -> None:
+    with running_agent(
+        tmp_path,
+        engine_command=None,
+        engine_url="http://127.0.0.1:9",
+        model=MODEL,
+        model_digest=DIGEST,
+        market_url=None,
+        domain=DOMAIN,
+        extra_env={"AGENT_MARKET_PUBLIC_KEY": ""},
+    ) as agent:
+        code = agent.process.wait(timeout=60)
+        assert code == 2, agent.log()
+        assert "market_public_key" in agent.log()
+
+
+def test_run_exits_1_when_the_engine_never_gets_ready(tmp_path: Path) -> None:
+    command = [sys.executable, "-c", "import sys; sys.exit(4)"]
+    with running_agent(
+        tmp_path,
+        engine_command=command,
+        engine_url=f"http://127.0.0.1:{free_port()}",
+        model=MODEL,
+        model_digest=DIGEST,
+        market_url=None,
+        domain=DOMAIN,
+    ) as agent:
+        code = agent.process.wait(timeout=60)
+        assert code == 1, agent.log()
+        assert "exited with 4" in agent.log()
+
+
+def test_sigterm_while_the_engine_starts_exits_0_and_stops_the_engine(tmp_path: Path) -> None:
+    marker = tmp_path / "engine.pid"
+    script = f"import os, time; open({str(marker)!r}, 'w').write(str(os.getpid())); time.sleep(600)"
+    with running_agent(
+        tmp_path,
+        engine_command=[sys.executable, "-c", script],
+        engine_url=f"http://127.0.0.1:{free_port()}",
+        model=MODEL,
+        model_digest=DIGEST,
+        market_url=None,
+        domain=DOMAIN,
+    ) as agent:
+        agent.wait_until(lambda: marker.exists() and marker.read_text() != "", 30, "engine up")
+        engine_pid = int(marker.read_text())
+        agent.engine_pids.append(engine_pid)
+        assert agent.terminate(timeout_s=30) == 0, agent.log()
+        assert not alive(engine_pid)
