@@ -70,6 +70,13 @@ class AuthenticationError(MarketError):
     code = "invalid_api_key"
 
 
+class ForbiddenError(MarketError):
+    """Valid credentials, but not for this: another buyer's key or address."""
+
+    status_code = 403
+    code = "forbidden"
+
+
 # -- ledger -------------------------------------------------------------------------------
 
 
@@ -149,3 +156,36 @@ class ApiKeyNotFoundError(NotFoundError):
     """No such API key for this buyer."""
 
     code = "api_key_not_found"
+
+
+# -- buyer sign-in (signed requests) ------------------------------------------------------
+
+
+class SignatureRequiredError(AuthenticationError):
+    """No signed request, or one that cannot be read (bad base64, format or signature bytes)."""
+
+    code = "signature_required"
+
+
+class SignatureExpiredError(AuthenticationError):
+    """The signed request's `expires_at` has passed."""
+
+    code = "signature_expired"
+
+
+class SignatureLifetimeError(AuthenticationError):
+    """The signed request expires too far ahead (the market accepts at most a few minutes)."""
+
+    code = "signature_lifetime_too_long"
+
+
+class SignatureMismatchError(ForbiddenError):
+    """The signed request is for another address, domain (chain, contract) or action."""
+
+    code = "signature_mismatch"
+
+
+class NonceReusedError(ConflictError):
+    """The signed request's nonce was already used: a replay."""
+
+    code = "nonce_reused"

@@ -7,7 +7,20 @@ import market.jobs.models
 import market.providers.models
 import market.settlement.models
 from market.buyers.models import ApiKey, Buyer
+from market.buyers.nonces import UsedNonce
 from market.db import Base
+from market.jobs.models import RejectedReceipt
 from market.ledger.models import Account, Hold, Posting, Transfer
 
-__all__ = ["Account", "ApiKey", "Base", "Buyer", "Hold", "Posting", "Transfer", "market"]
+__all__ = [
+    "Account",
+    "ApiKey",
+    "Base",
+    "Buyer",
+    "Hold",
+    "Posting",
+    "RejectedReceipt",
+    "Transfer",
+    "UsedNonce",
+    "market",
+]

@@ -6,6 +6,8 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
+from market.ledger.schemas import Statement
+
 
 class BuyerRead(BaseModel):
     """A buyer."""
@@ -35,3 +37,21 @@ class ApiKeyCreated(BaseModel):
 
     key: ApiKeyRead
     secret: SecretStr = Field(description="The whole key, e.g. sk-jm-...; shown only now.")
+
+
+class ApiKeyCreate(BaseModel):
+    """What a buyer may say about a new key: a name to tell it apart."""
+
+    name: str | None = Field(default=None, min_length=1, max_length=100)
+
+
+class ApiKeyIssued(ApiKeyRead):
+    """A new API key with the whole key in clear, which the market cannot show again."""
+
+    secret: str = Field(description="The whole key, e.g. sk-jm-...; shown only in this answer.")
+
+
+class BuyerStatement(Statement):
+    """A buyer's statement, with the escrow whose withdrawal is pending on-chain."""
+
+    withdrawing: int = Field(description="Escrow with a withdrawal requested, not yet paid out.")

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from market.addresses import checksum_address
 from market.buyers.models import ApiKey, Buyer
 from market.buyers.repository import BuyerRepository
-from market.buyers.schemas import ApiKeyCreated, ApiKeyRead
+from market.buyers.schemas import ApiKeyCreated, ApiKeyRead, BuyerStatement
 from market.db import utcnow
 from market.errors import (
     ApiKeyNotFoundError,
@@ -29,6 +29,7 @@ from market.errors import (
     BuyerNotFoundError,
     InvalidRequestError,
 )
+from market.ledger import service as ledger
 
 KEY_PREFIX = "sk-jm-"
 """What every market API key starts with (so secret scanners and people recognise one)."""
@@ -123,3 +124,11 @@ def authenticate(session: Session, raw_key: str) -> Buyer:
         key.last_used_at = now
         session.flush()
     return key.buyer
+
+
+def buyer_statement(session: Session, address: str, limit: int = 100) -> BuyerStatement:
+    """The ledger's statement of the buyer, with what is pending withdrawal (`withdrawing`)."""
+    statement = ledger.statement(session, address, limit)
+    return BuyerStatement(
+        **statement.model_dump(), withdrawing=statement.balances.get("withdrawing", 0)
+    )

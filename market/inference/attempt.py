@@ -23,10 +23,11 @@ from market.errors import InsufficientFundsError
 from market.inference.agents import ticket_header
 from market.inference.errors import QuotaExceededError
 from market.jobs import service as jobs
+from market.jobs.errors import ReceiptRejectedError
 from market.jobs.service import JobOrder, Usage
 from market.routing.table import LiveOffer
 from market.runtime import Runtime
-from protocol.messages import JobTicket, sign
+from protocol.messages import JobTicket, message_digest, sign
 
 TICKET_TTL_MS = 60_000
 
@@ -68,6 +69,22 @@ def energy_block(method: str, millijoules: int | None, basis: str | None) -> dic
     return {"method": method, "joules": joules, "basis": basis}
 
 
+@dataclass(frozen=True)
+class Settled:
+    """A charged job as the buyer sees it: its receipt's id and energy figures."""
+
+    job_id: str
+    receipt_hash: str
+    energy: dict[str, Any]
+
+    def usage_extension(self) -> dict[str, Any]:
+        """What is added to OpenAI's `usage`: `receipt` (job id, receipt hash) and `energy`."""
+        return {
+            "receipt": {"job_id": self.job_id, "receipt_hash": self.receipt_hash},
+            "energy": self.energy,
+        }
+
+
 @dataclass
 class Attempt:
     """One job on one provider, from its hold to its settlement or release."""
@@ -101,20 +118,25 @@ class Attempt:
 
     async def settle(
         self, envelope: str | bytes, usage: Any, token_ids: list[int] | None
-    ) -> dict[str, Any]:
+    ) -> Settled:
         """Verifies the receipt against the ticket and what was relayed, charges it and
-        stores it in one transaction; the energy block for the buyer."""
+        stores it in one transaction; what the buyer is told of it. A refused receipt is
+        stored with its reason, the job failed and its hold released (then re-raised)."""
         assert self.ticket is not None
         runtime, ticket = self.runtime, self.ticket
-        receipt = jobs.check_receipt(
-            envelope,
-            ticket,
-            self.offer.public_key,
-            runtime.chain.domain,
-            Usage.of(usage),
-            token_ids,
-        )
-        text = envelope if isinstance(envelope, str) else envelope.decode()
+        text = envelope if isinstance(envelope, str) else envelope.decode("utf-8", "replace")
+        try:
+            receipt = jobs.check_receipt(
+                envelope,
+                ticket,
+                self.offer.public_key,
+                runtime.chain.domain,
+                Usage.of(usage),
+                token_ids,
+            )
+        except ReceiptRejectedError as exc:
+            await self.reject(exc, text)
+            raise
         work = partial(
             jobs.complete_job,
             job_id=ticket.job_id,
@@ -125,7 +147,21 @@ class Attempt:
         await to_thread.run_sync(_in_transaction, runtime, work)
         self.finished = True
         energy = receipt.energy
-        return energy_block(energy.method, energy.millijoules, energy.basis)
+        return Settled(
+            job_id=ticket.job_id,
+            receipt_hash=message_digest(receipt),
+            energy=energy_block(energy.method, energy.millijoules, energy.basis),
+        )
+
+    async def reject(self, error: ReceiptRejectedError, envelope: str | None) -> None:
+        """Keeps the refused receipt with its reason; fails the job, releases the hold."""
+        if self.finished:
+            return
+        self.finished = True
+        job_id = self.order.job_id
+        work = partial(jobs.reject_receipt, job_id=job_id, error=error, envelope=envelope)
+        with anyio.CancelScope(shield=True):
+            await to_thread.run_sync(_in_transaction, self.runtime, work)
 
     async def fail(self, reason: str) -> None:
         """Releases the whole hold and marks the job failed (shielded from cancellation)."""

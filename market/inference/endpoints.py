@@ -9,10 +9,11 @@ from fastapi.responses import Response
 
 from market.inference import service
 from market.inference.auth import bearer_key
+from market.inference.limits import LimitedBodyRoute
 from market.inference.schemas import ChatCompletionRequest, CompletionRequest
 from market.runtime import Runtime, get_runtime
 
-router = APIRouter(prefix="/v1", tags=["openai"])
+router = APIRouter(prefix="/v1", tags=["openai"], route_class=LimitedBodyRoute)
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 KeyDep = Annotated[str, Depends(bearer_key)]

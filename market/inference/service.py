@@ -22,7 +22,7 @@ from market.inference.errors import (
 )
 from market.inference.schemas import CompletionRequestBase
 from market.inference.stream import JOB_ID_HEADER, RelayResponse, StreamRelay
-from market.jobs.errors import ReceiptRejectedError
+from market.jobs.errors import ReceiptRejectedError, RejectReason
 from market.jobs.service import JobOrder, cost
 from market.routing.service import RouteRequest, choose
 from market.routing.table import LiveOffer
@@ -140,7 +140,9 @@ async def _answer_json(response: Any, attempt: Attempt) -> Response:
         envelope = payload.pop("receipt")
         choices = payload.get("choices") or []
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise ReceiptRejectedError("the provider's answer has no receipt") from exc
+        error = ReceiptRejectedError("the provider's answer has no receipt", RejectReason.MISSING)
+        await attempt.reject(error, None)
+        raise error from exc
     token_ids: list[int] | None = None
     for choice in choices:
         ids = choice.pop("token_ids", None)
@@ -149,7 +151,10 @@ async def _answer_json(response: Any, attempt: Attempt) -> Response:
             token_ids = [*(token_ids or []), *ids]
     payload.pop("prompt_token_ids", None)
     text = json.dumps(envelope, separators=(",", ":"), ensure_ascii=False)
-    payload["energy"] = await attempt.settle(text, payload.get("usage"), token_ids)
+    usage = payload.get("usage")
+    settled = await attempt.settle(text, usage, token_ids)
+    usage.update(settled.usage_extension())  # settle() refused anything but an object
+    payload["energy"] = settled.energy
     payload["provider"] = attempt.provider_block()
     content = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
     headers = {JOB_ID_HEADER: attempt.order.job_id}

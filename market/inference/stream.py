@@ -3,8 +3,9 @@
 Events pass through as the original bytes, minus the engine's `token_ids` (cut out with a
 byte pattern, collected to check the receipt's output digest). Only the usage chunk is
 parsed and rewritten: it is held back until the receipt has been verified and charged, then
-sent with an `energy` block (or dropped if the buyer did not ask for usage), then
-`data: [DONE]`. A failure ends the stream with OpenAI's error event and releases the hold.
+sent with `usage.receipt`, `usage.energy` and an `energy` block (or dropped if the buyer did
+not ask for usage), then `data: [DONE]`. A failure ends the stream with OpenAI's error event
+and releases the hold.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from market.errors import MarketError
-from market.inference.attempt import Attempt
+from market.inference.attempt import Attempt, Settled
 
 DONE = b"data: [DONE]"
 _DATA = b"data: "
@@ -58,7 +59,7 @@ class StreamRelay:
         self.include_usage = include_usage
         self.token_ids: list[int] = []
         self.usage_chunk: dict[str, Any] | None = None
-        self.energy: dict[str, Any] | None = None
+        self.settled: Settled | None = None
 
     async def events(self) -> AsyncIterator[bytes]:
         """The buyer's SSE bytes."""
@@ -101,7 +102,7 @@ class StreamRelay:
         elif event.startswith(_RECEIPT):
             envelope = event[len(_RECEIPT) :].split(_DATA, 1)[-1]
             usage = self.usage_chunk["usage"] if self.usage_chunk else None
-            self.energy = await self.attempt.settle(envelope, usage, self.token_ids)
+            self.settled = await self.attempt.settle(envelope, usage, self.token_ids)
         elif event.startswith(_ERROR):
             reason = _agent_error(event)
             await self.attempt.fail(reason)
@@ -117,12 +118,13 @@ class StreamRelay:
         return True
 
     def _finish(self, out: list[bytes]) -> bool:
-        if self.energy is None:
+        if self.settled is None:
             raise_missing = "provider ended the stream without a receipt"
             out.append(error_event(raise_missing, "invalid_receipt"))
             return True
         if self.include_usage and self.usage_chunk is not None:
-            chunk = {**self.usage_chunk, "energy": self.energy}
+            usage = {**self.usage_chunk["usage"], **self.settled.usage_extension()}
+            chunk = {**self.usage_chunk, "usage": usage, "energy": self.settled.energy}
             chunk["provider"] = self.attempt.provider_block()
             out.append(b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n")
         out.append(DONE + b"\n\n")

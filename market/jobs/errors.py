@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import enum
+
 from market.errors import MarketError, NotFoundError
 
 
@@ -11,8 +13,24 @@ class JobNotFoundError(NotFoundError):
     code = "job_not_found"
 
 
+class RejectReason(enum.StrEnum):
+    """Why a receipt was refused (stored with it in `rejected_receipts`)."""
+
+    MISSING = "missing"
+    MALFORMED = "malformed"
+    BAD_SIGNATURE = "bad_signature"
+    TICKET_MISMATCH = "ticket_mismatch"
+    USAGE_MISSING = "usage_missing"
+    USAGE_MISMATCH = "usage_mismatch"
+    OUTPUT_DIGEST_MISMATCH = "output_digest_mismatch"
+
+
 class ReceiptRejectedError(MarketError):
     """The provider's receipt is missing, unreadable, badly signed or disagrees with the job."""
 
     status_code = 502
     code = "invalid_receipt"
+
+    def __init__(self, message: str, reason: RejectReason = RejectReason.MALFORMED) -> None:
+        super().__init__(message)
+        self.reason = reason

@@ -2,7 +2,8 @@
 
 A job is one routed request, from the hold placed at routing to the receipt (or the failure)
 at its end. A receipt is stored once verified: its figures, the signed envelope as received,
-and, after its epoch closes, the epoch and its leaf index in that epoch's Merkle tree.
+and, after its epoch closes, the epoch and its leaf index in that epoch's Merkle tree. A
+receipt that fails verification is kept too, as received, with the reason it was refused.
 """
 
 from __future__ import annotations
@@ -76,3 +77,17 @@ class Receipt(Base):
     verified_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     epoch: Mapped[int | None] = mapped_column(Integer())
     leaf_index: Mapped[int | None] = mapped_column(Integer())
+
+
+class RejectedReceipt(Base):
+    """A receipt that failed verification, kept as received with the reason, for disputes."""
+
+    __tablename__ = "rejected_receipts"
+
+    id: Mapped[int] = mapped_column(Integer(), primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), index=True)
+    provider_address: Mapped[str] = mapped_column(String(42), index=True)
+    reason: Mapped[str] = mapped_column(String(32))
+    message: Mapped[str] = mapped_column(String(500))
+    envelope: Mapped[str | None] = mapped_column(Text())
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

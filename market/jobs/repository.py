@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from market.jobs.models import Job, Receipt
+from market.jobs.models import Job, Receipt, RejectedReceipt
 
 
 class JobRepository:
@@ -31,3 +31,12 @@ class JobRepository:
     def get_receipt(self, job_id: str) -> Receipt | None:
         """The verified receipt of a job, if any."""
         return self.session.scalars(select(Receipt).where(Receipt.job_id == job_id)).first()
+
+    def rejected_receipts(self, job_id: str) -> list[RejectedReceipt]:
+        """Refused receipts of a job, oldest first."""
+        query = (
+            select(RejectedReceipt)
+            .where(RejectedReceipt.job_id == job_id)
+            .order_by(RejectedReceipt.id)
+        )
+        return list(self.session.scalars(query))

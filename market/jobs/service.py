@@ -14,8 +14,8 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from market.db import utcnow
-from market.jobs.errors import JobNotFoundError, ReceiptRejectedError
-from market.jobs.models import Job, JobStatus, Receipt
+from market.jobs.errors import JobNotFoundError, ReceiptRejectedError, RejectReason
+from market.jobs.models import Job, JobStatus, Receipt, RejectedReceipt
 from market.jobs.repository import JobRepository
 from market.jobs.schemas import JobRead, ReceiptRead
 from market.ledger import service as ledger
@@ -69,7 +69,9 @@ class Usage:
         try:
             return cls(int(usage["prompt_tokens"]), int(usage["completion_tokens"]))
         except (TypeError, KeyError, ValueError) as exc:
-            raise ReceiptRejectedError("the response has no usable `usage`") from exc
+            raise ReceiptRejectedError(
+                "the response has no usable `usage`", RejectReason.USAGE_MISSING
+            ) from exc
 
 
 @dataclass(frozen=True)
@@ -113,15 +115,28 @@ def check_receipt(
     what the market observed (usage, and the output tokens when it saw them); else raises
     `ReceiptRejectedError`."""
     try:
-        receipt = verify(parse_signed(envelope, SignedReceipt), public_key, domain)
+        parsed = parse_signed(envelope, SignedReceipt)
+    except ProtocolError as exc:
+        raise ReceiptRejectedError(f"receipt refused: {exc}", RejectReason.MALFORMED) from exc
+    try:
+        receipt = verify(parsed, public_key, domain)
+    except ProtocolError as exc:
+        raise ReceiptRejectedError(f"receipt refused: {exc}", RejectReason.BAD_SIGNATURE) from exc
+    try:
         check_receipt_matches_ticket(receipt, ticket)
     except ProtocolError as exc:
-        raise ReceiptRejectedError(f"receipt refused: {exc}") from exc
+        raise ReceiptRejectedError(f"receipt refused: {exc}", RejectReason.TICKET_MISMATCH) from exc
     signed = (receipt.prompt_tokens, receipt.completion_tokens)
     if signed != (usage.prompt_tokens, usage.completion_tokens):
-        raise ReceiptRejectedError(f"receipt counts {signed} differ from the response's usage")
+        raise ReceiptRejectedError(
+            f"receipt counts {signed} differ from the response's usage",
+            RejectReason.USAGE_MISMATCH,
+        )
     if token_ids is not None and output_digest(token_ids) != receipt.output_digest:
-        raise ReceiptRejectedError("receipt output_digest differs from the tokens relayed")
+        raise ReceiptRejectedError(
+            "receipt output_digest differs from the tokens relayed",
+            RejectReason.OUTPUT_DIGEST_MISMATCH,
+        )
     return receipt
 
 
@@ -180,6 +195,30 @@ def fail_job(session: Session, job_id: str, reason: str) -> None:
     job.finished_at = utcnow()
     job.error = reason[:500]
     session.flush()
+
+
+def reject_receipt(
+    session: Session, job_id: str, error: ReceiptRejectedError, envelope: str | None
+) -> None:
+    """Keeps a refused receipt with its reason, fails the job and releases its hold, all in
+    the caller's transaction (no charge: the buyer pays only on a verified receipt)."""
+    job = _job(JobRepository(session), job_id)
+    session.add(
+        RejectedReceipt(
+            job_id=job_id,
+            provider_address=job.provider_address,
+            reason=error.reason.value,
+            message=error.message[:500],
+            envelope=envelope,
+            received_at=utcnow(),
+        )
+    )
+    fail_job(session, job_id, f"receipt rejected ({error.reason.value}): {error.message}")
+
+
+def rejected_receipts(session: Session, job_id: str) -> list[RejectedReceipt]:
+    """Refused receipts of a job, oldest first."""
+    return JobRepository(session).rejected_receipts(job_id)
 
 
 def get_job(session: Session, buyer: str, job_id: str) -> JobRead:

@@ -1,13 +1,27 @@
-"""Choosing providers for one request: filters first, then the buyer's sort order."""
+"""Choosing providers for one request: filters first, then the buyer's sort order.
+
+Offers whose sort figure is within `NEAR` (5 %) of the best passing offer are near-equals:
+their order is drawn at random, weighted towards the less loaded (weight 1 / (1 + in
+flight)), so equal offers share the traffic instead of the first in the table taking it all.
+The draw looks at no more than `SPREAD_LIMIT` near-equals, so a decision stays cheap however
+many providers are on offer (benchmarks/routing.py).
+"""
 
 from __future__ import annotations
 
+import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from market.routing.schemas import ProviderPreferences
 from market.routing.table import LiveOffer, RoutingTable
 
 DEFAULT_ATTEMPTS = 3
+NEAR = 0.05
+"""Relative distance from the best sort figure within which offers count as equals."""
+SPREAD_LIMIT = 32
+"""The most near-equal offers one decision shuffles."""
+_RANDOM = random.Random()  # noqa: S311 (load spreading, not secrets)
 
 
 @dataclass(frozen=True)
@@ -43,10 +57,29 @@ def _passes(offer: LiveOffer, prefs: ProviderPreferences) -> bool:
     )
 
 
-def choose(table: RoutingTable, request: RouteRequest) -> list[LiveOffer]:
+def near_bound(best: float) -> float:
+    """The largest sort figure still a near-equal of `best` (ascending order, any sign)."""
+    return best + abs(best) * NEAR
+
+
+def spread(offers: list[LiveOffer], rng: random.Random) -> list[LiveOffer]:
+    """`offers` in a random order, weighted towards fewer requests in flight (weighted
+    sampling without replacement: each offer's key is u ** (1 / weight), largest first)."""
+    if len(offers) < 2:
+        return offers
+    keyed = [(rng.random() ** (1 + offer.in_flight), offer) for offer in offers]
+    keyed.sort(key=lambda pair: pair[0], reverse=True)
+    return [offer for _, offer in keyed]
+
+
+def choose(
+    table: RoutingTable, request: RouteRequest, rng: random.Random = _RANDOM
+) -> list[LiveOffer]:
     """Providers to try, in order: the best one, then fallbacks if the buyer allows them.
 
-    An empty list means no provider on offer passes the buyer's filters right now.
+    Near-equal best offers are ordered by a load-weighted draw from `rng` (inject a seeded
+    `random.Random` for a reproducible order). An empty list means no provider on offer
+    passes the buyer's filters right now.
     """
     prefs = request.preferences
     limit = request.attempts if prefs.allow_fallbacks else 1
@@ -56,10 +89,23 @@ def choose(table: RoutingTable, request: RouteRequest) -> list[LiveOffer]:
         candidates = sorted((o for o in found if o is not None), key=lambda o: o.sort_value(key))
     else:
         candidates = table.offers(request.model, key)
-    chosen: list[LiveOffer] = []
-    for offer in candidates:
-        if _passes(offer, prefs):
-            chosen.append(offer)
+    passing: Iterator[LiveOffer] = (o for o in candidates if _passes(o, prefs))
+    best = next(passing, None)
+    if best is None:
+        return []
+    bound = near_bound(best.sort_value(key)[0])
+    near = [best]
+    after: LiveOffer | None = None
+    for offer in passing:
+        if len(near) == SPREAD_LIMIT or offer.sort_value(key)[0] > bound:
+            after = offer
+            break
+        near.append(offer)
+    chosen = spread(near, rng)[:limit]
+    if after is not None and len(chosen) < limit:
+        chosen.append(after)
+        for offer in passing:
             if len(chosen) == limit:
                 break
+            chosen.append(offer)
     return chosen

@@ -2,33 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine, Iterator
-from typing import Annotated, Any
+from collections.abc import Iterator
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request, Response
-from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
+from fastapi import APIRouter, Depends, Query
 from sqlalchemy.orm import Session
 
-from market.errors import MarketError
+from market.api_errors import MarketErrorRoute
 from market.runtime import Runtime, get_runtime, transaction
 from market.settlement import service
 from market.settlement.schemas import EpochDetail, EpochRead, ReceiptProof
-
-
-class MarketErrorRoute(APIRoute):
-    """A route that answers `MarketError`s in the market's own error body (not OpenAI's)."""
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-
-        async def handle(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except MarketError as exc:
-                return JSONResponse(status_code=exc.status_code, content=exc.body())
-
-        return handle
 
 
 def db(runtime: Annotated[Runtime, Depends(get_runtime)]) -> Iterator[Session]:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import random
+from collections import Counter
+
 import pytest
 from pydantic import ValidationError
 
 from market.routing.schemas import ProviderPreferences
-from market.routing.service import RouteRequest, choose
+from market.routing.service import SPREAD_LIMIT, RouteRequest, choose
 from market.routing.table import LiveOffer, RoutingTable
 
 MODEL = "tiny-llama"
@@ -130,3 +133,61 @@ def test_unknown_model_has_no_route(table: RoutingTable) -> None:
 def test_bad_preferences_are_refused(bad: dict[str, object]) -> None:
     with pytest.raises(ValidationError):
         ProviderPreferences.model_validate(bad)
+
+
+def _equals(count: int, **overrides: object) -> RoutingTable:
+    return RoutingTable(
+        [offer(f"p{i}", price_out_per_mtok=400_000 + i, **overrides) for i in range(count)]
+    )
+
+
+def test_near_equal_offers_share_the_traffic() -> None:
+    table = _equals(4)
+    rng = random.Random(7)
+    request = RouteRequest(MODEL, ProviderPreferences(allow_fallbacks=False))
+    firsts = Counter(choose(table, request, rng)[0].provider for _ in range(4_000))
+    assert set(firsts) == {"p0", "p1", "p2", "p3"}
+    assert min(firsts.values()) > 800  # about a quarter each
+
+
+def test_spread_is_reproducible_with_a_seeded_random() -> None:
+    table = _equals(6)
+    request = RouteRequest(MODEL, ProviderPreferences())
+    first = [[o.provider for o in choose(table, request, random.Random(3))] for _ in range(5)]
+    assert all(order == first[0] for order in first)
+    assert len(first[0]) == 3
+
+
+def test_spread_favours_the_less_loaded() -> None:
+    table = _equals(2)
+    busy = table.get(MODEL, "p0")
+    assert busy is not None
+    busy.in_flight = 3
+    rng = random.Random(11)
+    request = RouteRequest(MODEL, ProviderPreferences(allow_fallbacks=False))
+    firsts = Counter(choose(table, request, rng)[0].provider for _ in range(4_000))
+    # weights 1/4 and 1: the idle one wins about 4 times in 5
+    assert 0.75 < firsts["p1"] / 4_000 < 0.85
+
+
+def test_offers_beyond_the_tolerance_stay_behind_the_best() -> None:
+    table = RoutingTable(
+        [
+            offer("a", price_out_per_mtok=100_000),
+            offer("b", price_out_per_mtok=104_999),
+            offer("c", price_out_per_mtok=105_001),
+            offer("d", price_out_per_mtok=200_000),
+        ]
+    )
+    for seed in range(50):
+        request = RouteRequest(MODEL, ProviderPreferences(), attempts=4)
+        order = [o.provider for o in choose(table, request, random.Random(seed))]
+        assert set(order[:2]) == {"a", "b"}
+        assert order[2:] == ["c", "d"]
+
+
+def test_spread_looks_at_a_bounded_number_of_equals() -> None:
+    table = _equals(1_000)
+    request = RouteRequest(MODEL, ProviderPreferences(), attempts=3)
+    seen = {o.provider for seed in range(200) for o in choose(table, request, random.Random(seed))}
+    assert seen <= {f"p{i}" for i in range(SPREAD_LIMIT)}
