@@ -1,4 +1,6 @@
-# The market and the contract deployer. The provider agent runs beside vLLM (see docker-compose.yml).
+# The market (API, worker, beat), the contract deployer and the provider agent: one image, the
+# command picks the role (see docker-compose.yml). vLLM runs in its own image beside the agent:
+# vllm/vllm-openai on a GPU, Dockerfile.vllm-cpu on the CPU.
 FROM python:3.11-slim
 RUN pip install --no-cache-dir uv
 WORKDIR /app
@@ -9,4 +11,7 @@ COPY protocol protocol
 COPY migrations migrations
 COPY alembic.ini alembic.ini
 RUN uv sync --frozen --no-dev --extra market --extra agent
-ENV PATH="/app/.venv/bin:$PATH"
+# testnet chores (keys, funds, roles) and the tiny model's digest, for the compose testnet
+COPY scripts/testnet scripts/testnet
+COPY tests/engine/tiny_model.py tests/engine/tiny_model.py
+ENV PATH="/app/.venv/bin:$PATH" PYTHONPATH=/app PYTHONUNBUFFERED=1

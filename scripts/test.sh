@@ -25,8 +25,12 @@ if [[ -f contracts/script/gas-report.sh ]]; then
   bash contracts/script/gas-report.sh
 fi
 
-say "docker-compose config"
+say "docker-compose config (default services, and the cpu and gpu profiles)"
 docker-compose -f docker-compose.yml config --quiet
+docker-compose -f docker-compose.yml --profile cpu config --quiet
+docker-compose -f docker-compose.yml --profile gpu config --quiet
+for script in scripts/testnet/*.sh; do sh -n "$script"; done
+bash -n scripts/testnet.sh
 
-say "pytest"
+say "pytest (tests/e2e starts the native testnet: scripts/testnet/stack.py)"
 uv run --frozen pytest "$@"
