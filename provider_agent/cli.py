@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
+from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from pathlib import Path
 from typing import NoReturn
@@ -13,16 +15,31 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.panel import Panel
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from protocol.chain.deploy import Deployment
 from protocol.chain.errors import ChainError
 from protocol.chain.settlement import SettlementClient
 from protocol.errors import KeystoreError
 from protocol.keys import PRODUCTION_KDF, TEST_KDF, ProviderIdentity, create_keystore, load_keystore
+from protocol.messages import Domain
+from provider_agent.calibrate import (
+    CalibrationError,
+    CalibrationPlan,
+    LevelResult,
+    calibration_message,
+    load_calibration,
+    run_calibration,
+    save_calibration,
+    served_model_name,
+    sign_calibration,
+)
 from provider_agent.config import AgentSettings, ConfigError, load_settings
 from provider_agent.doctor import Check, failed, run_doctor
 from provider_agent.energy import EnergyMeter, MeterConfig, select_meter, window_energy
 from provider_agent.onchain import ChainSetupError, network_tokens, open_settlement, payment_tokens
+from provider_agent.pricing import PricingError, suggest, with_resolved_prices
 from provider_agent.provisioning import bind_key, register_with_market, stake_to
 
 app = typer.Typer(
@@ -162,6 +179,11 @@ def register(
         rpc_url, deployment_file = settings.require_chain()
     except ConfigError as exc:
         fail(str(exc), code=2)
+    if settings.market_url is not None:
+        try:  # the market refuses "auto": resolve it before any transaction is sent
+            with_resolved_prices(settings)
+        except PricingError as exc:
+            fail(str(exc), "run `provider-agent calibrate`, or set the offer's prices by hand")
     identity = _identity(settings)
     try:
         client = open_settlement(rpc_url, deployment_file)
@@ -310,3 +332,197 @@ def run(ctx: typer.Context) -> None:
     finally:
         selected.close()
     raise typer.Exit(code)
+
+
+def _levels(text: str) -> tuple[int, ...]:
+    try:
+        levels = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        fail(f"--concurrency takes comma-separated integers, got {text!r}", code=2)
+    if not levels or min(levels) < 1:
+        fail(f"--concurrency takes positive integers, got {text!r}", code=2)
+    return levels
+
+
+def _domain(settings: AgentSettings) -> Domain:
+    """The signing domain: the deployment file's, else the market's `GET /market`."""
+    if settings.deployment_file is not None:
+        try:
+            deployment = Deployment.load(settings.deployment_file)
+            return Domain(chain_id=deployment.chain_id, settlement_contract=deployment.settlement)
+        except (OSError, ValueError, TypeError) as exc:
+            fail(f"cannot read the deployment file {settings.deployment_file}: {exc}", code=2)
+    if settings.market_url is not None:
+        url = f"{settings.market_url}/market"
+        try:
+            with httpx.Client(timeout=HTTP_TIMEOUT_S) as http:
+                body = http.get(url).raise_for_status().json()
+            return Domain(
+                chain_id=body["chain_id"], settlement_contract=body["settlement_contract"]
+            )
+        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+            fail(f"cannot read the market's domain from {url}: {exc}")
+    fail(
+        "a calibration is signed for one chain and Settlement contract, and none is known",
+        "set deployment_file (AGENT_DEPLOYMENT_FILE) or market_url (AGENT_MARKET_URL)",
+        code=2,
+    )
+
+
+async def _calibrate_all(
+    settings: AgentSettings, selected: EnergyMeter, plan: CalibrationPlan, progress: Progress
+) -> tuple[str, list[LevelResult]]:
+    tasks: dict[int, TaskID] = {}
+
+    def report(concurrency: int, elapsed: float, total: float, phase: str) -> None:
+        task = tasks.get(concurrency)
+        if task is None:
+            return
+        if phase == "drain":
+            progress.update(task, description=f"concurrency {concurrency:>4}: draining")
+            return
+        progress.update(
+            task,
+            completed=elapsed,
+            total=total,
+            description=f"concurrency {concurrency:>4}: {phase}",
+        )
+
+    timeout = httpx.Timeout(plan.request_timeout_s, connect=HTTP_TIMEOUT_S)
+    limits = httpx.Limits(max_connections=max(plan.concurrency) + 8)
+    async with httpx.AsyncClient(
+        base_url=settings.vllm.url, timeout=timeout, limits=limits
+    ) as http:
+        model = await served_model_name(http, settings.vllm.served_model)
+        for level in plan.concurrency:
+            tasks[level] = progress.add_task(
+                f"concurrency {level:>4}: waiting", total=plan.warmup_s + plan.duration_s
+            )
+        results = await run_calibration(http, selected, model, plan, report)
+        for level, task in tasks.items():
+            done = f"concurrency {level:>4}: done"
+            progress.update(task, completed=plan.warmup_s + plan.duration_s, description=done)
+    return model, results
+
+
+def _watts(milliwatts: int | None) -> str:
+    return "-" if milliwatts is None else f"{Decimal(milliwatts) / 1000:.1f} W"
+
+
+def _calibration_table(results: list[LevelResult]) -> Table:
+    table = Table(title="calibration (steady-state window)")
+    for column in ("concurrency", "output tok/s", "J/token", "avg power", "running", "requests"):
+        table.add_column(column, justify="right")
+    for level in results:
+        jpt = level.joules_per_token
+        energy = f"{jpt} ({level.method})" if jpt is not None else "[yellow]unmeasured[/]"
+        power = level.window.avg_power_mw if level.window.valid else None
+        requests = f"{level.requests_completed} ok"
+        if level.requests_failed:
+            requests += f", [red]{level.requests_failed} failed[/]"
+        table.add_row(
+            str(level.concurrency),
+            str(level.tokens_per_s),
+            energy,
+            _watts(power),
+            str(level.avg_running),
+            requests,
+        )
+    return table
+
+
+@app.command()
+def calibrate(
+    ctx: typer.Context,
+    concurrency: str = typer.Option(
+        "1,4,16,64", "--concurrency", help="Comma-separated numbers of requests kept in flight."
+    ),
+    duration: float = typer.Option(20.0, "--duration", min=0.1, help="Window seconds per level."),
+    warmup: float = typer.Option(5.0, "--warmup", min=0.0, help="Seconds before the window."),
+    max_tokens: int = typer.Option(128, "--max-tokens", min=1, help="Output tokens per request."),
+) -> None:
+    """Measure tokens/s and J/token at fixed concurrency; sign and save the result."""
+    settings = _settings(ctx)
+    plan = CalibrationPlan(
+        concurrency=_levels(concurrency),
+        duration_s=duration,
+        warmup_s=warmup,
+        max_tokens=max_tokens,
+    )
+    identity = _identity(settings)
+    domain = _domain(settings)
+    selected = _meter(settings)
+    info = selected.describe()
+    if info.method == "unmeasured":
+        reason = f": {info.reason}" if info.reason else ""
+        console.print(escape(f"[energy meter unmeasured{reason}] J/token will be unmeasured"))
+    columns = (TextColumn("{task.description}"), BarColumn(), TimeRemainingColumn())
+    try:
+        with Progress(*columns, console=console) as progress:
+            model, results = asyncio.run(_calibrate_all(settings, selected, plan, progress))
+    except CalibrationError as exc:
+        fail(str(exc), "check that vLLM answers at vllm.url and serves vllm.served_model")
+    finally:
+        selected.close()
+    console.print(_calibration_table(results))
+    now_ms = time.time_ns() // 1_000_000
+    message = calibration_message(
+        identity, domain, model, settings.vllm.model_digest, info, plan, results, now_ms
+    )
+    envelope = sign_calibration(identity, message)
+    path = save_calibration(settings.data_dir, envelope)
+    console.print(f"signed calibration saved to {escape(str(path))}")
+    if settings.market_url is None:
+        console.print("market_url not set: the calibration was not sent to a market")
+        return
+    url = f"{settings.market_url}/providers/calibration"
+    try:
+        with httpx.Client(timeout=HTTP_TIMEOUT_S) as http:
+            response = http.post(url, json=envelope)
+    except httpx.HTTPError as exc:
+        fail(f"market unreachable at {url}: {exc}", "the calibration is saved; post it later")
+    if response.status_code == 404:
+        console.print(f"the market does not take calibrations yet (404 at {escape(url)})")
+    elif response.is_success:
+        console.print(f"calibration sent to the market at {escape(settings.market_url)}")
+    else:
+        fail(f"the market refused the calibration ({response.status_code}): {response.text}")
+
+
+price_app = typer.Typer(help="Prices: the energy floor behind `auto`.", no_args_is_help=True)
+app.add_typer(price_app, name="price")
+
+
+@price_app.command("suggest")
+def price_suggest(
+    ctx: typer.Context,
+    margin: str | None = typer.Option(
+        None, "--margin", help="Margin over the energy cost, e.g. 0.2 (default offer.auto_margin)."
+    ),
+) -> None:
+    """The minimum profitable price per million tokens, from the latest calibration."""
+    settings = _settings(ctx)
+    margin_value: Decimal | None = None
+    if margin is not None:
+        try:
+            margin_value = Decimal(margin)
+        except InvalidOperation:
+            fail(f"--margin takes a decimal number, got {margin!r}", code=2)
+    try:
+        calibration = load_calibration(settings.data_dir)
+    except CalibrationError as exc:
+        fail(str(exc), "run `provider-agent calibrate` again")
+    if calibration is None:
+        fail(f"no calibration in {settings.data_dir}", "run `provider-agent calibrate` first")
+    try:
+        floor = suggest(settings, calibration, margin_value)
+    except PricingError as exc:
+        fail(str(exc))
+    table = Table(title="price floor per million tokens")
+    for column in ("factor", "value", "origin"):
+        table.add_column(column, overflow="fold")
+    for factor in floor.factors:
+        table.add_row(escape(factor.name), escape(factor.value), escape(factor.origin))
+    console.print(table)
+    console.print(f"price_out_per_mtok >= {floor.price_out_per_mtok}")
+    console.print(f"price_in_per_mtok  >= {floor.price_in_per_mtok}")

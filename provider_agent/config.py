@@ -117,6 +117,10 @@ class OfferSettings(_Group):
     gpu: str | None = None
     declared_power_w: float | None = Field(default=None, gt=0, le=10_000)
     public_url: str | None = None
+    # Pricing (provider_agent/pricing.py): margin over the energy floor for "auto" prices,
+    # and payment-token base units per unit of the tariff's currency (needed unless USD).
+    auto_margin: Decimal = Field(default=Decimal("0.2"), ge=0, le=10)
+    base_units_per_currency_unit: int | None = Field(default=None, gt=0)
 
     @field_validator("pue_profile")
     @classmethod

@@ -10,6 +10,7 @@ from protocol.chain.transactor import Transactor
 from protocol.keys import ProviderIdentity
 from provider_agent.config import AgentSettings
 from provider_agent.onchain import ZERO_KEY, ChainSetupError, network_tokens
+from provider_agent.pricing import PricingError, with_resolved_prices
 from provider_agent.registration import signed_registration
 
 
@@ -57,8 +58,15 @@ def stake_to(client: SettlementClient, identity: ProviderIdentity, target: int |
 def register_with_market(
     http: httpx.Client, settings: AgentSettings, identity: ProviderIdentity, deployment: Deployment
 ) -> tuple[bool, str]:
-    """Post the signed registration; (ok, message). A 404 means the market lacks the route."""
+    """Post the signed registration; (ok, message). A 404 means the market lacks the route.
+
+    "auto" prices are resolved to integers first (the market refuses "auto").
+    """
     url = f"{settings.market_url}/providers/register"
+    try:
+        settings = with_resolved_prices(settings)
+    except PricingError as exc:
+        return False, str(exc)
     try:
         response = http.post(url, json=signed_registration(settings, identity, deployment))
     except httpx.HTTPError as exc:

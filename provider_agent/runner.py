@@ -6,9 +6,11 @@ then heartbeats and attestations run until SIGTERM or SIGINT. Shutdown: stop acc
 jobs, let in-flight jobs finish (up to `run.shutdown_grace_s`), flush queued attestations
 (up to `run.flush_timeout_s`), stop vLLM (SIGTERM, then SIGKILL), return 0.
 
-The market's ticket public key comes from `market_public_key` (`AGENT_MARKET_PUBLIC_KEY`):
-the market does not publish it. The domain (chain id, Settlement contract) comes from
-`deployment_file` when set, else from the market's `GET /health` chain check.
+The market's ticket public key comes from `market_public_key` (`AGENT_MARKET_PUBLIC_KEY`). The
+market publishes it at `GET /market`, but the agent does not take it from there by itself: it
+is the key that authorises work on this rig, so the operator pins it in the config. The
+domain (chain id, Settlement contract) comes from `deployment_file` when set, else from the
+market's `GET /health` chain check.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from provider_agent.energy import EnergyMeter
 from provider_agent.engine.metrics import EngineCounters, afetch_engine_counters
 from provider_agent.jobs import JobsConfig, ReceiptOutbox, create_app
 from provider_agent.market_client import MarketClient, MarketError, fetch_market_domain
+from provider_agent.pricing import PricingError, with_resolved_prices
 from provider_agent.registration import signed_registration
 from provider_agent.supervisor import EngineState, EngineSupervisor, SupervisorConfig
 
@@ -203,7 +206,12 @@ class AgentRunner:
     async def _register(self) -> None:
         if self.market is None or self.plan.deployment is None:
             return
-        envelope = signed_registration(self.settings, self.identity, self.plan.deployment)
+        try:  # the market takes integer prices only: "auto" becomes the measured floor
+            settings = with_resolved_prices(self.settings)
+        except PricingError as exc:
+            log.warning("not registering the offer: %s", exc)
+            return
+        envelope = signed_registration(settings, self.identity, self.plan.deployment)
         try:
             await self.market.register(envelope)
             log.info("registered the offer with the market")

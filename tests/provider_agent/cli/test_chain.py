@@ -63,6 +63,9 @@ def agent(
     monkeypatch.setenv("AGENT_VLLM__URL", services.url)
     monkeypatch.setenv("AGENT_VLLM__SERVED_MODEL", MODEL)
     monkeypatch.setenv("AGENT_MARKET_URL", services.url)
+    # the market refuses "auto" prices, so `register` needs integers (or a calibration)
+    monkeypatch.setenv("AGENT_OFFER__PRICE_IN_PER_MTOK", "150000")
+    monkeypatch.setenv("AGENT_OFFER__PRICE_OUT_PER_MTOK", "600000")
     init_agent(runner)
     return load_keystore(agent_env / "keystore.json", PASSPHRASE)
 

