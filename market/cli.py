@@ -17,41 +17,136 @@ app.add_typer(db_app, name="db")
 console = Console(width=None if sys.stdout.isatty() else 140)
 
 
-def _tusd(amount: int) -> str:
-    whole, frac = divmod(amount, 10**6)
-    return f"{whole:,}.{frac:06d} tUSD ({amount:,} base units)"
-
-
 @app.command()
-def demo() -> None:
-    """Run the money path on the embedded chain and print what happened."""
-    from market.demo import SampleUsage, run_demo
+def demo(
+    work_dir: Path | None = typer.Option(
+        None, help="Where the demo keeps its state and logs (default .var/demo, fresh each run)"
+    ),
+    epoch_seconds: int = typer.Option(5, min=1, help="Epoch length of the embedded market"),
+    max_tokens: int = typer.Option(48, min=1, help="max_tokens of the demo's request"),
+) -> None:
+    """Send a real request through market, provider agent and vLLM, then settle it on-chain."""
+    import contextlib
+    import signal
+    import time
+    from collections.abc import Iterator
+    from types import FrameType
 
-    usage = SampleUsage()
-    with console.status("deploying contracts on the embedded chain and settling an epoch"):
-        outcome = run_demo(usage)
-    d = outcome.deployment
-    table = Table(title="Sample epoch on the embedded chain", show_header=False)
-    table.add_row("chain id", str(d.chain_id))
-    table.add_row("settlement contract", d.settlement)
-    table.add_row("buyer", outcome.buyer)
-    table.add_row("provider", outcome.provider)
-    table.add_row("buyer deposit", _tusd(outcome.deposit))
-    table.add_row(
-        "usage",
-        f"{usage.prompt_tokens:,} prompt + {usage.completion_tokens:,} completion tokens "
-        f"in {usage.receipts} receipts",
+    from market.demo import DemoError, DemoOptions, energy_rows, run_demo, tusd
+
+    class Steps:
+        """A spinner per step, then a tick, how long it took, and what the step noted."""
+
+        def __init__(self) -> None:
+            self.notes: list[str] | None = None
+
+        @contextlib.contextmanager
+        def step(self, title: str) -> Iterator[None]:
+            started, self.notes = time.monotonic(), []
+            try:
+                with console.status(f"[bold]{title}[/]…"):
+                    yield
+            except BaseException:
+                console.print(f"[red]✗[/] {title}")
+                raise
+            else:
+                elapsed = time.monotonic() - started
+                console.print(f"[green]✓[/] {title} [dim]({elapsed:.1f} s)[/]")
+            finally:
+                notes, self.notes = self.notes, None
+                for text in notes:
+                    console.print(f"    [dim]{text}[/]", highlight=False)
+
+        def note(self, text: str) -> None:
+            if self.notes is None:
+                console.print(f"    [dim]{text}[/]", highlight=False)
+            else:
+                self.notes.append(text)
+
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    options = DemoOptions(epoch_seconds=epoch_seconds, max_tokens=max_tokens)
+    if work_dir is not None:
+        options = DemoOptions(work_dir=work_dir, epoch_seconds=epoch_seconds, max_tokens=max_tokens)
+    console.rule("[bold]Joule Market: one real request, end to end, on the embedded default")
+    try:
+        outcome = run_demo(options, Steps())
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted: everything the demo started was stopped[/]")
+        raise typer.Exit(130) from None
+    except DemoError as exc:
+        console.print(f"[red]demo failed:[/] {exc}")
+        console.print(f"logs: {options.work_dir / 'logs'}/")
+        raise typer.Exit(1) from None
+
+    console.print()
+    console.print(
+        "[bold]Answer[/] (a tiny random-weight model: the words are noise, the tokens real)"
     )
-    table.add_row("buyer charged", _tusd(outcome.charge))
-    table.add_row("protocol fee", _tusd(outcome.fee))
-    table.add_row("provider payout", _tusd(outcome.payout))
-    table.add_row("network-token reward", f"{outcome.reward // 10**18:,} JOULE")
-    table.add_row("receipts Merkle root", "0x" + outcome.receipts_root.hex())
-    table.add_row("settlement tx", f"{outcome.settle_tx} ({outcome.settle_gas:,} gas)")
-    table.add_row("receipt proof checked on-chain", "yes" if outcome.proof_verified else "NO")
-    table.add_row("buyer escrow after", _tusd(outcome.escrow_after))
-    table.add_row("provider wallet after withdrawal", _tusd(outcome.provider_balance_after))
-    console.print(table)
+    console.print(f"  {outcome.answer!r}", highlight=False)
+    request = Table(title="The request", show_header=False, title_justify="left")
+    request.add_row("model", outcome.model)
+    request.add_row("provider", f"{outcome.provider} ({outcome.agent_url})")
+    request.add_row("job", outcome.job_id)
+    request.add_row("prompt tokens", f"{outcome.prompt_tokens:,}")
+    request.add_row("completion tokens", f"{outcome.completion_tokens:,}")
+    request.add_row(
+        "prices per million tokens",
+        f"in {tusd(outcome.price_in_per_mtok)}, out {tusd(outcome.price_out_per_mtok)}",
+    )
+    request.add_row("price charged", tusd(outcome.charge))
+    request.add_row("protocol fee", tusd(outcome.fee))
+    for name, value in energy_rows(outcome.energy, outcome.energy_reason):
+        request.add_row(name, value)
+    request.add_row("receipt hash", outcome.receipt_hash)
+    console.print(request)
+
+    money = Table(
+        title="Settlement on the in-process chain", show_header=False, title_justify="left"
+    )
+    money.add_row("chain / Settlement", f"{outcome.chain_id} / {outcome.settlement_contract}")
+    money.add_row("epoch", f"{outcome.epoch} (settled by {outcome.settled_by})")
+    money.add_row("settlement tx", f"{outcome.settle_tx} ({outcome.settle_gas:,} gas)")
+    money.add_row("receipts Merkle root", outcome.receipts_root)
+    money.add_row(
+        "network-token reward",
+        f"{outcome.reward / 10**18:,.6f} network tokens ({outcome.reward:,} base units)"
+        if outcome.reward
+        else "none (the market's epoch batches carry no rewards yet)",
+    )
+    money.add_row("buyer", outcome.buyer)
+    money.add_row(
+        "buyer escrow",
+        f"{tusd(outcome.escrow_before)} → {tusd(outcome.escrow_after)} "
+        f"(−{outcome.escrow_before - outcome.escrow_after:,})",
+    )
+    money.add_row(
+        "provider payout (charge − fee)",
+        f"{tusd(outcome.payout)} = {outcome.charge:,} − {outcome.fee:,}",
+    )
+    money.add_row(
+        "provider wallet",
+        f"{tusd(outcome.provider_wallet_before)} → {tusd(outcome.provider_wallet_after)}",
+    )
+    money.add_row(
+        "receipt proof checked on-chain",
+        ("verified" if outcome.proof_verified else "[red]NOT verified[/]")
+        + ("; a forged leaf is rejected" if outcome.tampered_proof_rejected else ""),
+    )
+    console.print(money)
+    timings = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in outcome.timings.items())
+    console.print(f"[dim]timings: {timings}[/]")
+    console.print(f"[dim]state and logs: {options.work_dir}/[/]")
+    ok = (
+        outcome.proof_verified
+        and outcome.escrow_before - outcome.escrow_after == outcome.charge
+        and outcome.payout == outcome.charge - outcome.fee
+    )
+    if not ok:
+        console.print("[red]the amounts do not add up[/]")
+        raise typer.Exit(1)
 
 
 @app.command()
