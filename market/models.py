@@ -11,10 +11,12 @@ from market.buyers.nonces import UsedNonce
 from market.db import Base
 from market.jobs.models import RejectedReceipt
 from market.ledger.models import Account, Hold, Posting, Transfer
+from market.providers.models import AttestationCheck
 
 __all__ = [
     "Account",
     "ApiKey",
+    "AttestationCheck",
     "Base",
     "Buyer",
     "Hold",

@@ -88,6 +88,8 @@ JobId = Annotated[StrictStr, Field(pattern=r"^[0-9a-f]{32}$")]
 Text = Annotated[StrictStr, Field(min_length=1, max_length=256)]
 Version = Annotated[Literal[1], BeforeValidator(_exact_int)]
 EnergyMethod = Literal["measured", "estimated", "unmeasured"]
+ReceiptStatus = Literal["complete", "interrupted"]
+ReasonCode = Annotated[StrictStr, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
 
 
 class _Model(BaseModel):
@@ -141,7 +143,14 @@ class EnergyAttribution(_Model):
 
 
 class Receipt(_Model):
-    """What the provider served for one ticket, signed by the provider."""
+    """What the provider served for one ticket, signed by the provider.
+
+    `status` is "complete" when the engine finished the answer, "interrupted" when the
+    stream broke off after some tokens were delivered; then `interrupted_reason` says why
+    (a short snake_case code such as "engine_died") and `completion_tokens` and
+    `output_digest` cover exactly the tokens delivered. Both fields are always present in
+    the signed bytes (no default): `interrupted_reason` is null exactly when complete.
+    """
 
     type: Literal["receipt"] = "receipt"
     version: Version = 1
@@ -157,10 +166,18 @@ class Receipt(_Model):
     energy: EnergyAttribution
     attestation_seq: UInt | None
     ticket_digest: Hash32
+    status: ReceiptStatus
+    interrupted_reason: ReasonCode | None
     domain: Domain
 
     @model_validator(mode="after")
     def _timing(self) -> Self:
+        if self.status == "interrupted" and self.interrupted_reason is None:
+            raise ValueError("an interrupted receipt needs interrupted_reason")
+        if self.status == "complete" and self.interrupted_reason is not None:
+            raise ValueError("a complete receipt must have interrupted_reason null")
+        if self.status == "interrupted" and self.completion_tokens == 0:
+            raise ValueError("an interrupted receipt covers at least one delivered token")
         if (self.first_token_at is None) != (self.completion_tokens == 0):
             raise ValueError("first_token_at is null exactly when completion_tokens is 0")
         if self.first_token_at is not None and self.finished_at < self.first_token_at:

@@ -146,7 +146,7 @@ class RunSettings(_Group):
     """Timings of `provider-agent run`."""
 
     heartbeat_interval_s: float = Field(default=15.0, gt=0, le=3600)
-    attestation_window_s: float = Field(default=10.0, gt=0, le=3600)
+    attestation_window_s: float = Field(default=30.0, gt=0, le=3600)
     engine_startup_timeout_s: float = Field(default=900.0, gt=0)
     engine_stop_grace_s: float = Field(default=20.0, ge=0)
     shutdown_grace_s: float = Field(default=30.0, ge=0)

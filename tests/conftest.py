@@ -40,7 +40,10 @@ def anvil_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     log = tmp_path_factory.mktemp("anvil") / "anvil.log"
     with log.open("w") as out:
         proc = subprocess.Popen(
-            [_anvil_binary(), "--port", str(port), "--hardfork", "prague", "--silent"],
+            [
+                *(_anvil_binary(), "--port", str(port), "--hardfork", "prague", "--silent"),
+                *("--balance", "100000000"),  # ETH per dev account: the suite funds hundreds
+            ],
             stdout=out,
             stderr=subprocess.STDOUT,
         )

@@ -6,6 +6,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
+from market.jobs.energy import EnergySummary
 from market.ledger.schemas import Statement
 
 
@@ -55,3 +56,7 @@ class BuyerStatement(Statement):
     """A buyer's statement, with the escrow whose withdrawal is pending on-chain."""
 
     withdrawing: int = Field(description="Escrow with a withdrawal requested, not yet paid out.")
+    energy: EnergySummary = Field(
+        description="Energy of every request charged to the buyer: GPU joules, wall kWh, "
+        "energy cost and gCO2 over metered receipts; unmeasured ones counted apart."
+    )

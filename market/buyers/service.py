@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 
 from pydantic import SecretStr
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from market.addresses import checksum_address
@@ -29,6 +30,8 @@ from market.errors import (
     BuyerNotFoundError,
     InvalidRequestError,
 )
+from market.jobs.energy import EnergySummary, summarize
+from market.jobs.models import Receipt
 from market.ledger import service as ledger
 
 KEY_PREFIX = "sk-jm-"
@@ -130,5 +133,13 @@ def buyer_statement(session: Session, address: str, limit: int = 100) -> BuyerSt
     """The ledger's statement of the buyer, with what is pending withdrawal (`withdrawing`)."""
     statement = ledger.statement(session, address, limit)
     return BuyerStatement(
-        **statement.model_dump(), withdrawing=statement.balances.get("withdrawing", 0)
+        **statement.model_dump(),
+        withdrawing=statement.balances.get("withdrawing", 0),
+        energy=energy_summary(session, address),
     )
+
+
+def energy_summary(session: Session, address: str) -> EnergySummary:
+    """Energy over the buyer's receipts, each at the site it was served at."""
+    stmt = select(Receipt).where(Receipt.buyer_address == checksum_address(address))
+    return summarize(session.scalars(stmt))

@@ -19,12 +19,16 @@ from sqlalchemy.orm import Session
 
 from market.buyers.service import authenticate
 from market.db import session_scope
+from market.energy.accounting import SiteProfile, energy_chain
+from market.energy.accounting import energy_block as accounting_block
 from market.errors import InsufficientFundsError
 from market.inference.agents import ticket_header
 from market.inference.errors import QuotaExceededError
 from market.jobs import service as jobs
+from market.jobs.energy import energy_method
 from market.jobs.errors import ReceiptRejectedError
 from market.jobs.service import JobOrder, Usage
+from market.providers.site import bare_site, site_json
 from market.routing.table import LiveOffer
 from market.runtime import Runtime
 from protocol.messages import JobTicket, message_digest, sign
@@ -63,10 +67,21 @@ async def authenticate_buyer(runtime: Runtime, raw_key: str) -> str:
     return await to_thread.run_sync(_authenticate, runtime, raw_key)
 
 
-def energy_block(method: str, millijoules: int | None, basis: str | None) -> dict[str, Any]:
-    """The `energy` extension buyers see: joules (null when unmeasured), and how measured."""
-    joules = None if millijoules is None else millijoules / 1000
-    return {"method": method, "joules": joules, "basis": basis}
+def energy_block(
+    method: str, millijoules: int | None, basis: str | None, site: SiteProfile
+) -> dict[str, Any]:
+    """The `energy` extension buyers see: the receipt's GPU energy (`joules`, null when
+    unmeasured; `method`, `basis`) and its whole accounting chain at the routed offer's site
+    (docs/energy-accounting.md): wall kWh, energy cost, gCO2, region and every factor with
+    its origin. Unmeasured: every figure is null, never 0."""
+    chain = energy_chain(energy_method(method), millijoules, site)
+    joules = None if millijoules is None or chain.gpu_joules is None else millijoules / 1000
+    return {"method": chain.method, "joules": joules, "basis": basis, **accounting_block(chain)}
+
+
+def offer_site(offer: LiveOffer) -> SiteProfile:
+    """The offer's site (built at routing refresh), or its region alone."""
+    return offer.site if offer.site is not None else bare_site(offer.region)
 
 
 @dataclass(frozen=True)
@@ -125,6 +140,7 @@ class Attempt:
         assert self.ticket is not None
         runtime, ticket = self.runtime, self.ticket
         text = envelope if isinstance(envelope, str) else envelope.decode("utf-8", "replace")
+        site = offer_site(self.offer)
         try:
             receipt = jobs.check_receipt(
                 envelope,
@@ -143,6 +159,7 @@ class Attempt:
             receipt=receipt,
             envelope=text,
             fee_bps=runtime.settings.protocol_fee_bps,
+            site=site_json(site),
         )
         await to_thread.run_sync(_in_transaction, runtime, work)
         self.finished = True
@@ -150,7 +167,7 @@ class Attempt:
         return Settled(
             job_id=ticket.job_id,
             receipt_hash=message_digest(receipt),
-            energy=energy_block(energy.method, energy.millijoules, energy.basis),
+            energy=energy_block(energy.method, energy.millijoules, energy.basis, site),
         )
 
     async def reject(self, error: ReceiptRejectedError, envelope: str | None) -> None:

@@ -60,10 +60,41 @@ def list_models(runtime: Runtime) -> dict[str, Any]:
                     "providers": len(offers),
                     "price_in_per_mtok": {"min": min(prices_in), "max": max(prices_in)},
                     "price_out_per_mtok": {"min": min(prices_out), "max": max(prices_out)},
+                    "energy": model_energy(offers),
                 },
             }
         )
     return {"object": "list", "data": data}
+
+
+def _jpt(offer: LiveOffer) -> dict[str, Any]:
+    return {
+        "provider": offer.provider,
+        "joules_per_token": offer.joules_per_token,
+        "avg_concurrency": offer.energy_concurrency,
+        "tokens_per_s": offer.tokens_per_s,
+    }
+
+
+def model_energy(offers: list[LiveOffer]) -> dict[str, Any]:
+    """The `/v1/models` energy extension of one model: best and median GPU J per output
+    token over providers with measured steady windows (the median is the lower median
+    provider's figure, with the concurrency each was measured at), and how many providers
+    are measured and unmeasured."""
+    measured = sorted(
+        (o for o in offers if o.joules_per_token is not None),
+        key=lambda o: o.joules_per_token or 0.0,
+    )
+    best = median = None
+    if measured:
+        best = _jpt(measured[0])
+        median = _jpt(measured[(len(measured) - 1) // 2])
+    return {
+        "providers_measured": len(measured),
+        "providers_unmeasured": len(offers) - len(measured),
+        "best_joules_per_token": best,
+        "median_joules_per_token": median,
+    }
 
 
 async def complete(

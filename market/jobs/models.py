@@ -77,6 +77,8 @@ class Receipt(Base):
     verified_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     epoch: Mapped[int | None] = mapped_column(Integer())
     leaf_index: Mapped[int | None] = mapped_column(Integer())
+    energy_site: Mapped[str | None] = mapped_column(Text())
+    """The routed offer's site (region, tariff, PUE, host overhead) as JSON, for statements."""
 
 
 class RejectedReceipt(Base):

@@ -141,9 +141,15 @@ def check_receipt(
 
 
 def complete_job(
-    session: Session, job_id: str, receipt: SignedReceipt, envelope: str, fee_bps: int
+    session: Session,
+    job_id: str,
+    receipt: SignedReceipt,
+    envelope: str,
+    fee_bps: int,
+    site: str | None = None,
 ) -> Settlement:
-    """Charges a verified receipt (never above the hold), releases the rest, stores it."""
+    """Charges a verified receipt (never above the hold), releases the rest, stores it
+    (with `site`, the routed offer's energy site as JSON, for energy statements)."""
     repo = JobRepository(session)
     job = _job(repo, job_id)
     charge = cost(
@@ -172,6 +178,7 @@ def complete_job(
             finished_at_ms=receipt.finished_at,
             envelope=envelope,
             verified_at=utcnow(),
+            energy_site=site,
         )
     )
     job.status = JobStatus.COMPLETED

@@ -13,6 +13,7 @@ from market.providers.schemas import (
     AttestationAccepted,
     HeartbeatAccepted,
     ProviderRead,
+    ProviderStatement,
     RegistrationAccepted,
     SignedProviderMessage,
 )
@@ -85,3 +86,9 @@ def list_providers(runtime: RuntimeDep, session: SessionDep) -> list[ProviderRea
 def get_provider(address: str, runtime: RuntimeDep, session: SessionDep) -> ProviderRead:
     """One provider's public view."""
     return service.get_provider(session, address, runtime.settings.heartbeat_timeout_s)
+
+
+@router.get("/providers/{address}/statement", response_model=ProviderStatement)
+def provider_statement(address: str, session: SessionDep) -> ProviderStatement:
+    """Revenue (charges - fee) against energy cost per model and epoch: the energy margin."""
+    return service.provider_statement(session, address)

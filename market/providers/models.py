@@ -12,7 +12,18 @@ from __future__ import annotations
 import enum
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Enum, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Enum,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    false,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from market.db import Amount, Base, BigIntPK, UTCDateTime, utcnow
@@ -109,3 +120,32 @@ class Attestation(Base):
     avg_waiting_milli: Mapped[int] = mapped_column(BigInteger)
     envelope: Mapped[str] = mapped_column(Text)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    model: Mapped[str | None] = mapped_column(String(256))
+    """The model the provider offered when the attestation arrived (null before 0007)."""
+    flagged: Mapped[bool] = mapped_column(Boolean(), default=False, server_default=false())
+    """A physics or data check failed: the window is left out of published efficiency."""
+
+
+class AttestationCheck(Base):
+    """The outcome of one plausibility check of one attestation (market/energy/plausibility).
+
+    `status` is pass, fail or skipped (the check could not run: GPU or model unknown, energy
+    unmeasured); `kind` is physics, data, consistency or hygiene.
+    """
+
+    __tablename__ = "provider_attestation_checks"
+    __table_args__ = (
+        Index("ix_provider_attestation_checks_provider_seq", "provider_address", "seq"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    attestation_id: Mapped[int] = mapped_column(
+        BigIntPK, ForeignKey("provider_attestations.id"), index=True
+    )
+    provider_address: Mapped[str] = mapped_column(String(42))
+    seq: Mapped[int] = mapped_column(BigInteger)
+    check: Mapped[str] = mapped_column(String(32))
+    kind: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(8))
+    reason: Mapped[str] = mapped_column(String(500))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

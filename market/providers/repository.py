@@ -9,7 +9,8 @@ from datetime import datetime
 from sqlalchemy import Row, and_, delete, func, select
 from sqlalchemy.orm import Session
 
-from market.providers.models import Attestation, Offer, Provider, ProviderStatus
+from market.jobs.models import Receipt
+from market.providers.models import Attestation, AttestationCheck, Offer, Provider, ProviderStatus
 
 STEADY_WINDOWS = 10
 """How many of a provider's latest steady attestation windows its J/token is taken over."""
@@ -19,13 +20,55 @@ STEADY_LOOKBACK_MS = 3_600_000
 
 
 @dataclass(frozen=True)
+class SteadyWindows:
+    """Sums over a provider's latest steady windows for one model (at most `STEADY_WINDOWS`).
+
+    A steady window: measured energy, output tokens generated, at least one request running
+    on average, and not flagged by a physics or data check.
+    """
+
+    provider: str
+    model: str | None
+    windows: int
+    energy_mj: int
+    generation_tokens: int
+    duration_ms: int
+    running_milli_ms: int
+    """Sum of avg running requests (milli) x window length (ms): for the weighted average."""
+
+    @property
+    def joules_per_token(self) -> float:
+        """GPU joules per output token."""
+        return self.energy_mj / 1000 / self.generation_tokens
+
+    @property
+    def tokens_per_s(self) -> float:
+        """Output tokens per second of window."""
+        return self.generation_tokens * 1000 / self.duration_ms
+
+    @property
+    def concurrency(self) -> float:
+        """Average running requests, weighted by window length."""
+        return self.running_milli_ms / self.duration_ms / 1000
+
+
+@dataclass(frozen=True)
 class RoutableOffer:
     """An offer of an online provider, with the energy figures of its latest steady windows."""
 
     offer: Offer
     public_key: str
-    steady_energy_mj: int | None
-    steady_generation_tokens: int | None
+    steady: SteadyWindows | None = None
+
+    @property
+    def steady_energy_mj(self) -> int | None:
+        """Energy over the steady windows (None: none measured)."""
+        return None if self.steady is None else self.steady.energy_mj
+
+    @property
+    def steady_generation_tokens(self) -> int | None:
+        """Output tokens over the steady windows."""
+        return None if self.steady is None else self.steady.generation_tokens
 
 
 class ProviderRepository:
@@ -127,61 +170,126 @@ class ProviderRepository:
 
     # -- routing -----------------------------------------------------------------------
 
-    def routable_offers(self, online_since: datetime, now_ms: int) -> list[RoutableOffer]:
-        """Offers of active providers heard from since `online_since`, in one query.
+    def add_checks(self, checks: Sequence[AttestationCheck]) -> None:
+        """Adds the check results of one attestation and flushes."""
+        self.session.add_all(checks)
+        self.session.flush()
 
-        Energy figures sum the latest `STEADY_WINDOWS` steady windows (measured energy, output
-        tokens generated, at least one request running on average) that ended within
-        `STEADY_LOOKBACK_MS` of `now_ms`.
-        """
+    def checks_of(self, attestation_ids: Sequence[int]) -> Sequence[AttestationCheck]:
+        """The checks of these attestations, in the order they were run."""
+        if not attestation_ids:
+            return []
+        stmt = (
+            select(AttestationCheck)
+            .where(AttestationCheck.attestation_id.in_(attestation_ids))
+            .order_by(AttestationCheck.attestation_id, AttestationCheck.id)
+        )
+        return self.session.scalars(stmt).all()
+
+    def receipt_tokens(self, address: str, start_ms: int, end_ms: int) -> list[int]:
+        """Completion tokens of the provider's receipts that finished in [start, end)."""
+        stmt = select(Receipt.completion_tokens).where(
+            Receipt.provider_address == address,
+            Receipt.finished_at_ms >= start_ms,
+            Receipt.finished_at_ms < end_ms,
+        )
+        return [int(tokens) for tokens in self.session.scalars(stmt)]
+
+    def steady_windows(
+        self, addresses: Sequence[str] | None = None, since_ms: int | None = None
+    ) -> list[SteadyWindows]:
+        """Per provider and model, sums over the latest `STEADY_WINDOWS` steady windows
+        (ended at or after `since_ms` if given; of `addresses` if given), in one query."""
+        conditions = [
+            Attestation.energy_method == "measured",
+            Attestation.energy_mj.is_not(None),
+            Attestation.generation_tokens > 0,
+            Attestation.avg_running_milli >= 1000,
+            Attestation.flagged.is_(False),
+        ]
+        if since_ms is not None:
+            conditions.append(Attestation.window_end_ms >= since_ms)
+        if addresses is not None:
+            if not addresses:
+                return []
+            conditions.append(Attestation.provider_address.in_(addresses))
         ranked = (
             select(
-                Attestation.provider_address.label("provider_address"),
-                Attestation.energy_mj.label("energy_mj"),
-                Attestation.generation_tokens.label("generation_tokens"),
+                Attestation.provider_address,
+                Attestation.model,
+                Attestation.energy_mj,
+                Attestation.generation_tokens,
+                Attestation.window_start_ms,
+                Attestation.window_end_ms,
+                Attestation.avg_running_milli,
                 func.row_number()
-                .over(partition_by=Attestation.provider_address, order_by=Attestation.seq.desc())
+                .over(
+                    partition_by=(Attestation.provider_address, Attestation.model),
+                    order_by=Attestation.seq.desc(),
+                )
                 .label("rank"),
             )
-            .where(
-                Attestation.window_end_ms >= now_ms - STEADY_LOOKBACK_MS,
-                Attestation.energy_method == "measured",
-                Attestation.energy_mj.is_not(None),
-                Attestation.generation_tokens > 0,
-                Attestation.avg_running_milli >= 1000,
-            )
+            .where(*conditions)
             .subquery()
         )
-        energy = (
-            select(
-                ranked.c.provider_address,
-                func.sum(ranked.c.energy_mj).label("energy_mj"),
-                func.sum(ranked.c.generation_tokens).label("generation_tokens"),
+        stmt = select(ranked).where(ranked.c.rank <= STEADY_WINDOWS)
+        sums: dict[tuple[str, str | None], list[int]] = {}
+        for row in self.session.execute(stmt):
+            length = int(row.window_end_ms) - int(row.window_start_ms)
+            acc = sums.setdefault((row.provider_address, row.model), [0, 0, 0, 0, 0])
+            acc[0] += 1
+            acc[1] += int(row.energy_mj)
+            acc[2] += int(row.generation_tokens)
+            acc[3] += length
+            acc[4] += int(row.avg_running_milli) * length
+        return [
+            SteadyWindows(provider, model, *acc)
+            for (provider, model), acc in sorted(
+                sums.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")
             )
-            .where(ranked.c.rank <= STEADY_WINDOWS)
-            .group_by(ranked.c.provider_address)
-            .subquery()
-        )
+        ]
+
+    def routable_offers(self, online_since: datetime, now_ms: int) -> list[RoutableOffer]:
+        """Offers of active providers heard from since `online_since`, each with its steady
+        windows that ended within `STEADY_LOOKBACK_MS` of `now_ms` (two queries).
+
+        Windows recorded before attestations named their model count for the provider's offer.
+        """
         stmt = (
-            select(Offer, Provider.public_key, energy.c.energy_mj, energy.c.generation_tokens)
+            select(Offer, Provider.public_key)
             .join(Provider, Provider.address == Offer.provider_address)
-            .outerjoin(energy, energy.c.provider_address == Offer.provider_address)
             .where(
                 Provider.status == ProviderStatus.ACTIVE,
                 Provider.last_heartbeat_at >= online_since,
             )
         )
-        return [_routable(row) for row in self.session.execute(stmt)]
+        rows = [_routable(row) for row in self.session.execute(stmt)]
+        if not rows:
+            return rows
+        steady = {
+            (w.provider, w.model): w for w in self.steady_windows(None, now_ms - STEADY_LOOKBACK_MS)
+        }
+        return [
+            RoutableOffer(
+                offer=row.offer,
+                public_key=row.public_key,
+                steady=steady.get((row.offer.provider_address, row.offer.model))
+                or steady.get((row.offer.provider_address, None)),
+            )
+            for row in rows
+        ]
+
+    def receipts_of_provider(self, address: str) -> Sequence[Receipt]:
+        """Every receipt the provider was paid on, oldest first."""
+        stmt = (
+            select(Receipt)
+            .where(Receipt.provider_address == address)
+            .order_by(Receipt.finished_at_ms)
+        )
+        return self.session.scalars(stmt).all()
 
 
-def _routable(row: Row[Offer, str, int | None, int | None]) -> RoutableOffer:
+def _routable(row: Row[Offer, str]) -> RoutableOffer:
     offer: Offer = row[0]
     public_key: str = row[1]
-    energy_mj: int | None = row[2]
-    tokens: int | None = row[3]
-    return RoutableOffer(
-        offer=offer,
-        public_key=public_key,
-        steady_energy_mj=None if energy_mj is None else int(energy_mj),
-        steady_generation_tokens=None if tokens is None else int(tokens),
-    )
+    return RoutableOffer(offer=offer, public_key=public_key)

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_validator
 
+from market.jobs.energy import EnergySummary
 from protocol.messages import (
     Address,
     Domain,
@@ -177,6 +178,31 @@ class AttestationSummary(BaseModel):
     avg_running_milli: int
     avg_waiting_milli: int
     received_at: datetime
+    model: str | None = Field(description="The model offered when the window was attested.")
+    flagged: bool = Field(description="A physics or data check failed (see `latest_checks`).")
+
+
+class AttestationCheckRead(BaseModel):
+    """One plausibility check of one attestation (docs/energy-accounting.md)."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    seq: int
+    check: str
+    kind: str = Field(description="physics, data, consistency or hygiene.")
+    status: str = Field(description="pass, fail or skipped (could not run).")
+    reason: str
+
+
+class EfficiencyRead(BaseModel):
+    """Published efficiency of one provider on one model, from its latest steady windows
+    (measured energy, >= 1 request running on average, not flagged); none: unmeasured."""
+
+    model: str | None
+    windows: int
+    joules_per_token: float = Field(description="GPU joules per output token.")
+    tokens_per_s: float = Field(description="Output tokens per second.")
+    avg_concurrency: float = Field(description="Average running requests it was measured at.")
 
 
 class ProviderRead(BaseModel):
@@ -191,3 +217,33 @@ class ProviderRead(BaseModel):
     online: bool = Field(description="Active with a heartbeat within the timeout: routable.")
     offers: list[OfferRead]
     latest_attestation: AttestationSummary | None
+    latest_checks: list[AttestationCheckRead] = Field(
+        default_factory=list, description="The checks of the latest attestation."
+    )
+    efficiency: list[EfficiencyRead] = Field(
+        default_factory=list, description="Per model; empty: no measured steady window."
+    )
+
+
+class StatementLine(BaseModel):
+    """A provider's revenue against its energy cost for one model in one epoch."""
+
+    model: str | None = Field(description="None on the totals line.")
+    epoch: int | None = Field(description="None: receipts not yet closed into an epoch.")
+    requests: int
+    revenue: int = Field(description="Charges - protocol fee, payment-token base units.")
+    revenue_metered: int = Field(description="Revenue of receipts with an energy figure.")
+    revenue_unmeasured: int = Field(description="Revenue of unmeasured receipts.")
+    energy: EnergySummary
+    energy_margin: int | None = Field(
+        description="revenue_metered - energy cost (base units); None if no metered receipt "
+        "or one without a cost (no tariff or no rate). Unmeasured receipts are not in it."
+    )
+
+
+class ProviderStatement(BaseModel):
+    """A provider's energy margin per model and epoch, with totals."""
+
+    provider: str
+    lines: list[StatementLine]
+    totals: StatementLine

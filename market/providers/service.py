@@ -21,6 +21,18 @@ from sqlalchemy.orm import Session
 
 from market.addresses import checksum_address
 from market.db import utcnow
+from market.energy.accounting import DEFAULT_RATES, SiteProfile, energy_chain
+from market.energy.plausibility import (
+    CheckResult,
+    check_chain_link,
+    check_claim,
+    check_counters_monotonic,
+    check_tokens_vs_receipts,
+    check_window_length,
+    claim_from_attestation,
+)
+from market.jobs.energy import summarize
+from market.jobs.models import Receipt
 from market.providers.errors import (
     BrokenAttestationChainError,
     ChainUnavailableError,
@@ -36,21 +48,26 @@ from market.providers.errors import (
     ProviderWrongDomainError,
     ReplayedMessageError,
 )
-from market.providers.models import Attestation, Offer, Provider, ProviderStatus
-from market.providers.repository import ProviderRepository, RoutableOffer
+from market.providers.models import Attestation, AttestationCheck, Offer, Provider, ProviderStatus
+from market.providers.repository import ProviderRepository, RoutableOffer, SteadyWindows
 from market.providers.schemas import (
     HEARTBEAT_TYPE,
     REGISTRATION_TYPE,
     AttestationAccepted,
+    AttestationCheckRead,
     AttestationSummary,
+    EfficiencyRead,
     Heartbeat,
     HeartbeatAccepted,
     OfferRead,
     ProviderRead,
+    ProviderStatement,
     Registration,
     RegistrationAccepted,
     SignedProviderMessage,
+    StatementLine,
 )
+from market.providers.site import site_profile
 from market.routing.table import LiveOffer
 from protocol.canonical import from_hex, signing_input
 from protocol.chain.errors import ChainError, ChainUnavailable
@@ -77,6 +94,14 @@ PUE_MILLI: dict[str, int] = {
     "edge_or_home": 1000,  # no facility overhead beyond the rig (an assumption)
 }
 """PUE of each profile a provider may declare, in milli-units."""
+
+PHYSICS_PENALTY = 10
+"""Reputation lost for an attestation with a failed physics check (an impossible claim)."""
+DATA_PENALTY = 3
+"""Reputation lost for an attestation with a failed data check (outside what was measured)
+and no failed physics check. Consistency and hygiene failures are recorded, not penalised."""
+TOKEN_DECIMALS = 6
+"""Decimals of the payment token, for energy cost in base units (tUSD: 6)."""
 
 
 def now_ms() -> int:
@@ -348,7 +373,7 @@ def _sum_or_none(values: list[int | None]) -> int | None:
     return sum(v for v in values if v is not None)
 
 
-def _row(envelope: Signed[AttestationMessage], digest: str) -> Attestation:
+def _row(envelope: Signed[AttestationMessage], digest: str, model: str | None) -> Attestation:
     message = envelope.message
     energies: list[int | None] = [
         None
@@ -374,6 +399,67 @@ def _row(envelope: Signed[AttestationMessage], digest: str) -> Attestation:
         avg_waiting_milli=message.avg_waiting_requests_milli,
         envelope=envelope.model_dump_json(),
         received_at=utcnow(),
+        model=model,
+        flagged=False,
+    )
+
+
+def run_checks(
+    repo: ProviderRepository,
+    row: Attestation,
+    message: AttestationMessage,
+    previous: AttestationMessage | None,
+    model: str | None,
+) -> list[CheckResult]:
+    """Every plausibility check of one attestation: physics and data (`check_claim`), chain
+    link, counters and window length against the previous one, and the attested output
+    tokens against the provider's receipts that finished in the window."""
+    results = check_claim(claim_from_attestation(message, model or "unknown"))
+    results.append(check_chain_link(previous, message))
+    if previous is not None:
+        results.append(check_counters_monotonic(previous, message))
+    results.append(check_window_length(message, previous))
+    tokens = repo.receipt_tokens(row.provider_address, row.window_start_ms, row.window_end_ms)
+    results.append(
+        check_tokens_vs_receipts(
+            row.generation_tokens, tokens, max_request_tokens=max(tokens, default=0)
+        )
+    )
+    return results
+
+
+def reputation_penalty(results: list[CheckResult]) -> int:
+    """What an attestation's checks cost its provider: `PHYSICS_PENALTY` if a physics check
+    failed, else `DATA_PENALTY` if a data check failed, else nothing."""
+    failed = {r.kind for r in results if r.ok is False}
+    if "physics" in failed:
+        return PHYSICS_PENALTY
+    if "data" in failed:
+        return DATA_PENALTY
+    return 0
+
+
+def _record_checks(
+    repo: ProviderRepository, provider: Provider, row: Attestation, results: list[CheckResult]
+) -> None:
+    penalty = reputation_penalty(results)
+    row.flagged = penalty > 0
+    provider.reputation -= penalty
+    received = utcnow()
+    repo.add_checks(
+        [
+            AttestationCheck(
+                attestation_id=row.id,
+                provider_address=row.provider_address,
+                seq=row.seq,
+                check=r.check,
+                kind=r.kind,
+                status=r.status,
+                reason=r.reason[:500],
+                created_at=received,
+            )
+            for r in results
+        ]
     )
 
 
@@ -413,17 +499,22 @@ def submit_attestation(
             f"attestation seq {message.seq} differs from the one stored (fork); the chain is "
             f"at seq {last.seq}"
         )
+    previous = None if last is None else _stored_message(last)
     try:
-        check_chain(None if last is None else _stored_message(last), message)
+        check_chain(previous, message)
     except BrokenChainError as exc:
         raise BrokenAttestationChainError(str(exc)) from exc
+    offers = repo.offers_of([provider.address])
+    model = offers[0].model if offers else None
     try:
         with session.begin_nested():
-            repo.add_attestation(_row(envelope, digest))
+            row = repo.add_attestation(_row(envelope, digest, model))
     except IntegrityError as exc:  # a concurrent submission took this seq first
         raise BrokenAttestationChainError(
             f"attestation seq {message.seq} was stored concurrently"
         ) from exc
+    _record_checks(repo, provider, row, run_checks(repo, row, message, previous, model))
+    session.flush()
     return AttestationAccepted(
         provider=provider.address, seq=message.seq, digest=digest, duplicate=False
     )
@@ -448,6 +539,14 @@ def _views(session: Session, providers: list[Provider], timeout_s: int) -> list[
     for offer in repo.offers_of(addresses):
         offers.setdefault(offer.provider_address, []).append(OfferRead.model_validate(offer))
     latest = repo.latest_attestations(addresses)
+    checks: dict[str, list[AttestationCheckRead]] = {}
+    for check in repo.checks_of([row.id for row in latest.values()]):
+        checks.setdefault(check.provider_address, []).append(
+            AttestationCheckRead.model_validate(check)
+        )
+    efficiency: dict[str, list[EfficiencyRead]] = {}
+    for steady in repo.steady_windows(addresses):
+        efficiency.setdefault(steady.provider, []).append(efficiency_read(steady))
     now = utcnow()
     return [
         ProviderRead(
@@ -464,9 +563,22 @@ def _views(session: Session, providers: list[Provider], timeout_s: int) -> list[
                 if p.address in latest
                 else None
             ),
+            latest_checks=checks.get(p.address, []),
+            efficiency=efficiency.get(p.address, []),
         )
         for p in providers
     ]
+
+
+def efficiency_read(steady: SteadyWindows) -> EfficiencyRead:
+    """The published figures of one provider's steady windows on one model."""
+    return EfficiencyRead(
+        model=steady.model,
+        windows=steady.windows,
+        joules_per_token=steady.joules_per_token,
+        tokens_per_s=steady.tokens_per_s,
+        avg_concurrency=steady.concurrency,
+    )
 
 
 def list_providers(session: Session, heartbeat_timeout_s: int) -> list[ProviderRead]:
@@ -484,11 +596,26 @@ def get_provider(session: Session, address: str, heartbeat_timeout_s: int) -> Pr
 
 
 def live_offer(row: RoutableOffer) -> LiveOffer:
-    """What routing keeps of an online provider's offer."""
+    """What routing keeps of an online provider's offer: its site, and where its steady
+    windows were measured, J/token, tokens/s, gCO2 and energy cost per million output tokens
+    through the accounting chain (J/token x host overhead x PUE / 3.6e6 x grid gCO2/kWh or x
+    tariff, per 1e6 tokens). Unmeasured: None, so it sorts last and fails energy caps."""
     offer = row.offer
-    joules_per_token = None
-    if row.steady_energy_mj is not None and row.steady_generation_tokens:
-        joules_per_token = row.steady_energy_mj / 1000 / row.steady_generation_tokens
+    site = site_profile(offer)
+    steady = row.steady
+    joules_per_token = gco2 = cost = concurrency = None
+    tokens_per_s = 0.0
+    if steady is not None:
+        joules_per_token = steady.joules_per_token
+        tokens_per_s = steady.tokens_per_s
+        concurrency = steady.concurrency
+        per_mtok_mj = steady.energy_mj * 1_000_000 // steady.generation_tokens
+        chain = energy_chain("measured", per_mtok_mj, site, token_decimals=TOKEN_DECIMALS)
+        gco2 = None if chain.gco2 is None else float(chain.gco2)
+        energy_cost = chain.energy_cost
+        if energy_cost is not None and energy_cost.currency in DEFAULT_RATES:
+            rate = DEFAULT_RATES[energy_cost.currency]
+            cost = float(energy_cost.amount * rate * 10**TOKEN_DECIMALS)
     return LiveOffer(
         provider=offer.provider_address,
         model=offer.model,
@@ -498,7 +625,12 @@ def live_offer(row: RoutableOffer) -> LiveOffer:
         max_concurrency=offer.max_concurrency,
         job_url=offer.job_url,
         public_key=row.public_key,
+        tokens_per_s=tokens_per_s,
         joules_per_token=joules_per_token,
+        gco2_per_mtok=gco2,
+        energy_cost_per_mtok=cost,
+        energy_concurrency=concurrency,
+        site=site,
     )
 
 
@@ -508,3 +640,57 @@ def live_offers(session: Session, heartbeat_timeout_s: int) -> list[LiveOffer]:
     online_since = now - timedelta(seconds=heartbeat_timeout_s)
     rows = ProviderRepository(session).routable_offers(online_since, int(now.timestamp() * 1000))
     return [live_offer(row) for row in rows]
+
+
+# -- the provider's energy statement ---------------------------------------------------------
+
+
+def _line(
+    model: str | None, epoch: int | None, receipts: list[Receipt], fallback: dict[str, SiteProfile]
+) -> StatementLine:
+    energy = summarize(receipts, fallback)
+    revenue = metered = 0
+    for receipt in receipts:
+        share = receipt.charge - receipt.fee
+        revenue += share
+        if receipt.energy_mj is not None and receipt.energy_method in ("measured", "estimated"):
+            metered += share
+    has_metered = energy.measured + energy.estimated > 0
+    margin = None
+    if has_metered and energy.receipts_without_cost == 0:
+        margin = metered - energy.energy_cost_base_units
+    return StatementLine(
+        model=model,
+        epoch=epoch,
+        requests=len(receipts),
+        revenue=revenue,
+        revenue_metered=metered,
+        revenue_unmeasured=revenue - metered,
+        energy=energy,
+        energy_margin=margin,
+    )
+
+
+def provider_statement(session: Session, address: str) -> ProviderStatement:
+    """Revenue (charges - fee) against energy cost per model and epoch: the energy margin.
+
+    Each receipt's energy cost comes from its accounting chain at the site it was served at;
+    unmeasured receipts are counted with their revenue apart (`revenue_unmeasured`) and left
+    out of the margin, never costed at 0.
+    """
+    address = checksum_address(address)
+    repo = ProviderRepository(session)
+    receipts = list(repo.receipts_of_provider(address))
+    if not receipts and repo.get(address) is None:
+        raise ProviderNotFoundError(f"no provider {address}")
+    offers = repo.offers_of([address])
+    fallback = {address: site_profile(offers[0])} if offers else {}
+    groups: dict[tuple[str, int | None], list[Receipt]] = {}
+    for receipt in receipts:
+        groups.setdefault((receipt.model, receipt.epoch), []).append(receipt)
+    ordered = sorted(groups, key=lambda k: (k[0], -1 if k[1] is None else k[1]))
+    return ProviderStatement(
+        provider=address,
+        lines=[_line(model, epoch, groups[(model, epoch)], fallback) for model, epoch in ordered],
+        totals=_line(None, None, receipts, fallback),
+    )

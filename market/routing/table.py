@@ -12,6 +12,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from market.energy.accounting import SiteProfile
 from market.routing.schemas import SortKey
 
 UNKNOWN = math.inf
@@ -34,6 +35,10 @@ class LiveOffer:
     joules_per_token: float | None = None
     gco2_per_mtok: float | None = None
     energy_cost_per_mtok: float | None = None
+    energy_concurrency: float | None = None
+    """Average running requests over the windows `joules_per_token` was measured in."""
+    site: SiteProfile | None = field(default=None, compare=False)
+    """The offer's energy site, built once per refresh (None: only `region` is known)."""
     in_flight: int = field(default=0, compare=False)
 
     @property

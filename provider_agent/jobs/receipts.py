@@ -8,7 +8,7 @@ from typing import Any
 
 from nacl.signing import SigningKey
 
-from protocol.messages import Receipt, Signed, output_digest, sign
+from protocol.messages import Receipt, ReceiptStatus, Signed, output_digest, sign
 from provider_agent.jobs.config import JobsConfig
 from provider_agent.jobs.energy import RequestEnergyTracker
 from provider_agent.jobs.errors import JobError
@@ -27,9 +27,16 @@ class Observation:
     completion_tokens: int | None = None
     first_token_at: int | None = None
     saw_token_ids: bool = False
+    prompt_token_ids: int | None = None
+
+    def add_prompt_ids(self, ids: object) -> None:
+        """Count the prompt token ids vLLM sends once (first chunk) with return_token_ids."""
+        if isinstance(ids, list) and self.prompt_token_ids is None:
+            self.prompt_token_ids = len(ids)
 
     def add_choice(self, choice: dict[str, Any], now_ms: int) -> None:
         """Take the output token ids of one (delta) choice."""
+        self.add_prompt_ids(choice.get("prompt_token_ids"))
         ids = choice.get("token_ids")
         if isinstance(ids, list):
             self.saw_token_ids = True
@@ -46,7 +53,7 @@ class Observation:
 
 
 class ReceiptIssuer:
-    """Builds, signs and stores a receipt for each completed job."""
+    """Builds, signs and stores a receipt for each completed or interrupted job."""
 
     def __init__(
         self,
@@ -77,22 +84,65 @@ class ReceiptIssuer:
                 seen.completion_tokens,
                 len(seen.token_ids),
             )
-        completion = seen.completion_tokens
+        return self._sign(job, seen.token_ids, seen.prompt_tokens, seen, finished_at, "complete")
+
+    def issue_interrupted(
+        self,
+        job: AcceptedJob,
+        seen: Observation,
+        delivered: int,
+        finished_at: int,
+        reason: str,
+    ) -> Signed[Receipt] | None:
+        """Sign and store an interrupted receipt for the first `delivered` output tokens.
+
+        None (and the energy window is dropped) when no token was delivered: nothing to
+        pay. Prompt tokens: the engine's usage if it came, else the number of prompt
+        token ids in its first chunk, else 0 (never a guess).
+        """
+        job_id = job.ticket.job_id
+        if delivered <= 0:
+            self._tracker.cancel(job_id)
+            return None
+        if seen.prompt_tokens is not None:
+            prompt = seen.prompt_tokens
+        elif seen.prompt_token_ids is not None:
+            prompt = seen.prompt_token_ids
+        else:
+            logger.warning("job %s: interrupted before the engine reported prompt tokens", job_id)
+            prompt = 0
+        token_ids = seen.token_ids[:delivered]
+        return self._sign(job, token_ids, prompt, seen, finished_at, "interrupted", reason)
+
+    def _sign(
+        self,
+        job: AcceptedJob,
+        token_ids: list[int],
+        prompt: int,
+        seen: Observation,
+        finished_at: int,
+        status: ReceiptStatus,
+        reason: str | None = None,
+    ) -> Signed[Receipt]:
+        job_id = job.ticket.job_id
+        completion = len(token_ids) if status == "interrupted" else seen.completion_tokens or 0
         first = None if completion == 0 else (seen.first_token_at or finished_at)
-        energy = self._tracker.finish(job_id, seen.prompt_tokens, completion)
+        energy = self._tracker.finish(job_id, prompt, completion)
         receipt = Receipt(
             job_id=job_id,
             provider=job.ticket.provider,
             model=job.ticket.model,
             model_digest=self._config.model_digest,
-            prompt_tokens=seen.prompt_tokens,
+            prompt_tokens=prompt,
             completion_tokens=completion,
-            output_digest=output_digest(seen.token_ids),
+            output_digest=output_digest(token_ids),
             first_token_at=first,
             finished_at=max(finished_at, first or 0),
             energy=energy,
             attestation_seq=None,
             ticket_digest=job.ticket_digest,
+            status=status,
+            interrupted_reason=reason,
             domain=job.ticket.domain,
         )
         envelope = sign(receipt, self._key)

@@ -3,17 +3,20 @@
 Streams are relayed event by event as the engine sends them (events are split on the
 blank line, forwarded as the original bytes, and only their JSON is read for token ids
 and usage); the engine's `data: [DONE]` is held back until the receipt event is sent.
+A stream that breaks off after tokens were delivered gets an interrupted receipt for
+exactly those tokens, sent before the `event: error` (see docs/agent-protocol.md).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
 import httpx
 
+from protocol.messages import Receipt, Signed
 from provider_agent.jobs.errors import JobError
 from provider_agent.jobs.receipts import Observation, ReceiptIssuer
 from provider_agent.jobs.tickets import AcceptedJob
@@ -95,6 +98,7 @@ def _read_event(event: bytes, seen: Observation, now: int) -> str | None:
         return "engine sent a non-object event"
     if "error" in payload:
         return f"engine error: {json.dumps(payload['error'])[:500]}"
+    seen.add_prompt_ids(payload.get("prompt_token_ids"))
     for choice in payload.get("choices") or ():
         seen.add_choice(choice, now)
     seen.add_usage(payload.get("usage"))
@@ -110,55 +114,89 @@ async def _drain(chunks: AsyncIterator[bytes]) -> None:
         return
 
 
+def _receipt_event(envelope: Signed[Receipt]) -> bytes:
+    return b"event: receipt\ndata: " + envelope.model_dump_json().encode() + b"\n\n"
+
+
 async def relay_stream(
     response: httpx.Response,
     job: AcceptedJob,
     issuer: ReceiptIssuer,
     now_ms: Callable[[], int],
     on_abort: Callable[[], None],
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     """Yield the engine's SSE events as they arrive, then the receipt event and [DONE].
 
-    If the engine dies, errs or ends without [DONE], yield an `event: error` and stop:
-    no receipt and no [DONE] (the job failed; see docs/agent-protocol.md).
+    If the engine dies, errs or ends without [DONE], yield an interrupted receipt for the
+    tokens already delivered (none if no token was), then an `event: error`, and stop
+    without [DONE]. If the market goes away (the generator is closed or cancelled before
+    the end), sign an interrupted receipt into the outbox only. A token counts as
+    delivered once the chunk carrying it has been yielded and the consumer came back for
+    more (docs/agent-protocol.md).
     """
     seen = Observation()
+    delivered = 0
     buffer = b""
-    completed = False
+    finished = False
+
+    def interrupted(reason: str) -> bytes:
+        try:
+            envelope = issuer.issue_interrupted(job, seen, delivered, now_ms(), reason)
+        except Exception:
+            logger.exception("job %s: could not sign the interrupted receipt", job.ticket.job_id)
+            on_abort()
+            return b""
+        return b"" if envelope is None else _receipt_event(envelope)
+
     try:
         chunks = response.aiter_bytes()
-        async for chunk in chunks:
-            buffer += chunk
-            if b"\n\n" not in buffer:
-                continue
-            *events, buffer = buffer.split(b"\n\n")
-            now = now_ms()
-            out: list[bytes] = []
-            for event in events:
-                if event == DONE:
-                    envelope = issuer.issue(job, seen, now)
-                    completed = True
-                    receipt = envelope.model_dump_json().encode()
-                    out.append(b"event: receipt\ndata: " + receipt + b"\n\n" + DONE + b"\n\n")
+        failure: tuple[str, bytes] | None = None
+        try:
+            async for chunk in chunks:
+                buffer += chunk
+                if b"\n\n" not in buffer:
+                    continue
+                *events, buffer = buffer.split(b"\n\n")
+                now = now_ms()
+                out: list[bytes] = []
+                for event in events:
+                    if event == DONE:
+                        envelope = issuer.issue(job, seen, now)
+                        finished = True
+                        out.append(_receipt_event(envelope) + DONE + b"\n\n")
+                        yield b"".join(out)
+                        await _drain(chunks)
+                        return
+                    error = _read_event(event, seen, now)
+                    if error is not None:
+                        failure = ("engine_error", sse_error("upstream_error", error))
+                        break
+                    out.append(event + b"\n\n")
+                if out:
                     yield b"".join(out)
-                    await _drain(chunks)
-                    return
-                error = _read_event(event, seen, now)
-                if error is not None:
-                    out.append(sse_error("upstream_error", error))
-                    yield b"".join(out)
-                    return
-                out.append(event + b"\n\n")
-            yield b"".join(out)
-        yield sse_error("upstream_died", "engine stream ended without [DONE]")
-    except httpx.HTTPError as exc:
-        logger.warning("job %s: engine stream broke off: %r", job.ticket.job_id, exc)
-        yield sse_error("upstream_died", f"engine stream broke off: {exc!r}")
-    except JobError as exc:
+                    delivered = len(seen.token_ids)
+                if failure is not None:
+                    break
+            else:
+                failure = (
+                    "engine_died",
+                    sse_error("upstream_died", "engine stream ended without [DONE]"),
+                )
+        except httpx.HTTPError as exc:
+            logger.warning("job %s: engine stream broke off: %r", job.ticket.job_id, exc)
+            message = f"engine stream broke off: {exc!r}"
+            failure = ("engine_died", sse_error("upstream_died", message))
+        except ValueError as exc:
+            message = f"engine sent an unreadable event: {exc}"
+            failure = ("engine_malformed", sse_error("upstream_malformed", message))
+        if failure is not None:
+            reason, error_event = failure
+            finished = True
+            yield interrupted(reason) + error_event
+    except JobError as exc:  # [DONE] came, but the answer cannot back a receipt
+        finished = True
         yield sse_error(exc.code, exc.message)
-    except ValueError as exc:
-        yield sse_error("upstream_malformed", f"engine sent an unreadable event: {exc}")
     finally:
-        if not completed:
-            on_abort()
+        if not finished:
+            interrupted("client_disconnected")
         await response.aclose()

@@ -37,6 +37,7 @@ KEYS = {name: SigningKey(bytes.fromhex(key["seed"][2:])) for name, key in VECTOR
 KINDS: dict[str, type[JobTicket] | type[Receipt] | type[Attestation]] = {
     "job_ticket": JobTicket,
     "receipt": Receipt,
+    "receipt_interrupted": Receipt,
     "attestation_seq0": Attestation,
     "attestation_seq1": Attestation,
 }
@@ -104,6 +105,14 @@ REFUSED_BY_PARSER = {
     ("job_ticket", ("version",)),
     ("receipt", ("type",)),
     ("receipt", ("version",)),
+    ("receipt", ("status",)),
+    ("receipt", ("interrupted_reason",)),
+    ("receipt_interrupted", ("type",)),
+    ("receipt_interrupted", ("version",)),
+    ("receipt_interrupted", ("status",)),
+    ("receipt_interrupted", ("energy", "method")),
+    ("receipt_interrupted", ("energy", "millijoules")),
+    ("receipt_interrupted", ("attestation_seq",)),
     ("attestation_seq0", ("type",)),
     ("attestation_seq0", ("version",)),
     ("attestation_seq0", ("seq",)),

@@ -25,6 +25,7 @@ VECTORS = json.loads((Path(__file__).parent / "vectors.json").read_text(encoding
 MODELS: dict[str, type[BaseModel]] = {
     "job_ticket": JobTicket,
     "receipt": Receipt,
+    "receipt_interrupted": Receipt,
     "attestation_seq0": Attestation,
     "attestation_seq1": Attestation,
 }
@@ -103,6 +104,17 @@ CASES: list[tuple[str, str, object, str]] = [
     ("receipt", "attestation_seq", -1, "greater than or equal to 0"),
     ("receipt", "output_digest", "0x" + "zz" * 32, "pattern"),
     ("receipt", "ticket_digest", ZERO_HASH[:-1], "pattern"),
+    ("receipt", "status", "-", "Field required"),
+    ("receipt", "interrupted_reason", "-", "Field required"),
+    ("receipt", "status", "partial", "'complete' or 'interrupted'"),
+    ("receipt", "status", "interrupted", "an interrupted receipt needs interrupted_reason"),
+    ("receipt", "interrupted_reason", "engine_died", "a complete receipt must have"),
+    ("receipt_interrupted", "interrupted_reason", None, "needs interrupted_reason"),
+    ("receipt_interrupted", "interrupted_reason", "Engine died", "pattern"),
+    ("receipt_interrupted", "interrupted_reason", "", "pattern"),
+    ("receipt_interrupted", "interrupted_reason", "x" * 65, "pattern"),
+    ("receipt_interrupted", "interrupted_reason", 1, "valid string"),
+    ("receipt_interrupted", "status", "complete", "a complete receipt must have"),
     ("attestation_seq0", "window_end", 1_767_225_540_000, "window_end must be after"),
     ("attestation_seq0", "prev_hash", "0x" + "11" * 32, "prev_hash is all zeros exactly"),
     ("attestation_seq1", "prev_hash", ZERO_HASH, "prev_hash is all zeros exactly"),
@@ -139,6 +151,24 @@ def test_unmeasured_cpu_only_attestation_is_valid() -> None:
     data = sample("attestation_seq0")
     data.update(gpus=[], driver_version=None, energy_method="unmeasured", energy_basis=None)
     assert Attestation.model_validate(data).gpus == ()
+
+
+def test_interrupted_receipt_needs_a_delivered_token() -> None:
+    data = sample("receipt_interrupted")
+    data.update(completion_tokens=0, first_token_at=None, output_digest=output_digest([]))
+    with pytest.raises(ValidationError, match="at least one delivered token"):
+        Receipt.model_validate(data)
+
+
+def test_interrupted_receipt_is_signed_with_its_status() -> None:
+    interrupted = Receipt.model_validate(sample("receipt_interrupted"))
+    assert interrupted.status == "interrupted"
+    assert interrupted.interrupted_reason == "engine_died"
+    complete = Receipt.model_validate(sample("receipt"))
+    canonical = VECTORS["messages"]["receipt"]["canonical"]
+    assert complete.status == "complete"
+    assert '"interrupted_reason":null' in canonical
+    assert '"status":"complete"' in canonical
 
 
 def test_receipt_without_output_has_no_first_token() -> None:

@@ -99,6 +99,29 @@ def build_messages() -> dict[str, tuple[str, Message]]:
         ),
         attestation_seq=0,
         ticket_digest=message_digest(ticket),
+        status="complete",
+        interrupted_reason=None,
+        domain=DOMAIN,
+    )
+    interrupted = Receipt(
+        job_id="fedcba9876543210fedcba9876543210",
+        provider=PROVIDER,
+        model="tiny-llama",
+        model_digest=receipt.model_digest,
+        prompt_tokens=12,
+        completion_tokens=3,
+        output_digest=output_digest(TOKEN_IDS[:3]),
+        first_token_at=1_767_225_600_250,
+        finished_at=1_767_225_600_330,
+        energy=EnergyAttribution(
+            method="unmeasured",
+            millijoules=None,
+            basis="requests overlapped; per-request share awaits window attribution",
+        ),
+        attestation_seq=None,
+        ticket_digest=message_digest(ticket.model_copy(update={"job_id": "fedcba98" * 4})),
+        status="interrupted",
+        interrupted_reason="engine_died",
         domain=DOMAIN,
     )
     first = Attestation(
@@ -153,6 +176,7 @@ def build_messages() -> dict[str, tuple[str, Message]]:
     return {
         "job_ticket": ("market", ticket),
         "receipt": ("provider", receipt),
+        "receipt_interrupted": ("provider", interrupted),
         "attestation_seq0": ("provider", first),
         "attestation_seq1": ("provider", second),
     }

@@ -21,6 +21,7 @@ from tests.market.factories import new_address, new_tx_hash
 from tests.market.inference.servers import (
     MARKET_KEY,
     Agent,
+    CounterMeter,
     PinnedRoutingTable,
     Served,
     serve,
@@ -30,6 +31,9 @@ from tests.support.openai_upstream import UpstreamProcess, start_upstream
 
 PROVIDER_A = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
 PROVIDER_B = "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC"
+PROVIDER_METERED = "0x90F79bf6EB2c4f870365E785982E1f101E93b906"
+METERED_STEP_MJ = 250_000
+"""What one request served by `PROVIDER_METERED` measures: 250 J."""
 DEPOSIT = 10_000_000
 
 
@@ -61,6 +65,14 @@ def agents(
         ),
         PROVIDER_B: start_agent(
             upstream.url, chain.domain, PROVIDER_B, "0x" + "03" * 32, tmp_path_factory.mktemp("b")
+        ),
+        PROVIDER_METERED: start_agent(
+            upstream.url,
+            chain.domain,
+            PROVIDER_METERED,
+            "0x" + "04" * 32,
+            tmp_path_factory.mktemp("c"),
+            CounterMeter(METERED_STEP_MJ),
         ),
     }
     try:

@@ -7,7 +7,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import uvicorn
 from nacl.signing import SigningKey
@@ -15,7 +15,8 @@ from nacl.signing import SigningKey
 from market.routing.table import LiveOffer, RoutingTable
 from protocol.keys import public_key_hex, signing_key_from_seed
 from protocol.messages import Domain
-from provider_agent.energy import UnmeasuredMeter
+from provider_agent.energy import EnergyMeter, UnmeasuredMeter
+from provider_agent.energy.meter import EnergyReading, GpuReading, MeterInfo
 from provider_agent.jobs import JobsConfig, create_app
 from tests.conftest import free_port
 
@@ -80,7 +81,51 @@ class Agent:
         )
 
 
-def start_agent(upstream_url: str, domain: Domain, address: str, seed: str, data: Path) -> Agent:
+class CounterMeter:
+    """A measured meter for tests: each read advances a GPU's energy counter by `step_mj`
+    and its clock by one second (so a lone request measures exactly `step_mj`)."""
+
+    kind = "test-counter"
+    GPU = GpuReading("GPU-test-0", "NVIDIA H100 80GB HBM3", None, None, 700_000)
+
+    def __init__(self, step_mj: int) -> None:
+        self.step_mj = step_mj
+        self.reads = 0
+
+    @property
+    def method(self) -> Literal["measured"]:
+        """Always measured."""
+        return "measured"
+
+    def describe(self) -> MeterInfo:
+        """One H100."""
+        return MeterInfo(kind=self.kind, method="measured")
+
+    def read(self) -> EnergyReading:
+        """The counter, one step further."""
+        self.reads += 1
+        gpu = GpuReading(
+            self.GPU.uuid, self.GPU.name, 10**9 + self.reads * self.step_mj, 250_000, 700_000
+        )
+        return EnergyReading(
+            method="measured",
+            monotonic_ns=self.reads * 1_000_000_000,
+            unix_ms=time.time_ns() // 1_000_000,
+            gpus=(gpu,),
+        )
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+def start_agent(
+    upstream_url: str,
+    domain: Domain,
+    address: str,
+    seed: str,
+    data: Path,
+    meter: EnergyMeter | None = None,
+) -> Agent:
     """An agent that trusts `MARKET_KEY` and signs with the key from `seed`."""
     key = signing_key_from_seed(seed)
     config = JobsConfig(
@@ -94,7 +139,7 @@ def start_agent(upstream_url: str, domain: Domain, address: str, seed: str, data
         upstream_connect_timeout_s=2.0,
         upstream_read_timeout_s=10.0,
     )
-    app = create_app(config, key, UnmeasuredMeter("NVML absent (test)"))
+    app = create_app(config, key, meter or UnmeasuredMeter("NVML absent (test)"))
     return Agent(address, key, serve(app))
 
 

@@ -70,11 +70,11 @@ def _charged_chat(market: Market, agents: dict[str, Agent]) -> None:
     assert completion.choices[0].message.content == "".join(f"t{i} " for i in range(8))
     assert completion.usage is not None
     extra = completion.model_extra or {}
-    assert extra["energy"] == {
-        "method": "unmeasured",
-        "joules": None,
-        "basis": extra["energy"]["basis"],
-    }
+    energy = extra["energy"]
+    assert (energy["method"], energy["joules"], energy["region"]) == ("unmeasured", None, "DE")
+    assert energy["basis"]
+    for figure in ("gpu_joules", "wall_kwh", "energy_cost", "gco2"):
+        assert energy[figure] is None  # unknown, never 0
     assert extra["provider"] == {"address": PROVIDER_A, "region": "DE"}
     assert "receipt" not in extra
     assert "token_ids" not in (completion.choices[0].model_extra or {})

@@ -122,6 +122,7 @@ def attestation(
     generation_tokens: int = 120_000,
     method: EnergyMethod = "measured",
     running_milli: int = 12_500,
+    avg_power_mw: int = 350_000,
 ) -> Signed[Attestation]:
     """A signed attestation over a 60 s window that follows `previous` (None: a chain's first)."""
     counter_start = 1_000_000_000 + seq * energy_mj
@@ -140,7 +141,7 @@ def attestation(
                 energy_mj_start=counter_start if measured else None,
                 energy_mj_end=counter_start + energy_mj if measured else None,
                 power_limit_mw=700_000,
-                avg_power_mw=350_000,
+                avg_power_mw=avg_power_mw,
             ),
         ),
         driver_version="550.54.15",

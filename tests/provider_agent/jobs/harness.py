@@ -44,6 +44,7 @@ class Harness:
     data_dir: Path
     now: list[int] = field(default_factory=lambda: [NOW_MS])
     meter: EnergyMeter = field(default_factory=lambda: UnmeasuredMeter("NVML absent (test)"))
+    transport: httpx.AsyncBaseTransport | None = None
 
     def __post_init__(self) -> None:
         """Build the app against the given engine URL."""
@@ -59,7 +60,11 @@ class Harness:
             upstream_read_timeout_s=10.0,
         )
         self.app: FastAPI = create_app(
-            self.config, PROVIDER_KEY, self.meter, now_ms=lambda: self.now[0]
+            self.config,
+            PROVIDER_KEY,
+            self.meter,
+            now_ms=lambda: self.now[0],
+            transport=self.transport,
         )
 
     @property

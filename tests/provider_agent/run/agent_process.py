@@ -146,6 +146,9 @@ def running_agent(
             "AGENT_VLLM__MODEL_DIGEST": model_digest,
             "AGENT_MARKET_PUBLIC_KEY": public_key_hex(market_key),
             "AGENT_LISTEN__PORT": str(port),
+            # the market takes integer prices only ("auto" needs a measured calibration)
+            "AGENT_OFFER__PRICE_IN_PER_MTOK": "100000",
+            "AGENT_OFFER__PRICE_OUT_PER_MTOK": "400000",
             "AGENT_RUN__ATTESTATION_WINDOW_S": "0.5",
             "AGENT_RUN__HEARTBEAT_INTERVAL_S": "0.3",
             "AGENT_RUN__SHUTDOWN_GRACE_S": "10",
