@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from market.chain.service import MarketChain, open_chain
 from market.config import Settings
-from market.db import create_engine, make_session_factory
+from market.db import create_engine, make_session_factory, session_scope
 from market.keys import ticket_signing_key
 from market.routing.table import RoutingTable
 
@@ -63,13 +63,6 @@ def get_runtime(request: Request) -> Runtime:
 
 
 def transaction(runtime: Runtime) -> Iterator[Session]:
-    """A session whose transaction commits if the block succeeds and rolls back if not."""
-    session = runtime.sessions()
-    try:
+    """FastAPI dependency: the request's transaction (commits on success, else rolls back)."""
+    with session_scope(runtime.sessions) as session:
         yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
