@@ -194,6 +194,7 @@ class AgentRunner:
             served_model=self.plan.served_model,
             model_digest=self.plan.model_digest,
             data_dir=self.data_dir,
+            max_concurrency=self.settings.offer.max_concurrency,
         )
         app = create_app(config, self.identity.signing_key, self.meter)
 

@@ -1,8 +1,8 @@
 """Talking to provider agents: the signed job ticket header and one job request.
 
 Failures are sorted where they enter: anything that means "this provider could not take the
-job" (unreachable, 5xx, refused our ticket) may be retried on another provider; the engine
-refusing the request itself (`upstream_rejected`) is the buyer's answer.
+job" (unreachable, 5xx, at capacity (429), refused our ticket) may be retried on another
+provider; the engine refusing the request itself (`upstream_rejected`) is the buyer's answer.
 """
 
 from __future__ import annotations
@@ -34,11 +34,19 @@ def job_endpoint(job_url: str, route: str) -> str:
 class AgentFailure(Exception):
     """The agent did not accept or answer the job; `retryable` if another provider may."""
 
-    def __init__(self, message: str, *, retryable: bool, status: int = 502) -> None:
+    def __init__(
+        self, message: str, *, retryable: bool, status: int = 502, code: str | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.retryable = retryable
         self.status = status
+        self.code = code
+
+    @property
+    def at_capacity(self) -> bool:
+        """The agent refused only because it is serving its `max_concurrency` (429)."""
+        return self.status == 429
 
 
 def _agent_error(raw: bytes) -> tuple[str | None, str]:
@@ -75,4 +83,6 @@ async def send_job(client: httpx.AsyncClient, url: str, body: bytes, ticket: str
     raise AgentFailure(
         f"provider answered {response.status_code} {code or ''}: {message}".strip(),
         retryable=True,
+        status=response.status_code,
+        code=code,
     )

@@ -132,11 +132,19 @@ class Attempt:
         return ticket_header(sign(self.ticket, self.runtime.ticket_key))
 
     async def settle(
-        self, envelope: str | bytes, usage: Any, token_ids: list[int] | None
+        self,
+        envelope: str | bytes,
+        usage: Any,
+        token_ids: list[int] | None,
+        *,
+        interrupted: bool = False,
     ) -> Settled:
         """Verifies the receipt against the ticket and what was relayed, charges it and
         stores it in one transaction; what the buyer is told of it. A refused receipt is
-        stored with its reason, the job failed and its hold released (then re-raised)."""
+        stored with its reason, the job failed and its hold released (then re-raised).
+
+        `interrupted`: the agent's stream broke off, so an interrupted receipt is expected,
+        charged for exactly `token_ids` (the tokens relayed to the buyer) and its prompt."""
         assert self.ticket is not None
         runtime, ticket = self.runtime, self.ticket
         text = envelope if isinstance(envelope, str) else envelope.decode("utf-8", "replace")
@@ -147,8 +155,10 @@ class Attempt:
                 ticket,
                 self.offer.public_key,
                 runtime.chain.domain,
-                Usage.of(usage),
+                None if usage is None else Usage.of(usage),
                 token_ids,
+                interrupted=interrupted,
+                max_prompt_tokens=self.order.prompt_bound,
             )
         except ReceiptRejectedError as exc:
             await self.reject(exc, text)
@@ -161,7 +171,8 @@ class Attempt:
             fee_bps=runtime.settings.protocol_fee_bps,
             site=site_json(site),
         )
-        await to_thread.run_sync(_in_transaction, runtime, work)
+        with anyio.CancelScope(shield=True):
+            await to_thread.run_sync(_in_transaction, runtime, work)
         self.finished = True
         energy = receipt.energy
         return Settled(

@@ -1,7 +1,8 @@
 """OpenAI's error envelope: what buyers' clients parse on the `/v1` routes.
 
 `{"error": {"message", "type", "param", "code"}}` with the status OpenAI uses: 400 invalid
-parameters, 401 bad key, 402 no balance, 404 unknown model, 503 no provider available.
+parameters, 401 bad key, 402 no balance, 404 unknown model, 503 no provider available (or
+every provider tried at capacity, with `Retry-After`).
 """
 
 from __future__ import annotations
@@ -16,11 +17,16 @@ from market.errors import MarketError
 
 
 def envelope(
-    status: int, message: str, type_: str, code: str | None, param: str | None = None
+    status: int,
+    message: str,
+    type_: str,
+    code: str | None,
+    param: str | None = None,
+    headers: dict[str, str] | None = None,
 ) -> JSONResponse:
     """One OpenAI-style error response."""
     body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
-    return JSONResponse(status_code=status, content=body)
+    return JSONResponse(status_code=status, content=body, headers=headers)
 
 
 def _param(loc: tuple[Any, ...]) -> str | None:
@@ -59,7 +65,9 @@ async def market_error(request: Request, exc: Exception) -> JSONResponse:
     """The market's own errors, in OpenAI's envelope."""
     assert isinstance(exc, MarketError)
     param = getattr(exc, "param", None)
-    return envelope(exc.status_code, exc.message, openai_type(exc.status_code), exc.code, param)
+    headers = getattr(exc, "headers", None)
+    status = exc.status_code
+    return envelope(status, exc.message, openai_type(status), exc.code, param, headers)
 
 
 # -- errors of the request path -----------------------------------------------------------
@@ -84,6 +92,19 @@ class ProviderFailedError(MarketError):
 
     status_code = 502
     code = "provider_unavailable"
+
+
+class ProvidersAtCapacityError(MarketError):
+    """Every provider tried refused the job because it is serving its `max_concurrency`."""
+
+    status_code = 503
+    code = "providers_at_capacity"
+    retry_after_s = 1
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """`Retry-After`, as the agents sent it."""
+        return {"Retry-After": str(self.retry_after_s)}
 
 
 class QuotaExceededError(MarketError):

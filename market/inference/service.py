@@ -1,8 +1,11 @@
 """The request path: route, hold, ticket, relay, verify, charge (or release), answer.
 
 Each provider tried gets its own job (new id, hold, ticket). A provider that fails before
-answering (unreachable, 5xx, refused the ticket) is replaced by the next fallback; once an
-answer has started, a failure is the buyer's error and the hold is released.
+answering (unreachable, 5xx, at capacity (429), refused the ticket) is replaced by the next
+fallback, its hold released; when every provider tried was at capacity the buyer gets 503
+`providers_at_capacity` with `Retry-After`. Once an answer has started, a failure is the
+buyer's error and the hold is released, except that an interrupted receipt (the stream broke
+off after tokens reached the buyer) is charged for exactly those tokens.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from market.inference.errors import (
     ModelNotFoundError,
     NoProviderAvailableError,
     ProviderFailedError,
+    ProvidersAtCapacityError,
     UpstreamRejectedError,
 )
 from market.inference.schemas import CompletionRequestBase
@@ -114,6 +118,7 @@ async def complete(
     prompt_bound, limit = request.prompt_bound(), request.completion_limit
     buyer: str | None = None
     failures: list[str] = []
+    busy = 0
     for offer in offers:
         attempt = Attempt(runtime, offer, _order(request, offer, prompt_bound, limit), digest)
         header = await attempt.open(raw_key, buyer)
@@ -127,6 +132,8 @@ async def complete(
             if not exc.retryable:
                 raise UpstreamRejectedError(exc.message, status_code=exc.status) from exc
             failures.append(f"{offer.provider}: {exc.message}")
+            if exc.at_capacity:
+                busy += 1
             continue
         except BaseException:
             await attempt.close("request cancelled before the provider answered")
@@ -138,6 +145,11 @@ async def complete(
             return await _answer_json(response, attempt)
         finally:
             await attempt.close()
+    if busy == len(failures):
+        raise ProvidersAtCapacityError(
+            "Every provider of this model is serving its maximum of concurrent requests; "
+            "retry shortly."
+        )
     raise ProviderFailedError("No provider could serve the request: " + "; ".join(failures))
 
 
@@ -155,6 +167,7 @@ def _order(
         price_out=offer.price_out_per_mtok,
         hold=max(hold, 1),  # a hold is positive; a free offer holds one base unit
         max_tokens=limit,
+        prompt_bound=prompt_bound,
     )
 
 

@@ -5,7 +5,10 @@ byte pattern, collected to check the receipt's output digest). Only the usage ch
 parsed and rewritten: it is held back until the receipt has been verified and charged, then
 sent with `usage.receipt`, `usage.energy` and an `energy` block (or dropped if the buyer did
 not ask for usage), then `data: [DONE]`. A failure ends the stream with OpenAI's error event
-and releases the hold.
+and releases the hold, unless the agent sent an interrupted receipt before its `event: error`:
+that receipt is verified against the tokens relayed to the buyer and charged for exactly
+those (the stream still ends with the error event). Events before a receipt are sent on to
+the buyer before the receipt is charged, so only tokens the buyer was sent are paid for.
 """
 
 from __future__ import annotations
@@ -50,6 +53,15 @@ def _agent_error(event: bytes) -> str:
         return "provider stream failed"
 
 
+def _status(envelope: bytes) -> str | None:
+    """The status a receipt envelope claims (checked, with its signature, on settlement)."""
+    try:
+        status = json.loads(envelope)["message"]["status"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return status if isinstance(status, str) else None
+
+
 class StreamRelay:
     """Turns the agent's stream into the buyer's, settling or releasing the job at its end."""
 
@@ -60,6 +72,7 @@ class StreamRelay:
         self.token_ids: list[int] = []
         self.usage_chunk: dict[str, Any] | None = None
         self.settled: Settled | None = None
+        self.interrupted = False
 
     async def events(self) -> AsyncIterator[bytes]:
         """The buyer's SSE bytes."""
@@ -72,6 +85,9 @@ class StreamRelay:
                 *events, buffer = buffer.split(b"\n\n")
                 out: list[bytes] = []
                 for event in events:
+                    if out and event.startswith(_RECEIPT):
+                        yield b"".join(out)  # relayed before any charge
+                        out = []
                     done = await self._handle(event, out)
                     if done:
                         yield b"".join(out)
@@ -102,7 +118,11 @@ class StreamRelay:
         elif event.startswith(_RECEIPT):
             envelope = event[len(_RECEIPT) :].split(_DATA, 1)[-1]
             usage = self.usage_chunk["usage"] if self.usage_chunk else None
-            self.settled = await self.attempt.settle(envelope, usage, self.token_ids)
+            interrupted = _status(envelope) == "interrupted"
+            self.settled = await self.attempt.settle(
+                envelope, usage, self.token_ids, interrupted=interrupted
+            )
+            self.interrupted = interrupted
         elif event.startswith(_ERROR):
             reason = _agent_error(event)
             await self.attempt.fail(reason)
@@ -118,6 +138,10 @@ class StreamRelay:
         return True
 
     def _finish(self, out: list[bytes]) -> bool:
+        if self.interrupted:
+            message = "provider ended an interrupted stream"
+            out.append(error_event(message, "provider_stream_failed"))
+            return True
         if self.settled is None:
             raise_missing = "provider ended the stream without a receipt"
             out.append(error_event(raise_missing, "invalid_receipt"))

@@ -23,6 +23,10 @@ class RejectReason(enum.StrEnum):
     USAGE_MISSING = "usage_missing"
     USAGE_MISMATCH = "usage_mismatch"
     OUTPUT_DIGEST_MISMATCH = "output_digest_mismatch"
+    DELIVERED_MISMATCH = "delivered_mismatch"
+    """An interrupted receipt's token count differs from the tokens relayed to the buyer."""
+    UNEXPECTED_STATUS = "unexpected_status"
+    """An interrupted receipt where only a complete one may come (or the reverse)."""
 
 
 class ReceiptRejectedError(MarketError):

@@ -27,10 +27,16 @@ class ReceiptRead(BaseModel):
     finished_at_ms: int
     epoch: int | None
     envelope: dict[str, Any]
+    status: str = "complete"
+    """The receipt's status: "complete", or "interrupted" (charged for delivered tokens)."""
+    interrupted_reason: str | None = None
 
 
 class JobRead(BaseModel):
-    """One job: where it was routed, what was held, and (when completed) its receipt."""
+    """One job: where it was routed, what was held, and (when completed) its receipt.
+
+    A job whose stream broke off after tokens were delivered is `completed` with an
+    interrupted receipt and `error` = "interrupted (<reason>): ..."."""
 
     id: str
     status: JobStatus

@@ -2,7 +2,9 @@
 
 Each function takes the caller's session, flushes, and never commits. The request path
 calls `open_job` in one transaction and either `complete_job` or `fail_job` in a second, so
-every hold ends settled or released.
+every hold ends settled or released. An interrupted receipt (the agent's stream broke off
+after some tokens reached the buyer) is charged like a complete one, for exactly the
+delivered tokens it covers; its job is completed with `error` naming the interruption.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ from protocol.messages import Receipt as SignedReceipt
 
 MTOK = 1_000_000
 BPS = 10_000
+_SIGNED = ("envelope", "status", "interrupted_reason")
+"""`ReceiptRead` fields read from the stored envelope rather than a column."""
 
 
 def cost(tokens_in: int, tokens_out: int, price_in: int, price_out: int) -> int:
@@ -54,6 +58,8 @@ class JobOrder:
     price_out: int
     hold: int
     max_tokens: int
+    prompt_bound: int | None = None
+    """The market's upper bound on the prompt's tokens (checks interrupted receipts)."""
 
 
 @dataclass(frozen=True)
@@ -108,12 +114,21 @@ def check_receipt(
     ticket: JobTicket,
     public_key: str,
     domain: Domain,
-    usage: Usage,
+    usage: Usage | None,
     token_ids: list[int] | None = None,
+    *,
+    interrupted: bool = False,
+    max_prompt_tokens: int | None = None,
 ) -> SignedReceipt:
     """The receipt's message if the provider signed it for this ticket and it agrees with
     what the market observed (usage, and the output tokens when it saw them); else raises
-    `ReceiptRejectedError`."""
+    `ReceiptRejectedError`.
+
+    A complete receipt needs `usage`. With `interrupted=True` (the agent's stream broke
+    off) an interrupted receipt is expected instead: its `completion_tokens` and
+    `output_digest` must cover exactly `token_ids`, the tokens relayed to the buyer, and its
+    `prompt_tokens` must equal the usage's when usage came, else not exceed
+    `max_prompt_tokens`. Any other status than the one expected is refused."""
     try:
         parsed = parse_signed(envelope, SignedReceipt)
     except ProtocolError as exc:
@@ -126,6 +141,17 @@ def check_receipt(
         check_receipt_matches_ticket(receipt, ticket)
     except ProtocolError as exc:
         raise ReceiptRejectedError(f"receipt refused: {exc}", RejectReason.TICKET_MISMATCH) from exc
+    expected = "interrupted" if interrupted else "complete"
+    if receipt.status != expected:
+        raise ReceiptRejectedError(
+            f"receipt status {receipt.status!r} where {expected!r} was expected",
+            RejectReason.UNEXPECTED_STATUS,
+        )
+    if interrupted:
+        _check_delivered(receipt, usage, token_ids, max_prompt_tokens)
+        return receipt
+    if usage is None:
+        raise ReceiptRejectedError("the response has no usable `usage`", RejectReason.USAGE_MISSING)
     signed = (receipt.prompt_tokens, receipt.completion_tokens)
     if signed != (usage.prompt_tokens, usage.completion_tokens):
         raise ReceiptRejectedError(
@@ -140,6 +166,39 @@ def check_receipt(
     return receipt
 
 
+def _check_delivered(
+    receipt: SignedReceipt,
+    usage: Usage | None,
+    token_ids: list[int] | None,
+    max_prompt_tokens: int | None,
+) -> None:
+    """An interrupted receipt covers exactly the tokens relayed, and no invented prompt."""
+    relayed = token_ids or []
+    if receipt.completion_tokens != len(relayed):
+        raise ReceiptRejectedError(
+            f"interrupted receipt counts {receipt.completion_tokens} tokens, "
+            f"{len(relayed)} were relayed to the buyer",
+            RejectReason.DELIVERED_MISMATCH,
+        )
+    if output_digest(relayed) != receipt.output_digest:
+        raise ReceiptRejectedError(
+            "receipt output_digest differs from the tokens relayed",
+            RejectReason.OUTPUT_DIGEST_MISMATCH,
+        )
+    if usage is not None and receipt.prompt_tokens != usage.prompt_tokens:
+        raise ReceiptRejectedError(
+            f"receipt prompt_tokens {receipt.prompt_tokens} differ from the usage's "
+            f"{usage.prompt_tokens}",
+            RejectReason.USAGE_MISMATCH,
+        )
+    bound = max_prompt_tokens
+    if usage is None and bound is not None and receipt.prompt_tokens > bound:
+        raise ReceiptRejectedError(
+            f"receipt prompt_tokens {receipt.prompt_tokens} exceed the prompt's bound {bound}",
+            RejectReason.USAGE_MISMATCH,
+        )
+
+
 def complete_job(
     session: Session,
     job_id: str,
@@ -149,7 +208,9 @@ def complete_job(
     site: str | None = None,
 ) -> Settlement:
     """Charges a verified receipt (never above the hold), releases the rest, stores it
-    (with `site`, the routed offer's energy site as JSON, for energy statements)."""
+    (with `site`, the routed offer's energy site as JSON, for energy statements). An
+    interrupted receipt is charged for the tokens it covers; the job's `error` says why it
+    was interrupted."""
     repo = JobRepository(session)
     job = _job(repo, job_id)
     charge = cost(
@@ -183,6 +244,8 @@ def complete_job(
     )
     job.status = JobStatus.COMPLETED
     job.finished_at = utcnow()
+    if receipt.status == "interrupted":
+        job.error = f"interrupted ({receipt.interrupted_reason})"
     session.flush()
     return Settlement(charge=charge, fee=fee, receipt=receipt)
 
@@ -239,8 +302,10 @@ def get_job(session: Session, buyer: str, job_id: str) -> JobRead:
     if stored is not None:
         receipt = ReceiptRead.model_validate(
             {
-                **{f: getattr(stored, f) for f in ReceiptRead.model_fields if f != "envelope"},
+                **{f: getattr(stored, f) for f in ReceiptRead.model_fields if f not in _SIGNED},
                 "envelope": json.loads(stored.envelope),
+                "status": _signed_field(stored.envelope, "status") or "complete",
+                "interrupted_reason": _signed_field(stored.envelope, "interrupted_reason"),
             }
         )
     return JobRead(
@@ -259,6 +324,12 @@ def get_job(session: Session, buyer: str, job_id: str) -> JobRead:
         error=job.error,
         receipt=receipt,
     )
+
+
+def _signed_field(envelope: str, name: str) -> str | None:
+    """A string field of a stored receipt envelope's message (None if absent)."""
+    value = json.loads(envelope).get("message", {}).get(name)
+    return value if isinstance(value, str) else None
 
 
 def _job(repo: JobRepository, job_id: str) -> Job:

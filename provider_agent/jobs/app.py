@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from nacl.signing import SigningKey
+from starlette.types import Receive, Scope, Send
 
 from provider_agent.energy import EnergyMeter
 from provider_agent.jobs.config import JobsConfig
@@ -28,6 +29,70 @@ def system_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def _refusal(exc: JobError) -> JSONResponse:
+    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+
+class Slots:
+    """Jobs in progress against `max_concurrency` (None: no cap)."""
+
+    def __init__(self, limit: int | None, retry_after_s: int) -> None:
+        """`retry_after_s` goes in the 429's `Retry-After` header."""
+        self.limit = limit
+        self.in_use = 0
+        self._retry_after = str(retry_after_s)
+
+    def acquire(self) -> Slot:
+        """Take a slot, or raise 429 `at_capacity` (with `Retry-After`) when none is free."""
+        if self.limit is not None and self.in_use >= self.limit:
+            raise JobError(
+                429,
+                "at_capacity",
+                f"this agent is serving its maximum of {self.limit} concurrent jobs",
+                headers={"Retry-After": self._retry_after},
+            )
+        self.in_use += 1
+        return Slot(self)
+
+
+class Slot:
+    """One taken slot; `release()` gives it back (once, however often it is called)."""
+
+    def __init__(self, slots: Slots) -> None:
+        self._slots: Slots | None = slots
+
+    def release(self) -> None:
+        """Give the slot back; later calls do nothing."""
+        if self._slots is not None:
+            self._slots.in_use -= 1
+            self._slots = None
+
+
+async def _holding(slot: Slot, events: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes, None]:
+    try:
+        async for event in events:
+            yield event
+    finally:
+        await events.aclose()
+        slot.release()
+
+
+class _SlotStreamingResponse(StreamingResponse):
+    """A stream that gives its slot back when it ends, even if never iterated."""
+
+    def __init__(self, events: AsyncGenerator[bytes, None], slot: Slot) -> None:
+        super().__init__(
+            _holding(slot, events), media_type="text/event-stream", headers=_SSE_HEADERS
+        )
+        self._slot = slot
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._slot.release()
+
+
 class JobService:
     """The endpoint's state: ticket checker, shared engine client, receipts and outbox."""
 
@@ -42,6 +107,7 @@ class JobService:
         """One pooled `httpx.AsyncClient` serves every job."""
         self.now_ms = now_ms
         self.checker = TicketChecker(config, now_ms)
+        self.slots = Slots(config.max_concurrency, config.retry_after_s)
         self.tracker = RequestEnergyTracker(meter)
         self.outbox = ReceiptOutbox(config.data_dir, fsync=config.outbox_fsync)
         self.issuer = ReceiptIssuer(config, signing_key, self.tracker, self.outbox)
@@ -60,26 +126,39 @@ class JobService:
         )
 
     async def handle(self, path: str, request: Request) -> Response:
-        """Check the ticket, forward to the engine, relay the answer with its receipt."""
+        """Check the ticket, take a slot, forward to the engine, relay the answer with its
+        receipt. Refusals (including 429 at capacity) never reach the engine nor consume
+        the job id."""
         body = await request.body()
         try:
-            job = self.checker.accept(request.headers.get(TICKET_HEADER), body)
+            job = self.checker.check(request.headers.get(TICKET_HEADER), body)
+            slot = self.slots.acquire()
         except JobError as exc:
-            return JSONResponse(exc.body(), status_code=exc.status)
+            return _refusal(exc)
+        try:
+            self.checker.claim(job)
+        except JobError as exc:
+            slot.release()
+            return _refusal(exc)
         job_id = job.ticket.job_id
         self.tracker.begin(job_id)
+        streaming = False
         try:
             response = await open_upstream(self.client, path, upstream_payload(job))
             if not job.stream:
                 content = await relay_json(response, job, self.issuer, self.now_ms)
                 return Response(content, media_type="application/json")
+            streaming = True
         except JobError as exc:
             self.tracker.cancel(job_id)
-            return JSONResponse(exc.body(), status_code=exc.status)
+            return _refusal(exc)
+        finally:
+            if not streaming:
+                slot.release()
         events = relay_stream(
             response, job, self.issuer, self.now_ms, lambda: self.tracker.cancel(job_id)
         )
-        return StreamingResponse(events, media_type="text/event-stream", headers=_SSE_HEADERS)
+        return _SlotStreamingResponse(events, slot)
 
     async def aclose(self) -> None:
         """Close the engine client's connections."""

@@ -16,6 +16,8 @@ class JobsConfig:
     accepted ticket must name; `market_public_key` the market's Ed25519 key (0x hex);
     `served_model` the model name vLLM serves and tickets must name; `model_digest`
     identifies the served weights (32-byte 0x hex); `data_dir` holds the receipt outbox.
+    `max_concurrency` caps the jobs in progress at once (None: no cap); a job beyond it is
+    refused with 429 `at_capacity` and `Retry-After: retry_after_s`.
     """
 
     upstream_url: str
@@ -31,3 +33,5 @@ class JobsConfig:
     max_connections: int = 512
     replay_cache_max_entries: int = 1_000_000
     outbox_fsync: bool = False
+    max_concurrency: int | None = None
+    retry_after_s: int = 1

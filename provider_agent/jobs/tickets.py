@@ -3,7 +3,8 @@
 The header holds the market's `Signed[JobTicket]` envelope as JSON, base64url-encoded
 (RFC 4648 section 5, padding optional). Checks, in order, each mapped to a status:
 signature (401), domain (403), provider (403), freshness (410 expired, 400 not yet
-valid), request digest (400), model (400), max_tokens (400), replay (409).
+valid), request digest (400), model (400), max_tokens (400), replay (409). `check` runs
+every check but the replay one and has no side effect; `claim` consumes the job id.
 """
 
 from __future__ import annotations
@@ -112,6 +113,16 @@ class TicketChecker:
 
     def accept(self, header: str | None, body: bytes) -> AcceptedJob:
         """Return the accepted job or raise `JobError`; never has side effects on refusal."""
+        job = self.check(header, body)
+        self.claim(job)
+        return job
+
+    def claim(self, job: AcceptedJob) -> None:
+        """Consume the job's id (409 if it was accepted before, 503 if the cache is full)."""
+        self._replay.claim(job.ticket.job_id, job.ticket.expires_at, self._now_ms())
+
+    def check(self, header: str | None, body: bytes) -> AcceptedJob:
+        """Every check but the replay one; no side effect. Raise `JobError` on refusal."""
         ticket = self._verified(decode_ticket_header(header))
         if request_digest(body) != ticket.request_digest:
             raise JobError(400, "digest_mismatch", "request body does not match the ticket")
@@ -121,7 +132,6 @@ class TicketChecker:
         if payload.get("model") != ticket.model:
             raise JobError(400, "model_mismatch", "body model differs from the ticket's model")
         _check_limits(payload, ticket.max_tokens)
-        self._replay.claim(ticket.job_id, ticket.expires_at, self._now_ms())
         return AcceptedJob(
             ticket=ticket,
             ticket_digest=message_digest(ticket),

@@ -18,6 +18,7 @@ from protocol.messages import Domain
 from provider_agent.energy import EnergyMeter, UnmeasuredMeter
 from provider_agent.energy.meter import EnergyReading, GpuReading, MeterInfo
 from provider_agent.jobs import JobsConfig, create_app
+from provider_agent.jobs.app import JobService
 from tests.conftest import free_port
 
 MODEL = "tiny-llama"
@@ -66,6 +67,13 @@ class Agent:
     address: str
     key: SigningKey
     served: Served
+
+    @property
+    def jobs(self) -> JobService:
+        """The agent's job service (its slots, issuer, outbox)."""
+        app: Any = self.served.server.config.app
+        service: JobService = app.state.jobs
+        return service
 
     def offer(self, price_in: int, price_out: int, region: str = "DE") -> LiveOffer:
         """Its offer as routing holds it."""

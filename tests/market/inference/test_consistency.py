@@ -20,12 +20,14 @@ import openai
 import pytest
 from eth_account.signers.local import LocalAccount
 from openai.types.chat import ChatCompletionMessageParam
+from sqlalchemy import select
 
 from market.app import create_app
 from market.buyers.service import create_api_key, get_buyer
 from market.chain.service import MarketChain
 from market.config import Settings
 from market.db import create_engine, make_session_factory, session_scope
+from market.jobs.models import Receipt
 from market.ledger import service as ledger
 from market.runtime import Runtime
 from market.settlement import service as settlement
@@ -195,3 +197,8 @@ def test_random_run_keeps_ledger_and_chain_equal(
     assert outcomes["ok"] > 10
     assert min(outcomes["down"], outcomes["died"], outcomes["epochs"]) > 0
     _assert_books_match_chain(economy)
+    with session_scope(economy.runtime.sessions) as session:
+        receipts = list(session.scalars(select(Receipt)))
+    interrupted = [r for r in receipts if '"status":"interrupted"' in r.envelope]
+    assert interrupted  # streams that died after a token were charged and settled
+    assert all(r.epoch is not None and r.charge > 0 for r in interrupted)

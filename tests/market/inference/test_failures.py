@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import httpx
 import openai
 import pytest
@@ -9,8 +12,10 @@ from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageParam
 from sqlalchemy import select
 
 from market.db import session_scope
+from market.jobs import service as jobs
 from market.jobs.models import Job, JobStatus, Receipt
 from market.ledger import service as ledger
+from protocol.messages import output_digest
 from tests.conftest import free_port
 from tests.market.inference.conftest import DEPOSIT, PROVIDER_A, PROVIDER_B, Market, fund
 from tests.market.inference.servers import MODEL, Agent
@@ -77,17 +82,10 @@ def test_falls_back_to_the_next_provider_when_the_first_is_down(
     assert down.in_flight == 0
 
 
-def test_stream_that_dies_midway_is_not_charged(
-    market: Market, agents: dict[str, Agent], upstream: UpstreamProcess
-) -> None:
-    market.routing.pin([agents[PROVIDER_A].offer(1_000_000, 1_000_000)])
-    upstream.control(die_after_chunks=3)
-    client = openai.OpenAI(base_url=market.url, api_key=market.api_key)
+def _die_midway(market: Market) -> list[ChatCompletionChunk]:
+    client = openai.OpenAI(base_url=market.url, api_key=market.api_key, max_retries=0)
     stream = client.chat.completions.create(
-        model=MODEL,
-        messages=MESSAGES,
-        max_tokens=16,
-        stream=True,
+        model=MODEL, messages=MESSAGES, max_tokens=16, stream=True
     )
     seen: list[ChatCompletionChunk] = []
 
@@ -96,12 +94,126 @@ def test_stream_that_dies_midway_is_not_charged(
 
     with pytest.raises(openai.APIError):
         consume()
-    assert len(seen) == 3
+    return seen
+
+
+def test_stream_that_dies_midway_is_charged_for_the_delivered_tokens(
+    market: Market, agents: dict[str, Agent], upstream: UpstreamProcess
+) -> None:
+    market.routing.pin([agents[PROVIDER_A].offer(1_000_000, 1_500_000)])
+    upstream.control(die_after_chunks=3)  # the role chunk, then tokens t0 and t1
+    seen = _die_midway(market)
+    assert [c.choices[0].delta.content for c in seen] == ["", "t0 ", "t1 "]
+    (job,) = _jobs(market)
+    assert (job.status, job.error) == (JobStatus.COMPLETED, "interrupted (engine_died)")
+    with session_scope(market.sessions) as session:
+        receipt = session.get(Receipt, job.id)
+        assert receipt is not None
+        assert (receipt.prompt_tokens, receipt.completion_tokens) == (0, 2)
+        message = json.loads(receipt.envelope)["message"]
+        assert (message["status"], message["interrupted_reason"]) == ("interrupted", "engine_died")
+        assert message["output_digest"] == output_digest([1000, 1001])
+        charge = 3  # 2 tokens at 1.5 base units each: exactly, to the base unit
+        assert receipt.charge == charge
+        assert receipt.epoch is None  # unsettled: the next epoch close takes it
+        hold = ledger.get_hold(session, job.id)
+        assert (hold.status.value, hold.charged) == ("settled", charge)
+        statement = ledger.statement(session, market.buyer)
+        assert (statement.available, statement.held) == (DEPOSIT - charge, 0)
+        ledger.check_ledger(session)
+        read = jobs.get_job(session, market.buyer, job.id)
+        assert read.receipt is not None
+        assert (read.receipt.status, read.receipt.interrupted_reason) == (
+            "interrupted",
+            "engine_died",
+        )
+    assert market.routing.pinned[0].in_flight == 0
+
+
+def test_stream_that_dies_before_a_token_is_not_charged(
+    market: Market, agents: dict[str, Agent], upstream: UpstreamProcess
+) -> None:
+    market.routing.pin([agents[PROVIDER_A].offer(1_000_000, 1_000_000)])
+    upstream.control(die_after_chunks=1)  # only the role chunk: no token delivered
+    assert len(_die_midway(market)) == 1
     (job,) = _jobs(market)
     assert job.status is JobStatus.FAILED
     with session_scope(market.sessions) as session:
         assert ledger.get_hold(session, job.id).status.value == "released"
         assert session.get(Receipt, job.id) is None
+        statement = ledger.statement(session, market.buyer)
+        assert (statement.available, statement.held, statement.charged) == (DEPOSIT, 0, 0)
+
+
+def test_interrupted_receipt_for_other_tokens_is_rejected(
+    market: Market,
+    agents: dict[str, Agent],
+    upstream: UpstreamProcess,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    agent = agents[PROVIDER_A]
+    issuer = agent.jobs.issuer
+    honest = issuer.issue_interrupted
+
+    def short(job: Any, seen: Any, delivered: int, at: int, reason: str) -> Any:
+        return honest(job, seen, delivered - 1, at, reason)  # claims one token too few
+
+    monkeypatch.setattr(issuer, "issue_interrupted", short)
+    market.routing.pin([agent.offer(1_000_000, 1_000_000)])
+    upstream.control(die_after_chunks=3)
+    assert len(_die_midway(market)) == 3
+    (job,) = _jobs(market)
+    assert job.status is JobStatus.FAILED
+    with session_scope(market.sessions) as session:
+        assert session.get(Receipt, job.id) is None
+        (rejected,) = jobs.rejected_receipts(session, job.id)
+        assert rejected.reason == "delivered_mismatch"
+        assert ledger.get_hold(session, job.id).status.value == "released"
+        statement = ledger.statement(session, market.buyer)
+        assert (statement.available, statement.held, statement.charged) == (DEPOSIT, 0, 0)
+
+
+def test_agent_at_capacity_fails_over_to_the_next(market: Market, agents: dict[str, Agent]) -> None:
+    busy = agents[PROVIDER_A]
+    market.routing.pin(
+        [busy.offer(1_000_000, 1_000_000), agents[PROVIDER_B].offer(2_000_000, 2_000_000)]
+    )
+    busy.jobs.slots.limit = 0
+    try:
+        client = openai.OpenAI(base_url=market.url, api_key=market.api_key, max_retries=0)
+        result = client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=16)
+    finally:
+        busy.jobs.slots.limit = None
+    assert (result.model_extra or {})["provider"]["address"] == PROVIDER_B
+    refused, served = _jobs(market)
+    assert (refused.provider_address, refused.status) == (PROVIDER_A, JobStatus.FAILED)
+    assert "429" in (refused.error or "")
+    assert served.status is JobStatus.COMPLETED
+    with session_scope(market.sessions) as session:
+        assert ledger.get_hold(session, refused.id).status.value == "released"
+    assert all(e.message.job_id != refused.id for e in busy.jobs.outbox.all())
+    assert market.routing.pinned[0].in_flight == 0
+
+
+def test_every_agent_at_capacity_is_a_503_with_retry_after(
+    market: Market, agents: dict[str, Agent]
+) -> None:
+    busy = agents[PROVIDER_A]
+    market.routing.pin([busy.offer(1_000_000, 1_000_000)])
+    busy.jobs.slots.limit = 0
+    try:
+        body = {"model": MODEL, "messages": MESSAGES, "max_tokens": 16}
+        response = _post(market, body, market.api_key)
+    finally:
+        busy.jobs.slots.limit = None
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "1"
+    error = response.json()["error"]
+    assert (error["type"], error["code"]) == ("server_error", "providers_at_capacity")
+    (job,) = _jobs(market)
+    assert job.status is JobStatus.FAILED
+    with session_scope(market.sessions) as session:
+        assert ledger.get_hold(session, job.id).status.value == "released"
         statement = ledger.statement(session, market.buyer)
         assert (statement.available, statement.held, statement.charged) == (DEPOSIT, 0, 0)
     assert market.routing.pinned[0].in_flight == 0

@@ -52,3 +52,30 @@ def test_stream_is_relayed_without_buffering(
     first_token = next(t for t, chunk in arrivals if b'"t0 "' in chunk)
     total = arrivals[-1][0]
     assert total - first_token > 0.5  # the first token came well before the end
+
+
+def test_a_stream_holds_its_slot_until_it_ends(
+    harness: Harness, upstream: UpstreamProcess, agent_url: str
+) -> None:
+    harness.service.slots.limit = 1
+    upstream.control(completion_tokens=5, delay_ms=100)
+    harness.now[0] = time.time_ns() // 1_000_000
+    body = chat_body(stream=True)
+    first, second = (harness.header(harness.ticket(body)) for _ in range(2))
+    url = f"{agent_url}/jobs/chat/completions"
+    with httpx.stream("POST", url, content=body, headers=first) as response:
+        assert response.status_code == 200
+        chunks = response.iter_raw()
+        next(chunks)
+        busy = httpx.post(url, content=body, headers=second)
+        assert (busy.status_code, busy.headers["retry-after"]) == (429, "1")
+        assert busy.json()["error"]["code"] == "at_capacity"
+        text = b"".join(chunks).decode()
+    assert text.endswith("data: [DONE]\n\n")
+    deadline = time.monotonic() + 5
+    while harness.service.slots.in_use and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert harness.service.slots.in_use == 0
+    upstream.control()
+    again = httpx.post(url, content=body, headers=second)  # the refused ticket is unspent
+    assert again.status_code == 200, again.text

@@ -10,6 +10,7 @@ import pytest
 
 from protocol.keys import signing_key_from_seed
 from protocol.messages import Domain
+from provider_agent.jobs.tickets import TICKET_HEADER
 from tests.provider_agent.jobs.harness import OTHER_PROVIDER, Harness, chat_body
 from tests.support.openai_upstream import UpstreamProcess
 
@@ -110,3 +111,32 @@ def test_replay_is_refused_then_forgotten_after_expiry(harness: Harness) -> None
     later = harness.ticket(body, issued_at=ticket.expires_at, expires_at=ticket.expires_at + 1)
     cache.claim(later.job_id, later.expires_at, now_ms=ticket.expires_at)
     assert len(cache) == 1  # the first job id was forgotten once its ticket expired
+
+
+def test_at_capacity_is_refused_before_the_engine_and_keeps_the_job_id(
+    harness: Harness, upstream: UpstreamProcess
+) -> None:
+    harness.service.slots.limit = 1
+    taken = harness.service.slots.acquire()  # a job in progress
+    body = chat_body(max_tokens=2)
+    headers = harness.header(harness.ticket(body))
+    upstream.control(status=599)
+    refused = harness.post("/jobs/chat/completions", body, headers)
+    assert refused.status_code == 429
+    assert refused.json()["error"]["code"] == "at_capacity"
+    assert refused.headers["retry-after"] == "1"
+    assert harness.service.outbox.all() == []
+    assert len(harness.service.checker.replay_cache) == 0
+    taken.release()
+    assert harness.service.slots.in_use == 0
+    job = harness.service.checker.accept(headers[TICKET_HEADER], body)  # the id is unspent
+    assert len(harness.service.checker.replay_cache) == 1
+    assert job.ticket.max_tokens == 64
+
+
+def test_bad_ticket_at_capacity_is_refused_for_the_ticket(
+    harness: Harness, upstream: UpstreamProcess
+) -> None:
+    harness.service.slots.limit = 0
+    body = chat_body(max_tokens=2)
+    _refused(harness, upstream, {}, body, 401, "missing_ticket")
