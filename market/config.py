@@ -72,6 +72,10 @@ class Settings(BaseSettings):
         default=1_000 * 10**18,
         description="Network-token base units a provider must stake to be routed to.",
     )
+    reward_pool_per_epoch: NonNegativeInt = Field(
+        default=100 * 10**18,
+        description="Network-token base units shared as rewards per epoch (capped on-chain).",
+    )
     heartbeat_timeout_s: PositiveInt = Field(
         default=30, description="A provider silent this long is taken out of routing."
     )

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from market.providers import service
 from market.providers.schemas import (
     AttestationAccepted,
+    CalibrationRead,
     HeartbeatAccepted,
     ProviderRead,
     ProviderStatement,
@@ -74,6 +75,16 @@ def attestation(
 ) -> AttestationAccepted:
     """Stores a signed attestation that extends the provider's hash chain."""
     return service.submit_attestation(session, envelope, domain=runtime.chain.domain)
+
+
+@router.post("/providers/calibration", response_model=CalibrationRead)
+def calibration(
+    envelope: SignedProviderMessage,
+    runtime: RuntimeDep,
+    session: SessionDep,
+) -> CalibrationRead:
+    """Stores a registered provider's signed calibration (the newest replaces the older)."""
+    return service.submit_calibration(session, envelope, domain=runtime.chain.domain)
 
 
 @router.get("/providers", response_model=list[ProviderRead])

@@ -149,3 +149,20 @@ class AttestationCheck(Base):
     status: Mapped[str] = mapped_column(String(8))
     reason: Mapped[str] = mapped_column(String(500))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Calibration(Base):
+    """A provider's newest accepted calibration (`POST /providers/calibration`): one row per
+    provider, replaced by a newer one. `levels` is the per-level summary as JSON (concurrency,
+    tokens/s, J/token or null with the reason); `envelope` the signed message as received."""
+
+    __tablename__ = "provider_calibrations"
+
+    provider_address: Mapped[str] = mapped_column(ForeignKey("providers.address"), primary_key=True)
+    model: Mapped[str] = mapped_column(String(256))
+    model_digest: Mapped[str | None] = mapped_column(String(66))
+    meter_method: Mapped[str] = mapped_column(String(16))
+    issued_at_ms: Mapped[int] = mapped_column(BigInteger)
+    levels: Mapped[str] = mapped_column(Text)
+    envelope: Mapped[str] = mapped_column(Text)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

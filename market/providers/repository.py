@@ -10,7 +10,14 @@ from sqlalchemy import Row, and_, delete, func, select
 from sqlalchemy.orm import Session
 
 from market.jobs.models import Receipt
-from market.providers.models import Attestation, AttestationCheck, Offer, Provider, ProviderStatus
+from market.providers.models import (
+    Attestation,
+    AttestationCheck,
+    Calibration,
+    Offer,
+    Provider,
+    ProviderStatus,
+)
 
 STEADY_WINDOWS = 10
 """How many of a provider's latest steady attestation windows its J/token is taken over."""
@@ -286,6 +293,20 @@ class ProviderRepository:
             .where(Receipt.provider_address == address)
             .order_by(Receipt.finished_at_ms)
         )
+        return self.session.scalars(stmt).all()
+
+    def calibration_of(self, address: str, *, for_update: bool = False) -> Calibration | None:
+        """The provider's stored calibration."""
+        stmt = select(Calibration).where(Calibration.provider_address == address)
+        if for_update:
+            stmt = stmt.with_for_update()
+        return self.session.scalars(stmt).one_or_none()
+
+    def calibrations_of(self, addresses: Sequence[str]) -> Sequence[Calibration]:
+        """The stored calibrations of `addresses`."""
+        if not addresses:
+            return []
+        stmt = select(Calibration).where(Calibration.provider_address.in_(addresses))
         return self.session.scalars(stmt).all()
 
 

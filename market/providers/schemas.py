@@ -205,6 +205,30 @@ class EfficiencyRead(BaseModel):
     avg_concurrency: float = Field(description="Average running requests it was measured at.")
 
 
+class CalibrationLevelRead(BaseModel):
+    """One concurrency level of a calibration: tokens/s and J/token (null: unmeasured)."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    concurrency: int
+    tokens_per_s: str
+    joules_per_token: str | None
+    energy_method: str
+    unmeasured_reason: str | None
+    generation_tokens: int
+
+
+class CalibrationRead(BaseModel):
+    """The provider's newest accepted calibration (`POST /providers/calibration`)."""
+
+    model: str
+    model_digest: str | None
+    meter_method: str
+    issued_at: int = Field(description="Unix ms, as the provider signed it.")
+    received_at: datetime
+    levels: list[CalibrationLevelRead]
+
+
 class ProviderRead(BaseModel):
     """A provider's public view."""
 
@@ -222,6 +246,9 @@ class ProviderRead(BaseModel):
     )
     efficiency: list[EfficiencyRead] = Field(
         default_factory=list, description="Per model; empty: no measured steady window."
+    )
+    calibration: CalibrationRead | None = Field(
+        default=None, description="The newest accepted calibration, if any."
     )
 
 

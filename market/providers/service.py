@@ -8,6 +8,7 @@ Services flush and never commit; the request owns the transaction.
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -48,7 +49,14 @@ from market.providers.errors import (
     ProviderWrongDomainError,
     ReplayedMessageError,
 )
-from market.providers.models import Attestation, AttestationCheck, Offer, Provider, ProviderStatus
+from market.providers.models import (
+    Attestation,
+    AttestationCheck,
+    Calibration,
+    Offer,
+    Provider,
+    ProviderStatus,
+)
 from market.providers.repository import ProviderRepository, RoutableOffer, SteadyWindows
 from market.providers.schemas import (
     HEARTBEAT_TYPE,
@@ -56,6 +64,8 @@ from market.providers.schemas import (
     AttestationAccepted,
     AttestationCheckRead,
     AttestationSummary,
+    CalibrationLevelRead,
+    CalibrationRead,
     EfficiencyRead,
     Heartbeat,
     HeartbeatAccepted,
@@ -547,6 +557,7 @@ def _views(session: Session, providers: list[Provider], timeout_s: int) -> list[
     efficiency: dict[str, list[EfficiencyRead]] = {}
     for steady in repo.steady_windows(addresses):
         efficiency.setdefault(steady.provider, []).append(efficiency_read(steady))
+    calibrations = {row.provider_address: row for row in repo.calibrations_of(addresses)}
     now = utcnow()
     return [
         ProviderRead(
@@ -565,6 +576,9 @@ def _views(session: Session, providers: list[Provider], timeout_s: int) -> list[
             ),
             latest_checks=checks.get(p.address, []),
             efficiency=efficiency.get(p.address, []),
+            calibration=(
+                calibration_read(calibrations[p.address]) if p.address in calibrations else None
+            ),
         )
         for p in providers
     ]
@@ -693,4 +707,100 @@ def provider_statement(session: Session, address: str) -> ProviderStatement:
         provider=address,
         lines=[_line(model, epoch, groups[(model, epoch)], fallback) for model, epoch in ordered],
         totals=_line(None, None, receipts, fallback),
+    )
+
+
+# -- calibrations ----------------------------------------------------------------------------
+
+CALIBRATION_TYPE = "calibration"
+CALIBRATION_MAX_AGE_MS = 60 * 60 * 1000
+"""A calibration issued longer ago than this on arrival is refused as stale."""
+
+
+def _calibration_levels(message: dict[str, Any]) -> list[CalibrationLevelRead]:
+    levels = message.get("levels")
+    if not isinstance(levels, list) or not levels:
+        raise MalformedProviderMessageError("calibration levels must be a non-empty list")
+    try:
+        return [
+            CalibrationLevelRead(
+                concurrency=int(level["concurrency"]),
+                tokens_per_s=str(Decimal(level["tokens_per_s"])),
+                joules_per_token=(
+                    None
+                    if level["joules_per_token"] is None
+                    else str(Decimal(level["joules_per_token"]))
+                ),
+                energy_method=str(level["energy"]["method"]),
+                unmeasured_reason=(
+                    str(level["energy"].get("basis")) if level["joules_per_token"] is None else None
+                ),
+                generation_tokens=int(level["generation_tokens"]),
+            )
+            for level in levels
+        ]
+    except (KeyError, TypeError, ValueError, ArithmeticError) as exc:
+        raise MalformedProviderMessageError(f"invalid calibration level: {exc}") from exc
+
+
+def submit_calibration(
+    session: Session, envelope: SignedProviderMessage, *, domain: Domain, now: int | None = None
+) -> CalibrationRead:
+    """Stores a registered provider's signed calibration (docs/agent-protocol.md,
+    "Calibration"): signature by the provider's registered key, version 1, the market's
+    domain, issued within `CALIBRATION_MAX_AGE_MS` and not ahead of the clock, and newer than
+    the calibration held (else a replay, 409). The newest replaces the older."""
+    now = now_ms() if now is None else now
+    repo = ProviderRepository(session)
+    provider = _registered(repo, envelope.message.get("provider"))
+    _verify_raw(envelope, CALIBRATION_TYPE, provider.public_key)
+    message = envelope.message
+    if message.get("version") != 1 or message.get("public_key") != envelope.signer:
+        raise MalformedProviderMessageError("not a calibration v1 signed by its public_key")
+    try:
+        got = Domain.model_validate(message.get("domain"))
+    except ValidationError as exc:
+        raise MalformedProviderMessageError(f"invalid domain: {_problems(exc)}") from exc
+    _check_domain("calibration", got, domain)
+    issued_at = message.get("issued_at")
+    if not isinstance(issued_at, int):
+        raise MalformedProviderMessageError("issued_at must be unix milliseconds")
+    if issued_at < now - CALIBRATION_MAX_AGE_MS:
+        raise MessageExpiredError(f"calibration issued at {issued_at} is too old (now {now})")
+    _check_not_ahead("calibration", issued_at, now)
+    model = message.get("model")
+    if not isinstance(model, str) or not model:
+        raise MalformedProviderMessageError("model must be the served model's name")
+    levels = _calibration_levels(message)
+    meter = message.get("meter")
+    method = str(meter.get("method")) if isinstance(meter, dict) else "unmeasured"
+    digest = message.get("model_digest")
+    row = repo.calibration_of(provider.address, for_update=True)
+    if row is not None and issued_at <= row.issued_at_ms:
+        raise ReplayedMessageError(
+            f"calibration issued at {issued_at} is not newer than the one held ({row.issued_at_ms})"
+        )
+    if row is None:
+        row = Calibration(provider_address=provider.address)
+        session.add(row)
+    row.model = model[:256]
+    row.model_digest = digest if isinstance(digest, str) else None
+    row.meter_method = method[:16]
+    row.issued_at_ms = issued_at
+    row.levels = json.dumps([level.model_dump() for level in levels])
+    row.envelope = envelope.model_dump_json()
+    row.received_at = utcnow()
+    session.flush()
+    return calibration_read(row)
+
+
+def calibration_read(row: Calibration) -> CalibrationRead:
+    """The public view of a stored calibration."""
+    return CalibrationRead(
+        model=row.model,
+        model_digest=row.model_digest,
+        meter_method=row.meter_method,
+        issued_at=row.issued_at_ms,
+        received_at=row.received_at,
+        levels=[CalibrationLevelRead.model_validate(lv) for lv in json.loads(row.levels)],
     )

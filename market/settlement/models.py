@@ -30,10 +30,11 @@ class EpochStatus(enum.StrEnum):
 
 
 class LineKind(enum.StrEnum):
-    """A buyer's debit or a provider's credit in an epoch."""
+    """A buyer's debit, a provider's credit (payment token) or reward (network token)."""
 
     DEBIT = "debit"
     CREDIT = "credit"
+    REWARD = "reward"
 
 
 class ChainCursor(Base):
@@ -70,6 +71,10 @@ class Epoch(Base):
     total_debit: Mapped[int] = mapped_column(Amount())
     total_credit: Mapped[int] = mapped_column(Amount())
     fee: Mapped[int] = mapped_column(Amount())
+    total_reward: Mapped[int] = mapped_column(Amount(), default=0, server_default="0")
+    """Network-token base units minted as rewards with this epoch (market/rewards)."""
+    reward_note: Mapped[str | None] = mapped_column(String(300))
+    """How the rewards were decided: pool, cap, or why there are none."""
     tx_hash: Mapped[str | None] = mapped_column(String(66))
     block: Mapped[int | None] = mapped_column(BigInteger())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
@@ -97,3 +102,25 @@ class EpochLine(Base):
     )
     address: Mapped[str] = mapped_column(String(42))
     amount: Mapped[int] = mapped_column(Amount())
+
+
+class EpochRewardWeight(Base):
+    """One provider's reward weight on one model in an epoch: verified output tokens, how
+    many of them were measured, the efficiency multiplier (milli-units) and why, and whether
+    the provider was eligible (`excluded`: why not, e.g. below the minimum stake on-chain)."""
+
+    __tablename__ = "epoch_reward_weights"
+    __table_args__ = (UniqueConstraint("epoch", "address", "model"),)
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    epoch: Mapped[int] = mapped_column(ForeignKey("epochs.number"), index=True)
+    address: Mapped[str] = mapped_column(String(42))
+    model: Mapped[str] = mapped_column(String(256))
+    tokens_base: Mapped[int] = mapped_column(BigInteger())
+    """Output tokens of receipts whose energy was not measured (multiplier 1)."""
+    tokens_measured: Mapped[int] = mapped_column(BigInteger())
+    joules_per_token: Mapped[str | None] = mapped_column(String(32))
+    multiplier_milli: Mapped[int] = mapped_column(Integer())
+    weight: Mapped[int] = mapped_column(BigInteger())
+    reason: Mapped[str] = mapped_column(String(300))
+    excluded: Mapped[str | None] = mapped_column(String(300))

@@ -12,7 +12,13 @@ from sqlalchemy.orm import Session
 
 from market.db import utcnow
 from market.jobs.models import Receipt
-from market.settlement.models import ChainCursor, Epoch, EpochLine, EpochStatus
+from market.settlement.models import (
+    ChainCursor,
+    Epoch,
+    EpochLine,
+    EpochRewardWeight,
+    EpochStatus,
+)
 
 STREAM_CHUNK = 5_000
 """Receipts fetched per round trip when an epoch's receipts are streamed."""
@@ -92,6 +98,15 @@ class SettlementRepository:
             select(EpochLine)
             .where(EpochLine.epoch == number)
             .order_by(EpochLine.kind, EpochLine.address)
+        )
+        return self.session.scalars(stmt).all()
+
+    def reward_weights_of(self, number: int) -> Sequence[EpochRewardWeight]:
+        """The reward weights decided for epoch `number`, by address and model."""
+        stmt = (
+            select(EpochRewardWeight)
+            .where(EpochRewardWeight.epoch == number)
+            .order_by(EpochRewardWeight.address, EpochRewardWeight.model)
         )
         return self.session.scalars(stmt).all()
 

@@ -21,6 +21,12 @@ class EpochRead(BaseModel):
     total_debit: int = Field(description="Sum of the buyers' debits (the receipts' charges).")
     total_credit: int = Field(description="Sum of the providers' credits (charge - fee).")
     fee: int = Field(description="Protocol fee of the epoch; debit = credit + fee.")
+    total_reward: int = Field(
+        default=0, description="Network-token base units minted as rewards with the epoch."
+    )
+    reward_note: str | None = Field(
+        default=None, description="How the rewards were decided, or why there are none."
+    )
     tx_hash: str | None
     block: int | None
     created_at: datetime
@@ -29,7 +35,8 @@ class EpochRead(BaseModel):
 
 
 class LineRead(BaseModel):
-    """One buyer's debit or one provider's credit."""
+    """One buyer's debit, one provider's credit (payment-token base units) or one provider's
+    reward (network-token base units)."""
 
     model_config = ConfigDict(from_attributes=True)
 
@@ -38,10 +45,27 @@ class LineRead(BaseModel):
     amount: int
 
 
+class RewardWeightRead(BaseModel):
+    """How one provider's work on one model weighed in the epoch's rewards."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    address: str
+    model: str
+    tokens_base: int = Field(description="Verified output tokens without measured energy.")
+    tokens_measured: int = Field(description="Verified output tokens with measured energy.")
+    joules_per_token: str | None = Field(description="GPU J per measured output token.")
+    multiplier_milli: int = Field(description="Efficiency multiplier of the measured tokens.")
+    weight: int = Field(description="tokens_base x 1000 + tokens_measured x multiplier_milli.")
+    reason: str
+    excluded: str | None = Field(description="Why it earned nothing (e.g. not active).")
+
+
 class EpochDetail(EpochRead):
-    """An epoch with its lines."""
+    """An epoch with its lines and the reward weights behind its reward lines."""
 
     lines: list[LineRead]
+    reward_weights: list[RewardWeightRead] = Field(default_factory=list)
 
 
 class ReceiptProof(BaseModel):

@@ -52,6 +52,7 @@ from market.ledger.service import (
     post_transfer,
     provider_earned,
 )
+from market.rewards.service import decide_rewards
 from market.settlement.errors import (
     EpochNotFoundError,
     EpochNotOnChainError,
@@ -60,7 +61,13 @@ from market.settlement.errors import (
 )
 from market.settlement.models import Epoch, EpochLine, EpochStatus, LineKind
 from market.settlement.repository import SettlementRepository
-from market.settlement.schemas import EpochDetail, EpochRead, LineRead, ReceiptProof
+from market.settlement.schemas import (
+    EpochDetail,
+    EpochRead,
+    LineRead,
+    ReceiptProof,
+    RewardWeightRead,
+)
 from protocol.chain.settlement import ChainEvent, Credit, Debit, EpochBatch, SettlementClient
 from protocol.merkle import MerkleTree
 
@@ -165,12 +172,21 @@ def batch_of(session: Session, epoch: Epoch) -> EpochBatch:
         credits=[
             Credit(line.address, line.amount) for line in lines if line.kind is LineKind.CREDIT
         ],
+        rewards=[
+            Credit(line.address, line.amount) for line in lines if line.kind is LineKind.REWARD
+        ],
     )
 
 
-def begin_submission(session: Session, client: SettlementClient, number: int) -> EpochBatch | None:
+def begin_submission(
+    session: Session, client: SettlementClient, number: int, reward_pool: int = 0
+) -> EpochBatch | None:
     """The batch to send for epoch `number`, marked submitted; None if nothing is to be sent
-    (already settled, settled on-chain and now recorded, or a recent submission in flight)."""
+    (already settled, settled on-chain and now recorded, or a recent submission in flight).
+
+    The epoch's network-token rewards (at most `reward_pool`) are decided here, just before
+    each send, so that eligibility and `minRewardInterval` are judged against the chain as
+    it is when the batch goes out (`market.rewards.service`)."""
     repo = SettlementRepository(session)
     repo.lock_cursor(EPOCH_CURSOR, 0)
     epoch = _epoch(repo, number)
@@ -185,6 +201,7 @@ def begin_submission(session: Session, client: SettlementClient, number: int) ->
         and utcnow() - epoch.submitted_at < RESUBMIT_AFTER
     ):
         return None
+    decide_rewards(session, client, epoch, reward_pool)
     epoch.status = EpochStatus.SUBMITTED
     epoch.submitted_at = utcnow()
     session.flush()
@@ -379,7 +396,10 @@ def get_epoch(session: Session, number: int) -> EpochDetail:
     if epoch is None:
         raise EpochNotFoundError(f"no epoch {number}")
     lines = [LineRead.model_validate(line) for line in repo.lines_of(number)]
-    return EpochDetail(**EpochRead.model_validate(epoch).model_dump(), lines=lines)
+    weights = [RewardWeightRead.model_validate(w) for w in repo.reward_weights_of(number)]
+    return EpochDetail(
+        **EpochRead.model_validate(epoch).model_dump(), lines=lines, reward_weights=weights
+    )
 
 
 _TREES: dict[tuple[int, str], MerkleTree] = {}

@@ -69,7 +69,9 @@ def close_epoch(ctx: TaskContext) -> int | None:
             return None
         number = epoch.number
     with session_scope(ctx.sessions) as session:
-        batch = service.begin_submission(session, client, number)
+        batch = service.begin_submission(
+            session, client, number, ctx.settings.reward_pool_per_epoch
+        )
         if batch is None:
             settled = SettlementRepository(session).get_epoch(number)
             done = settled is not None and settled.status is EpochStatus.SETTLED

@@ -137,6 +137,25 @@ class SettlementClient:
         """The deployment's minimum stake, in network-token base units."""
         return int(self._call(self.settlement, "minProviderStake"))
 
+    def epoch_mint_cap(self) -> int:
+        """The most network tokens the rewards of one epoch may mint (base units)."""
+        return int(self._call(self.network, "epochMintCap"))
+
+    def min_reward_interval(self) -> int:
+        """Seconds that must pass between two epochs that mint rewards."""
+        return int(self._call(self.settlement, "minRewardInterval"))
+
+    def last_rewarded_at(self) -> int:
+        """Unix seconds of the block that last minted rewards (0: never)."""
+        return int(self._call(self.settlement, "lastRewardedAt"))
+
+    def latest_block_timestamp(self) -> int:
+        """Unix seconds of the newest block (the next one is no older)."""
+        try:
+            return int(self.w3.eth.get_block("latest")["timestamp"])
+        except Exception as exc:
+            raise translate(exc) from exc
+
     def last_settled_epoch(self) -> int:
         """The last settled epoch (0 before the first)."""
         return int(self._call(self.settlement, "lastSettledEpoch"))

@@ -1,0 +1,1 @@
+"""Network-token rewards per epoch: verified output tokens weighted by measured efficiency."""
