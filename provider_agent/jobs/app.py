@@ -93,6 +93,25 @@ class _SlotStreamingResponse(StreamingResponse):
             self._slot.release()
 
 
+async def read_capped(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it is known to exceed `limit` bytes."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(limit: int) -> JobError:
+    return JobError(413, "request_too_large", f"the request body exceeds {limit} bytes")
+
+
 class JobService:
     """The endpoint's state: ticket checker, shared engine client, receipts and outbox."""
 
@@ -106,6 +125,7 @@ class JobService:
     ) -> None:
         """One pooled `httpx.AsyncClient` serves every job."""
         self.now_ms = now_ms
+        self.max_body_bytes = config.max_body_bytes
         self.checker = TicketChecker(config, now_ms)
         self.slots = Slots(config.max_concurrency, config.retry_after_s)
         self.tracker = RequestEnergyTracker(meter)
@@ -129,8 +149,8 @@ class JobService:
         """Check the ticket, take a slot, forward to the engine, relay the answer with its
         receipt. Refusals (including 429 at capacity) never reach the engine nor consume
         the job id."""
-        body = await request.body()
         try:
+            body = await read_capped(request, self.max_body_bytes)
             job = self.checker.check(request.headers.get(TICKET_HEADER), body)
             slot = self.slots.acquire()
         except JobError as exc:

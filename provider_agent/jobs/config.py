@@ -35,3 +35,4 @@ class JobsConfig:
     outbox_fsync: bool = False
     max_concurrency: int | None = None
     retry_after_s: int = 1
+    max_body_bytes: int = 4 * 1024 * 1024

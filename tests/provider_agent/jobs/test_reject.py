@@ -140,3 +140,12 @@ def test_bad_ticket_at_capacity_is_refused_for_the_ticket(
     harness.service.slots.limit = 0
     body = chat_body(max_tokens=2)
     _refused(harness, upstream, {}, body, 401, "missing_ticket")
+
+
+def test_oversized_body_is_refused_before_the_ticket(
+    harness: Harness, upstream: UpstreamProcess
+) -> None:
+    body = chat_body()
+    headers = harness.header(harness.ticket(body))
+    oversized = body[:-1] + b" " * (4 * 1024 * 1024) + b"}"
+    _refused(harness, upstream, headers, oversized, 413, "request_too_large")
