@@ -18,7 +18,13 @@ from market.addresses import checksum_address
 from market.api_errors import MarketErrorRoute, transaction
 from market.buyers import service
 from market.buyers.nonces import consume_nonce
-from market.buyers.schemas import ApiKeyCreate, ApiKeyIssued, ApiKeyRead, BuyerStatement
+from market.buyers.schemas import (
+    ApiKeyCreate,
+    ApiKeyIssued,
+    ApiKeyRead,
+    ApiKeyUpdate,
+    BuyerStatement,
+)
 from market.buyers.signin import BuyerAction, read_request, verify_request
 from market.errors import BuyerNotFoundError, ForbiddenError
 from market.inference.auth import bearer_key
@@ -92,9 +98,10 @@ def create_api_key(
     buyer_address: Annotated[str, Depends(signed(BuyerAction.CREATE_API_KEY))],
     body: ApiKeyCreate | None = None,
 ) -> ApiKeyIssued:
-    """A new API key for the buyer (created on first sight); the key is shown only here."""
+    """A new API key for the buyer (created on first sight), with optional budgets; the key
+    is shown only here."""
     buyer = service.get_or_create_buyer(session, buyer_address)
-    created = service.create_api_key(session, buyer, body.name if body else None)
+    created = service.create_api_key(session, buyer, body.name if body else None, body)
     return ApiKeyIssued(**created.key.model_dump(), secret=created.secret.get_secret_value())
 
 
@@ -120,6 +127,18 @@ def revoke_api_key(
     """Revokes one of the buyer's keys (404 if it is not the buyer's); revoking twice is fine."""
     buyer = service.get_buyer(session, buyer_address)
     return service.revoke_api_key(session, buyer, key_id)
+
+
+@router.patch("/buyers/{address}/api-keys/{key_id}", response_model=ApiKeyRead)
+def update_api_key(
+    key_id: int,
+    body: ApiKeyUpdate,
+    session: DB,
+    buyer_address: Annotated[str, Depends(signed(BuyerAction.UPDATE_API_KEY))],
+) -> ApiKeyRead:
+    """Changes a key's budgets (those in the body; null removes one); 404 if not the buyer's."""
+    buyer = service.get_buyer(session, buyer_address)
+    return service.update_api_key(session, buyer, key_id, body)
 
 
 @router.get("/buyers/{address}/statement", response_model=BuyerStatement)

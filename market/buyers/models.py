@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, String
+from sqlalchemy import BigInteger, ForeignKey, String
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from market.db import Base, BigIntPK, UTCDateTime, utcnow
+from market.db import Amount, Base, BigIntPK, UTCDateTime, utcnow
 
 
 class Buyer(Base):
@@ -25,7 +25,15 @@ class Buyer(Base):
 
 
 class ApiKey(Base):
-    """An API key, stored as the SHA-256 of the key; the key itself is shown once."""
+    """An API key, stored as the SHA-256 of the key; the key itself is shown once.
+
+    Optional budgets (None: no limit) and running totals spent, in integers so that no float
+    ever meets them: money in payment-token base units, wall energy in milli-watt-hours
+    (1 kWh = 1_000_000 mWh) and carbon in milligrams of CO2. The totals grow in the
+    transaction that charges a receipt (`market.jobs.service.complete_job`); a receipt's
+    energy and carbon are rounded up to the next mWh and mg, and an unmeasured receipt adds
+    nothing to them (`market.buyers.budgets`).
+    """
 
     __tablename__ = "api_keys"
 
@@ -37,5 +45,11 @@ class ApiKey(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    budget_money: Mapped[int | None] = mapped_column(Amount())
+    budget_wall_mwh: Mapped[int | None] = mapped_column(BigInteger())
+    budget_gco2_mg: Mapped[int | None] = mapped_column(BigInteger())
+    spent_money: Mapped[int] = mapped_column(Amount(), default=0)
+    spent_wall_mwh: Mapped[int] = mapped_column(BigInteger(), default=0)
+    spent_gco2_mg: Mapped[int] = mapped_column(BigInteger(), default=0)
 
     buyer: Mapped[Buyer] = relationship(back_populates="api_keys", lazy="joined")

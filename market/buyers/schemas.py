@@ -31,6 +31,18 @@ class ApiKeyRead(BaseModel):
     created_at: datetime
     last_used_at: datetime | None
     revoked_at: datetime | None
+    budget_money: int | None = Field(
+        default=None, description="Money budget in payment-token base units (None: no limit)."
+    )
+    budget_wall_mwh: int | None = Field(
+        default=None, description="Wall-energy budget in mWh (1 kWh = 1_000_000 mWh)."
+    )
+    budget_gco2_mg: int | None = Field(default=None, description="Carbon budget in mg of CO2.")
+    spent_money: int = Field(default=0, description="Charged so far, in base units.")
+    spent_wall_mwh: int = Field(
+        default=0, description="Measured wall energy so far, in mWh (unmeasured: 0)."
+    )
+    spent_gco2_mg: int = Field(default=0, description="Measured carbon so far, in mg CO2.")
 
 
 class ApiKeyCreated(BaseModel):
@@ -40,10 +52,34 @@ class ApiKeyCreated(BaseModel):
     secret: SecretStr = Field(description="The whole key, e.g. sk-jm-...; shown only now.")
 
 
-class ApiKeyCreate(BaseModel):
-    """What a buyer may say about a new key: a name to tell it apart."""
+MAX_MONEY = 2**256 - 1
+MAX_BIGINT = 2**63 - 1
+
+
+class ApiKeyBudgets(BaseModel):
+    """A key's optional budgets; None (or absent) is no limit. Integers, never negative."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    budget_money: int | None = Field(
+        default=None, ge=0, le=MAX_MONEY, description="Payment-token base units."
+    )
+    budget_wall_mwh: int | None = Field(
+        default=None, ge=0, le=MAX_BIGINT, description="Wall energy, mWh (1 kWh = 1e6 mWh)."
+    )
+    budget_gco2_mg: int | None = Field(
+        default=None, ge=0, le=MAX_BIGINT, description="Carbon, mg of CO2 (1 g = 1000 mg)."
+    )
+
+
+class ApiKeyCreate(ApiKeyBudgets):
+    """What a buyer may say about a new key: a name to tell it apart, and its budgets."""
 
     name: str | None = Field(default=None, min_length=1, max_length=100)
+
+
+class ApiKeyUpdate(ApiKeyBudgets):
+    """`PATCH`: the budgets given are set (null: no limit); those left out are kept."""
 
 
 class ApiKeyIssued(ApiKeyRead):

@@ -22,7 +22,13 @@ from sqlalchemy.orm import Session
 from market.addresses import checksum_address
 from market.buyers.models import ApiKey, Buyer
 from market.buyers.repository import BuyerRepository
-from market.buyers.schemas import ApiKeyCreated, ApiKeyRead, BuyerStatement
+from market.buyers.schemas import (
+    ApiKeyBudgets,
+    ApiKeyCreated,
+    ApiKeyRead,
+    ApiKeyUpdate,
+    BuyerStatement,
+)
 from market.db import utcnow
 from market.errors import (
     ApiKeyNotFoundError,
@@ -71,10 +77,30 @@ def get_buyer(session: Session, address: str) -> Buyer:
     return buyer
 
 
-def create_api_key(session: Session, buyer: Buyer, name: str | None = None) -> ApiKeyCreated:
-    """Creates a key for the buyer and returns it with its secret, which is never shown again."""
+_BUDGETS = tuple(ApiKeyBudgets.model_fields)
+
+
+def _check_budgets(budgets: ApiKeyBudgets) -> None:
+    for name in _BUDGETS:
+        value = getattr(budgets, name)
+        if value is not None and value < 0:
+            raise InvalidRequestError(f"{name} is a non-negative integer (or null: no limit)")
+
+
+def create_api_key(
+    session: Session,
+    buyer: Buyer,
+    name: str | None = None,
+    budgets: ApiKeyBudgets | None = None,
+) -> ApiKeyCreated:
+    """Creates a key for the buyer and returns it with its secret, which is never shown again.
+
+    `budgets`: optional limits (money in base units, wall mWh, mg CO2; `market.buyers.budgets`).
+    """
     if name is not None and not 1 <= len(name) <= 100:
         raise InvalidRequestError("an API key's name is 1 to 100 characters")
+    budgets = budgets or ApiKeyBudgets()
+    _check_budgets(budgets)
     raw = new_raw_key()
     key = BuyerRepository(session).add_key(
         ApiKey(
@@ -83,6 +109,12 @@ def create_api_key(session: Session, buyer: Buyer, name: str | None = None) -> A
             prefix=raw[:SHOWN_PREFIX_CHARS],
             key_hash=hash_key(raw),
             created_at=utcnow(),
+            budget_money=budgets.budget_money,
+            budget_wall_mwh=budgets.budget_wall_mwh,
+            budget_gco2_mg=budgets.budget_gco2_mg,
+            spent_money=0,
+            spent_wall_mwh=0,
+            spent_gco2_mg=0,
         )
     )
     return ApiKeyCreated(key=ApiKeyRead.model_validate(key), secret=SecretStr(raw))
@@ -105,8 +137,26 @@ def revoke_api_key(session: Session, buyer: Buyer, key_id: int) -> ApiKeyRead:
     return ApiKeyRead.model_validate(key)
 
 
+def update_api_key(session: Session, buyer: Buyer, key_id: int, update: ApiKeyUpdate) -> ApiKeyRead:
+    """Sets the budgets named in `update` (null: no limit) on one of the buyer's keys; the
+    totals spent are kept. 404 if it is not the buyer's."""
+    _check_budgets(update)
+    key = BuyerRepository(session).get_key(buyer.id, key_id)
+    if key is None:
+        raise ApiKeyNotFoundError(f"the buyer has no API key {key_id}")
+    for name in update.model_fields_set & set(_BUDGETS):
+        setattr(key, name, getattr(update, name))
+    session.flush()
+    return ApiKeyRead.model_validate(key)
+
+
 def authenticate(session: Session, raw_key: str) -> Buyer:
-    """The buyer a key belongs to; `AuthenticationError` if it is unknown, malformed or revoked.
+    """The buyer a key belongs to; `AuthenticationError` if it is unknown, malformed or revoked."""
+    return authenticate_key(session, raw_key).buyer
+
+
+def authenticate_key(session: Session, raw_key: str) -> ApiKey:
+    """The live key; `AuthenticationError` if it is unknown, malformed or revoked.
 
     The lookup is by the key's hash, so timing says nothing about how close a guess was.
     """
@@ -126,7 +176,7 @@ def authenticate(session: Session, raw_key: str) -> Buyer:
     if key.last_used_at is None or now - key.last_used_at >= LAST_USED_RESOLUTION:
         key.last_used_at = now
         session.flush()
-    return key.buyer
+    return key
 
 
 def buyer_statement(session: Session, address: str, limit: int = 100) -> BuyerStatement:

@@ -69,6 +69,7 @@ class BuyerAction(StrEnum):
     CREATE_API_KEY = "create_api_key"
     LIST_API_KEYS = "list_api_keys"
     REVOKE_API_KEY = "revoke_api_key"
+    UPDATE_API_KEY = "update_api_key"
     STATEMENT = "statement"
 
 

@@ -17,7 +17,9 @@ import anyio
 from anyio import to_thread
 from sqlalchemy.orm import Session
 
-from market.buyers.service import authenticate
+from market.buyers import budgets
+from market.buyers.models import ApiKey
+from market.buyers.service import authenticate, authenticate_key
 from market.db import session_scope
 from market.energy.accounting import SiteProfile, energy_chain
 from market.energy.accounting import energy_block as accounting_block
@@ -41,20 +43,54 @@ def _authenticate(runtime: Runtime, raw_key: str) -> str:
         return authenticate(session, raw_key).address
 
 
-def _open(runtime: Runtime, buyer: str | None, raw_key: str, order: JobOrder) -> str:
-    """Authenticates (first try only), then places the hold and records the job: one commit."""
+@dataclass(frozen=True)
+class KeyContext:
+    """The authenticated API key of a request, as later tries need it."""
+
+    buyer: str
+    key_id: int
+    budgeted: bool
+    """The key has any budget (checked, with the key's row locked, on every try)."""
+    energy_budgeted: bool
+    """The key has an energy or carbon budget: only offers with a published J/token serve it."""
+
+    @classmethod
+    def of(cls, key: ApiKey) -> KeyContext:
+        """The context of a key just read."""
+        energy = budgets.has_energy_budget(key)
+        return cls(key.buyer.address, key.id, energy or key.budget_money is not None, energy)
+
+
+def _open(
+    runtime: Runtime,
+    context: KeyContext | None,
+    raw_key: str,
+    order: JobOrder,
+    worst: budgets.Estimate,
+) -> tuple[KeyContext, bool]:
+    """Authenticates (first try only), checks the key's budgets for this offer, then places
+    the hold and records the job: one commit. (the key, False) when the offer cannot be
+    estimated for the key's energy or carbon budget, and nothing was opened."""
     with session_scope(runtime.sessions) as session:
-        if buyer is None:
-            buyer = authenticate(session, raw_key).address
+        if context is None:
+            key = authenticate_key(session, raw_key)
+            context = KeyContext.of(key)
+        if context.budgeted:
+            key = budgets.lock_key(session, context.key_id)
+            context = KeyContext.of(key)
+            held = budgets.in_flight_holds(session, key.id) if key.budget_money is not None else 0
+            if budgets.check(key, held, order.hold, worst) is not None:
+                return context, False
+        buyer = context.buyer
         try:
-            jobs.open_job(session, replace(order, buyer=buyer))
+            jobs.open_job(session, replace(order, buyer=buyer, api_key_id=context.key_id))
         except InsufficientFundsError as exc:
             raise QuotaExceededError(
                 f"Your balance ({exc.available} base units available) does not cover the "
                 f"{exc.requested} this request may cost at most; deposit more or lower "
                 "max_tokens."
             ) from exc
-        return buyer
+        return context, True
 
 
 def _in_transaction(runtime: Runtime, work: Callable[[Session], object]) -> None:
@@ -108,14 +144,25 @@ class Attempt:
     offer: LiveOffer
     order: JobOrder
     body_digest: str
+    worst: budgets.Estimate = field(default_factory=lambda: budgets.Estimate(None, None))
+    """The request's worst-case wall energy and carbon on this offer (budget checks)."""
     buyer: str = ""
+    key: KeyContext | None = None
     ticket: JobTicket | None = None
     finished: bool = False
     _counted: bool = field(default=False, repr=False)
 
-    async def open(self, raw_key: str, buyer: str | None) -> str:
-        """Holds, records, signs the ticket and counts the provider's load; the ticket header."""
-        self.buyer = await to_thread.run_sync(_open, self.runtime, buyer, raw_key, self.order)
+    async def open(self, raw_key: str, key: KeyContext | None) -> str | None:
+        """Checks the key's budgets, holds, records, signs the ticket and counts the
+        provider's load; the ticket header. None: the offer is routed out for the key's
+        energy or carbon budget (it cannot be estimated) and nothing was opened."""
+        context, opened = await to_thread.run_sync(
+            _open, self.runtime, key, raw_key, self.order, self.worst
+        )
+        self.key, self.buyer = context, context.buyer
+        if not opened:
+            self.finished = True
+            return None
         now = time.time_ns() // 1_000_000
         self.ticket = JobTicket(
             job_id=self.order.job_id,

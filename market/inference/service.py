@@ -6,17 +6,24 @@ fallback, its hold released; when every provider tried was at capacity the buyer
 `providers_at_capacity` with `Retry-After`. Once an answer has started, a failure is the
 buyer's error and the hold is released, except that an interrupted receipt (the stream broke
 off after tokens reached the buyer) is charged for exactly those tokens.
+
+Before each hold the API key's budgets are checked for that offer (`market.buyers.budgets`):
+402 `budget_exceeded` when the money, energy or carbon budget would be exceeded; a key with
+an energy or carbon budget skips offers whose energy cannot be estimated (no published
+J/token), and gets 503 `no_provider_available` when no measured offer is left.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from typing import Any, Literal
 
 from fastapi.responses import Response
 
+from market.buyers import budgets
 from market.inference.agents import AgentFailure, job_endpoint, send_job
-from market.inference.attempt import Attempt, authenticate_buyer
+from market.inference.attempt import Attempt, KeyContext, authenticate_buyer, offer_site
 from market.inference.errors import (
     ModelNotFoundError,
     NoProviderAvailableError,
@@ -116,13 +123,25 @@ async def complete(
     body = forwarded_body(request)
     digest = request_digest(body)
     prompt_bound, limit = request.prompt_bound(), request.completion_limit
-    buyer: str | None = None
+    key: KeyContext | None = None
     failures: list[str] = []
-    busy = 0
-    for offer in offers:
-        attempt = Attempt(runtime, offer, _order(request, offer, prompt_bound, limit), digest)
-        header = await attempt.open(raw_key, buyer)
-        buyer = attempt.buyer
+    busy = routed_out = 0
+    queue, measured_only = list(offers), False
+    while queue:
+        offer = queue.pop(0)
+        worst = budgets.estimate(limit, offer.joules_per_token, offer_site(offer))
+        header = None
+        if key is None or not key.energy_budgeted or worst.wall_mwh is not None:
+            order = _order(request, offer, prompt_bound, limit)
+            attempt = Attempt(runtime, offer, order, digest, worst)
+            header = await attempt.open(raw_key, key)
+            key = attempt.key
+        if header is None:  # routed out: its energy cannot be held to the key's budget
+            routed_out += 1
+            if not measured_only and key is not None and key.energy_budgeted:
+                measured_only = True  # choose again among measured offers only
+                queue = [o for o in _measured(runtime, request) if o is not offer]
+            continue
         try:
             response = await send_job(
                 runtime.agents, job_endpoint(offer.job_url, route), body, header
@@ -145,12 +164,27 @@ async def complete(
             return await _answer_json(response, attempt)
         finally:
             await attempt.close()
+    if not failures:
+        raise NoProviderAvailableError(
+            f"This API key has an energy or carbon budget, so only offers with measured "
+            f"energy (a published J/token, and a grid intensity for a carbon budget) can serve "
+            f"it; none of the {routed_out} available for `{request.model}` is."
+        )
     if busy == len(failures):
         raise ProvidersAtCapacityError(
             "Every provider of this model is serving its maximum of concurrent requests; "
             "retry shortly."
         )
     raise ProviderFailedError("No provider could serve the request: " + "; ".join(failures))
+
+
+def _measured(runtime: Runtime, request: CompletionRequestBase) -> list[LiveOffer]:
+    """The routing choice among offers with a published J/token (a key with an energy or
+    carbon budget can only be held to it on those)."""
+    prefs = request.provider
+    bound = math.inf if prefs.max_joules_per_token is None else prefs.max_joules_per_token
+    measured = prefs.model_copy(update={"max_joules_per_token": bound})
+    return choose(runtime.routing, RouteRequest(request.model, measured))
 
 
 def _order(

@@ -15,7 +15,9 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from market.buyers.budgets import record_spend
 from market.db import utcnow
+from market.jobs.energy import receipt_chain
 from market.jobs.errors import JobNotFoundError, ReceiptRejectedError, RejectReason
 from market.jobs.models import Job, JobStatus, Receipt, RejectedReceipt
 from market.jobs.repository import JobRepository
@@ -60,6 +62,8 @@ class JobOrder:
     max_tokens: int
     prompt_bound: int | None = None
     """The market's upper bound on the prompt's tokens (checks interrupted receipts)."""
+    api_key_id: int | None = None
+    """The API key the request came with: its budgets' totals grow when the job is charged."""
 
 
 @dataclass(frozen=True)
@@ -103,6 +107,7 @@ def open_job(session: Session, order: JobOrder) -> Job:
         price_in_per_mtok=order.price_in,
         price_out_per_mtok=order.price_out,
         created_at=utcnow(),
+        api_key_id=order.api_key_id,
     )
     JobRepository(session).add_job(job)
     session.flush()
@@ -208,9 +213,9 @@ def complete_job(
     site: str | None = None,
 ) -> Settlement:
     """Charges a verified receipt (never above the hold), releases the rest, stores it
-    (with `site`, the routed offer's energy site as JSON, for energy statements). An
-    interrupted receipt is charged for the tokens it covers; the job's `error` says why it
-    was interrupted."""
+    (with `site`, the routed offer's energy site as JSON, for energy statements) and adds
+    the charge, wall mWh and mg CO2 to the API key's budget totals. An interrupted receipt
+    is charged for the tokens it covers; the job's `error` says why it was interrupted."""
     repo = JobRepository(session)
     job = _job(repo, job_id)
     charge = cost(
@@ -222,7 +227,7 @@ def complete_job(
     charge = min(charge, job.hold_amount)
     fee = charge * fee_bps // BPS
     ledger.settle_hold(session, job_id, charge, job.provider_address, fee)
-    repo.add_receipt(
+    stored = repo.add_receipt(
         Receipt(
             job_id=job_id,
             provider_address=job.provider_address,
@@ -242,6 +247,8 @@ def complete_job(
             energy_site=site,
         )
     )
+    if job.api_key_id is not None:
+        record_spend(session, job.api_key_id, charge, receipt_chain(stored))
     job.status = JobStatus.COMPLETED
     job.finished_at = utcnow()
     if receipt.status == "interrupted":

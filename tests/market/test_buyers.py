@@ -144,6 +144,12 @@ def test_keys_are_listed_without_secrets_and_only_to_their_owner(session: Sessio
         "created_at",
         "last_used_at",
         "revoked_at",
+        "budget_money",
+        "budget_wall_mwh",
+        "budget_gco2_mg",
+        "spent_money",
+        "spent_wall_mwh",
+        "spent_gco2_mg",
     }
     assert listed[0].prefix == a1.key.prefix
     with pytest.raises(ApiKeyNotFoundError):
