@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +14,9 @@ from typer.testing import CliRunner
 
 from protocol.chain.deploy import Deployment
 from provider_agent import cli
+from tests.support.http_server import serving
 from tests.support.openai_upstream import UpstreamProcess, start_upstream
 
-PASSPHRASE = "correct horse battery staple"
 CHAIN_ID = 31337
 SETTLEMENT = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
 
@@ -67,14 +65,9 @@ def _handler(market: MarketDouble) -> type[BaseHTTPRequestHandler]:
 def market() -> Iterator[MarketDouble]:
     """A market double on loopback."""
     double = MarketDouble()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(double))
-    double.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield double
-    server.shutdown()
-    server.server_close()
-    thread.join()
+    with serving(_handler(double)) as url:
+        double.url = url
+        yield double
 
 
 @pytest.fixture(scope="module")
@@ -83,20 +76,6 @@ def upstream() -> Iterator[UpstreamProcess]:
     process = start_upstream()
     yield process
     process.stop()
-
-
-@pytest.fixture
-def agent_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """No AGENT_* variables except a data dir in tmp_path and the passphrase; wide output."""
-    for name in list(os.environ):
-        if name.startswith("AGENT_"):
-            monkeypatch.delenv(name)
-    data_dir = tmp_path / "agent"
-    monkeypatch.setenv("AGENT_DATA_DIR", str(data_dir))
-    monkeypatch.setenv("AGENT_PASSPHRASE", PASSPHRASE)
-    monkeypatch.setattr(cli.console, "width", 400)
-    monkeypatch.setattr(cli.errors, "width", 400)
-    return data_dir
 
 
 @pytest.fixture

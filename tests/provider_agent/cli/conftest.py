@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +13,9 @@ import pytest
 from typer.testing import CliRunner
 
 from provider_agent import cli
+from tests.support.http_server import serving
 
 METRICS = Path(__file__).resolve().parents[1] / "data" / "vllm-0.32-cpu-metrics.txt"
-PASSPHRASE = "correct horse battery staple"
 MODEL = "tiny-llama"
 
 
@@ -62,28 +60,9 @@ def _handler(services: Services) -> type[BaseHTTPRequestHandler]:
 def services() -> Iterator[Services]:
     """A real HTTP server on loopback serving /health, /v1/models and vLLM's /metrics."""
     services = Services(url="")
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(services))
-    services.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield services
-    server.shutdown()
-    server.server_close()
-    thread.join()
-
-
-@pytest.fixture
-def agent_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """No AGENT_* variables but a data dir in tmp_path and the passphrase; wide output."""
-    for name in list(os.environ):
-        if name.startswith("AGENT_"):
-            monkeypatch.delenv(name)
-    data_dir = tmp_path / "agent"
-    monkeypatch.setenv("AGENT_DATA_DIR", str(data_dir))
-    monkeypatch.setenv("AGENT_PASSPHRASE", PASSPHRASE)
-    monkeypatch.setattr(cli.console, "width", 400)
-    monkeypatch.setattr(cli.errors, "width", 400)
-    return data_dir
+    with serving(_handler(services)) as url:
+        services.url = url
+        yield services
 
 
 @pytest.fixture

@@ -17,7 +17,8 @@ from protocol.chain.settlement import SettlementClient
 from protocol.chain.transactor import Transactor
 from protocol.keys import ProviderIdentity, load_keystore, verify_key_from_hex
 from provider_agent import cli
-from tests.provider_agent.cli.conftest import MODEL, PASSPHRASE, Services, init_agent
+from tests.provider_agent.cli.conftest import MODEL, Services, init_agent
+from tests.provider_agent.conftest import PASSPHRASE
 
 pytestmark = pytest.mark.anvil
 

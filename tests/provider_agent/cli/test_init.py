@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 
 from protocol.keys import load_keystore
 from provider_agent import cli
-from tests.provider_agent.cli.conftest import PASSPHRASE, init_agent
+from tests.provider_agent.cli.conftest import init_agent
+from tests.provider_agent.conftest import PASSPHRASE
 
 
 def test_init_creates_a_private_keystore(runner: CliRunner, agent_env: Path) -> None:
