@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -29,6 +30,7 @@ from sqlalchemy import (
     DateTime,
     Dialect,
     Engine,
+    Enum,
     Integer,
     MetaData,
     Numeric,
@@ -112,6 +114,18 @@ class Amount(TypeDecorator[int]):
         if isinstance(value, str):
             return int(value)
         raise TypeError(f"stored amount has type {type(value).__name__}: {value!r}")
+
+
+def enum_column(enum_cls: type[enum.Enum], name: str, length: int = 16) -> Enum:
+    """A string enum column stored as its values, checked by a constraint on both dialects."""
+    return Enum(
+        enum_cls,
+        name=name,
+        native_enum=False,
+        create_constraint=True,
+        length=length,
+        values_callable=lambda cls: [str(member.value) for member in cls],
+    )
 
 
 class UTCDateTime(TypeDecorator[datetime]):

@@ -11,10 +11,10 @@ from __future__ import annotations
 import enum
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Boolean, Enum, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from market.db import Amount, Base, UTCDateTime, utcnow
+from market.db import Amount, Base, UTCDateTime, enum_column, utcnow
 
 
 class JobStatus(enum.StrEnum):
@@ -36,14 +36,7 @@ class Job(Base):
     model: Mapped[str] = mapped_column(String(256))
     stream: Mapped[bool] = mapped_column(Boolean())
     status: Mapped[JobStatus] = mapped_column(
-        Enum(
-            JobStatus,
-            name="job_status",
-            native_enum=False,
-            create_constraint=True,
-            length=16,
-            values_callable=lambda e: [m.value for m in e],
-        ),
+        enum_column(JobStatus, "job_status"),
         default=JobStatus.ROUTED,
     )
     hold_amount: Mapped[int] = mapped_column(Amount())

@@ -15,14 +15,10 @@ from __future__ import annotations
 import enum
 from datetime import datetime
 
-from sqlalchemy import CheckConstraint, Enum, ForeignKey, Index, Integer, String
+from sqlalchemy import CheckConstraint, ForeignKey, Index, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from market.db import Amount, Base, BigIntPK, UTCDateTime, utcnow
-
-
-def _values(enum_cls: type[enum.Enum]) -> list[str]:
-    return [str(member.value) for member in enum_cls]
+from market.db import Amount, Base, BigIntPK, UTCDateTime, enum_column, utcnow
 
 
 class OwnerKind(enum.StrEnum):
@@ -67,16 +63,7 @@ class Account(Base):
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
     name: Mapped[str] = mapped_column(String(128), unique=True)
-    owner_kind: Mapped[OwnerKind] = mapped_column(
-        Enum(
-            OwnerKind,
-            name="owner_kind",
-            native_enum=False,
-            create_constraint=True,
-            length=16,
-            values_callable=_values,
-        )
-    )
+    owner_kind: Mapped[OwnerKind] = mapped_column(enum_column(OwnerKind, "owner_kind"))
     owner: Mapped[str | None] = mapped_column(String(64), index=True)
     bucket: Mapped[str] = mapped_column(String(32))
     balance: Mapped[int] = mapped_column(Amount(), default=0)
@@ -93,16 +80,7 @@ class Transfer(Base):
     )
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
-    kind: Mapped[TransferKind] = mapped_column(
-        Enum(
-            TransferKind,
-            name="transfer_kind",
-            native_enum=False,
-            create_constraint=True,
-            length=16,
-            values_callable=_values,
-        )
-    )
+    kind: Mapped[TransferKind] = mapped_column(enum_column(TransferKind, "transfer_kind"))
     idempotency_key: Mapped[str] = mapped_column(String(200), unique=True)
     job_id: Mapped[str | None] = mapped_column(String(64), index=True)
     epoch: Mapped[int | None] = mapped_column(Integer(), index=True)
@@ -157,14 +135,7 @@ class Hold(Base):
     buyer: Mapped[str] = mapped_column(String(42), index=True)
     amount: Mapped[int] = mapped_column(Amount())
     status: Mapped[HoldStatus] = mapped_column(
-        Enum(
-            HoldStatus,
-            name="hold_status",
-            native_enum=False,
-            create_constraint=True,
-            length=16,
-            values_callable=_values,
-        ),
+        enum_column(HoldStatus, "hold_status"),
         default=HoldStatus.OPEN,
         index=True,
     )

@@ -15,7 +15,6 @@ from datetime import datetime
 from sqlalchemy import (
     BigInteger,
     Boolean,
-    Enum,
     ForeignKey,
     Index,
     Integer,
@@ -26,7 +25,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from market.db import Amount, Base, BigIntPK, UTCDateTime, utcnow
+from market.db import Amount, Base, BigIntPK, UTCDateTime, enum_column, utcnow
 
 
 class ProviderStatus(enum.StrEnum):
@@ -44,14 +43,7 @@ class Provider(Base):
     address: Mapped[str] = mapped_column(String(42), primary_key=True)
     public_key: Mapped[str] = mapped_column(String(66))
     status: Mapped[ProviderStatus] = mapped_column(
-        Enum(
-            ProviderStatus,
-            name="provider_status",
-            native_enum=False,
-            create_constraint=True,
-            length=16,
-            values_callable=lambda cls: [str(member.value) for member in cls],
-        ),
+        enum_column(ProviderStatus, "provider_status"),
         default=ProviderStatus.ACTIVE,
     )
     reputation: Mapped[int] = mapped_column(Integer, default=0)

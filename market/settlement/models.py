@@ -11,14 +11,10 @@ from __future__ import annotations
 import enum
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Enum, ForeignKey, Integer, String, UniqueConstraint
+from sqlalchemy import BigInteger, ForeignKey, Integer, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from market.db import Amount, Base, BigIntPK, UTCDateTime, utcnow
-
-
-def _values(enum_cls: type[enum.Enum]) -> list[str]:
-    return [str(member.value) for member in enum_cls]
+from market.db import Amount, Base, BigIntPK, UTCDateTime, enum_column, utcnow
 
 
 class EpochStatus(enum.StrEnum):
@@ -55,14 +51,7 @@ class Epoch(Base):
 
     number: Mapped[int] = mapped_column(Integer(), primary_key=True, autoincrement=False)
     status: Mapped[EpochStatus] = mapped_column(
-        Enum(
-            EpochStatus,
-            name="epoch_status",
-            native_enum=False,
-            create_constraint=True,
-            length=16,
-            values_callable=_values,
-        ),
+        enum_column(EpochStatus, "epoch_status"),
         default=EpochStatus.PENDING,
         index=True,
     )
@@ -90,16 +79,7 @@ class EpochLine(Base):
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
     epoch: Mapped[int] = mapped_column(ForeignKey("epochs.number"), index=True)
-    kind: Mapped[LineKind] = mapped_column(
-        Enum(
-            LineKind,
-            name="epoch_line_kind",
-            native_enum=False,
-            create_constraint=True,
-            length=8,
-            values_callable=_values,
-        )
-    )
+    kind: Mapped[LineKind] = mapped_column(enum_column(LineKind, "epoch_line_kind", length=8))
     address: Mapped[str] = mapped_column(String(42))
     amount: Mapped[int] = mapped_column(Amount())
 
