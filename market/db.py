@@ -47,7 +47,11 @@ from market.config import get_settings, normalize_database_url
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ALEMBIC_INI = REPO_ROOT / "alembic.ini"
-MIGRATIONS_DIR = REPO_ROOT / "migrations"
+MIGRATIONS_DIR = (
+    REPO_ROOT / "migrations"
+    if (REPO_ROOT / "migrations").is_dir()
+    else Path(__file__).resolve().parent / "_migrations"  # installed from the wheel
+)
 
 NAMING_CONVENTION: dict[str, str] = {
     "ix": "ix_%(column_0_label)s",
