@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Literal
 
-from market.energy.data import pue_profiles, regions
+from market.energy.data import fx_rates, pue_profiles, regions
 
 Method = Literal["measured", "estimated", "unmeasured"]
 Origin = Literal["provider-declared", "regional-default", "measured"]
@@ -24,8 +24,13 @@ MICRO = Decimal(1_000_000)
 DEFAULT_HOST_OVERHEAD = Decimal("1.4")
 """Host CPU/DRAM share over GPU energy, ~40 % (shared/data/README.md); used when undeclared."""
 DEFAULT_PUE_PROFILE = "industry_average"
-DEFAULT_RATES: dict[str, Decimal] = {"USD": Decimal(1)}
-"""Payment-token units per unit of the tariff currency (tUSD per USD, 1:1)."""
+PAYMENT_TOKEN_PER_USD = Decimal(1)
+"""The payment token is pegged to the US dollar: one token unit per USD."""
+DEFAULT_RATES: dict[str, Decimal] = {
+    currency: figure.value * PAYMENT_TOKEN_PER_USD for currency, figure in fx_rates().items()
+}
+"""Payment-token units per unit of the tariff currency: USD 1:1, EUR and NOK at the ECB
+reference rates' 2024 annual averages (`data/fx_rates.csv`)."""
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """Reference data for energy accounting, loaded once from the CSVs shipped in this package.
 
-The CSVs in `market/energy/data/` are copies of `shared/data/` (sources in `SOURCES.md`).
+The CSVs in `market/energy/data/` are copies of `shared/data/`, except `fx_rates.csv`
+(ECB reference rates); sources in `SOURCES.md`.
 They are read with `importlib.resources`, so they ship inside the wheel. Every figure keeps
 its source, its year and whether it is verified; a cell that is empty in the CSV is `None`
 here, never a guess.
@@ -226,6 +227,25 @@ def regions() -> dict[str, RegionDefault]:
             price_basis=row["price_basis"],
             grid_intensity=carbon,
             verified_note=row["verified"],
+        )
+    return out
+
+
+@cache
+def fx_rates() -> dict[str, Figure]:
+    """US dollars per unit of each tariff currency (ECB reference rates, 2023 averages).
+
+    Keyed by ISO currency code; each `Figure` has unit "USD/<CUR>" and the CSV's source.
+    """
+    out: dict[str, Figure] = {}
+    for row in _rows("fx_rates.csv"):
+        currency = row["currency"]
+        out[currency] = Figure(
+            value=Decimal(row["usd_per_unit"]),
+            unit=f"USD/{currency}",
+            source=row["source"],
+            year=_int_or_none(row["year"]),
+            verified=True,
         )
     return out
 

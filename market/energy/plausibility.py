@@ -6,12 +6,27 @@ pass. `kind` says what a failure means: "physics" (impossible: power above the l
 J/token below the FLOP-derived floor), "data" (outside what was measured, with tolerance),
 "consistency" (the record disagrees with itself) or "hygiene" (counters and chain).
 
-The measured band (`reference_configs`): ML.ENERGY configurations on the same GPU model,
+The reference group (`reference_configs`): ML.ENERGY configurations on the same GPU model,
 in the same active-parameter size class (`SIZE_CLASS_EDGES_B`), at a concurrency within a
 factor `BATCH_WINDOW` of the claim's (fewer than `MIN_REFERENCES` there: the
-`MIN_REFERENCES` nearest in log batch size). The band is [min / tol, max * tol] over those
-configurations with `BAND_TOLERANCE`; the throughput ceiling is the largest reference
-tokens/s scaled by the GPU-count ratio, times the tolerance.
+`MIN_REFERENCES` nearest in log batch size). Its band is [min / tol, max * tol] over those
+configurations with `BAND_TOLERANCE`; `power_band` uses it alone.
+
+The fitted bands (`ReferenceFit`, for `jpt_band` and `throughput_band`): per GPU model,
+log J/token and log tokens/s per GPU are fitted by least squares (`FIT_RIDGE`) as linear
+functions of log active params, log total params (MoE), log batch, (log batch)^2 (log batch
+clamped to the GPU's measured range, so no quadratic extrapolation), log GPU count and log
+`PRECISION_SPEEDUP`. A claim for a model with at least `MIN_MODEL_CONFIGS` configurations
+on that GPU gets the fit plus [min, max] of that model's residuals; any other model gets
+the fit plus [min, max] of the residuals of every configuration of the GPU. Both are
+widened by `BAND_MARGIN` each way, plus `EXTRAPOLATION_SLACK` per unit of log batch the
+claim lies outside the batch range they cover. Where the claim's concurrency is within
+`BATCH_WINDOW` of the reference group's batches, the band is also cut to the group's band
+(both must hold). Both sides are "data" failures: above J/token or below tokens/s is an
+engine less efficient than measured (or deflated tokens), the other side a more efficient
+one (or inflated tokens); physics is the floor and the power limit. On the ML.ENERGY replay
+(tests/market/energy/test_mlenergy_sweep.py) no honest configuration is flagged; that is
+in-sample, and its leave-one-model-out figure says how models without data fare.
 """
 
 from __future__ import annotations
@@ -19,6 +34,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache
 from typing import Literal
 
 from market.energy.data import (
@@ -53,6 +69,14 @@ PRECISION_SPEEDUP = {"bf16": 1.0, "fp8": 2.0, "mxfp4": 4.0}
 MIN_WINDOW_MS = 1_000
 MAX_WINDOW_MS = 15 * 60 * 1_000
 MAX_GAP_MS = 60 * 1_000
+BAND_MARGIN = math.log(1.25)
+"""Fitted bands are widened by this (log units: x / 1.25 and x 1.25) beyond the residuals."""
+MIN_MODEL_CONFIGS = 3
+"""A model needs this many configurations on a GPU for a band of its own."""
+EXTRAPOLATION_SLACK = 0.5
+"""Extra band half-width (log units) per unit of log batch outside the measured range."""
+FIT_RIDGE = 1e-6
+"""Ridge term of the least-squares fit (keeps it solvable when a regressor is constant)."""
 RECEIPT_TOKEN_TOLERANCE = 0.02
 """Attested generation tokens and the sum of receipts may differ by 2 % plus one max request."""
 
@@ -107,12 +131,18 @@ def jpt_floor(active_b: float, gpu: str, precision: str = "bf16") -> float | Non
     return 2.0 * active_b * 1e9 / per_joule
 
 
-def reference_configs(gpu: str, active_b: float, concurrency: float) -> list[MlEnergyConfig]:
-    """The measured configurations a claim is compared with (see the module docstring)."""
+def reference_configs(
+    gpu: str,
+    active_b: float,
+    concurrency: float,
+    configs: Sequence[MlEnergyConfig] | None = None,
+) -> list[MlEnergyConfig]:
+    """The measured configurations a claim is compared with (see the module docstring),
+    out of `configs` (default: all of ML.ENERGY)."""
     key = gpu_key(gpu)
     group = [
         config
-        for config in mlenergy_configs()
+        for config in (mlenergy_configs() if configs is None else configs)
         if config.gpu_spec == key and size_class(config.params.active_b) == size_class(active_b)
     ]
     if not group or concurrency <= 0:
@@ -135,7 +165,8 @@ def _params(claim: EnergyClaim) -> tuple[float, str] | None:
     return active, precision
 
 
-def _skip(check: str, kind: CheckKind, reason: str) -> CheckResult:
+def skipped(check: str, kind: CheckKind, reason: str) -> CheckResult:
+    """A check that could not run, with the reason (recorded as "skipped", never a pass)."""
     return CheckResult(check, None, kind, reason)
 
 
@@ -144,9 +175,9 @@ def check_power_range(claim: EnergyClaim) -> CheckResult:
     name = "power_range"
     spec = gpu_spec(claim.gpu_name)
     if claim.avg_power_w is None:
-        return _skip(name, "physics", "no average power reported")
+        return skipped(name, "physics", "no average power reported")
     if spec is None:
-        return _skip(name, "physics", f"GPU {claim.gpu_name!r} not in gpus.csv")
+        return skipped(name, "physics", f"GPU {claim.gpu_name!r} not in gpus.csv")
     per_gpu = claim.avg_power_w / claim.num_gpus
     limit = min(float(spec.tdp_w), claim.power_limit_w or float(spec.tdp_w))
     ceiling = limit * POWER_LIMIT_TOLERANCE
@@ -171,7 +202,7 @@ def check_energy_power_consistency(claim: EnergyClaim) -> CheckResult:
     """Window energy = average power x duration (the agent derives power from the counter)."""
     name = "energy_power_consistency"
     if claim.energy_j is None or claim.avg_power_w is None:
-        return _skip(name, "consistency", "energy or power not reported")
+        return skipped(name, "consistency", "energy or power not reported")
     expected = claim.avg_power_w * claim.duration_s
     slack = expected * ENERGY_POWER_TOLERANCE + 1.0
     if abs(claim.energy_j - expected) > slack:
@@ -189,15 +220,15 @@ def check_jpt_floor(claim: EnergyClaim) -> CheckResult:
     name = "jpt_floor"
     found = _params(claim)
     if claim.energy_j is None:
-        return _skip(name, "physics", "energy unmeasured")
+        return skipped(name, "physics", "energy unmeasured")
     if claim.output_tokens == 0:
-        return _skip(name, "physics", "no output tokens in the window")
+        return skipped(name, "physics", "no output tokens in the window")
     if found is None:
-        return _skip(name, "physics", f"active parameters of {claim.model!r} unknown")
+        return skipped(name, "physics", f"active parameters of {claim.model!r} unknown")
     active, precision = found
     floor = jpt_floor(active, claim.gpu_name, precision)
     if floor is None:
-        return _skip(name, "physics", f"GPU {claim.gpu_name!r} not in gpus.csv")
+        return skipped(name, "physics", f"GPU {claim.gpu_name!r} not in gpus.csv")
     jpt = claim.energy_j / claim.output_tokens
     if jpt < floor:
         return CheckResult(
@@ -214,13 +245,253 @@ def check_jpt_floor(claim: EnergyClaim) -> CheckResult:
     return CheckResult(name, True, "physics", f"{jpt:.4g} J/token = {jpt / floor:.1f}x floor")
 
 
-def _refs(claim: EnergyClaim) -> tuple[list[MlEnergyConfig], str] | str:
+# --- the fitted bands (J/token and tokens/s per GPU) --------------------------------------
+
+
+def _features(
+    active_b: float,
+    total_b: float,
+    batch: float,
+    num_gpus: int,
+    precision: str,
+    batch_range: tuple[float, float],
+) -> tuple[float, ...]:
+    """The regressors of one configuration or claim (module docstring); log batch squared
+    is taken at the log batch clamped to the GPU's measured range (no quadratic
+    extrapolation)."""
+    log_batch = math.log(batch)
+    clamped = min(max(log_batch, batch_range[0]), batch_range[1])
+    return (
+        1.0,
+        math.log(active_b),
+        math.log(total_b),
+        log_batch,
+        clamped * clamped,
+        math.log(num_gpus),
+        math.log(PRECISION_SPEEDUP.get(precision, 1.0)),
+    )
+
+
+def _least_squares(rows: Sequence[Sequence[float]], targets: Sequence[float]) -> list[float]:
+    """Coefficients minimising the squared error (+ `FIT_RIDGE` x their squares), by the
+    normal equations and Gaussian elimination with partial pivoting."""
+    n = len(rows[0])
+    matrix = [
+        [sum(r[i] * r[j] for r in rows) + (FIT_RIDGE if i == j else 0.0) for j in range(n)]
+        + [sum(r[i] * t for r, t in zip(rows, targets, strict=True))]
+        for i in range(n)
+    ]
+    for col in range(n):
+        pivot = max(range(col, n), key=lambda r: abs(matrix[r][col]))
+        matrix[col], matrix[pivot] = matrix[pivot], matrix[col]
+        for row in range(n):
+            if row != col and matrix[row][col] != 0.0:
+                factor = matrix[row][col] / matrix[col][col]
+                matrix[row] = [
+                    a - factor * b for a, b in zip(matrix[row], matrix[col], strict=True)
+                ]
+    return [matrix[i][n] / matrix[i][i] for i in range(n)]
+
+
+@dataclass(frozen=True)
+class Spread:
+    """The residuals (log units) of a set of configurations around their GPU's fit."""
+
+    jpt: tuple[float, float]
+    tokens_per_s: tuple[float, float]
+    log_batch: tuple[float, float]
+    """The range of log average batch the configurations cover."""
+    configs: int
+
+
+@dataclass(frozen=True)
+class GpuFit:
+    """The least-squares fit of one GPU model and the residual spreads around it."""
+
+    gpu: str
+    jpt_coef: tuple[float, ...]
+    tokens_per_s_coef: tuple[float, ...]
+    log_batch: tuple[float, float]
+    spread: Spread
+    """All configurations of the GPU (the band of a model without its own data)."""
+    models: dict[str, Spread]
+    """Per model (name lower-cased) with at least `MIN_MODEL_CONFIGS` configurations."""
+
+
+@dataclass(frozen=True)
+class FittedBands:
+    """The bands one claim is judged against, in J/token and tokens/s per GPU."""
+
+    jpt: tuple[float, float]
+    tokens_per_s_per_gpu: tuple[float, float]
+    basis: str
+
+
+def _spread(pairs: Sequence[tuple[MlEnergyConfig, float, float]]) -> Spread:
+    batches = [math.log(c.avg_batch) for c, _, _ in pairs]
+    return Spread(
+        jpt=(min(p[1] for p in pairs), max(p[1] for p in pairs)),
+        tokens_per_s=(min(p[2] for p in pairs), max(p[2] for p in pairs)),
+        log_batch=(min(batches), max(batches)),
+        configs=len(pairs),
+    )
+
+
+def _dot(coef: Sequence[float], features: Sequence[float]) -> float:
+    return sum(a * b for a, b in zip(coef, features, strict=True))
+
+
+class ReferenceFit:
+    """Per-GPU fits of log J/token and log tokens/s per GPU over ML.ENERGY configurations."""
+
+    def __init__(self, configs: Sequence[MlEnergyConfig]) -> None:
+        self.configs = tuple(configs)
+        by_gpu: dict[str, list[MlEnergyConfig]] = {}
+        for config in configs:
+            by_gpu.setdefault(config.gpu_spec, []).append(config)
+        self.gpus: dict[str, GpuFit] = {gpu: self._fit(gpu, group) for gpu, group in by_gpu.items()}
+
+    @staticmethod
+    def _fit(gpu: str, group: Sequence[MlEnergyConfig]) -> GpuFit:
+        logs = [math.log(c.avg_batch) for c in group]
+        batch_range = (min(logs), max(logs))
+        rows = [
+            _features(
+                c.params.active_b,
+                c.params.total_b,
+                c.avg_batch,
+                c.num_gpus,
+                c.params.precision,
+                batch_range,
+            )
+            for c in group
+        ]
+        jpt_y = [math.log(c.j_per_token) for c in group]
+        rate_y = [math.log(c.tokens_per_s / c.num_gpus) for c in group]
+        jpt_coef = _least_squares(rows, jpt_y)
+        rate_coef = _least_squares(rows, rate_y)
+        pairs = [
+            (c, jy - _dot(jpt_coef, x), ry - _dot(rate_coef, x))
+            for c, x, jy, ry in zip(group, rows, jpt_y, rate_y, strict=True)
+        ]
+        per_model: dict[str, list[tuple[MlEnergyConfig, float, float]]] = {}
+        for pair in pairs:
+            per_model.setdefault(pair[0].model.lower(), []).append(pair)
+        return GpuFit(
+            gpu=gpu,
+            jpt_coef=tuple(jpt_coef),
+            tokens_per_s_coef=tuple(rate_coef),
+            log_batch=batch_range,
+            spread=_spread(pairs),
+            models={
+                model: _spread(found)
+                for model, found in per_model.items()
+                if len(found) >= MIN_MODEL_CONFIGS
+            },
+        )
+
+    def bands(
+        self,
+        gpu: str,
+        model: str,
+        active_b: float,
+        total_b: float,
+        precision: str,
+        num_gpus: int,
+        concurrency: float,
+    ) -> FittedBands | str:
+        """The bands for a claim, or why there are none (module docstring)."""
+        key = gpu_key(gpu)
+        fit = self.gpus.get(key) if key is not None else None
+        if fit is None:
+            return f"no ML.ENERGY data for GPU {gpu!r}"
+        if concurrency <= 0:
+            return "no running requests in the window"
+        features = _features(
+            active_b, total_b, concurrency, max(1, num_gpus), precision, fit.log_batch
+        )
+        spread = fit.models.get(model.lower())
+        if spread is not None:
+            basis = f"{model} on {key}: {spread.configs} ML.ENERGY configs"
+        else:
+            spread = fit.spread
+            basis = f"{key} fit over {spread.configs} ML.ENERGY configs (model not measured)"
+        log_batch = math.log(concurrency)
+        outside = max(0.0, spread.log_batch[0] - log_batch, log_batch - spread.log_batch[1])
+        margin = BAND_MARGIN + EXTRAPOLATION_SLACK * outside
+        basis += f", batch {math.exp(spread.log_batch[0]):.3g}-{math.exp(spread.log_batch[1]):.3g}"
+
+        def band(coef: Sequence[float], residuals: tuple[float, float]) -> tuple[float, float]:
+            centre = _dot(coef, features)
+            return (
+                math.exp(centre + residuals[0] - margin),
+                math.exp(centre + residuals[1] + margin),
+            )
+
+        return FittedBands(
+            jpt=band(fit.jpt_coef, spread.jpt),
+            tokens_per_s_per_gpu=band(fit.tokens_per_s_coef, spread.tokens_per_s),
+            basis=basis,
+        )
+
+
+@cache
+def reference_fit() -> ReferenceFit:
+    """The fit over all 1,029 ML.ENERGY configurations."""
+    return ReferenceFit(mlenergy_configs())
+
+
+def _fitted(claim: EnergyClaim, reference: ReferenceFit | None) -> FittedBands | str:
+    params = model_params(claim.model)
+    found = _params(claim)
+    if found is None:
+        return f"active parameters of {claim.model!r} unknown"
+    active, precision = found
+    total = params.total_b if params is not None else active
+    fitted = (reference or reference_fit()).bands(
+        claim.gpu_name,
+        claim.model,
+        active,
+        max(total, active),
+        precision,
+        claim.num_gpus,
+        claim.concurrency,
+    )
+    if isinstance(fitted, str):
+        return fitted
+    found_refs = _refs(claim, reference)
+    if isinstance(found_refs, str):
+        return fitted
+    refs, where = found_refs
+    batches = [c.avg_batch for c in refs]
+    if not min(batches) / BATCH_WINDOW <= claim.concurrency <= max(batches) * BATCH_WINDOW:
+        return fitted  # the nearest references are too far in batch to bound the claim
+
+    def both(band: tuple[float, float], values: Sequence[float]) -> tuple[float, float]:
+        return (
+            max(band[0], min(values) / BAND_TOLERANCE),
+            min(band[1], max(values) * BAND_TOLERANCE),
+        )
+
+    return FittedBands(
+        jpt=both(fitted.jpt, [c.j_per_token for c in refs]),
+        tokens_per_s_per_gpu=both(
+            fitted.tokens_per_s_per_gpu, [c.tokens_per_s / c.num_gpus for c in refs]
+        ),
+        basis=f"{fitted.basis}; within x/{BAND_TOLERANCE:g} of {where}",
+    )
+
+
+def _refs(
+    claim: EnergyClaim, reference: ReferenceFit | None = None
+) -> tuple[list[MlEnergyConfig], str] | str:
     found = _params(claim)
     if found is None:
         return f"active parameters of {claim.model!r} unknown"
     if gpu_key(claim.gpu_name) is None:
         return f"GPU {claim.gpu_name!r} not in gpus.csv"
-    refs = reference_configs(claim.gpu_name, found[0], claim.concurrency)
+    configs = None if reference is None else reference.configs
+    refs = reference_configs(claim.gpu_name, found[0], claim.concurrency, configs)
     if not refs:
         return f"no ML.ENERGY data for GPU {gpu_key(claim.gpu_name)}, size class of {found[0]}B"
     batches = sorted(c.avg_batch for c in refs)
@@ -231,53 +502,68 @@ def _refs(claim: EnergyClaim) -> tuple[list[MlEnergyConfig], str] | str:
     return refs, where
 
 
-def check_jpt_band(claim: EnergyClaim) -> CheckResult:
-    """(b) J/token inside the measured band for the GPU, size class and concurrency."""
+def _band_verdict(value: float, band: tuple[float, float]) -> str:
+    if value < band[0]:
+        return "below"
+    return "above" if value > band[1] else "inside"
+
+
+def check_jpt_band(claim: EnergyClaim, reference: ReferenceFit | None = None) -> CheckResult:
+    """(b) J/token inside the fitted band for the GPU, model and concurrency (docstring).
+
+    Outside either side is a "data" failure: above is a less efficient engine than any
+    measured, below a more efficient one (the physics floor is `check_jpt_floor`).
+    """
     name = "jpt_band"
     if claim.energy_j is None:
-        return _skip(name, "data", "energy unmeasured")
+        return skipped(name, "data", "energy unmeasured")
     if claim.output_tokens == 0:
-        return _skip(name, "data", "no output tokens in the window")
-    found = _refs(claim)
+        return skipped(name, "data", "no output tokens in the window")
+    found = _fitted(claim, reference)
     if isinstance(found, str):
-        return _skip(name, "data", found)
-    refs, where = found
-    low = min(c.j_per_token for c in refs) / BAND_TOLERANCE
-    high = max(c.j_per_token for c in refs) * BAND_TOLERANCE
+        return skipped(name, "data", found)
     jpt = claim.energy_j / claim.output_tokens
-    ok = low <= jpt <= high
-    verdict = "inside" if ok else "outside"
+    low, high = found.jpt
+    verdict = _band_verdict(jpt, found.jpt)
     return CheckResult(
-        name, ok, "data", f"{jpt:.4g} J/token {verdict} [{low:.4g}, {high:.4g}] ({where})"
+        name,
+        verdict == "inside",
+        "data",
+        f"{jpt:.4g} J/token {verdict} [{low:.4g}, {high:.4g}] ({found.basis})",
     )
 
 
-def check_throughput(claim: EnergyClaim) -> CheckResult:
-    """(c) Output tokens/s not above what the GPU class reached for that size class."""
-    name = "throughput_ceiling"
+def check_throughput(claim: EnergyClaim, reference: ReferenceFit | None = None) -> CheckResult:
+    """(c) Output tokens/s per GPU inside the fitted band (two-sided, see the docstring).
+
+    Above: faster than measured (inflated tokens); below: slower than the GPU runs at
+    that concurrency (an inefficient engine, or deflated tokens). Both are "data".
+    """
+    name = "throughput_band"
     if claim.duration_s <= 0:
         return CheckResult(name, False, "consistency", "window duration not positive")
-    found = _refs(claim)
+    found = _fitted(claim, reference)
     if isinstance(found, str):
-        return _skip(name, "data", found)
-    refs, where = found
-    ceiling = BAND_TOLERANCE * max(c.tokens_per_s * claim.num_gpus / c.num_gpus for c in refs)
-    rate = claim.output_tokens / claim.duration_s
-    ok = rate <= ceiling
-    verdict = "within" if ok else "above"
+        return skipped(name, "data", found)
+    rate = claim.output_tokens / claim.duration_s / claim.num_gpus
+    low, high = found.tokens_per_s_per_gpu
+    verdict = _band_verdict(rate, found.tokens_per_s_per_gpu)
     return CheckResult(
-        name, ok, "data", f"{rate:.4g} tokens/s {verdict} ceiling {ceiling:.4g} ({where})"
+        name,
+        verdict == "inside",
+        "data",
+        f"{rate:.4g} tokens/s per GPU {verdict} [{low:.4g}, {high:.4g}] ({found.basis})",
     )
 
 
-def check_power_band(claim: EnergyClaim) -> CheckResult:
+def check_power_band(claim: EnergyClaim, reference: ReferenceFit | None = None) -> CheckResult:
     """Power per GPU inside the band measured for the GPU, size class and concurrency."""
     name = "power_band"
     if claim.avg_power_w is None:
-        return _skip(name, "data", "no average power reported")
-    found = _refs(claim)
+        return skipped(name, "data", "no average power reported")
+    found = _refs(claim, reference)
     if isinstance(found, str):
-        return _skip(name, "data", found)
+        return skipped(name, "data", found)
     refs, where = found
     low = min(c.power_per_gpu_w for c in refs) / BAND_TOLERANCE
     high = max(c.power_per_gpu_w for c in refs) * BAND_TOLERANCE
@@ -289,15 +575,19 @@ def check_power_band(claim: EnergyClaim) -> CheckResult:
     )
 
 
-def check_claim(claim: EnergyClaim) -> list[CheckResult]:
-    """Every physics, data and consistency check of one window."""
+def check_claim(claim: EnergyClaim, reference: ReferenceFit | None = None) -> list[CheckResult]:
+    """Every physics, data and consistency check of one window.
+
+    `reference` replaces the fit over all ML.ENERGY data (e.g. one refitted without a
+    model, to see how the bands judge a model they have not seen).
+    """
     return [
         check_power_range(claim),
         check_energy_power_consistency(claim),
         check_jpt_floor(claim),
-        check_jpt_band(claim),
-        check_throughput(claim),
-        check_power_band(claim),
+        check_jpt_band(claim, reference),
+        check_throughput(claim, reference),
+        check_power_band(claim, reference),
     ]
 
 

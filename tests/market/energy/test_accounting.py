@@ -4,8 +4,16 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from market.energy.accounting import SiteProfile, aggregate, energy_block, energy_chain, per_mtok
-from market.energy.data import gpus, mlenergy_configs, pue_profiles, regions
+from market.energy.accounting import (
+    DEFAULT_RATES,
+    SiteProfile,
+    aggregate,
+    energy_block,
+    energy_chain,
+    per_mtok,
+    to_base_units,
+)
+from market.energy.data import fx_rates, gpus, mlenergy_configs, pue_profiles, regions
 
 VA = SiteProfile(region="US-VA", pue_milli=1560, host_overhead_milli=1400)
 
@@ -51,8 +59,50 @@ def test_origins() -> None:
     assert names["pue"].origin == "regional-default"
     assert names["pue"].value == Decimal("1.56")
     assert chain.energy_cost is not None
-    assert chain.energy_cost.base_units is None  # no EUR rate configured
+    # 0.002184 kWh x 0.15 EUR = 0.0003276 EUR x 1.0824 USD/EUR = 0.00035459424 USD
+    # = 354.59424 base units -> 355
+    assert chain.energy_cost.base_units == 355
     assert chain.wall_kwh == Decimal("0.002184")  # 3,600 J x 1.4 x 1.56 / 3.6 MJ
+
+
+def test_fx_rates_are_the_ecb_2024_averages() -> None:
+    rates = fx_rates()
+    assert rates["USD"].value == Decimal(1)
+    assert rates["EUR"].value == Decimal("1.0824")
+    assert rates["EUR"].year == 2024
+    assert "ECB" in rates["EUR"].source
+    assert rates["NOK"].value == (Decimal("1.0824") / Decimal("11.6290")).quantize(
+        Decimal("0.00000001")
+    )
+    assert {
+        "USD": Decimal(1),
+        "EUR": Decimal("1.0824"),
+        "NOK": Decimal("0.09307765"),
+    } == DEFAULT_RATES
+    # Every tariff currency of the regional defaults now converts.
+    assert {r.currency for r in regions().values() if r.currency} <= set(DEFAULT_RATES)
+
+
+def test_eur_region_cost_in_base_units() -> None:
+    # Germany: 0.1765 EUR/kWh (BDEW 2024), PUE 1.2 and host 1.4 declared.
+    site = SiteProfile(region="DE", pue_milli=1200, host_overhead_milli=1400)
+    chain = energy_chain("measured", 15_000_000, site)  # 15,000 J
+    assert chain.wall_kwh == Decimal("0.007")  # 15,000 x 1.4 x 1.2 / 3.6e6
+    assert chain.energy_cost is not None
+    assert chain.energy_cost.currency == "EUR"
+    assert chain.energy_cost.amount == Decimal("0.0012355")  # 0.007 x 0.1765
+    # 0.0012355 EUR x 1.0824 = 0.0013373052 USD = 1,337.3052 base units -> 1,337
+    assert chain.energy_cost.base_units == 1337
+
+
+def test_base_units_round_half_up() -> None:
+    rates = {"EUR": Decimal("1.0824")}
+    # 0.0000005 EUR x 1.0824 = 0.0000005412 -> 0.5412 units -> 1
+    assert to_base_units(Decimal("0.0000005"), "EUR", 6, rates) == 1
+    # exactly half a unit rounds up: 0.0000025 USD = 2.5 units -> 3
+    assert to_base_units(Decimal("0.0000025"), "USD", 6, DEFAULT_RATES) == 3
+    # NOK: 100 NOK x 0.09307765 = 9.307765 USD = 9,307,765 units
+    assert to_base_units(Decimal(100), "NOK", 6, DEFAULT_RATES) == 9_307_765
 
 
 def test_unmeasured_is_none_everywhere() -> None:
