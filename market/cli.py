@@ -3,17 +3,29 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Generator
+from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 app = typer.Typer(help="The energy-metered inference market.", no_args_is_help=True)
 chain_app = typer.Typer(help="Contracts on a chain: deploy and inspect.", no_args_is_help=True)
 app.add_typer(chain_app, name="chain")
 db_app = typer.Typer(help="The market's database.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+review_app = typer.Typer(
+    help="Payment reviews: provider payments held after failed plausibility checks.",
+    no_args_is_help=True,
+)
+app.add_typer(review_app, name="review")
 console = Console(width=None if sys.stdout.isatty() else 140)
 
 
@@ -237,3 +249,128 @@ def beat(
 
     schedule.parent.mkdir(parents=True, exist_ok=True)
     celery_app().start(["beat", f"--loglevel={loglevel}", f"--schedule={schedule}"])
+
+
+# -- payment reviews ------------------------------------------------------------------------
+
+
+@contextmanager
+def _database() -> Generator[Session, None, None]:
+    """A transaction on MARKET_DATABASE_URL; a review error is printed and exits 1."""
+    from market.config import get_settings
+    from market.db import create_engine, make_session_factory, session_scope
+    from market.errors import MarketError
+
+    engine = create_engine(get_settings().database_url)
+    try:
+        with session_scope(make_session_factory(engine)) as session:
+            yield session
+    except MarketError as exc:
+        console.print(f"[red]{exc.code}:[/] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    finally:
+        engine.dispose()
+
+
+def _when(value: datetime | None) -> str:
+    return "" if value is None else value.strftime("%Y-%m-%d %H:%M:%S")
+
+
+@review_app.command("list")
+def review_list(
+    status: str | None = typer.Option(None, help="open, released or voided (default: all)"),
+    limit: int = typer.Option(100, min=1, help="At most this many, newest first"),
+) -> None:
+    """List payment reviews, newest first."""
+    from market.reviews.models import ReviewStatus
+    from market.reviews.service import list_reviews
+
+    try:
+        wanted = None if status is None else ReviewStatus(status)
+    except ValueError:
+        raise typer.BadParameter("open, released or voided", param_hint="--status") from None
+    with _database() as session:
+        reviews = list_reviews(session, wanted, limit)
+    table = Table("id", "provider", "status", "opened", "updated", "decided by", "note")
+    for r in reviews:
+        table.add_row(
+            str(r.id),
+            r.provider,
+            r.status,
+            _when(r.opened_at),
+            _when(r.updated_at),
+            r.decided_by or "",
+            r.note or "",
+        )
+    console.print(table)
+
+
+@review_app.command("show")
+def review_show(review_id: int = typer.Argument(..., help="The review's id")) -> None:
+    """Show a review: why it was opened, what it withholds, how it was decided."""
+    from market.reviews.service import get_review
+
+    with _database() as session:
+        review = get_review(session, review_id)
+    console.print(f"review {review.id}: provider {review.provider}, [bold]{review.status}[/]")
+    console.print(f"opened {_when(review.opened_at)}, last extended {_when(review.updated_at)}")
+    if review.status == "open":
+        console.print(
+            f"withheld: {review.withheld_receipts} receipts, charges {review.withheld_amount} "
+            "base units"
+        )
+    else:
+        console.print(
+            f"{review.status} {_when(review.decided_at)} by {review.decided_by}: {review.note}",
+            highlight=False,
+        )
+    if review.status == "voided":
+        console.print(
+            f"reversed to buyers: {review.reversed_receipts} receipts, "
+            f"{review.reversed_amount} base units"
+        )
+    table = Table("source", "seq / job", "check", "kind", "reason")
+    for reason in review.reasons:
+        where = reason.job_id if reason.job_id is not None else str(reason.attestation_seq)
+        table.add_row(reason.source, where, reason.check, reason.kind, reason.reason)
+    console.print(table)
+
+
+def _operator() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "operator"
+
+
+@review_app.command("release")
+def review_release(
+    review_id: int = typer.Argument(..., help="The review's id"),
+    note: str = typer.Option(..., help="Why the claims are acceptable"),
+    by: str | None = typer.Option(None, help="Who decides (default: the login name)"),
+) -> None:
+    """Release an open review: the withheld receipts settle in the next epoch."""
+    from market.reviews.service import release_review
+
+    with _database() as session:
+        review = release_review(session, review_id, note, by or _operator())
+    console.print(f"review {review.id} released: {review.provider}'s receipts settle next epoch")
+
+
+@review_app.command("void")
+def review_void(
+    review_id: int = typer.Argument(..., help="The review's id"),
+    note: str = typer.Option(..., help="Why the claims are judged false"),
+    by: str | None = typer.Option(None, help="Who decides (default: the login name)"),
+) -> None:
+    """Void an open review: the provider's unsettled charges go back to their buyers."""
+    from market.reviews.service import void_review
+
+    with _database() as session:
+        review = void_review(session, review_id, note, by or _operator())
+    console.print(
+        f"review {review.id} voided: {review.reversed_receipts} receipts of {review.provider} "
+        f"reversed, {review.reversed_amount} base units back to buyers"
+    )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -24,6 +24,8 @@ _POSTGRES_ALIASES = ("postgres://", "postgresql://", "postgresql+psycopg://")
 
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
+CheckKindName = Literal["physics", "data", "consistency", "hygiene"]
+"""Kinds of plausibility check (`market.energy.plausibility.CheckKind`)."""
 
 
 class Settings(BaseSettings):
@@ -78,6 +80,15 @@ class Settings(BaseSettings):
     )
     heartbeat_timeout_s: PositiveInt = Field(
         default=30, description="A provider silent this long is taken out of routing."
+    )
+    review_hold_kinds: frozenset[CheckKindName] = Field(
+        default=frozenset({"physics", "consistency", "hygiene"}),
+        description=(
+            "Kinds of failed plausibility check (of an attestation or a receipt) that hold the "
+            "provider's payment for review: physics (impossible), consistency (the claims "
+            "contradict each other), hygiene (counters and chain), data (outside the measured "
+            'band: by default only lowers reputation). A JSON list: ["physics", "hygiene"].'
+        ),
     )
 
     # -- the market's own keys ------------------------------------------------------------

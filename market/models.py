@@ -5,6 +5,7 @@ Alembic's env.py and the migration tests import this; add each new package's mod
 
 import market.jobs.models
 import market.providers.models
+import market.reviews.models
 import market.settlement.models
 from market.buyers.models import ApiKey, Buyer
 from market.buyers.nonces import UsedNonce

@@ -1,4 +1,5 @@
-"""The Celery application: the settlement tasks, and beat's schedule of them.
+"""The Celery application: the settlement tasks (and the receipt-check pass), and beat's
+schedule of them.
 
 Configured from the settings: the broker is `MARKET_BROKER_URL` (Redis); with `memory://`
 (embedded mode) tasks run eagerly in the caller. Start a worker with `market worker` and the
@@ -16,11 +17,13 @@ from celery import Celery
 from market.chain.service import open_chain
 from market.config import Settings, get_settings
 from market.db import create_engine, make_session_factory
+from market.reviews.receipts import INTERVAL_S as CHECK_INTERVAL_S
 from market.settlement import tasks
 from market.settlement.tasks import WATCH_INTERVAL_S, TaskContext
 
 WATCH_DEPOSITS = "market.settlement.watch_deposits"
 CLOSE_EPOCH = "market.settlement.close_epoch"
+CHECK_RECEIPTS = "market.reviews.check_receipts"
 
 
 def create_celery(settings: Settings) -> Celery:
@@ -42,6 +45,11 @@ def create_celery(settings: Settings) -> Celery:
                 "schedule": WATCH_INTERVAL_S,
                 "options": {"expires": WATCH_INTERVAL_S * 5},
             },
+            "check-receipts": {
+                "task": CHECK_RECEIPTS,
+                "schedule": CHECK_INTERVAL_S,
+                "options": {"expires": CHECK_INTERVAL_S * 2},
+            },
             "close-epoch": {
                 "task": CLOSE_EPOCH,
                 "schedule": float(settings.epoch_seconds),
@@ -53,6 +61,10 @@ def create_celery(settings: Settings) -> Celery:
     @app.task(name=WATCH_DEPOSITS)  # type: ignore[untyped-decorator]
     def watch_deposits() -> int:
         return tasks.watch_deposits(task_context())
+
+    @app.task(name=CHECK_RECEIPTS)  # type: ignore[untyped-decorator]
+    def check_receipts() -> int:
+        return tasks.check_receipts(task_context())
 
     @app.task(name=CLOSE_EPOCH)  # type: ignore[untyped-decorator]
     def close_epoch() -> int | None:

@@ -74,6 +74,8 @@ class Receipt(Base):
     leaf_index: Mapped[int | None] = mapped_column(Integer())
     energy_site: Mapped[str | None] = mapped_column(Text())
     """The routed offer's site (region, tariff, PUE, host overhead) as JSON, for statements."""
+    check_status: Mapped[str | None] = mapped_column(String(8))
+    """Its claims' checks (`market.reviews.models.ReceiptCheckStatus`); None: not yet checked."""
 
 
 class RejectedReceipt(Base):

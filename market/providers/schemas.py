@@ -250,6 +250,10 @@ class ProviderRead(BaseModel):
     calibration: CalibrationRead | None = Field(
         default=None, description="The newest accepted calibration, if any."
     )
+    payment_held: bool = Field(
+        default=False,
+        description="An open payment review holds its unsettled receipts out of settlement.",
+    )
 
 
 class StatementLine(BaseModel):

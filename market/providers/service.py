@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Collection
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -21,6 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from market.addresses import checksum_address
+from market.config import get_settings
 from market.db import utcnow
 from market.energy.accounting import DEFAULT_RATES, SiteProfile, energy_chain
 from market.energy.plausibility import (
@@ -78,6 +80,7 @@ from market.providers.schemas import (
     StatementLine,
 )
 from market.providers.site import site_profile
+from market.reviews import service as reviews
 from market.routing.table import LiveOffer
 from protocol.canonical import from_hex, signing_input
 from protocol.chain.errors import ChainError, ChainUnavailable
@@ -479,11 +482,14 @@ def submit_attestation(
     *,
     domain: Domain,
     now: int | None = None,
+    hold_kinds: Collection[str] | None = None,
 ) -> AttestationAccepted:
     """Stores a signed attestation that extends the provider's chain by exactly one.
 
     The first must have seq 0; the same attestation sent again is acknowledged as a
     duplicate; anything else that does not follow the last stored one is refused (409).
+    A failed check of a kind in `hold_kinds` (default: `Settings.review_hold_kinds`) holds
+    the provider's payment for review (`market.reviews`).
     """
     now = now_ms() if now is None else now
     repo = ProviderRepository(session)
@@ -523,7 +529,10 @@ def submit_attestation(
         raise BrokenAttestationChainError(
             f"attestation seq {message.seq} was stored concurrently"
         ) from exc
-    _record_checks(repo, provider, row, run_checks(repo, row, message, previous, model))
+    results = run_checks(repo, row, message, previous, model)
+    _record_checks(repo, provider, row, results)
+    kinds = get_settings().review_hold_kinds if hold_kinds is None else hold_kinds
+    reviews.hold_for_attestation(session, provider.address, row.seq, results, kinds)
     session.flush()
     return AttestationAccepted(
         provider=provider.address, seq=message.seq, digest=digest, duplicate=False
@@ -558,6 +567,7 @@ def _views(session: Session, providers: list[Provider], timeout_s: int) -> list[
     for steady in repo.steady_windows(addresses):
         efficiency.setdefault(steady.provider, []).append(efficiency_read(steady))
     calibrations = {row.provider_address: row for row in repo.calibrations_of(addresses)}
+    held = reviews.held_providers(session, addresses)
     now = utcnow()
     return [
         ProviderRead(
@@ -579,6 +589,7 @@ def _views(session: Session, providers: list[Provider], timeout_s: int) -> list[
             calibration=(
                 calibration_read(calibrations[p.address]) if p.address in calibrations else None
             ),
+            payment_held=p.address in held,
         )
         for p in providers
     ]

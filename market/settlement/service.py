@@ -4,9 +4,13 @@ Closing an epoch takes three short transactions, each starting by locking the `e
 row so that concurrent closers take turns (`market.settlement.tasks.close_epoch` runs them):
 
 1. `open_epoch`: the unsettled epoch if there is one, else a new one (number: the chain's last
-   settled epoch + 1) that takes every receipt in no epoch yet. Leaf indexes follow the
-   receipts' hashes; the receipts are then streamed in leaf order to build the Merkle tree and
-   the per-buyer debits (sum of charges) and per-provider credits (sum of charge - fee).
+   settled epoch + 1). It first checks the claims of every receipt not checked yet
+   (`market.reviews.receipts`), then takes every receipt in no epoch that is settleable:
+   checked, not void, and not of a provider whose payment is held by an open review
+   (`market.reviews`); the others stay in no epoch, their charges unsettled in the ledger.
+   Leaf indexes follow the receipts' hashes; the receipts are then streamed in leaf order to
+   build the Merkle tree and the per-buyer debits (sum of charges) and per-provider credits
+   (sum of charge - fee).
 2. `begin_submission`: if the chain already settled the epoch (a crash after sending), it is
    recorded as settled without sending anything; else it is marked `submitted` and its batch
    returned for the operator to send.
@@ -33,14 +37,17 @@ transfers, idempotent on the log's (tx_hash, log_index).
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import timedelta
 
+from sqlalchemy import ColumnElement, exists, func, select, update
 from sqlalchemy.orm import Session
 
 from market.addresses import checksum_address
 from market.buyers.service import get_or_create_buyer
 from market.db import utcnow
+from market.jobs.models import Receipt
 from market.ledger.models import OwnerKind, TransferKind
 from market.ledger.repository import AccountRef, LedgerRepository
 from market.ledger.service import (
@@ -52,6 +59,9 @@ from market.ledger.service import (
     post_transfer,
     provider_earned,
 )
+from market.reviews.models import ReceiptCheckStatus
+from market.reviews.receipts import check_receipts
+from market.reviews.service import DEFAULT_HOLD_KINDS, open_reviews
 from market.rewards.service import decide_rewards
 from market.settlement.errors import (
     EpochNotFoundError,
@@ -110,17 +120,50 @@ def _hex(raw: bytes) -> str:
 # -- closing an epoch ---------------------------------------------------------------------
 
 
-def open_epoch(session: Session, client: SettlementClient) -> Epoch | None:
-    """The epoch to settle next (see the module doc), or None if there is nothing to settle."""
+def _settleable() -> list[ColumnElement[bool]]:
+    """Receipts the next epoch takes: in no epoch, checked, not void, payment not held."""
+    return [
+        Receipt.epoch.is_(None),
+        Receipt.check_status.is_not(None),
+        Receipt.check_status != ReceiptCheckStatus.VOID.value,
+        Receipt.provider_address.not_in(open_reviews()),
+    ]
+
+
+def _assign(session: Session, number: int) -> None:
+    """Puts every settleable receipt into epoch `number`, leaf indexes in receipt-hash order
+    (one UPDATE ... FROM)."""
+    leaf = func.row_number().over(order_by=(Receipt.receipt_hash, Receipt.job_id)) - 1
+    ordered = (
+        select(Receipt.job_id.label("job_id"), leaf.label("leaf"))
+        .where(*_settleable())
+        .subquery("ordered")
+    )
+    session.execute(
+        update(Receipt)
+        .where(Receipt.job_id == ordered.c.job_id)
+        .values(epoch=number, leaf_index=ordered.c.leaf)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def open_epoch(
+    session: Session, client: SettlementClient, hold_kinds: Collection[str] = DEFAULT_HOLD_KINDS
+) -> Epoch | None:
+    """The epoch to settle next (see the module doc), or None if there is nothing to settle.
+
+    `hold_kinds`: the kinds of failed receipt check that hold payment
+    (`Settings.review_hold_kinds`)."""
     repo = SettlementRepository(session)
     cursor = repo.lock_cursor(EPOCH_CURSOR, 0)
     unsettled = repo.unsettled_epoch()
     if unsettled is not None:
         return unsettled
-    if not repo.has_unassigned_receipts():
+    check_receipts(session, hold_kinds)
+    if not session.scalar(select(exists().where(*_settleable()))):
         return None
     number = max(client.last_settled_epoch(), repo.last_epoch_number()) + 1
-    repo.assign_receipts(number)
+    _assign(session, number)
 
     hashes: list[bytes] = []
     debits: dict[str, int] = {}

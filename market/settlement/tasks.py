@@ -1,4 +1,5 @@
-"""Background work of the settlement package: the deposit watcher and epoch closing.
+"""Background work of the settlement package: the deposit watcher, the receipt-check pass
+and epoch closing.
 
 Each task owns its transactions (one per watcher round, three per epoch close: see
 `market.settlement.service`), takes no objects, and can run twice, or twice at once, without
@@ -18,6 +19,7 @@ from market.background import Periodic
 from market.chain.service import MarketChain
 from market.config import Settings
 from market.db import session_scope
+from market.reviews import receipts
 from market.runtime import Runtime
 from market.settlement import service
 from market.settlement.models import EpochStatus
@@ -64,7 +66,7 @@ def close_epoch(ctx: TaskContext) -> int | None:
     """
     client, operator = ctx.chain.client, ctx.chain.operator
     with session_scope(ctx.sessions) as session:
-        epoch = service.open_epoch(session, client)
+        epoch = service.open_epoch(session, client, ctx.settings.review_hold_kinds)
         if epoch is None:
             return None
         number = epoch.number
@@ -89,6 +91,24 @@ def close_epoch(ctx: TaskContext) -> int | None:
     return number
 
 
+def check_receipts(ctx: TaskContext) -> int:
+    """Checks the claims of the receipts not checked yet (`market.reviews.receipts`), in
+    one transaction; returns how many it checked. Epoch close does the same before it
+    assigns receipts; running it between closes keeps that pass short."""
+    with session_scope(ctx.sessions) as session:
+        # One pass at a time, and never beside an epoch close or a void (same cursor).
+        SettlementRepository(session).lock_cursor(service.EPOCH_CURSOR, 0)
+        round_ = receipts.check_receipts(session, ctx.settings.review_hold_kinds)
+    if round_.failed or round_.flagged:
+        log.warning(
+            "receipt checks: %d checked, %d failed (payment held), %d flagged",
+            round_.checked,
+            round_.failed,
+            round_.flagged,
+        )
+    return round_.checked
+
+
 def embedded_schedule(runtime: Runtime) -> list[Periodic]:
     """The periodic tasks the API runs itself in the embedded mode (no worker, no beat)."""
     ctx = TaskContext.of(runtime)
@@ -99,7 +119,11 @@ def embedded_schedule(runtime: Runtime) -> list[Periodic]:
     async def close(_: Runtime) -> None:
         await asyncio.to_thread(close_epoch, ctx)
 
+    async def check(_: Runtime) -> None:
+        await asyncio.to_thread(check_receipts, ctx)
+
     return [
         ("watch_deposits", WATCH_INTERVAL_S, watch),
+        ("check_receipts", receipts.INTERVAL_S, check),
         ("close_epoch", float(runtime.settings.epoch_seconds), close),
     ]

@@ -1,0 +1,1 @@
+"""Payment reviews: a provider's payment held while the operator judges failed claims."""
