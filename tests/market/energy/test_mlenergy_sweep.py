@@ -23,11 +23,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from market.energy.bands import ReferenceFit
 from market.energy.data import gpus, mlenergy_configs, model_params
 from market.energy.plausibility import (
     BAND_TOLERANCE,
     EnergyClaim,
-    ReferenceFit,
     check_claim,
     jpt_floor,
     reference_configs,
