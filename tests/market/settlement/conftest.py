@@ -17,21 +17,12 @@ from market.jobs.models import Job, JobStatus, Receipt
 from market.ledger import service as ledger
 from market.settlement.tasks import TaskContext, watch_deposits
 from protocol.chain.connection import EMBEDDED, connect, fund_from_dev_account, new_account
-from protocol.chain.deploy import DeployParams, deploy
+from protocol.chain.deploy import deploy
 from protocol.chain.settlement import SettlementClient
 from protocol.chain.transactor import Transactor
+from tests.support.chain import GAS_MONEY, TEST_DEPLOY_PARAMS
 
-GAS_MONEY = 10**20
-PARAMS = DeployParams(
-    withdrawal_delay_s=60,
-    unstake_delay_s=600,
-    min_provider_stake=1_000 * 10**18,
-    max_fee_bps=1_000,
-    min_reward_interval_s=0,
-    epoch_reward_cap=500 * 10**18,
-    faucet_enabled=True,
-    faucet_max=10_000 * 10**6,
-)
+PARAMS = TEST_DEPLOY_PARAMS
 
 
 @dataclass
