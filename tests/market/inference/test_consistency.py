@@ -45,7 +45,8 @@ from tests.market.inference.servers import (
     serve,
     start_agent,
 )
-from tests.market.settlement.conftest import GAS_MONEY, PARAMS
+from tests.market.settlement.conftest import PARAMS
+from tests.support.chain import GAS_MONEY
 from tests.support.openai_upstream import UpstreamProcess
 
 SEED = 20261122
