@@ -163,27 +163,46 @@ BigIntPK = BigInteger().with_variant(Integer(), "sqlite")
 # -- engines and sessions -----------------------------------------------------------------
 
 
-def create_engine(url: str | None = None, *, echo: bool = False) -> Engine:
-    """An engine for `url` (default: the settings' `database_url`), set up for its dialect."""
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+"""How long a SQLite connection waits for another's write lock before `database is locked`."""
+
+
+def create_engine(
+    url: str | None = None, *, echo: bool = False, busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS
+) -> Engine:
+    """An engine for `url` (default: the settings' `database_url`), set up for its dialect.
+
+    `busy_timeout_ms` (SQLite only): 0 makes a transaction that finds the write lock taken
+    fail at once (at its `BEGIN IMMEDIATE`) instead of waiting for it."""
     if url is None:
         settings = get_settings()
         url, echo = settings.database_url, settings.sql_echo
     url = normalize_database_url(url)
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        return _sqlite_engine(url, echo)
+        return _sqlite_engine(url, echo, busy_timeout_ms)
     return sa_create_engine(url, echo=echo, pool_pre_ping=True)
 
 
-def _sqlite_engine(url: str, echo: bool) -> Engine:
+def sqlite_in_memory(url: str) -> bool:
+    """Whether a SQLite URL names an in-memory database (one per connection)."""
+    database = make_url(url).database or ""
+    return database in ("", ":memory:") or database.startswith("file::memory:")
+
+
+def _sqlite_engine(url: str, echo: bool, busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS) -> Engine:
     parsed = make_url(url)
     database = parsed.database or ""
-    in_memory = database in ("", ":memory:") or database.startswith("file::memory:")
-    kwargs: dict[str, Any] = {"connect_args": {"check_same_thread": False, "timeout": 30}}
+    in_memory = sqlite_in_memory(url)
+    connect_args = {"check_same_thread": False, "timeout": busy_timeout_ms / 1000}
+    kwargs: dict[str, Any] = {"connect_args": connect_args}
     if in_memory:
         kwargs["poolclass"] = StaticPool  # one connection, else each would see its own DB
     else:
         Path(database).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
+        # The most recently used connection first: its page cache is the warmest (SQLite
+        # drops a connection's cache when another connection has written since its last use).
+        kwargs["pool_use_lifo"] = True
     engine = sa_create_engine(url, echo=echo, **kwargs)
 
     @event.listens_for(engine, "connect")
@@ -192,7 +211,7 @@ def _sqlite_engine(url: str, echo: bool) -> Engine:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA foreign_keys = ON")
-        cursor.execute("PRAGMA busy_timeout = 30000")
+        cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
         if not in_memory:
             cursor.execute("PRAGMA journal_mode = WAL")
             cursor.execute("PRAGMA synchronous = NORMAL")

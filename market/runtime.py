@@ -8,16 +8,17 @@ and chain.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httpx
+from anyio import CapacityLimiter
 from fastapi import Request
 from nacl.signing import SigningKey
 from sqlalchemy.orm import Session, sessionmaker
 
 from market.chain.service import MarketChain, open_chain
 from market.config import Settings
-from market.db import create_engine, make_session_factory, session_scope
+from market.db import create_engine, make_session_factory, session_scope, sqlite_in_memory
 from market.keys import ticket_signing_key
 from market.routing.table import RoutingTable
 
@@ -34,6 +35,42 @@ class Runtime:
     ticket_key: SigningKey
     routing: RoutingTable
     agents: httpx.AsyncClient
+    _db_writers: CapacityLimiter | None = field(default=None, init=False, repr=False, compare=False)
+    _inline: sessionmaker[Session] | bool | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
+
+    def inline_sessions(self) -> sessionmaker[Session] | None:
+        """Sessions for request-path transactions run on the event loop itself: on a SQLite
+        file only, where writers take turns anyway, over connections that never wait for
+        the write lock (busy timeout 0). A transaction that finds the lock taken (by a
+        background task, say) fails at its first statement, before it did anything, and the
+        caller runs it in a worker thread instead (`market.inference.attempt.run_db`). None
+        elsewhere: on PostgreSQL, or an in-memory SQLite (one database per connection)."""
+        if self._inline is None:
+            self._inline = False
+            bind = self.sessions.kw.get("bind")
+            url = getattr(bind, "url", None)
+            if url is not None and url.get_backend_name() == "sqlite":
+                text = url.render_as_string(hide_password=False)
+                if not sqlite_in_memory(text):
+                    engine = create_engine(text, busy_timeout_ms=0)
+                    self._inline = make_session_factory(engine)
+        return None if isinstance(self._inline, bool) else self._inline
+
+    def db_writers(self) -> CapacityLimiter | None:
+        """The limiter for request-path transactions run in worker threads: one at a time
+        on SQLite, None (anyio's default pool) elsewhere.
+
+        SQLite takes one writer at a time (`BEGIN IMMEDIATE`), and a connection that finds
+        the lock taken sleeps in SQLite's busy handler (1, 2, 5, 10 ... 100 ms) before it
+        retries; queueing the transactions here instead hands the lock on at once."""
+        if self._db_writers is None:
+            bind = self.sessions.kw.get("bind")
+            if bind is None or bind.dialect.name != "sqlite":
+                return None
+            self._db_writers = CapacityLimiter(1)
+        return self._db_writers
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:

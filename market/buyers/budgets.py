@@ -26,14 +26,31 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, Decimal
+from typing import cast
 
-from sqlalchemy import select
+from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.orm import Session
 
 from market.buyers.models import ApiKey
 from market.energy.accounting import EnergyChain, SiteProfile, energy_chain
 from market.errors import MarketError
 from market.jobs.models import Job, JobStatus
+
+_KEYS = cast(Table, ApiKey.__table__)
+_LOCK_SPENT = (
+    select(_KEYS.c.spent_money, _KEYS.c.spent_wall_mwh, _KEYS.c.spent_gco2_mg)
+    .where(_KEYS.c.id == bindparam("key_id"))
+    .with_for_update()
+)
+_SET_SPENT = (
+    update(_KEYS)
+    .where(_KEYS.c.id == bindparam("key_id"))
+    .values(
+        spent_money=bindparam("new_money"),
+        spent_wall_mwh=bindparam("new_wall_mwh"),
+        spent_gco2_mg=bindparam("new_gco2_mg"),
+    )
+)
 
 MWH_PER_KWH = Decimal(1_000_000)
 MG_PER_G = Decimal(1000)
@@ -147,9 +164,18 @@ def in_flight_holds(session: Session, key_id: int) -> int:
 
 
 def record_spend(session: Session, key_id: int, charge: int, chain: EnergyChain) -> None:
-    """Adds a charged receipt to the key's totals (in the charging transaction)."""
-    key = lock_key(session, key_id)
-    key.spent_money += charge
-    key.spent_wall_mwh += wall_mwh(chain)
-    key.spent_gco2_mg += gco2_mg(chain)
+    """Adds a charged receipt to the key's totals (in the charging transaction): the key's
+    row is locked and read, then written (two Core statements; the money total is a decimal
+    string on SQLite, so it cannot be added to in SQL)."""
     session.flush()
+    money, mwh, mg = session.connection().execute(_LOCK_SPENT, {"key_id": key_id}).one()
+    params = {
+        "key_id": key_id,
+        "new_money": money + charge,
+        "new_wall_mwh": mwh + wall_mwh(chain),
+        "new_gco2_mg": mg + gco2_mg(chain),
+    }
+    session.connection().execute(_SET_SPENT, params)
+    identity = session.identity_map.get(session.identity_key(ApiKey, key_id))
+    if identity is not None:
+        session.expire(identity)

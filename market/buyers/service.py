@@ -12,7 +12,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 
 from pydantic import SecretStr
@@ -51,6 +53,10 @@ LAST_USED_RESOLUTION = timedelta(seconds=60)
 """`last_used_at` is written at most this often per key, not on every request."""
 
 _MAX_KEY_LENGTH = 128
+
+KEY_CACHE_TTL_S = 2.0
+"""How long the request path trusts an API key it has looked up (`cached_key`)."""
+KEY_CACHE_SIZE = 10_000
 
 
 def hash_key(raw_key: str) -> str:
@@ -134,6 +140,7 @@ def revoke_api_key(session: Session, buyer: Buyer, key_id: int) -> ApiKeyRead:
     if key.revoked_at is None:
         key.revoked_at = utcnow()
         session.flush()
+    forget_key(key.id)
     return ApiKeyRead.model_validate(key)
 
 
@@ -147,6 +154,7 @@ def update_api_key(session: Session, buyer: Buyer, key_id: int, update: ApiKeyUp
     for name in update.model_fields_set & set(_BUDGETS):
         setattr(key, name, getattr(update, name))
     session.flush()
+    forget_key(key.id)
     return ApiKeyRead.model_validate(key)
 
 
@@ -177,6 +185,60 @@ def authenticate_key(session: Session, raw_key: str) -> ApiKey:
         key.last_used_at = now
         session.flush()
     return key
+
+
+@dataclass(frozen=True)
+class LiveKey:
+    """What the request path needs of a live API key."""
+
+    key_id: int
+    buyer: str
+    budgeted: bool
+    """The key has a money, energy or carbon budget (checked with its row locked)."""
+    energy_budgeted: bool
+    """The key has an energy or carbon budget (only offers with measured energy serve it)."""
+
+    @classmethod
+    def of(cls, key: ApiKey) -> LiveKey:
+        """The snapshot of a key just read."""
+        energy = key.budget_wall_mwh is not None or key.budget_gco2_mg is not None
+        budgeted = energy or key.budget_money is not None
+        return cls(key.id, key.buyer.address, budgeted, energy)
+
+
+_LIVE_KEYS: dict[str, tuple[float, LiveKey]] = {}
+"""Key hash -> (monotonic expiry, snapshot): live keys looked up in the last
+`KEY_CACHE_TTL_S` seconds. Only live keys are kept; unknown and revoked ones always go to
+the database."""
+
+
+def cached_key(session: Session, raw_key: str) -> LiveKey:
+    """`authenticate_key` for the request path, remembered for `KEY_CACHE_TTL_S` seconds.
+
+    A key revoked (or re-budgeted) through `revoke_api_key` / `update_api_key` in this
+    process is forgotten at once; in another process (another API worker) the change takes
+    effect here within `KEY_CACHE_TTL_S`. Budgets themselves are always checked against the
+    key's locked row; the snapshot only says whether the key has any.
+    """
+    if not isinstance(raw_key, str) or len(raw_key) > _MAX_KEY_LENGTH:
+        raise AuthenticationError("invalid API key")
+    digest = hash_key(raw_key)
+    now = time.monotonic()
+    found = _LIVE_KEYS.get(digest)
+    if found is not None and found[0] > now:
+        return found[1]
+    live = LiveKey.of(authenticate_key(session, raw_key))
+    if len(_LIVE_KEYS) >= KEY_CACHE_SIZE:
+        _LIVE_KEYS.clear()
+    _LIVE_KEYS[digest] = (now + KEY_CACHE_TTL_S, live)
+    return live
+
+
+def forget_key(key_id: int) -> None:
+    """Drops a key from the request path's cache (after it was revoked or re-budgeted)."""
+    for digest, (_, live) in list(_LIVE_KEYS.items()):
+        if live.key_id == key_id:
+            _LIVE_KEYS.pop(digest, None)
 
 
 def buyer_statement(session: Session, address: str, limit: int = 100) -> BuyerStatement:

@@ -1,27 +1,32 @@
 """One try of a request on one provider: its job, ticket, charge or release, and load count.
 
-Blocking database work runs in a worker thread (one transaction to open the job, one to
-close it), never on the event loop. `close()` ends every attempt: whatever happened, the
-hold is settled or released and the provider's in-flight count comes back down.
+Database work is one transaction to open the job and one to close it (`run_db`). On a
+SQLite file each runs on the event loop when the write lock is free (it never waits for it
+there), else in a worker thread, queued for one writer slot (`Runtime.db_writers`) rather
+than in SQLite's sleeping busy handler; elsewhere, always in a worker thread. `close()` ends every
+attempt: whatever happened, the hold is settled or released and the provider's in-flight
+count comes back down.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from functools import partial
-from typing import Any
+from functools import lru_cache, partial
+from typing import Any, TypeVar
 
 import anyio
 from anyio import to_thread
-from sqlalchemy.orm import Session
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session, sessionmaker
 
 from market.buyers import budgets
 from market.buyers.models import ApiKey
-from market.buyers.service import authenticate, authenticate_key
+from market.buyers.service import LiveKey, authenticate, cached_key
 from market.db import session_scope
-from market.energy.accounting import SiteProfile, energy_chain
+from market.energy.accounting import EnergyChain, SiteProfile, energy_chain
 from market.energy.accounting import energy_block as accounting_block
 from market.errors import InsufficientFundsError
 from market.inference.agents import ticket_header
@@ -30,16 +35,25 @@ from market.jobs import service as jobs
 from market.jobs.energy import energy_method
 from market.jobs.errors import ReceiptRejectedError
 from market.jobs.service import JobOrder, Usage
-from market.providers.site import bare_site, site_json
+from market.providers.site import bare_site
+from market.providers.site import site_json as _site_json
 from market.routing.table import LiveOffer
 from market.runtime import Runtime
-from protocol.messages import JobTicket, message_digest, sign
+from protocol.canonical import to_hex
+from protocol.messages import JobTicket, Signed
 
 TICKET_TTL_MS = 60_000
+T = TypeVar("T")
 
 
-def _authenticate(runtime: Runtime, raw_key: str) -> str:
-    with session_scope(runtime.sessions) as session:
+@lru_cache(maxsize=1024)
+def site_json(site: SiteProfile) -> str:
+    """The stored form of an offer's site, encoded once per site (sites are frozen)."""
+    return _site_json(site)
+
+
+def _authenticate(sessions: sessionmaker[Session], raw_key: str) -> str:
+    with session_scope(sessions) as session:
         return authenticate(session, raw_key).address
 
 
@@ -60,9 +74,14 @@ class KeyContext:
         energy = budgets.has_energy_budget(key)
         return cls(key.buyer.address, key.id, energy or key.budget_money is not None, energy)
 
+    @classmethod
+    def live(cls, key: LiveKey) -> KeyContext:
+        """The context of a key from the request path's key cache."""
+        return cls(key.buyer, key.key_id, key.budgeted, key.energy_budgeted)
+
 
 def _open(
-    runtime: Runtime,
+    sessions: sessionmaker[Session],
     context: KeyContext | None,
     raw_key: str,
     order: JobOrder,
@@ -71,10 +90,9 @@ def _open(
     """Authenticates (first try only), checks the key's budgets for this offer, then places
     the hold and records the job: one commit. (the key, False) when the offer cannot be
     estimated for the key's energy or carbon budget, and nothing was opened."""
-    with session_scope(runtime.sessions) as session:
+    with session_scope(sessions) as session:
         if context is None:
-            key = authenticate_key(session, raw_key)
-            context = KeyContext.of(key)
+            context = KeyContext.live(cached_key(session, raw_key))
         if context.budgeted:
             key = budgets.lock_key(session, context.key_id)
             context = KeyContext.of(key)
@@ -93,14 +111,36 @@ def _open(
         return context, True
 
 
-def _in_transaction(runtime: Runtime, work: Callable[[Session], object]) -> None:
-    with session_scope(runtime.sessions) as session:
+def _in_transaction(sessions: sessionmaker[Session], work: Callable[[Session], object]) -> None:
+    with session_scope(sessions) as session:
         work(session)
+
+
+def _locked(exc: OperationalError) -> bool:
+    return "database is locked" in str(exc.orig)
+
+
+async def run_db(runtime: Runtime, fn: Callable[..., T], *args: object) -> T:
+    """`fn(sessions, *args)`, one transaction: on the event loop when the database allows
+    (`Runtime.inline_sessions`: a SQLite file whose write lock is free now), else in a
+    worker thread (queued for SQLite's one writer, `Runtime.db_writers`).
+
+    A thread hop costs more CPU than a request's whole transaction on SQLite, and a worker
+    thread contends for the GIL with the loop that relays streams; on the loop, a
+    transaction never waits for a lock, so it blocks the loop only for its own work."""
+    inline = runtime.inline_sessions()
+    if inline is not None:
+        try:
+            return fn(inline, *args)
+        except OperationalError as exc:  # rolled back: nothing of it remains
+            if not _locked(exc):
+                raise
+    return await to_thread.run_sync(fn, runtime.sessions, *args, limiter=runtime.db_writers())
 
 
 async def authenticate_buyer(runtime: Runtime, raw_key: str) -> str:
     """The buyer's address for a key (`AuthenticationError` if it is not a live key)."""
-    return await to_thread.run_sync(_authenticate, runtime, raw_key)
+    return await run_db(runtime, _authenticate, raw_key)
 
 
 def energy_block(
@@ -110,7 +150,10 @@ def energy_block(
     unmeasured; `method`, `basis`) and its whole accounting chain at the routed offer's site
     (docs/energy-accounting.md): wall kWh, energy cost, gCO2, region and every factor with
     its origin. Unmeasured: every figure is null, never 0."""
-    chain = energy_chain(energy_method(method), millijoules, site)
+    return _energy_block(energy_chain(energy_method(method), millijoules, site), millijoules, basis)
+
+
+def _energy_block(chain: EnergyChain, millijoules: int | None, basis: str | None) -> dict[str, Any]:
     joules = None if millijoules is None or chain.gpu_joules is None else millijoules / 1000
     return {"method": chain.method, "joules": joules, "basis": basis, **accounting_block(chain)}
 
@@ -149,6 +192,7 @@ class Attempt:
     buyer: str = ""
     key: KeyContext | None = None
     ticket: JobTicket | None = None
+    ticket_digest: str | None = None
     finished: bool = False
     _counted: bool = field(default=False, repr=False)
 
@@ -156,10 +200,9 @@ class Attempt:
         """Checks the key's budgets, holds, records, signs the ticket and counts the
         provider's load; the ticket header. None: the offer is routed out for the key's
         energy or carbon budget (it cannot be estimated) and nothing was opened."""
-        context, opened = await to_thread.run_sync(
-            _open, self.runtime, key, raw_key, self.order, self.worst
-        )
+        context, opened = await run_db(self.runtime, _open, key, raw_key, self.order, self.worst)
         self.key, self.buyer = context, context.buyer
+        self.order = replace(self.order, buyer=context.buyer, api_key_id=context.key_id)
         if not opened:
             self.finished = True
             return None
@@ -174,9 +217,19 @@ class Attempt:
             expires_at=now + TICKET_TTL_MS,
             domain=self.runtime.chain.domain,
         )
+        # Signed as `protocol.messages.sign` does; its digest (the receipt's ticket_digest)
+        # comes from the same signing bytes.
+        raw = jobs.signing_bytes_of(self.ticket)
+        signer = self.runtime.ticket_key
+        envelope = Signed[JobTicket](
+            message=self.ticket,
+            signer=to_hex(bytes(signer.verify_key)),
+            signature=to_hex(signer.sign(raw).signature),
+        )
+        self.ticket_digest = "0x" + hashlib.sha256(raw).hexdigest()
         self.offer.in_flight += 1
         self._counted = True
-        return ticket_header(sign(self.ticket, self.runtime.ticket_key))
+        return ticket_header(envelope)
 
     async def settle(
         self,
@@ -197,7 +250,7 @@ class Attempt:
         text = envelope if isinstance(envelope, str) else envelope.decode("utf-8", "replace")
         site = offer_site(self.offer)
         try:
-            receipt = jobs.check_receipt(
+            receipt, receipt_hash = jobs.check_receipt_hashed(
                 envelope,
                 ticket,
                 self.offer.public_key,
@@ -206,10 +259,13 @@ class Attempt:
                 token_ids,
                 interrupted=interrupted,
                 max_prompt_tokens=self.order.prompt_bound,
+                ticket_digest=self.ticket_digest,
             )
         except ReceiptRejectedError as exc:
             await self.reject(exc, text)
             raise
+        energy = receipt.energy
+        chain = energy_chain(energy_method(energy.method), energy.millijoules, site)
         work = partial(
             jobs.complete_job,
             job_id=ticket.job_id,
@@ -217,15 +273,17 @@ class Attempt:
             envelope=text,
             fee_bps=runtime.settings.protocol_fee_bps,
             site=site_json(site),
+            chain=chain,
+            receipt_hash=receipt_hash,
+            order=self.order,
         )
         with anyio.CancelScope(shield=True):
-            await to_thread.run_sync(_in_transaction, runtime, work)
+            await run_db(runtime, _in_transaction, work)
         self.finished = True
-        energy = receipt.energy
         return Settled(
             job_id=ticket.job_id,
-            receipt_hash=message_digest(receipt),
-            energy=energy_block(energy.method, energy.millijoules, energy.basis, site),
+            receipt_hash=receipt_hash,
+            energy=_energy_block(chain, energy.millijoules, energy.basis),
         )
 
     async def reject(self, error: ReceiptRejectedError, envelope: str | None) -> None:
@@ -236,7 +294,7 @@ class Attempt:
         job_id = self.order.job_id
         work = partial(jobs.reject_receipt, job_id=job_id, error=error, envelope=envelope)
         with anyio.CancelScope(shield=True):
-            await to_thread.run_sync(_in_transaction, self.runtime, work)
+            await run_db(self.runtime, _in_transaction, work)
 
     async def fail(self, reason: str) -> None:
         """Releases the whole hold and marks the job failed (shielded from cancellation)."""
@@ -245,7 +303,7 @@ class Attempt:
         self.finished = True
         work = partial(jobs.fail_job, job_id=self.order.job_id, reason=reason)
         with anyio.CancelScope(shield=True):
-            await to_thread.run_sync(_in_transaction, self.runtime, work)
+            await run_db(self.runtime, _in_transaction, work)
 
     async def close(self, reason: str = "request ended without a verified receipt") -> None:
         """Ends the attempt: releases the hold unless it was settled; drops the load count."""

@@ -4,19 +4,31 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import Response
 
 from market.inference import service
 from market.inference.auth import bearer_key
 from market.inference.limits import LimitedBodyRoute
 from market.inference.schemas import ChatCompletionRequest, CompletionRequest
-from market.runtime import Runtime, get_runtime
+from market.runtime import Runtime
 
 router = APIRouter(prefix="/v1", tags=["openai"], route_class=LimitedBodyRoute)
 
-RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
-KeyDep = Annotated[str, Depends(bearer_key)]
+
+# Dependencies as coroutines: FastAPI runs a plain `def` dependency in its thread pool,
+# a thread hop per dependency per request for what is a dictionary lookup.
+async def _runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+async def _key(authorization: Annotated[str | None, Header()] = None) -> str:
+    return bearer_key(authorization)
+
+
+RuntimeDep = Annotated[Runtime, Depends(_runtime)]
+KeyDep = Annotated[str, Depends(_key)]
 
 
 @router.get("/models")

@@ -33,6 +33,9 @@ _IDS = rb'(?:prompt_)?token_ids"\s*:\s*(?:\[[0-9,\s]*\]|null)'
 #: `"token_ids":[...]` (or `prompt_token_ids`) with the comma that joins it to its object.
 _TOKEN_IDS = re.compile(rb',\s*"' + _IDS + rb'|"' + _IDS + rb"\s*,?")
 _OUTPUT_IDS = re.compile(rb'(?<!prompt_)token_ids"\s*:\s*\[([0-9,\s]*)\]')
+#: The usual case, one choice's `,"token_ids":[...]` and nothing else of the kind: one search
+#: finds both what to collect and what to cut.
+_ONE_OUTPUT_IDS = re.compile(rb',\s*"token_ids"\s*:\s*\[([0-9,\s]*)\]')
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 JOB_ID_HEADER = "x-job-id"
 """Response header naming the job, for `GET /jobs/{job_id}`."""
@@ -111,9 +114,7 @@ class StreamRelay:
             if b'"usage":{' in event and self._hold_usage(event):
                 return False
             if b"token_ids" in event:
-                for ids in _OUTPUT_IDS.findall(event):
-                    self.token_ids.extend(int(i) for i in ids.split(b",") if i.strip())
-                event = _TOKEN_IDS.sub(b"", event)
+                event = self._cut_token_ids(event)
             out.append(event + b"\n\n")
         elif event.startswith(_RECEIPT):
             envelope = event[len(_RECEIPT) :].split(_DATA, 1)[-1]
@@ -129,6 +130,17 @@ class StreamRelay:
             out.append(error_event(reason, "provider_stream_failed"))
             return True
         return False
+
+    def _cut_token_ids(self, event: bytes) -> bytes:
+        """The event without its token ids, which are collected."""
+        found = _ONE_OUTPUT_IDS.search(event) if event.count(b"token_ids") == 1 else None
+        if found is not None:
+            ids = found.group(1)
+            self.token_ids.extend(int(i) for i in ids.split(b",") if i.strip())
+            return event[: found.start()] + event[found.end() :]
+        for ids in _OUTPUT_IDS.findall(event):
+            self.token_ids.extend(int(i) for i in ids.split(b",") if i.strip())
+        return _TOKEN_IDS.sub(b"", event)
 
     def _hold_usage(self, event: bytes) -> bool:
         payload = json.loads(event[len(_DATA) :])

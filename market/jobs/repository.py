@@ -2,10 +2,40 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from datetime import datetime
+from typing import Any, cast
+
+from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.orm import Session
 
-from market.jobs.models import Job, Receipt, RejectedReceipt
+from market.jobs.models import Job, JobStatus, Receipt, RejectedReceipt
+from market.ledger.repository import expire
+
+_JOBS = cast(Table, Job.__table__)
+_RECEIPTS = cast(Table, Receipt.__table__)
+_INSERT_JOB = _JOBS.insert()
+_INSERT_RECEIPT = _RECEIPTS.insert()
+_JOB_FIELDS = (
+    _JOBS.c.id,
+    _JOBS.c.buyer_address,
+    _JOBS.c.provider_address,
+    _JOBS.c.model,
+    _JOBS.c.status,
+    _JOBS.c.hold_amount,
+    _JOBS.c.price_in_per_mtok,
+    _JOBS.c.price_out_per_mtok,
+    _JOBS.c.api_key_id,
+)
+_READ_JOB = select(*_JOB_FIELDS).where(_JOBS.c.id == bindparam("job_id"))
+_FINISH_JOB = (
+    update(_JOBS)
+    .where(_JOBS.c.id == bindparam("job_id"))
+    .values(
+        status=bindparam("new_status"),
+        finished_at=bindparam("new_finished_at"),
+        error=bindparam("new_error"),
+    )
+)
 
 
 class JobRepository:
@@ -18,6 +48,31 @@ class JobRepository:
         """Adds a job row (flushed with the rest of the transaction)."""
         self.session.add(job)
         return job
+
+    def insert_job(self, values: dict[str, Any]) -> None:
+        """Inserts a job row (one Core statement, no unit of work)."""
+        self.session.connection().execute(_INSERT_JOB, values)
+
+    def read_job(self, job_id: str) -> Any:
+        """The job's row (id, buyer, provider, model, status, hold, prices, API key), or None."""
+        return self.session.connection().execute(_READ_JOB, {"job_id": job_id}).first()
+
+    def finish_job(
+        self, job_id: str, status: JobStatus, finished_at: datetime, error: str | None
+    ) -> None:
+        """Sets a job's final status, finish time and error."""
+        params = {
+            "job_id": job_id,
+            "new_status": status,
+            "new_finished_at": finished_at,
+            "new_error": error,
+        }
+        self.session.connection().execute(_FINISH_JOB, params)
+        expire(self.session, Job, [job_id])
+
+    def insert_receipt(self, values: dict[str, Any]) -> None:
+        """Inserts a verified receipt row (one Core statement)."""
+        self.session.connection().execute(_INSERT_RECEIPT, values)
 
     def get_job(self, job_id: str) -> Job | None:
         """The job with this id, if any."""

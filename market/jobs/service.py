@@ -9,14 +9,19 @@ delivered tokens it covers; its job is completed with `error` naming the interru
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
+import nacl.exceptions
+from nacl.signing import VerifyKey
 from sqlalchemy.orm import Session
 
 from market.buyers.budgets import record_spend
 from market.db import utcnow
+from market.energy.accounting import EnergyChain
 from market.jobs.energy import receipt_chain
 from market.jobs.errors import JobNotFoundError, ReceiptRejectedError, RejectReason
 from market.jobs.models import Job, JobStatus, Receipt, RejectedReceipt
@@ -24,17 +29,31 @@ from market.jobs.repository import JobRepository
 from market.jobs.schemas import JobRead, ReceiptRead
 from market.ledger import service as ledger
 from market.ledger.models import HoldStatus
-from protocol.errors import ProtocolError
+from protocol.canonical import SIGNING_PREFIX
+from protocol.errors import (
+    BadSignatureError,
+    MalformedMessageError,
+    ProtocolError,
+    ReceiptMismatchError,
+    WrongDomainError,
+    WrongSignerError,
+)
 from protocol.messages import (
     Domain,
     JobTicket,
-    check_receipt_matches_ticket,
+    Signed,
     message_digest,
     output_digest,
     parse_signed,
-    verify,
 )
 from protocol.messages import Receipt as SignedReceipt
+
+_CANONICAL = json.JSONEncoder(
+    ensure_ascii=False, allow_nan=False, sort_keys=True, separators=(",", ":")
+)
+"""`protocol.canonical`'s encoder. A message that passed its model's validation (strict
+integers within the safe range, no floats, ASCII field names) is already in the canonical
+subset, so its signing bytes are this encoding of its dump, without walking it first."""
 
 MTOK = 1_000_000
 BPS = 10_000
@@ -94,24 +113,25 @@ class Settlement:
 
 
 def open_job(session: Session, order: JobOrder) -> Job:
-    """Places the hold and records the job (`InsufficientFundsError` if the hold is not covered)."""
+    """Places the hold and records the job (`InsufficientFundsError` if the hold is not covered).
+
+    The job row is one Core insert; the `Job` returned describes it (not in the session)."""
     ledger.place_hold(session, order.buyer, order.job_id, order.hold)
-    job = Job(
-        id=order.job_id,
-        buyer_address=order.buyer,
-        provider_address=order.provider,
-        model=order.model,
-        stream=order.stream,
-        status=JobStatus.ROUTED,
-        hold_amount=order.hold,
-        price_in_per_mtok=order.price_in,
-        price_out_per_mtok=order.price_out,
-        created_at=utcnow(),
-        api_key_id=order.api_key_id,
-    )
-    JobRepository(session).add_job(job)
-    session.flush()
-    return job
+    values = {
+        "id": order.job_id,
+        "buyer_address": order.buyer,
+        "provider_address": order.provider,
+        "model": order.model,
+        "stream": order.stream,
+        "status": JobStatus.ROUTED,
+        "hold_amount": order.hold,
+        "price_in_per_mtok": order.price_in,
+        "price_out_per_mtok": order.price_out,
+        "created_at": utcnow(),
+        "api_key_id": order.api_key_id,
+    }
+    JobRepository(session).insert_job(values)
+    return Job(**values)
 
 
 def check_receipt(
@@ -124,6 +144,7 @@ def check_receipt(
     *,
     interrupted: bool = False,
     max_prompt_tokens: int | None = None,
+    ticket_digest: str | None = None,
 ) -> SignedReceipt:
     """The receipt's message if the provider signed it for this ticket and it agrees with
     what the market observed (usage, and the output tokens when it saw them); else raises
@@ -133,19 +154,49 @@ def check_receipt(
     off) an interrupted receipt is expected instead: its `completion_tokens` and
     `output_digest` must cover exactly `token_ids`, the tokens relayed to the buyer, and its
     `prompt_tokens` must equal the usage's when usage came, else not exceed
-    `max_prompt_tokens`. Any other status than the one expected is refused."""
+    `max_prompt_tokens`. Any other status than the one expected is refused.
+
+    `ticket_digest`: the ticket's digest if the caller has it (it signed the ticket)."""
+    return check_receipt_hashed(
+        envelope,
+        ticket,
+        public_key,
+        domain,
+        usage,
+        token_ids,
+        interrupted=interrupted,
+        max_prompt_tokens=max_prompt_tokens,
+        ticket_digest=ticket_digest,
+    )[0]
+
+
+def check_receipt_hashed(
+    envelope: str | bytes,
+    ticket: JobTicket,
+    public_key: str,
+    domain: Domain,
+    usage: Usage | None,
+    token_ids: list[int] | None = None,
+    *,
+    interrupted: bool = False,
+    max_prompt_tokens: int | None = None,
+    ticket_digest: str | None = None,
+) -> tuple[SignedReceipt, str]:
+    """`check_receipt`, with the receipt's digest (`message_digest`: its `receipt_hash`),
+    taken from the signing bytes it verified rather than encoded again."""
     try:
         parsed = parse_signed(envelope, SignedReceipt)
     except ProtocolError as exc:
         raise ReceiptRejectedError(f"receipt refused: {exc}", RejectReason.MALFORMED) from exc
     try:
-        receipt = verify(parsed, public_key, domain)
+        receipt, signed_bytes = _verify(parsed, public_key, domain)
     except ProtocolError as exc:
         raise ReceiptRejectedError(f"receipt refused: {exc}", RejectReason.BAD_SIGNATURE) from exc
     try:
-        check_receipt_matches_ticket(receipt, ticket)
+        _matches_ticket(receipt, ticket, ticket_digest or ticket_digest_of(ticket))
     except ProtocolError as exc:
         raise ReceiptRejectedError(f"receipt refused: {exc}", RejectReason.TICKET_MISMATCH) from exc
+    receipt_hash = "0x" + hashlib.sha256(signed_bytes).hexdigest()
     expected = "interrupted" if interrupted else "complete"
     if receipt.status != expected:
         raise ReceiptRejectedError(
@@ -154,7 +205,7 @@ def check_receipt(
         )
     if interrupted:
         _check_delivered(receipt, usage, token_ids, max_prompt_tokens)
-        return receipt
+        return receipt, receipt_hash
     if usage is None:
         raise ReceiptRejectedError("the response has no usable `usage`", RejectReason.USAGE_MISSING)
     signed = (receipt.prompt_tokens, receipt.completion_tokens)
@@ -168,7 +219,62 @@ def check_receipt(
             "receipt output_digest differs from the tokens relayed",
             RejectReason.OUTPUT_DIGEST_MISMATCH,
         )
-    return receipt
+    return receipt, receipt_hash
+
+
+def signing_bytes_of(message: JobTicket | SignedReceipt) -> bytes:
+    """`protocol.messages.signing_bytes` of a validated ticket or receipt (see `_CANONICAL`)."""
+    try:
+        payload = _CANONICAL.encode(message.model_dump(mode="json")).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise MalformedMessageError("string is not valid Unicode (lone surrogate)") from exc
+    return b"".join((SIGNING_PREFIX, message.type.encode("ascii"), b"\x00", payload))
+
+
+def ticket_digest_of(ticket: JobTicket) -> str:
+    """`protocol.messages.message_digest` of a ticket (the receipt's `ticket_digest`)."""
+    return "0x" + hashlib.sha256(signing_bytes_of(ticket)).hexdigest()
+
+
+@lru_cache(maxsize=1024)
+def _verify_key(public_key: str) -> VerifyKey:
+    return VerifyKey(bytes.fromhex(public_key[2:]))
+
+
+def _verify(
+    envelope: Signed[SignedReceipt], expected_signer: str, domain: Domain
+) -> tuple[SignedReceipt, bytes]:
+    """`protocol.messages.verify` of a receipt, also returning the bytes it verified."""
+    if envelope.signer != expected_signer:
+        raise WrongSignerError(f"signed by {envelope.signer}, expected {expected_signer}")
+    message = envelope.message
+    raw = signing_bytes_of(message)
+    try:
+        # `signer` and `signature` passed the envelope's lowercase-hex patterns.
+        _verify_key(envelope.signer).verify(raw, bytes.fromhex(envelope.signature[2:]))
+    except nacl.exceptions.CryptoError as exc:
+        raise BadSignatureError(f"{message.type} signature does not verify") from exc
+    if message.domain != domain:
+        raise WrongDomainError(f"{message.type} is for {message.domain}, expected {domain}")
+    return message, raw
+
+
+def _matches_ticket(receipt: SignedReceipt, ticket: JobTicket, ticket_digest: str) -> None:
+    """`protocol.messages.check_receipt_matches_ticket`, with the ticket's digest given."""
+    pairs = (
+        ("job_id", receipt.job_id, ticket.job_id),
+        ("provider", receipt.provider, ticket.provider),
+        ("model", receipt.model, ticket.model),
+        ("domain", receipt.domain, ticket.domain),
+        ("ticket_digest", receipt.ticket_digest, ticket_digest),
+    )
+    for name, got, want in pairs:
+        if got != want:
+            raise ReceiptMismatchError(f"receipt {name} {got} does not match ticket {want}")
+    if receipt.completion_tokens > ticket.max_tokens:
+        raise ReceiptMismatchError(
+            f"receipt has {receipt.completion_tokens} tokens, ticket allows {ticket.max_tokens}"
+        )
 
 
 def _check_delivered(
@@ -204,6 +310,19 @@ def _check_delivered(
         )
 
 
+@dataclass(frozen=True)
+class _Opened:
+    """What charging needs of a job's row."""
+
+    buyer_address: str
+    provider_address: str
+    model: str
+    hold_amount: int
+    price_in_per_mtok: int
+    price_out_per_mtok: int
+    api_key_id: int | None
+
+
 def complete_job(
     session: Session,
     job_id: str,
@@ -211,13 +330,43 @@ def complete_job(
     envelope: str,
     fee_bps: int,
     site: str | None = None,
+    chain: EnergyChain | None = None,
+    receipt_hash: str | None = None,
+    order: JobOrder | None = None,
 ) -> Settlement:
     """Charges a verified receipt (never above the hold), releases the rest, stores it
     (with `site`, the routed offer's energy site as JSON, for energy statements) and adds
     the charge, wall mWh and mg CO2 to the API key's budget totals. An interrupted receipt
-    is charged for the tokens it covers; the job's `error` says why it was interrupted."""
+    is charged for the tokens it covers; the job's `error` says why it was interrupted.
+
+    `chain`: the receipt's energy chain at `site`, `receipt_hash` its digest, if the caller
+    has them (else derived here); `order`, what the job was opened with (`open_job`), saves
+    reading the job's row back. Rows are written with Core statements, in the caller's
+    transaction."""
     repo = JobRepository(session)
-    job = _job(repo, job_id)
+    if order is not None and order.job_id == job_id:
+        job = _Opened(
+            order.buyer,
+            order.provider,
+            order.model,
+            order.hold,
+            order.price_in,
+            order.price_out,
+            order.api_key_id,
+        )
+    else:
+        row = repo.read_job(job_id)
+        if row is None:
+            raise JobNotFoundError(f"no job {job_id}")
+        job = _Opened(
+            row.buyer_address,
+            row.provider_address,
+            row.model,
+            row.hold_amount,
+            row.price_in_per_mtok,
+            row.price_out_per_mtok,
+            row.api_key_id,
+        )
     charge = cost(
         receipt.prompt_tokens,
         receipt.completion_tokens,
@@ -227,33 +376,39 @@ def complete_job(
     charge = min(charge, job.hold_amount)
     fee = charge * fee_bps // BPS
     ledger.settle_hold(session, job_id, charge, job.provider_address, fee)
-    stored = repo.add_receipt(
-        Receipt(
-            job_id=job_id,
-            provider_address=job.provider_address,
-            buyer_address=job.buyer_address,
-            model=job.model,
-            receipt_hash=message_digest(receipt),
-            prompt_tokens=receipt.prompt_tokens,
-            completion_tokens=receipt.completion_tokens,
-            charge=charge,
-            fee=fee,
-            energy_method=receipt.energy.method,
-            energy_mj=receipt.energy.millijoules,
-            first_token_at_ms=receipt.first_token_at,
-            finished_at_ms=receipt.finished_at,
-            envelope=envelope,
-            verified_at=utcnow(),
-            energy_site=site,
-        )
+    now = utcnow()
+    energy = receipt.energy
+    repo.insert_receipt(
+        {
+            "job_id": job_id,
+            "provider_address": job.provider_address,
+            "buyer_address": job.buyer_address,
+            "model": job.model,
+            "receipt_hash": receipt_hash or message_digest(receipt),
+            "prompt_tokens": receipt.prompt_tokens,
+            "completion_tokens": receipt.completion_tokens,
+            "charge": charge,
+            "fee": fee,
+            "energy_method": energy.method,
+            "energy_mj": energy.millijoules,
+            "first_token_at_ms": receipt.first_token_at,
+            "finished_at_ms": receipt.finished_at,
+            "envelope": envelope,
+            "verified_at": now,
+            "energy_site": site,
+        }
     )
     if job.api_key_id is not None:
-        record_spend(session, job.api_key_id, charge, receipt_chain(stored))
-    job.status = JobStatus.COMPLETED
-    job.finished_at = utcnow()
+        if chain is None:
+            stored = Receipt(
+                energy_site=site, energy_method=energy.method, energy_mj=energy.millijoules
+            )
+            chain = receipt_chain(stored)
+        record_spend(session, job.api_key_id, charge, chain)
+    error = None
     if receipt.status == "interrupted":
-        job.error = f"interrupted ({receipt.interrupted_reason})"
-    session.flush()
+        error = f"interrupted ({receipt.interrupted_reason})"
+    repo.finish_job(job_id, JobStatus.COMPLETED, now, error)
     return Settlement(charge=charge, fee=fee, receipt=receipt)
 
 

@@ -2,16 +2,126 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any, cast
 
-from sqlalchemy import select
+from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from market.ledger.models import Account, Hold, OwnerKind, Posting, Transfer, TransferKind
+from market.db import utcnow
+from market.ledger.models import (
+    Account,
+    Hold,
+    HoldStatus,
+    OwnerKind,
+    Posting,
+    Transfer,
+    TransferKind,
+)
+
+_ACCOUNTS = cast(Table, Account.__table__)
+_TRANSFERS = cast(Table, Transfer.__table__)
+_POSTINGS = cast(Table, Posting.__table__)
+_HOLDS = cast(Table, Hold.__table__)
+
+_KNOWN: weakref.WeakKeyDictionary[object, set[str]] = weakref.WeakKeyDictionary()
+"""Per engine (or connection) sessions are bound to, names of accounts seen to exist.
+Accounts are never deleted, so a writer that needs only known accounts skips
+`ensure_accounts` and goes straight to the lock; a name that is gone anyway (its creating
+transaction rolled back, a test truncated the table) is found missing by the lock, created,
+and locked again."""
+
+_LOCK = (
+    select(_ACCOUNTS.c.id, _ACCOUNTS.c.name, _ACCOUNTS.c.owner_kind, _ACCOUNTS.c.balance)
+    .where(_ACCOUNTS.c.name.in_(bindparam("names", expanding=True)))
+    .order_by(_ACCOUNTS.c.name)
+    .with_for_update()
+)
+_SET_BALANCE = (
+    update(_ACCOUNTS)
+    .where(_ACCOUNTS.c.id == bindparam("account_id"))
+    .values(balance=bindparam("new_balance"))
+)
+_INSERT_POSTINGS = _POSTINGS.insert()
+_INSERT_HOLD = _HOLDS.insert().returning(_HOLDS.c.id)
+_LOCK_HOLD = (
+    select(
+        _HOLDS.c.id,
+        _HOLDS.c.buyer,
+        _HOLDS.c.amount,
+        _HOLDS.c.status,
+        _HOLDS.c.provider,
+        _HOLDS.c.charged,
+        _HOLDS.c.fee,
+    )
+    .where(_HOLDS.c.job_id == bindparam("job_id"))
+    .with_for_update()
+)
+_CLOSE_HOLD = (
+    update(_HOLDS)
+    .where(_HOLDS.c.id == bindparam("hold_id"))
+    .values(
+        status=bindparam("new_status"),
+        provider=bindparam("new_provider"),
+        charged=bindparam("new_charged"),
+        fee=bindparam("new_fee"),
+        closed_at=bindparam("new_closed_at"),
+    )
+)
+_RELEASE_HOLD = (
+    update(_HOLDS)
+    .where(_HOLDS.c.id == bindparam("hold_id"))
+    .values(status=bindparam("new_status"), closed_at=bindparam("new_closed_at"))
+)
+_INSERT_TRANSFER: dict[str, Any] = {}
+
+
+def _insert_transfer(dialect: str) -> Any:
+    """`INSERT ... ON CONFLICT (idempotency_key) DO NOTHING RETURNING id` for the dialect."""
+    stmt = _INSERT_TRANSFER.get(dialect)
+    if stmt is None:
+        insert = pg_insert if dialect == "postgresql" else sqlite_insert
+        stmt = (
+            insert(_TRANSFERS)
+            .values(
+                kind=bindparam("kind"),
+                idempotency_key=bindparam("idempotency_key"),
+                job_id=bindparam("job_id"),
+                created_at=bindparam("created_at"),
+            )
+            .on_conflict_do_nothing(index_elements=["idempotency_key"])
+            .returning(_TRANSFERS.c.id)
+        )
+        _INSERT_TRANSFER[dialect] = stmt
+    return stmt
+
+
+@dataclass
+class LockedAccount:
+    """An account row locked for update: its id, kind, and balance as this writer sees it."""
+
+    id: int
+    owner_kind: OwnerKind
+    balance: int
+    changed: bool = False
+
+
+@dataclass(frozen=True)
+class LockedHold:
+    """A hold row locked for update, as `settle_hold` and `release_hold` need it."""
+
+    id: int
+    buyer: str
+    amount: int
+    status: HoldStatus
+    provider: str | None
+    charged: int | None
+    fee: int | None
 
 
 @dataclass(frozen=True)
@@ -56,6 +166,113 @@ class LedgerRepository:
     @property
     def _dialect(self) -> str:
         return self.session.get_bind().dialect.name
+
+    def lock_balances(self, refs: Iterable[AccountRef]) -> dict[str, LockedAccount]:
+        """The accounts, created if new, locked for update in name order, by name.
+
+        One `SELECT ... FOR UPDATE` when every account is known to exist (the usual case);
+        otherwise `ensure_accounts` first, as `lock_accounts` callers do.
+        """
+        unique = {r.name: r for r in refs}
+        bind = self.session.get_bind()
+        known = _KNOWN.get(bind)
+        if known is None:
+            known = set()
+            _KNOWN[bind] = known
+        if not known.issuperset(unique):
+            self.ensure_accounts(unique.values())
+        locked = self._lock_rows(list(unique))
+        if len(locked) < len(unique):  # known once, gone now: create and lock again
+            self.ensure_accounts(unique.values())
+            locked = self._lock_rows(list(unique))
+            missing = sorted(set(unique) - set(locked))
+            if missing:
+                raise LookupError(f"ledger accounts missing: {missing}")
+        known.update(unique)
+        return locked
+
+    def _lock_rows(self, names: list[str]) -> dict[str, LockedAccount]:
+        rows = self.session.connection().execute(_LOCK, {"names": sorted(names)})
+        return {
+            name: LockedAccount(id=row_id, owner_kind=OwnerKind(kind), balance=balance)
+            for row_id, name, kind, balance in rows
+        }
+
+    def insert_transfer(
+        self, kind: TransferKind, idempotency_key: str, job_id: str | None
+    ) -> int | None:
+        """Inserts a transfer row; its id, or None if the key was already taken."""
+        params = {
+            "kind": kind,
+            "idempotency_key": idempotency_key,
+            "job_id": job_id,
+            "created_at": utcnow(),
+        }
+        found = self.session.connection().execute(_insert_transfer(self._dialect), params).first()
+        return None if found is None else int(found[0])
+
+    def insert_postings(self, rows: list[tuple[int, int, int]]) -> None:
+        """Inserts (transfer id, account id, amount) postings, in one statement."""
+        params = [{"transfer_id": t, "account_id": a, "amount": amount} for t, a, amount in rows]
+        self.session.connection().execute(_INSERT_POSTINGS, params)
+
+    def write_balances(self, locked: Iterable[LockedAccount]) -> None:
+        """Stores the balances of the locked accounts that changed (one statement), and
+        expires any copy of those rows the session holds, so it re-reads them."""
+        changed = [a for a in locked if a.changed]
+        if not changed:
+            return
+        params = [{"account_id": a.id, "new_balance": a.balance} for a in changed]
+        self.session.connection().execute(_SET_BALANCE, params)
+        expire(self.session, Account, [a.id for a in changed])
+
+    def insert_hold(self, job_id: str, buyer: str, amount: int, transfer_id: int) -> Hold:
+        """Inserts an open hold row; a detached `Hold` describing it."""
+        now = utcnow()
+        values = {
+            "job_id": job_id,
+            "buyer": buyer,
+            "amount": amount,
+            "status": HoldStatus.OPEN,
+            "hold_transfer_id": transfer_id,
+            "created_at": now,
+        }
+        hold_id = self.session.connection().execute(_INSERT_HOLD, values).scalar_one()
+        return Hold(id=hold_id, **values)
+
+    def lock_hold(self, job_id: str) -> LockedHold | None:
+        """The hold of `job_id`, locked for update (one Core statement), if any."""
+        row = self.session.connection().execute(_LOCK_HOLD, {"job_id": job_id}).first()
+        if row is None:
+            return None
+        return LockedHold(row[0], row[1], row[2], HoldStatus(row[3]), row[4], row[5], row[6])
+
+    def close_hold(
+        self,
+        hold_id: int,
+        status: HoldStatus,
+        *,
+        provider: str | None = None,
+        charged: int | None = None,
+        fee: int | None = None,
+    ) -> datetime:
+        """Marks a hold settled (with its charge, fee and provider) or released; the time."""
+        now = utcnow()
+        if status is HoldStatus.SETTLED:
+            params = {
+                "hold_id": hold_id,
+                "new_status": status,
+                "new_provider": provider,
+                "new_charged": charged,
+                "new_fee": fee,
+                "new_closed_at": now,
+            }
+            self.session.connection().execute(_CLOSE_HOLD, params)
+        else:
+            params = {"hold_id": hold_id, "new_status": status, "new_closed_at": now}
+            self.session.connection().execute(_RELEASE_HOLD, params)
+        expire(self.session, Hold, [hold_id])
+        return now
 
     def ensure_accounts(self, refs: Iterable[AccountRef]) -> None:
         """Creates the accounts that do not exist yet, racing writers notwithstanding.
@@ -195,3 +412,14 @@ class LedgerRepository:
         ):
             totals[transfer_id] = totals.get(transfer_id, 0) + amount
         return sorted(tid for tid, total in totals.items() if total != 0)
+
+
+def expire(session: Session, cls: type[Any], ids: Iterable[object]) -> None:
+    """Expires the session's copies (if any) of `cls` rows written with Core statements."""
+    identity_map = session.identity_map
+    if not identity_map:
+        return
+    for row_id in ids:
+        obj = identity_map.get(session.identity_key(cls, row_id))
+        if obj is not None:
+            session.expire(obj)

@@ -1,7 +1,9 @@
 """The ledger's rules: deposits, holds, charges, releases, balances and statements.
 
 Every function takes the caller's session, flushes, and never commits: the request or task
-that calls it owns the transaction (`market.db.session_scope`).
+that calls it owns the transaction (`market.db.session_scope`). Holds, charges and releases,
+which every request makes, are written with Core statements on the session's connection
+(no unit of work); the ORM copies the session holds of the rows they change are expired.
 
 Concurrency: a writer first locks, in name order, every account row it will touch
 (`SELECT ... FOR UPDATE` on PostgreSQL; on SQLite every transaction is `BEGIN IMMEDIATE`, so
@@ -16,10 +18,11 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 from sqlalchemy.orm import Session
 
-from market.addresses import checksum_address
+from market.addresses import checksum_address as _checksum_address
 from market.db import utcnow
 from market.errors import (
     ChargeExceedsHoldError,
@@ -41,7 +44,7 @@ from market.ledger.models import (
     Transfer,
     TransferKind,
 )
-from market.ledger.repository import AccountRef, LedgerRepository
+from market.ledger.repository import AccountRef, LedgerRepository, LockedAccount, LockedHold
 from market.ledger.schemas import Statement, StatementLine
 
 _TX_HASH = re.compile(r"^0x[0-9a-fA-F]{64}$")
@@ -49,6 +52,22 @@ _JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
 
 PROTOCOL_FEES = AccountRef(OwnerKind.PROTOCOL, None, "fees")
 """Fees the protocol has earned and not yet settled."""
+
+
+@lru_cache(maxsize=65_536)
+def _checksummed(value: str) -> str:
+    return _checksum_address(value)
+
+
+def checksum_address(value: str) -> str:
+    """`market.addresses.checksum_address`, remembered: every movement names its owners'
+    accounts, and EIP-55 (a Keccak hash per call) would otherwise run several times per
+    request for the same few addresses."""
+    try:
+        return _checksummed(value)
+    except TypeError:  # unhashable, so not an address: refused with the reason
+        return _checksum_address(value)
+
 
 CHAIN_ESCROW = AccountRef(OwnerKind.CHAIN, None, "escrow")
 """Contra account of on-chain deposits: minus what the contract holds for the market's users."""
@@ -209,10 +228,30 @@ def place_hold(session: Session, buyer: str, job_id: str, amount: int) -> Hold:
 
     Raises `InsufficientFundsError` if the buyer has less available. Placing the same hold
     again returns the first; a different amount or buyer for the same job is a conflict.
+
+    A new hold takes five statements: the account lock, then the transfer, its postings,
+    the balances and the hold row. The transfer's idempotency key (`hold:<job>`) is posted in
+    the same transaction as the hold row, so a key already taken means the hold exists: that
+    case (a replay, or a concurrent request that won the race) takes the general path.
     """
     _require_amount(amount, "hold amount")
     _require_job_id(job_id)
     buyer = checksum_address(buyer)
+    session.flush()
+    repo = LedgerRepository(session)
+    legs = [Leg(buyer_available(buyer), -amount), Leg(buyer_held(buyer), amount)]
+    locked = repo.lock_balances(leg.account for leg in legs)
+    posted = _post_locked(repo, locked, TransferKind.HOLD, f"hold:{job_id}", legs, job_id)
+    if posted is None:
+        return _place_hold_again(session, buyer, job_id, amount)
+    transfer_id, postings = posted
+    repo.insert_postings(postings)
+    repo.write_balances(locked.values())
+    return repo.insert_hold(job_id, buyer, amount, transfer_id)
+
+
+def _place_hold_again(session: Session, buyer: str, job_id: str, amount: int) -> Hold:
+    """`place_hold` when its transfer key is taken: the hold already placed, if it agrees."""
     repo = LedgerRepository(session)
     held_before = repo.get_hold(job_id)
     if held_before is not None:
@@ -241,6 +280,38 @@ def place_hold(session: Session, buyer: str, job_id: str, amount: int) -> Hold:
     )
 
 
+def _post_locked(
+    repo: LedgerRepository,
+    locked: dict[str, LockedAccount],
+    kind: TransferKind,
+    idempotency_key: str,
+    legs: Sequence[Leg],
+    job_id: str,
+) -> tuple[int, list[tuple[int, int, int]]] | None:
+    """Posts a balanced transfer on accounts the caller has locked (`lock_balances`): checks
+    the legs and balances, inserts the transfer row and moves the balances in `locked`; the
+    transfer id and the postings for the caller to insert (with `write_balances`). None,
+    with nothing written, if the idempotency key is taken: the caller takes the general
+    path (`post_transfer`), which replays or refuses it."""
+    _check_legs(legs)
+    for leg in legs:
+        account = locked[leg.account.name]
+        if account.owner_kind is not OwnerKind.CHAIN and account.balance + leg.amount < 0:
+            if repo.get_transfer_by_key(idempotency_key) is not None:
+                return None  # a replay answers with what was posted, whatever the balance now
+            raise InsufficientFundsError(leg.account.name, account.balance, -leg.amount)
+    transfer_id = repo.insert_transfer(kind, idempotency_key, job_id)
+    if transfer_id is None:
+        return None
+    postings = []
+    for leg in legs:
+        account = locked[leg.account.name]
+        account.balance += leg.amount
+        account.changed = True
+        postings.append((transfer_id, account.id, leg.amount))
+    return transfer_id, postings
+
+
 def _same_hold(hold: Hold, buyer: str, amount: int) -> Hold:
     if hold.buyer != buyer or hold.amount != amount:
         raise IdempotencyConflictError(
@@ -255,21 +326,25 @@ def settle_hold(session: Session, job_id: str, charge: int, provider: str, fee: 
     Of the charge, `fee` goes to the protocol and `charge - fee` to the provider's earnings.
     Requires 0 <= fee <= charge <= the hold. Settling again with the same figures returns the
     hold; with other figures, or after a release, it is refused.
+
+    Statements: the hold's lock, the accounts' lock, one insert per transfer (charge,
+    release), their postings together, the balances, the hold's update.
     """
     _require_amount(charge, "charge", allow_zero=True)
     _require_amount(fee, "fee", allow_zero=True)
     if fee > charge:
         raise ChargeExceedsHoldError(f"fee {fee} is larger than the charge {charge}")
     provider = checksum_address(provider)
+    session.flush()
     repo = LedgerRepository(session)
-    hold = _locked_hold(repo, job_id)
+    hold = _locked_hold_row(repo, job_id)
     if hold.status is HoldStatus.SETTLED:
         if (hold.charged, hold.fee, hold.provider) != (charge, fee, provider):
             raise IdempotencyConflictError(
                 f"job {job_id} was settled with charge {hold.charged}, fee {hold.fee}, "
                 f"provider {hold.provider}"
             )
-        return hold
+        return get_hold(session, job_id)
     if hold.status is HoldStatus.RELEASED:
         raise HoldClosedError(f"the hold of job {job_id} was released")
     if charge > hold.amount:
@@ -278,35 +353,62 @@ def settle_hold(session: Session, job_id: str, charge: int, provider: str, fee: 
     held, available = buyer_held(hold.buyer), buyer_available(hold.buyer)
     earned = provider_earned(provider)
     # Lock every account both transfers touch, at once and in order (see the module doc).
-    repo.ensure_accounts([held, available, earned, PROTOCOL_FEES])
-    repo.lock_accounts([held.name, available.name, earned.name, PROTOCOL_FEES.name])
+    locked = repo.lock_balances([held, available, earned, PROTOCOL_FEES])
+    moves: list[tuple[TransferKind, str, list[Leg]]] = []
     if charge > 0:
         legs = [Leg(held, -charge)]
         if charge - fee > 0:
             legs.append(Leg(earned, charge - fee))
         if fee > 0:
             legs.append(Leg(PROTOCOL_FEES, fee))
-        post_transfer(
-            session,
-            kind=TransferKind.CHARGE,
-            idempotency_key=f"charge:{job_id}",
-            legs=legs,
-            job_id=job_id,
-        )
+        moves.append((TransferKind.CHARGE, f"charge:{job_id}", legs))
     rest = hold.amount - charge
     if rest > 0:
-        post_transfer(
-            session,
-            kind=TransferKind.RELEASE,
-            idempotency_key=f"release:{job_id}",
-            legs=[Leg(held, -rest), Leg(available, rest)],
-            job_id=job_id,
+        moves.append(
+            (TransferKind.RELEASE, f"release:{job_id}", [Leg(held, -rest), Leg(available, rest)])
         )
-    hold.status = HoldStatus.SETTLED
-    hold.charged, hold.fee, hold.provider = charge, fee, provider
-    hold.closed_at = utcnow()
-    session.flush()
-    return hold
+    _post_all(session, repo, locked, moves, job_id)
+    closed = repo.close_hold(
+        hold.id, HoldStatus.SETTLED, provider=provider, charged=charge, fee=fee
+    )
+    return Hold(
+        id=hold.id,
+        job_id=job_id,
+        buyer=hold.buyer,
+        amount=hold.amount,
+        status=HoldStatus.SETTLED,
+        provider=provider,
+        charged=charge,
+        fee=fee,
+        closed_at=closed,
+    )
+
+
+def _post_all(
+    session: Session,
+    repo: LedgerRepository,
+    locked: dict[str, LockedAccount],
+    moves: Sequence[tuple[TransferKind, str, list[Leg]]],
+    job_id: str,
+) -> None:
+    """Posts transfers on locked accounts; a taken key goes the general way (replay or
+    conflict), after what was posted here is written."""
+    postings: list[tuple[int, int, int]] = []
+    fallback: list[tuple[TransferKind, str, list[Leg]]] = []
+    for kind, key, legs in moves:
+        if fallback:
+            fallback.append((kind, key, legs))
+            continue
+        posted = _post_locked(repo, locked, kind, key, legs, job_id)
+        if posted is None:
+            fallback.append((kind, key, legs))
+        else:
+            postings.extend(posted[1])
+    if postings:
+        repo.insert_postings(postings)
+    repo.write_balances(locked.values())
+    for kind, key, legs in fallback:
+        post_transfer(session, kind=kind, idempotency_key=key, legs=legs, job_id=job_id)
 
 
 def release_hold(session: Session, job_id: str) -> Hold:
@@ -314,31 +416,31 @@ def release_hold(session: Session, job_id: str) -> Hold:
 
     Releasing twice returns the hold; releasing a settled hold is refused.
     """
+    session.flush()
     repo = LedgerRepository(session)
-    hold = _locked_hold(repo, job_id)
+    hold = _locked_hold_row(repo, job_id)
     if hold.status is HoldStatus.RELEASED:
-        return hold
+        return get_hold(session, job_id)
     if hold.status is HoldStatus.SETTLED:
         raise HoldClosedError(f"the hold of job {job_id} was settled")
-    post_transfer(
-        session,
-        kind=TransferKind.RELEASE,
-        idempotency_key=f"release:{job_id}",
-        legs=[
-            Leg(buyer_held(hold.buyer), -hold.amount),
-            Leg(buyer_available(hold.buyer), hold.amount),
-        ],
+    held, available = buyer_held(hold.buyer), buyer_available(hold.buyer)
+    locked = repo.lock_balances([held, available])
+    legs = [Leg(held, -hold.amount), Leg(available, hold.amount)]
+    _post_all(session, repo, locked, [(TransferKind.RELEASE, f"release:{job_id}", legs)], job_id)
+    closed = repo.close_hold(hold.id, HoldStatus.RELEASED)
+    return Hold(
+        id=hold.id,
         job_id=job_id,
+        buyer=hold.buyer,
+        amount=hold.amount,
+        status=HoldStatus.RELEASED,
+        closed_at=closed,
     )
-    hold.status = HoldStatus.RELEASED
-    hold.closed_at = utcnow()
-    session.flush()
-    return hold
 
 
-def _locked_hold(repo: LedgerRepository, job_id: str) -> Hold:
+def _locked_hold_row(repo: LedgerRepository, job_id: str) -> LockedHold:
     _require_job_id(job_id)
-    hold = repo.get_hold(job_id, for_update=True)
+    hold = repo.lock_hold(job_id)
     if hold is None:
         raise HoldNotFoundError(f"no hold for job {job_id}")
     return hold

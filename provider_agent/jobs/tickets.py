@@ -11,32 +11,71 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import heapq
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
+import nacl.exceptions
+from nacl.signing import VerifyKey
+
+from protocol.canonical import SIGNING_PREFIX
 from protocol.errors import (
     BadSignatureError,
     ExpiredMessageError,
     MalformedMessageError,
     NotYetValidError,
     WrongDomainError,
+    WrongSignerError,
 )
 from protocol.messages import (
+    Domain,
     JobTicket,
     Signed,
     check_ticket_fresh,
-    message_digest,
     parse_signed,
     request_digest,
-    verify,
 )
 from provider_agent.jobs.config import JobsConfig
 from provider_agent.jobs.errors import JobError
 
 TICKET_HEADER = "X-Job-Ticket"
+_CANONICAL = json.JSONEncoder(
+    ensure_ascii=False, allow_nan=False, sort_keys=True, separators=(",", ":")
+)
+"""`protocol.canonical`'s encoder: a validated ticket (strict, bounded integers, no floats,
+ASCII field names) needs no canonical-subset walk before it is encoded."""
+
+
+@lru_cache(maxsize=16)
+def _verify_key(public_key: str) -> VerifyKey:
+    return VerifyKey(bytes.fromhex(public_key[2:]))
+
+
+def verify_ticket(
+    envelope: Signed[JobTicket], expected_signer: str, domain: Domain
+) -> tuple[JobTicket, str]:
+    """`protocol.messages.verify` of a ticket, with its digest (`message_digest`, the
+    receipt's `ticket_digest`) from the same signing bytes rather than encoded twice."""
+    if envelope.signer != expected_signer:
+        raise WrongSignerError(f"signed by {envelope.signer}, expected {expected_signer}")
+    ticket = envelope.message
+    try:
+        payload = _CANONICAL.encode(ticket.model_dump(mode="json")).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise MalformedMessageError("string is not valid Unicode (lone surrogate)") from exc
+    raw = b"".join((SIGNING_PREFIX, ticket.type.encode("ascii"), b"\x00", payload))
+    try:
+        # `signer` and `signature` passed the envelope's lowercase-hex patterns.
+        _verify_key(envelope.signer).verify(raw, bytes.fromhex(envelope.signature[2:]))
+    except nacl.exceptions.CryptoError as exc:
+        raise BadSignatureError(f"{ticket.type} signature does not verify") from exc
+    if ticket.domain != domain:
+        raise WrongDomainError(f"{ticket.type} is for {ticket.domain}, expected {domain}")
+    return ticket, "0x" + hashlib.sha256(raw).hexdigest()
 
 
 def encode_ticket_header(envelope: Signed[JobTicket]) -> str:
@@ -123,7 +162,7 @@ class TicketChecker:
 
     def check(self, header: str | None, body: bytes) -> AcceptedJob:
         """Every check but the replay one; no side effect. Raise `JobError` on refusal."""
-        ticket = self._verified(decode_ticket_header(header))
+        ticket, digest = self._verified(decode_ticket_header(header))
         if request_digest(body) != ticket.request_digest:
             raise JobError(400, "digest_mismatch", "request body does not match the ticket")
         payload = _json_object(body)
@@ -134,15 +173,15 @@ class TicketChecker:
         _check_limits(payload, ticket.max_tokens)
         return AcceptedJob(
             ticket=ticket,
-            ticket_digest=message_digest(ticket),
+            ticket_digest=digest,
             upstream_body=payload,
             stream=payload.get("stream") is True,
         )
 
-    def _verified(self, envelope: Signed[JobTicket]) -> JobTicket:
+    def _verified(self, envelope: Signed[JobTicket]) -> tuple[JobTicket, str]:
         config = self._config
         try:
-            ticket = verify(envelope, config.market_public_key, config.domain)
+            ticket, digest = verify_ticket(envelope, config.market_public_key, config.domain)
         except BadSignatureError as exc:
             raise JobError(401, exc.code, str(exc)) from exc
         except WrongDomainError as exc:
@@ -155,7 +194,7 @@ class TicketChecker:
             raise JobError(410, exc.code, str(exc)) from exc
         except NotYetValidError as exc:
             raise JobError(400, exc.code, str(exc)) from exc
-        return ticket
+        return ticket, digest
 
 
 def _json_object(body: bytes) -> dict[str, Any]:
