@@ -98,7 +98,7 @@ def test_demo_end_to_end(tmp_path: Path, request: pytest.FixtureRequest) -> None
         if os.environ.get("CI"):
             pytest.fail("CI is set but .venv-vllm is missing (scripts/bootstrap.sh --with-vllm)")
         pytest.skip("no vLLM venv (.venv-vllm): run scripts/bootstrap.sh --with-vllm")
-    cache = request.config.cache  # the tiny model the engine tests build, built once
+    cache = getattr(request.config, "cache", None)  # the engine tests' tiny model, built once
     model_dir = cache.mkdir("tiny-llama") if cache is not None else None
     outcome = run_demo(DemoOptions(work_dir=tmp_path / "demo", model_dir=model_dir))
 

@@ -37,13 +37,15 @@ pytestmark = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def model_dir(request: pytest.FixtureRequest) -> Path:
+def model_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
     configured = os.environ.get("TINY_MODEL_DIR")
+    cache = getattr(request.config, "cache", None)  # absent under -p no:cacheprovider
     if configured:
         target = Path(configured)
+    elif cache is not None:
+        target = cache.mkdir("tiny-llama")
     else:
-        target = request.config.cache.mkdir("tiny-llama") if request.config.cache else None
-        assert target is not None, "pytest's cache plugin is disabled; set TINY_MODEL_DIR"
+        target = tmp_path_factory.mktemp("tiny-llama")
     return ensure_tiny_model(target)
 
 
