@@ -24,6 +24,7 @@ from starlette.types import Receive, Scope, Send
 
 from market.errors import MarketError
 from market.inference.attempt import Attempt, Settled
+from protocol.sse import more_is_ready, raw_chunks, read_ahead
 
 DONE = b"data: [DONE]"
 _DATA = b"data: "
@@ -78,33 +79,35 @@ class StreamRelay:
         self.interrupted = False
 
     async def events(self) -> AsyncIterator[bytes]:
-        """The buyer's SSE bytes."""
+        """The buyer's SSE bytes, one write per batch of events already read from the agent."""
         buffer = b""
+        out: list[bytes] = []
+        unparsed = read_ahead(self.response)
         try:
-            async for chunk in self.response.aiter_bytes():
+            async for chunk in raw_chunks(self.response):
                 buffer += chunk
-                if b"\n\n" not in buffer:
-                    continue
-                *events, buffer = buffer.split(b"\n\n")
-                out: list[bytes] = []
-                for event in events:
-                    if out and event.startswith(_RECEIPT):
-                        yield b"".join(out)  # relayed before any charge
-                        out = []
-                    done = await self._handle(event, out)
-                    if done:
-                        yield b"".join(out)
-                        return
-                if out:
+                if b"\n\n" in buffer:
+                    *events, buffer = buffer.split(b"\n\n")
+                    for event in events:
+                        if out and event.startswith(_RECEIPT):
+                            yield b"".join(out)  # relayed before any charge
+                            out = []
+                        if await self._handle(event, out):
+                            yield b"".join(out)
+                            return
+                # Held back only while a further whole event is already read (no waiting).
+                if out and not more_is_ready(unparsed):
                     yield b"".join(out)
+                    out = []
             await self.attempt.fail("provider stream ended without [DONE]")
-            yield error_event("The provider's stream ended early.", "provider_stream_ended")
+            out.append(error_event("The provider's stream ended early.", "provider_stream_ended"))
         except httpx.HTTPError as exc:
             await self.attempt.fail(f"provider stream broke off: {exc!r}")
-            yield error_event("The provider's stream broke off.", "provider_stream_broken")
+            out.append(error_event("The provider's stream broke off.", "provider_stream_broken"))
         except MarketError as exc:
             await self.attempt.fail(exc.message)
-            yield error_event(exc.message, exc.code)
+            out.append(error_event(exc.message, exc.code))
+        yield b"".join(out)
 
     async def _handle(self, event: bytes, out: list[bytes]) -> bool:
         """Appends what the buyer gets for one event; True once the stream is over."""
@@ -135,12 +138,18 @@ class StreamRelay:
         """The event without its token ids, which are collected."""
         found = _ONE_OUTPUT_IDS.search(event) if event.count(b"token_ids") == 1 else None
         if found is not None:
-            ids = found.group(1)
-            self.token_ids.extend(int(i) for i in ids.split(b",") if i.strip())
+            self._collect(found.group(1))
             return event[: found.start()] + event[found.end() :]
         for ids in _OUTPUT_IDS.findall(event):
-            self.token_ids.extend(int(i) for i in ids.split(b",") if i.strip())
+            self._collect(ids)
         return _TOKEN_IDS.sub(b"", event)
+
+    def _collect(self, ids: bytes) -> None:
+        """Adds the ids of one `[...]` body (digits, commas, blanks)."""
+        try:
+            self.token_ids.extend(map(int, ids.split(b",")))
+        except ValueError:  # `[]`, or stray commas
+            self.token_ids.extend(int(i) for i in ids.split(b",") if i.strip())
 
     def _hold_usage(self, event: bytes) -> bool:
         payload = json.loads(event[len(_DATA) :])

@@ -68,29 +68,23 @@ class Slot:
             self._slots = None
 
 
-async def _holding(slot: Slot, events: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes, None]:
-    try:
-        async for event in events:
-            yield event
-    finally:
-        await events.aclose()
-        slot.release()
-
-
 class _SlotStreamingResponse(StreamingResponse):
-    """A stream that gives its slot back when it ends, even if never iterated."""
+    """A stream that closes its events and gives its slot back when it ends, even if never
+    iterated."""
 
     def __init__(self, events: AsyncGenerator[bytes, None], slot: Slot) -> None:
-        super().__init__(
-            _holding(slot, events), media_type="text/event-stream", headers=_SSE_HEADERS
-        )
+        super().__init__(events, media_type="text/event-stream", headers=_SSE_HEADERS)
+        self._events = events
         self._slot = slot
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:
-            self._slot.release()
+            try:
+                await self._events.aclose()
+            finally:
+                self._slot.release()
 
 
 async def read_capped(request: Request, limit: int) -> bytes:

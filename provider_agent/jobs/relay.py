@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 
 from protocol.messages import Receipt, Signed
+from protocol.sse import more_is_ready, raw_chunks, read_ahead
 from provider_agent.jobs.errors import JobError
 from provider_agent.jobs.receipts import Observation, ReceiptIssuer
 from provider_agent.jobs.tickets import AcceptedJob
@@ -93,7 +94,7 @@ def _read_event(event: bytes, seen: Observation, now: int) -> str | None:
     """Record one event's token ids and usage; return an error message if it is one."""
     if not event.startswith(_DATA):
         return None
-    payload = json.loads(event[len(_DATA) :])
+    payload = json.loads(event[len(_DATA) :].decode())
     if not isinstance(payload, dict):
         return "engine sent a non-object event"
     if "error" in payload:
@@ -149,34 +150,36 @@ async def relay_stream(
         return b"" if envelope is None else _receipt_event(envelope)
 
     try:
-        chunks = response.aiter_bytes()
+        chunks = raw_chunks(response)
+        unparsed = read_ahead(response)
         failure: tuple[str, bytes] | None = None
+        out: list[bytes] = []
         try:
             async for chunk in chunks:
                 buffer += chunk
-                if b"\n\n" not in buffer:
-                    continue
-                *events, buffer = buffer.split(b"\n\n")
-                now = now_ms()
-                out: list[bytes] = []
-                for event in events:
-                    if event == DONE:
-                        envelope = issuer.issue(job, seen, now)
-                        finished = True
-                        out.append(_receipt_event(envelope) + DONE + b"\n\n")
-                        yield b"".join(out)
-                        await _drain(chunks)
-                        return
-                    error = _read_event(event, seen, now)
-                    if error is not None:
-                        failure = ("engine_error", sse_error("upstream_error", error))
+                if b"\n\n" in buffer:
+                    *events, buffer = buffer.split(b"\n\n")
+                    now = now_ms()
+                    for event in events:
+                        if event == DONE:
+                            envelope = issuer.issue(job, seen, now)
+                            finished = True
+                            out.append(_receipt_event(envelope) + DONE + b"\n\n")
+                            yield b"".join(out)
+                            await _drain(chunks)
+                            return
+                        error = _read_event(event, seen, now)
+                        if error is not None:
+                            failure = ("engine_error", sse_error("upstream_error", error))
+                            break
+                        out.append(event + b"\n\n")
+                    if failure is not None:
                         break
-                    out.append(event + b"\n\n")
-                if out:
+                # Held back only while a further whole event is already read (no waiting).
+                if out and not more_is_ready(unparsed):
                     yield b"".join(out)
+                    out = []
                     delivered = len(seen.token_ids)
-                if failure is not None:
-                    break
             else:
                 failure = (
                     "engine_died",
@@ -190,6 +193,9 @@ async def relay_stream(
             message = f"engine sent an unreadable event: {exc}"
             failure = ("engine_malformed", sse_error("upstream_malformed", message))
         if failure is not None:
+            if out:  # events read before the failure go out, and count as delivered
+                yield b"".join(out)
+                delivered = len(seen.token_ids)
             reason, error_event = failure
             finished = True
             yield interrupted(reason) + error_event
