@@ -2,8 +2,8 @@
 
 `fill_real` goes through the request path's own functions (`open_job`, `check_receipt`,
 `complete_job`: job row, hold, charge and release transfers, receipt row with its signed
-envelope), one transaction each as the request path does. `fill_bulk` writes the same job and
-receipt rows with bulk inserts (envelopes of the real size, from one signed template) and books
+envelope's columns), one transaction each as the request path does. `fill_bulk` writes the same
+job and receipt rows with bulk inserts (signed columns from one signed template) and books
 the charges in the ledger once per buyer/provider pair, so that 100k receipts can be set up in
 seconds; settlement reads only these rows and balances.
 """
@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from market.db import session_scope, utcnow
 from market.jobs.models import Job, JobStatus, Receipt
+from market.jobs.receipt_codec import domain_id, pack
 from market.jobs.service import JobOrder, Usage, check_receipt, complete_job, cost, open_job
 from market.ledger import service as ledger
 from market.ledger.models import TransferKind
@@ -31,6 +32,7 @@ from protocol.messages import (
     message_digest,
     new_job_id,
     output_digest,
+    parse_signed,
     sign,
 )
 from protocol.messages import Receipt as SignedReceipt
@@ -100,8 +102,10 @@ def fill_real(
     buyers: list[str],
     providers: list[Party],
     domain: Domain,
+    site: str | None = None,
 ) -> None:
-    """`count` requests through open_job / check_receipt / complete_job (buyers funded)."""
+    """`count` requests through open_job / check_receipt / complete_job (buyers funded);
+    `site`: the routed offer's site JSON each receipt is stored with (as routing passes it)."""
     for i in range(count):
         buyer, provider = buyers[i % len(buyers)], providers[(i // len(buyers)) % len(providers)]
         job_id = new_job_id()
@@ -124,7 +128,7 @@ def fill_real(
         usage = Usage(prompt, TOKENS_OUT)
         receipt = check_receipt(envelope, ticket, public_key_hex(provider.key), domain, usage)
         with session_scope(sessions) as session:
-            complete_job(session, job_id, receipt, envelope, FEE_BPS)
+            complete_job(session, job_id, receipt, envelope, FEE_BPS, site)
 
 
 def fill_bulk(
@@ -139,6 +143,9 @@ def fill_bulk(
     key = signing_key_from_seed("0x" + "02" * 32)
     template_id = "f" * 32
     template = signed(ticket_for(template_id, providers[0], domain), key, 100, 200_000)
+    columns = pack(parse_signed(template, SignedReceipt))
+    with session_scope(sessions) as session:
+        columns["domain_id"] = domain_id(session, domain)
     totals: dict[tuple[str, str], tuple[int, int]] = {}
     now = utcnow()
     for start in range(0, count, chunk):
@@ -168,6 +175,7 @@ def fill_bulk(
             )
             receipts.append(
                 {
+                    **columns,
                     "job_id": job_id,
                     "provider_address": provider,
                     "buyer_address": buyer,
@@ -181,7 +189,6 @@ def fill_bulk(
                     "energy_mj": 200_000 + i % 5_000,
                     "first_token_at_ms": 1_767_225_600_000 + i,
                     "finished_at_ms": 1_767_225_601_000 + i,
-                    "envelope": template.replace(template_id, job_id),
                     "verified_at": now,
                 }
             )

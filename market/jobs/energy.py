@@ -1,8 +1,9 @@
 """Energy figures of stored receipts: each receipt's chain, and a statement's totals.
 
 A receipt's chain is its GPU millijoules at the site stored with it (the routed offer's, see
-`market.providers.site`); receipts stored before sites were kept use `fallback` (the
-provider's current offer, else the region alone). Totals come from
+`market.providers.site`; each distinct site is one row of `energy_sites`, which receipts
+name by id); receipts stored before sites were kept use `fallback` (the provider's current
+offer, else the region alone). Totals come from
 `market.energy.accounting.aggregate`: unmeasured receipts are counted, never summed as 0.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from decimal import Decimal
+from functools import lru_cache
 
 from pydantic import BaseModel, Field
 
@@ -34,13 +36,27 @@ def energy_method(method: str) -> Method:
     return "unmeasured"
 
 
+@lru_cache(maxsize=256)
+def _site(text: str) -> SiteProfile:
+    """A stored site's profile (profiles are frozen; a market has few distinct sites)."""
+    return site_from_json(text)
+
+
+def site_chain(
+    method: str, millijoules: int | None, site: str | None, fallback: SiteProfile | None = None
+) -> EnergyChain:
+    """The accounting chain of a receipt's energy at `site` (its JSON; None: `fallback`,
+    else the region alone)."""
+    if site is not None:
+        profile = _site(site)
+    else:
+        profile = fallback if fallback is not None else bare_site(None)
+    return energy_chain(energy_method(method), millijoules, profile)
+
+
 def receipt_chain(receipt: Receipt, fallback: SiteProfile | None = None) -> EnergyChain:
     """The accounting chain of one stored receipt."""
-    if receipt.energy_site is not None:
-        site = site_from_json(receipt.energy_site)
-    else:
-        site = fallback if fallback is not None else bare_site(None)
-    return energy_chain(energy_method(receipt.energy_method), receipt.energy_mj, site)
+    return site_chain(receipt.energy_method, receipt.energy_mj, receipt.energy_site, fallback)
 
 
 def _text(value: Decimal | None) -> str | None:

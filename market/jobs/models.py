@@ -1,20 +1,38 @@
 """Jobs and the receipts providers sign for them: tables.
 
 A job is one routed request, from the hold placed at routing to the receipt (or the failure)
-at its end. A receipt is stored once verified: its figures, the signed envelope as received,
-and, after its epoch closes, the epoch and its leaf index in that epoch's Merkle tree. A
-receipt that fails verification is kept too, as received, with the reason it was refused.
+at its end. A receipt is stored once verified: every field of the signed message in columns,
+the signature and digests as raw bytes (`market.jobs.receipt_codec` packs them and rebuilds the
+envelope), its domain and energy site as ids of rows stored once each, and, after its epoch
+closes, the epoch and its leaf index in that epoch's Merkle tree. A receipt that fails
+verification is kept too, as received, with the reason it was refused.
 """
 
 from __future__ import annotations
 
 import enum
 from datetime import datetime
+from typing import TYPE_CHECKING
 
-from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, Integer, String, Text
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    SmallInteger,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from market.db import Amount, Base, UTCDateTime, enum_column, utcnow
+
+if TYPE_CHECKING:
+    from protocol.messages import Receipt as SignedReceipt
+    from protocol.messages import Signed
 
 
 class JobStatus(enum.StrEnum):
@@ -49,8 +67,33 @@ class Job(Base):
     """The API key the request came with (its budgets are charged); None before 0009."""
 
 
+class ReceiptDomain(Base):
+    """A domain receipts were signed for (chain id and settlement contract), stored once."""
+
+    __tablename__ = "receipt_domains"
+    __table_args__ = (UniqueConstraint("chain_id", "settlement_contract"),)
+
+    id: Mapped[int] = mapped_column(Integer(), primary_key=True, autoincrement=True)
+    chain_id: Mapped[int] = mapped_column(BigInteger())
+    settlement_contract: Mapped[str] = mapped_column(String(42))
+
+
+class EnergySite(Base):
+    """A routed offer's site (region, tariff, PUE, host overhead) as JSON, stored once."""
+
+    __tablename__ = "energy_sites"
+
+    id: Mapped[int] = mapped_column(Integer(), primary_key=True, autoincrement=True)
+    digest: Mapped[bytes] = mapped_column(LargeBinary(32), unique=True)
+    """SHA-256 of `site` (`market.jobs.receipt_codec.site_digest`)."""
+    site: Mapped[str] = mapped_column(Text())
+
+
 class Receipt(Base):
-    """A verified receipt: what the provider signed, what it cost, where it was settled."""
+    """A verified receipt: what the provider signed, what it cost, where it was settled.
+
+    The signed envelope is `signed` (rebuilt by `market.jobs.receipt_codec.unpack`), its
+    JSON `envelope`; the routed offer's site JSON is `energy_site` (None: not kept)."""
 
     __tablename__ = "receipts"
     __table_args__ = (Index("ix_receipts_unsettled", "epoch", "buyer_address"),)
@@ -68,14 +111,54 @@ class Receipt(Base):
     energy_mj: Mapped[int | None] = mapped_column(BigInteger())
     first_token_at_ms: Mapped[int | None] = mapped_column(BigInteger())
     finished_at_ms: Mapped[int] = mapped_column(BigInteger())
-    envelope: Mapped[str] = mapped_column(Text())
     verified_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     epoch: Mapped[int | None] = mapped_column(Integer())
     leaf_index: Mapped[int | None] = mapped_column(Integer())
-    energy_site: Mapped[str | None] = mapped_column(Text())
-    """The routed offer's site (region, tariff, PUE, host overhead) as JSON, for statements."""
     check_status: Mapped[str | None] = mapped_column(String(8))
     """Its claims' checks (`market.reviews.models.ReceiptCheckStatus`); None: not yet checked."""
+    version: Mapped[int] = mapped_column(SmallInteger())
+    model_digest: Mapped[bytes] = mapped_column(LargeBinary(32))
+    output_digest: Mapped[bytes] = mapped_column(LargeBinary(32))
+    ticket_digest: Mapped[bytes] = mapped_column(LargeBinary(32))
+    energy_basis: Mapped[str | None] = mapped_column(String(256))
+    attestation_seq: Mapped[int | None] = mapped_column(BigInteger())
+    interrupted_reason: Mapped[str | None] = mapped_column(String(64))
+    """Why the stream broke off; None exactly when the receipt's status is "complete"."""
+    signer: Mapped[bytes] = mapped_column(LargeBinary(32))
+    signature: Mapped[bytes] = mapped_column(LargeBinary(64))
+    domain_id: Mapped[int] = mapped_column(ForeignKey("receipt_domains.id"))
+    energy_site_id: Mapped[int | None] = mapped_column(ForeignKey("energy_sites.id"))
+    """The routed offer's site, for statements; None for receipts stored before sites were."""
+    domain: Mapped[ReceiptDomain] = relationship(lazy="selectin")
+    site: Mapped[EnergySite | None] = relationship(lazy="selectin")
+    """Both loaded with the receipts (one query per load for the few distinct rows), so
+    `signed`, `envelope` and `energy_site` read without a session too."""
+
+    @property
+    def status(self) -> str:
+        """The signed status: "complete", or "interrupted" (charged for delivered tokens)."""
+        return "complete" if self.interrupted_reason is None else "interrupted"
+
+    @property
+    def signed(self) -> Signed[SignedReceipt]:
+        """The envelope the provider signed, rebuilt from the columns."""
+        from market.jobs.receipt_codec import unpack
+        from protocol.messages import Domain
+
+        domain = Domain(
+            chain_id=self.domain.chain_id, settlement_contract=self.domain.settlement_contract
+        )
+        return unpack(self, domain)
+
+    @property
+    def envelope(self) -> str:
+        """`signed` as JSON (the form providers send it in)."""
+        return self.signed.model_dump_json()
+
+    @property
+    def energy_site(self) -> str | None:
+        """The routed offer's site as JSON (`market.providers.site.site_json`), or None."""
+        return None if self.site is None else self.site.site
 
 
 class RejectedReceipt(Base):

@@ -22,9 +22,10 @@ from sqlalchemy.orm import Session
 from market.buyers.budgets import record_spend
 from market.db import utcnow
 from market.energy.accounting import EnergyChain
-from market.jobs.energy import receipt_chain
+from market.jobs.energy import site_chain
 from market.jobs.errors import JobNotFoundError, ReceiptRejectedError, RejectReason
-from market.jobs.models import Job, JobStatus, Receipt, RejectedReceipt
+from market.jobs.models import Job, JobStatus, RejectedReceipt
+from market.jobs.receipt_codec import receipt_columns
 from market.jobs.repository import JobRepository
 from market.jobs.schemas import JobRead, ReceiptRead
 from market.ledger import service as ledger
@@ -58,7 +59,7 @@ subset, so its signing bytes are this encoding of its dump, without walking it f
 MTOK = 1_000_000
 BPS = 10_000
 _SIGNED = ("envelope", "status", "interrupted_reason")
-"""`ReceiptRead` fields read from the stored envelope rather than a column."""
+"""`ReceiptRead` fields read from the stored envelope (`Receipt.signed`), not a column."""
 
 
 def cost(tokens_in: int, tokens_out: int, price_in: int, price_out: int) -> int:
@@ -380,30 +381,17 @@ def complete_job(
     energy = receipt.energy
     repo.insert_receipt(
         {
-            "job_id": job_id,
-            "provider_address": job.provider_address,
             "buyer_address": job.buyer_address,
-            "model": job.model,
             "receipt_hash": receipt_hash or message_digest(receipt),
-            "prompt_tokens": receipt.prompt_tokens,
-            "completion_tokens": receipt.completion_tokens,
             "charge": charge,
             "fee": fee,
-            "energy_method": energy.method,
-            "energy_mj": energy.millijoules,
-            "first_token_at_ms": receipt.first_token_at,
-            "finished_at_ms": receipt.finished_at,
-            "envelope": envelope,
             "verified_at": now,
-            "energy_site": site,
+            **receipt_columns(session, receipt, envelope, site),
         }
     )
     if job.api_key_id is not None:
         if chain is None:
-            stored = Receipt(
-                energy_site=site, energy_method=energy.method, energy_mj=energy.millijoules
-            )
-            chain = receipt_chain(stored)
+            chain = site_chain(energy.method, energy.millijoules, site)
         record_spend(session, job.api_key_id, charge, chain)
     error = None
     if receipt.status == "interrupted":
@@ -465,9 +453,9 @@ def get_job(session: Session, buyer: str, job_id: str) -> JobRead:
         receipt = ReceiptRead.model_validate(
             {
                 **{f: getattr(stored, f) for f in ReceiptRead.model_fields if f not in _SIGNED},
-                "envelope": json.loads(stored.envelope),
-                "status": _signed_field(stored.envelope, "status") or "complete",
-                "interrupted_reason": _signed_field(stored.envelope, "interrupted_reason"),
+                "envelope": stored.signed.model_dump(mode="json"),
+                "status": stored.status,
+                "interrupted_reason": stored.interrupted_reason,
             }
         )
     return JobRead(
@@ -486,12 +474,6 @@ def get_job(session: Session, buyer: str, job_id: str) -> JobRead:
         error=job.error,
         receipt=receipt,
     )
-
-
-def _signed_field(envelope: str, name: str) -> str | None:
-    """A string field of a stored receipt envelope's message (None if absent)."""
-    value = json.loads(envelope).get("message", {}).get(name)
-    return value if isinstance(value, str) else None
 
 
 def _job(repo: JobRepository, job_id: str) -> Job:

@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
+from sqlalchemy.orm import Session
 
 from market.db import REPO_ROOT, alembic_config, create_engine, migrate
+from market.jobs.models import Receipt
 from market.models import Base
+from protocol.keys import public_key_hex, signing_key_from_seed
+from protocol.messages import Domain, EnergyAttribution, message_digest, parse_signed, sign, verify
+from protocol.messages import Receipt as SignedReceipt
 
 BOTH = pytest.mark.parametrize("empty_database_url", ["sqlite", "postgresql"], indirect=True)
 
@@ -93,3 +100,127 @@ def test_offline_sql_for_postgresql_includes_the_journal_triggers(
     assert "NUMERIC(78, 0)" in sql
     assert "CREATE CONSTRAINT TRIGGER ledger_postings_balanced" in sql
     assert "DEFERRABLE INITIALLY DEFERRED" in sql
+
+
+def _signed_receipts() -> list[tuple[str, str, str | None]]:
+    """(job id, envelope JSON as providers send it, site JSON) of receipts stored before 0011."""
+    key = signing_key_from_seed("0x" + "42" * 32)
+    domain = Domain(
+        chain_id=31337, settlement_contract="0x5FbDB2315678afecb367f032d93F642f64180aa3"
+    )
+    site = '{"region":"eu-west","tariff_micro_per_kwh":250000,"tariff_currency":"EUR"}'
+    energies = [
+        EnergyAttribution(method="measured", millijoules=180_000),
+        EnergyAttribution(
+            method="estimated", millijoules=9, basis="tdp × time, 1 GPU " + "b" * 200
+        ),
+        EnergyAttribution(method="unmeasured"),
+    ]
+    out = []
+    for n, energy in enumerate(energies):
+        interrupted = n == 1
+        message = SignedReceipt(
+            job_id=secrets.token_hex(16),
+            provider="0x7E5F4552091A69125d5DfCb7b8C2659029395Bdf",
+            model="模型/Llama-Ünïcødé" if n else "meta-llama/Llama-3.1-8B-Instruct",
+            model_digest="0x" + secrets.token_hex(32),
+            prompt_tokens=100 + n,
+            completion_tokens=0 if n == 2 else 64,
+            output_digest="0x" + secrets.token_hex(32),
+            first_token_at=None if n == 2 else 1_767_225_600_040,
+            finished_at=1_767_225_600_900,
+            energy=energy,
+            attestation_seq=None if n == 2 else 7,
+            ticket_digest="0x" + secrets.token_hex(32),
+            status="interrupted" if interrupted else "complete",
+            interrupted_reason="engine_died" if interrupted else None,
+            domain=domain,
+        )
+        out.append((message.job_id, sign(message, key).model_dump_json(), None if n == 2 else site))
+    return out
+
+
+@BOTH
+def test_receipts_stored_before_0011_survive_upgrade_and_downgrade(
+    empty_database_url: str,
+) -> None:
+    """0011 packs each envelope into columns and back: signed bytes, hash and JSON unchanged."""
+    config = alembic_config(empty_database_url)
+    command.upgrade(config, "0010")
+    stored = _signed_receipts()
+    now = datetime.now(UTC)
+    engine = create_engine(empty_database_url)
+    try:
+        with engine.begin() as conn:
+            for job_id, envelope, site in stored:
+                message = parse_signed(envelope, SignedReceipt).message
+                conn.execute(
+                    text(
+                        "INSERT INTO jobs (id, buyer_address, provider_address, model, stream,"
+                        " status, hold_amount, price_in_per_mtok, price_out_per_mtok, created_at)"
+                        " VALUES (:id, :buyer, :provider, :model, false, 'completed', 1000, 1, 1,"
+                        " :now)"
+                    ),
+                    {
+                        "id": job_id,
+                        "buyer": "0x" + "b0" * 20,
+                        "provider": message.provider,
+                        "model": message.model,
+                        "now": now,
+                    },
+                )
+                conn.execute(
+                    text(
+                        "INSERT INTO receipts (job_id, provider_address, buyer_address, model,"
+                        " receipt_hash, prompt_tokens, completion_tokens, charge, fee,"
+                        " energy_method, energy_mj, first_token_at_ms, finished_at_ms, envelope,"
+                        " verified_at, energy_site) VALUES (:id, :provider, :buyer, :model, :hash,"
+                        " :pt, :ct, 10, 1, :method, :mj, :first, :finished, :envelope, :now, :site)"
+                    ),
+                    {
+                        "id": job_id,
+                        "provider": message.provider,
+                        "buyer": "0x" + "b0" * 20,
+                        "model": message.model,
+                        "hash": message_digest(message),
+                        "pt": message.prompt_tokens,
+                        "ct": message.completion_tokens,
+                        "method": message.energy.method,
+                        "mj": message.energy.millijoules,
+                        "first": message.first_token_at,
+                        "finished": message.finished_at,
+                        "envelope": envelope,
+                        "now": now,
+                        "site": site,
+                    },
+                )
+                conn.execute(
+                    text(
+                        'INSERT INTO receipt_check_failures (job_id, "check", kind, reason,'
+                        " created_at) VALUES (:id, 'receipt_power', 'data', 'why', :now)"
+                    ),
+                    {"id": job_id, "now": now},
+                )
+        command.upgrade(config, "head")
+        assert _diff(empty_database_url) == []
+        signer = public_key_hex(signing_key_from_seed("0x" + "42" * 32))
+        with Session(engine) as session:
+            for job_id, envelope, site in stored:
+                row = session.get(Receipt, job_id)
+                assert row is not None
+                original = parse_signed(envelope, SignedReceipt)
+                assert row.signed == original
+                assert row.envelope == envelope
+                assert row.energy_site == site
+                assert verify(row.signed, signer, original.message.domain) == original.message
+                assert message_digest(row.signed.message) == row.receipt_hash
+            sites = session.execute(text("SELECT COUNT(*) FROM energy_sites")).scalar_one()
+            assert sites == 1
+        command.downgrade(config, "0010")
+        with engine.connect() as conn:
+            rows = conn.execute(text("SELECT job_id, envelope, energy_site FROM receipts"))
+            assert sorted(tuple(r) for r in rows) == sorted(stored)
+            failures = conn.execute(text("SELECT job_id FROM receipt_check_failures"))
+            assert sorted(r[0] for r in failures) == sorted(s[0] for s in stored)
+    finally:
+        engine.dispose()

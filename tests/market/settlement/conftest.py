@@ -14,12 +14,14 @@ from market.chain.service import MarketChain
 from market.config import Settings
 from market.db import session_scope, utcnow
 from market.jobs.models import Job, JobStatus, Receipt
+from market.jobs.receipt_codec import domain_id
 from market.ledger import service as ledger
 from market.settlement.tasks import TaskContext, watch_deposits
 from protocol.chain.connection import EMBEDDED, connect, fund_from_dev_account, new_account
 from protocol.chain.deploy import deploy
 from protocol.chain.settlement import SettlementClient
 from protocol.chain.transactor import Transactor
+from protocol.messages import Domain
 from tests.support.chain import GAS_MONEY, TEST_DEPLOY_PARAMS
 
 PARAMS = TEST_DEPLOY_PARAMS
@@ -67,6 +69,9 @@ class Market:
         return job_id
 
 
+_DOMAIN = Domain(chain_id=31337, settlement_contract="0x5FbDB2315678afecb367f032d93F642f64180aa3")
+
+
 def add_receipt(
     session: Session, job_id: str, buyer: str, provider: str, charge: int, fee: int
 ) -> None:
@@ -101,8 +106,14 @@ def add_receipt(
             fee=fee,
             energy_method="none",
             finished_at_ms=0,
-            envelope="{}",
             verified_at=utcnow(),
+            version=1,
+            model_digest=bytes(32),
+            output_digest=bytes(32),
+            ticket_digest=bytes(32),
+            signer=bytes(32),
+            signature=bytes(64),
+            domain_id=domain_id(session, _DOMAIN),
         )
     )
     session.flush()
