@@ -50,21 +50,13 @@ def worker(count: int) -> dict[str, Any]:
     from market.settlement.models import Epoch
     from market.settlement.tasks import TaskContext, close_epoch, watch_deposits
     from protocol.chain.connection import EMBEDDED, connect, fund_from_dev_account, new_account
-    from protocol.chain.deploy import DeployParams, deploy
+    from protocol.chain.deploy import deploy
     from protocol.chain.settlement import SettlementClient
     from protocol.chain.transactor import Transactor
     from protocol.merkle import MerkleTree
+    from tests.support.chain import TEST_DEPLOY_PARAMS
 
-    params = DeployParams(
-        withdrawal_delay_s=60,
-        unstake_delay_s=600,
-        min_provider_stake=1_000 * 10**18,
-        max_fee_bps=1_000,
-        min_reward_interval_s=0,
-        epoch_reward_cap=500 * 10**18,
-        faucet_enabled=True,
-        faucet_max=10_000 * 10**6,
-    )
+    params = TEST_DEPLOY_PARAMS
     with tempfile.TemporaryDirectory(prefix="bench-epoch-") as tmp:
         url = f"sqlite:///{tmp}/market.sqlite3"
         migrate(url)
