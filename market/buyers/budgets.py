@@ -35,14 +35,15 @@ from market.buyers.models import ApiKey
 from market.energy.accounting import EnergyChain, SiteProfile, energy_chain
 from market.errors import MarketError
 from market.jobs.models import Job, JobStatus
+from market.prepared import Prepared
 
 _KEYS = cast(Table, ApiKey.__table__)
-_LOCK_SPENT = (
+_LOCK_SPENT = Prepared(
     select(_KEYS.c.spent_money, _KEYS.c.spent_wall_mwh, _KEYS.c.spent_gco2_mg)
     .where(_KEYS.c.id == bindparam("key_id"))
     .with_for_update()
 )
-_SET_SPENT = (
+_SET_SPENT = Prepared(
     update(_KEYS)
     .where(_KEYS.c.id == bindparam("key_id"))
     .values(
@@ -168,14 +169,14 @@ def record_spend(session: Session, key_id: int, charge: int, chain: EnergyChain)
     row is locked and read, then written (two Core statements; the money total is a decimal
     string on SQLite, so it cannot be added to in SQL)."""
     session.flush()
-    money, mwh, mg = session.connection().execute(_LOCK_SPENT, {"key_id": key_id}).one()
+    money, mwh, mg = _LOCK_SPENT(session, {"key_id": key_id}).one()
     params = {
         "key_id": key_id,
         "new_money": money + charge,
         "new_wall_mwh": mwh + wall_mwh(chain),
         "new_gco2_mg": mg + gco2_mg(chain),
     }
-    session.connection().execute(_SET_SPENT, params)
+    _SET_SPENT(session, params)
     identity = session.identity_map.get(session.identity_key(ApiKey, key_id))
     if identity is not None:
         session.expire(identity)

@@ -10,11 +10,12 @@ from sqlalchemy.orm import Session
 
 from market.jobs.models import Job, JobStatus, Receipt, RejectedReceipt
 from market.ledger.repository import expire
+from market.prepared import Prepared
 
 _JOBS = cast(Table, Job.__table__)
 _RECEIPTS = cast(Table, Receipt.__table__)
-_INSERT_JOB = _JOBS.insert()
-_INSERT_RECEIPT = _RECEIPTS.insert()
+_INSERT_JOB = Prepared(_JOBS.insert())
+_INSERT_RECEIPT = Prepared(_RECEIPTS.insert())
 _JOB_FIELDS = (
     _JOBS.c.id,
     _JOBS.c.buyer_address,
@@ -26,8 +27,8 @@ _JOB_FIELDS = (
     _JOBS.c.price_out_per_mtok,
     _JOBS.c.api_key_id,
 )
-_READ_JOB = select(*_JOB_FIELDS).where(_JOBS.c.id == bindparam("job_id"))
-_FINISH_JOB = (
+_READ_JOB = Prepared(select(*_JOB_FIELDS).where(_JOBS.c.id == bindparam("job_id")))
+_FINISH_JOB = Prepared(
     update(_JOBS)
     .where(_JOBS.c.id == bindparam("job_id"))
     .values(
@@ -51,11 +52,11 @@ class JobRepository:
 
     def insert_job(self, values: dict[str, Any]) -> None:
         """Inserts a job row (one Core statement, no unit of work)."""
-        self.session.connection().execute(_INSERT_JOB, values)
+        _INSERT_JOB(self.session, values)
 
     def read_job(self, job_id: str) -> Any:
         """The job's row (id, buyer, provider, model, status, hold, prices, API key), or None."""
-        return self.session.connection().execute(_READ_JOB, {"job_id": job_id}).first()
+        return _READ_JOB(self.session, {"job_id": job_id}).first()
 
     def finish_job(
         self, job_id: str, status: JobStatus, finished_at: datetime, error: str | None
@@ -67,12 +68,12 @@ class JobRepository:
             "new_finished_at": finished_at,
             "new_error": error,
         }
-        self.session.connection().execute(_FINISH_JOB, params)
+        _FINISH_JOB(self.session, params)
         expire(self.session, Job, [job_id])
 
     def insert_receipt(self, values: dict[str, Any]) -> None:
         """Inserts a verified receipt row (one Core statement)."""
-        self.session.connection().execute(_INSERT_RECEIPT, values)
+        _INSERT_RECEIPT(self.session, values)
 
     def get_job(self, job_id: str) -> Job | None:
         """The job with this id, if any."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from market.ledger.models import (
     Transfer,
     TransferKind,
 )
+from market.prepared import Prepared
 
 _ACCOUNTS = cast(Table, Account.__table__)
 _TRANSFERS = cast(Table, Transfer.__table__)
@@ -36,20 +38,27 @@ Accounts are never deleted, so a writer that needs only known accounts skips
 transaction rolled back, a test truncated the table) is found missing by the lock, created,
 and locked again."""
 
-_LOCK = (
-    select(_ACCOUNTS.c.id, _ACCOUNTS.c.name, _ACCOUNTS.c.owner_kind, _ACCOUNTS.c.balance)
-    .where(_ACCOUNTS.c.name.in_(bindparam("names", expanding=True)))
-    .order_by(_ACCOUNTS.c.name)
-    .with_for_update()
-)
-_SET_BALANCE = (
+
+@functools.cache
+def _lock(count: int) -> Prepared:
+    """`SELECT ... FOR UPDATE` of `count` accounts by name (binds `name_0` ...), in name order."""
+    names: list[Any] = [bindparam(f"name_{i}") for i in range(count)]
+    return Prepared(
+        select(_ACCOUNTS.c.id, _ACCOUNTS.c.name, _ACCOUNTS.c.owner_kind, _ACCOUNTS.c.balance)
+        .where(_ACCOUNTS.c.name.in_(names))
+        .order_by(_ACCOUNTS.c.name)
+        .with_for_update()
+    )
+
+
+_SET_BALANCE = Prepared(
     update(_ACCOUNTS)
     .where(_ACCOUNTS.c.id == bindparam("account_id"))
     .values(balance=bindparam("new_balance"))
 )
-_INSERT_POSTINGS = _POSTINGS.insert()
-_INSERT_HOLD = _HOLDS.insert().returning(_HOLDS.c.id)
-_LOCK_HOLD = (
+_INSERT_POSTINGS = Prepared(_POSTINGS.insert())
+_INSERT_HOLD = Prepared(_HOLDS.insert().returning(_HOLDS.c.id))
+_LOCK_HOLD = Prepared(
     select(
         _HOLDS.c.id,
         _HOLDS.c.buyer,
@@ -62,7 +71,7 @@ _LOCK_HOLD = (
     .where(_HOLDS.c.job_id == bindparam("job_id"))
     .with_for_update()
 )
-_CLOSE_HOLD = (
+_CLOSE_HOLD = Prepared(
     update(_HOLDS)
     .where(_HOLDS.c.id == bindparam("hold_id"))
     .values(
@@ -73,20 +82,20 @@ _CLOSE_HOLD = (
         closed_at=bindparam("new_closed_at"),
     )
 )
-_RELEASE_HOLD = (
+_RELEASE_HOLD = Prepared(
     update(_HOLDS)
     .where(_HOLDS.c.id == bindparam("hold_id"))
     .values(status=bindparam("new_status"), closed_at=bindparam("new_closed_at"))
 )
-_INSERT_TRANSFER: dict[str, Any] = {}
+_INSERT_TRANSFER: dict[str, Prepared] = {}
 
 
-def _insert_transfer(dialect: str) -> Any:
+def _insert_transfer(dialect: str) -> Prepared:
     """`INSERT ... ON CONFLICT (idempotency_key) DO NOTHING RETURNING id` for the dialect."""
     stmt = _INSERT_TRANSFER.get(dialect)
     if stmt is None:
         insert = pg_insert if dialect == "postgresql" else sqlite_insert
-        stmt = (
+        stmt = Prepared(
             insert(_TRANSFERS)
             .values(
                 kind=bindparam("kind"),
@@ -192,7 +201,8 @@ class LedgerRepository:
         return locked
 
     def _lock_rows(self, names: list[str]) -> dict[str, LockedAccount]:
-        rows = self.session.connection().execute(_LOCK, {"names": sorted(names)})
+        params = {f"name_{i}": name for i, name in enumerate(sorted(names))}
+        rows = _lock(len(names))(self.session, params)
         return {
             name: LockedAccount(id=row_id, owner_kind=OwnerKind(kind), balance=balance)
             for row_id, name, kind, balance in rows
@@ -208,13 +218,13 @@ class LedgerRepository:
             "job_id": job_id,
             "created_at": utcnow(),
         }
-        found = self.session.connection().execute(_insert_transfer(self._dialect), params).first()
+        found = _insert_transfer(self._dialect)(self.session, params).first()
         return None if found is None else int(found[0])
 
     def insert_postings(self, rows: list[tuple[int, int, int]]) -> None:
         """Inserts (transfer id, account id, amount) postings, in one statement."""
         params = [{"transfer_id": t, "account_id": a, "amount": amount} for t, a, amount in rows]
-        self.session.connection().execute(_INSERT_POSTINGS, params)
+        _INSERT_POSTINGS(self.session, params)
 
     def write_balances(self, locked: Iterable[LockedAccount]) -> None:
         """Stores the balances of the locked accounts that changed (one statement), and
@@ -223,7 +233,7 @@ class LedgerRepository:
         if not changed:
             return
         params = [{"account_id": a.id, "new_balance": a.balance} for a in changed]
-        self.session.connection().execute(_SET_BALANCE, params)
+        _SET_BALANCE(self.session, params)
         expire(self.session, Account, [a.id for a in changed])
 
     def insert_hold(self, job_id: str, buyer: str, amount: int, transfer_id: int) -> Hold:
@@ -237,12 +247,12 @@ class LedgerRepository:
             "hold_transfer_id": transfer_id,
             "created_at": now,
         }
-        hold_id = self.session.connection().execute(_INSERT_HOLD, values).scalar_one()
+        hold_id = _INSERT_HOLD(self.session, values).scalar_one()
         return Hold(id=hold_id, **values)
 
     def lock_hold(self, job_id: str) -> LockedHold | None:
         """The hold of `job_id`, locked for update (one Core statement), if any."""
-        row = self.session.connection().execute(_LOCK_HOLD, {"job_id": job_id}).first()
+        row = _LOCK_HOLD(self.session, {"job_id": job_id}).first()
         if row is None:
             return None
         return LockedHold(row[0], row[1], row[2], HoldStatus(row[3]), row[4], row[5], row[6])
@@ -267,10 +277,10 @@ class LedgerRepository:
                 "new_fee": fee,
                 "new_closed_at": now,
             }
-            self.session.connection().execute(_CLOSE_HOLD, params)
+            _CLOSE_HOLD(self.session, params)
         else:
             params = {"hold_id": hold_id, "new_status": status, "new_closed_at": now}
-            self.session.connection().execute(_RELEASE_HOLD, params)
+            _RELEASE_HOLD(self.session, params)
         expire(self.session, Hold, [hold_id])
         return now
 
