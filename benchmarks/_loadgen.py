@@ -1,11 +1,13 @@
 """The gateway benchmark's load generator, run as its own process (httpx, asyncio).
 
     python -m benchmarks._loadgen URL CONCURRENCY SECONDS [--stream] [--key KEY] [--tokens 64]
+        [--cpu-pids PID,PID]
 
 `CONCURRENCY` workers send chat completions back to back to `URL` (an OpenAI base URL ending
 in /v1) and start no new request after `SECONDS`; it prints one JSON line: completed
 requests, errors, elapsed seconds (until the last request ended), p50/p99 latency and time to
-first token (ms), and completion tokens received.
+first token (ms), completion tokens received, and the CPU seconds each process in
+`--cpu-pids` used over the same timed window (the warm-up requests before it not included).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import time
 from dataclasses import dataclass, field
 
 import httpx
+
+from benchmarks._servers import cpu_seconds
 
 FIRST_TOKEN = "t0 "  # noqa: S105 (not a secret)
 """The fake engine's first completion token's text."""
@@ -71,7 +75,13 @@ async def _one(client: httpx.AsyncClient, url: str, body: dict[str, object], tal
 
 
 async def run(
-    base: str, concurrency: int, seconds: float, stream: bool, key: str | None, tokens: int
+    base: str,
+    concurrency: int,
+    seconds: float,
+    stream: bool,
+    key: str | None,
+    tokens: int,
+    cpu_pids: tuple[int, ...] = (),
 ) -> dict[str, object]:
     """Drives the load and summarises it."""
     url = base.rstrip("/") + "/chat/completions"
@@ -90,6 +100,7 @@ async def run(
     async with httpx.AsyncClient(headers=headers, limits=limits, timeout=timeout) as client:
         for _ in range(2):  # warm the connections and both servers' code paths
             await asyncio.gather(*(_one(client, url, body, Tally()) for _ in range(concurrency)))
+        cpu_start = {pid: cpu_seconds(pid) for pid in cpu_pids}
         start = time.perf_counter()
         deadline = start + seconds
 
@@ -103,6 +114,7 @@ async def run(
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - start
+        cpu = {str(pid): cpu_seconds(pid) - cpu_start[pid] for pid in cpu_pids}
     return {
         "requests": len(tally.latencies),
         "errors": tally.errors,
@@ -113,6 +125,7 @@ async def run(
         "ttft_p50_ms": _pct(tally.ttfts, 50),
         "ttft_p99_ms": _pct(tally.ttfts, 99),
         "tokens": tally.tokens,
+        "cpu_s": cpu,
     }
 
 
@@ -125,9 +138,11 @@ def main() -> None:
     parser.add_argument("--stream", action="store_true")
     parser.add_argument("--key")
     parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--cpu-pids", default="", help="comma-separated process ids")
     args = parser.parse_args()
+    pids = tuple(int(pid) for pid in args.cpu_pids.split(",") if pid)
     summary = asyncio.run(
-        run(args.url, args.concurrency, args.seconds, args.stream, args.key, args.tokens)
+        run(args.url, args.concurrency, args.seconds, args.stream, args.key, args.tokens, pids)
     )
     print(json.dumps(summary))
 

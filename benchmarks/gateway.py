@@ -9,11 +9,12 @@ load generator (`benchmarks._loadgen`, httpx). Each case is run twice in the sam
 straight at the engine (the baseline) and through market -> agent -> engine, plain and
 streaming, 64 output tokens, at concurrency 1, 8 and 32.
 
-CPU per request is each server process's utime+stime (/proc/PID/stat) over the case, less
-what it burns idle over the same time (the embedded market polls the chain every 2 s),
-divided by the completed requests. A last case paces the engine (a token every 20 ms) at
-concurrency 32 and compares the tokens per second the buyer receives through the market
-with those received directly.
+CPU per request is each server process's utime+stime (/proc/PID/stat) over the timed part of
+the case (the load generator reads it after its warm-up requests and after the last timed
+request), less what it burns idle over the same time (the embedded market polls the chain
+every 2 s), divided by the requests completed in that part. A last case paces the engine (a
+token every 20 ms) at concurrency 32 and compares the tokens per second the buyer receives
+through the market with those received directly.
 """
 
 from __future__ import annotations
@@ -105,10 +106,17 @@ def start_stack(var: Path, idle_s: float) -> Stack:
     return Stack(upstream, market, agent, str(info["api_key"]), idle_m, idle_a)
 
 
-def load(url: str, concurrency: int, seconds: float, stream: bool, key: str | None) -> Any:
+def load(
+    url: str,
+    concurrency: int,
+    seconds: float,
+    stream: bool,
+    key: str | None,
+    cpu_pids: tuple[int, ...] = (),
+) -> Any:
     """Runs the load generator process and returns its summary."""
     command = [sys.executable, "-m", "benchmarks._loadgen", url, str(concurrency), str(seconds)]
-    command += ["--tokens", str(TOKENS)]
+    command += ["--tokens", str(TOKENS), "--cpu-pids", ",".join(map(str, cpu_pids))]
     if stream:
         command.append("--stream")
     if key:
@@ -119,17 +127,16 @@ def load(url: str, concurrency: int, seconds: float, stream: bool, key: str | No
 
 def measured(stack: Stack, url: str, conc: int, secs: float, stream: bool, key: str | None) -> Any:
     """One case, with the market's and the agent's CPU per request (idle subtracted)."""
-    m0, a0 = cpu_seconds(stack.market.pid), cpu_seconds(stack.agent.pid)
-    u0 = cpu_seconds(stack.upstream.process.pid)
-    t0 = time.monotonic()
-    summary = load(url, conc, secs, stream, key)
-    wall = time.monotonic() - t0
+    pids = (stack.market.pid, stack.agent.pid, stack.upstream.process.pid)
+    summary = load(url, conc, secs, stream, key, pids)
+    wall = float(summary["elapsed_s"])
     n = max(1, int(summary["requests"]))
-    market = cpu_seconds(stack.market.pid) - m0 - stack.idle_market * wall
-    agent = cpu_seconds(stack.agent.pid) - a0 - stack.idle_agent * wall
+    used = [float(summary["cpu_s"][str(pid)]) for pid in pids]
+    market = used[0] - stack.idle_market * wall
+    agent = used[1] - stack.idle_agent * wall
     summary["market_cpu_ms"] = max(0.0, market) * 1000 / n
     summary["agent_cpu_ms"] = max(0.0, agent) * 1000 / n
-    summary["engine_cpu_ms"] = (cpu_seconds(stack.upstream.process.pid) - u0) * 1000 / n
+    summary["engine_cpu_ms"] = used[2] * 1000 / n
     summary["rps"] = summary["requests"] / summary["elapsed_s"]
     if summary["errors"]:
         print(f"  ! {summary['errors']} errors, first: {summary['first_error']}", file=sys.stderr)
