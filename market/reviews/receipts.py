@@ -5,9 +5,9 @@ energy figures are checked here, off the request path, by `check_receipt_claim`
 (`market/energy/receipt_checks.py`). `check_receipts` takes every receipt in no epoch whose
 `check_status` is still null, a chunk at a time in job-id order, with a few set-based
 queries per chunk: the receipts with their jobs, the providers' latest attestations and
-offers, one UPDATE per status, one INSERT of the failures, one reputation UPDATE per
-provider. Epoch close runs it just before it assigns receipts (`open_epoch`), and the worker
-runs it on beat's schedule (`market.settlement.tasks.check_receipts`).
+offers, one UPDATE per status, one INSERT of the failures, and one reputation UPDATE run for
+each penalised provider. Epoch close runs it just before it assigns receipts (`open_epoch`),
+and the worker runs it on beat's schedule (`market.settlement.tasks.check_receipts`).
 
 What a receipt's checks read besides its own figures:
 
@@ -34,8 +34,9 @@ import dataclasses
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import cast
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.orm import Session, load_only
 
 from market.db import utcnow
@@ -50,6 +51,14 @@ from market.reviews.service import HoldReason, hold_payment, holding_failures
 from protocol.errors import ProtocolError
 from protocol.messages import Attestation as AttestationMessage
 from protocol.messages import parse_signed
+
+_PROVIDERS = cast(Table, Provider.__table__)
+_LOWER_REPUTATION = (
+    update(_PROVIDERS)
+    .where(_PROVIDERS.c.address == bindparam("who"))
+    .values(reputation=_PROVIDERS.c.reputation - bindparam("penalty"))
+)
+"""One statement, run once for every penalised provider of a round (executemany)."""
 
 CHUNK = 1_000
 """Receipts checked per round of queries."""
@@ -224,12 +233,9 @@ def check_receipts(session: Session, hold_kinds: Collection[str], chunk: int = C
             )
         if failures:
             session.execute(insert(ReceiptCheckFailure), failures)
-        for provider, penalty in sorted(penalties.items()):
-            session.execute(
-                update(Provider)
-                .where(Provider.address == provider)
-                .values(reputation=Provider.reputation - penalty)
-            )
+        if penalties:
+            lowered = [{"who": p, "penalty": n} for p, n in sorted(penalties.items())]
+            session.connection().execute(_LOWER_REPUTATION, lowered)
         for provider in sorted(reasons):
             hold_payment(session, provider, reasons[provider])
         session.flush()
