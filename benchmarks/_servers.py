@@ -98,9 +98,10 @@ def _serve_market(args: argparse.Namespace) -> None:
     from market.chain.service import open_chain
     from market.config import Settings
     from market.db import create_engine, make_session_factory, migrate, session_scope
+    from market.inference.agents import AgentClient
     from market.ledger import service as ledger
     from market.routing.table import LiveOffer, RoutingTable
-    from market.runtime import Runtime
+    from market.runtime import AGENT_CONNECTIONS, AGENT_TIMEOUT, Runtime
     from protocol.keys import public_key_hex, signing_key_from_seed
 
     class PinnedRoutingTable(RoutingTable):
@@ -136,10 +137,7 @@ def _serve_market(args: argparse.Namespace) -> None:
         chain=chain,
         ticket_key=signing_key_from_seed(MARKET_SEED),
         routing=PinnedRoutingTable([offer]),
-        agents=httpx.AsyncClient(
-            timeout=httpx.Timeout(connect=5.0, read=300.0, write=30.0, pool=5.0),
-            limits=httpx.Limits(max_connections=1_000, max_keepalive_connections=200),
-        ),
+        agents=AgentClient(AGENT_TIMEOUT, limit=AGENT_CONNECTIONS),
     )
     with session_scope(runtime.sessions) as session:
         buyer = get_or_create_buyer(session, BUYER)

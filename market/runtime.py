@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-import httpx
 from anyio import CapacityLimiter
 from fastapi import Request
 from nacl.signing import SigningKey
@@ -19,10 +18,14 @@ from sqlalchemy.orm import Session, sessionmaker
 from market.chain.service import MarketChain, open_chain
 from market.config import Settings
 from market.db import create_engine, make_session_factory, session_scope, sqlite_in_memory
+from market.inference.agents import AgentClient, agent_timeout
 from market.keys import ticket_signing_key
 from market.routing.table import RoutingTable
 
-AGENT_TIMEOUT = httpx.Timeout(connect=5.0, read=300.0, write=30.0, pool=5.0)
+AGENT_TIMEOUT = agent_timeout(connect=5.0, read=300.0, pool=5.0)
+"""To provider agents: 5 s to connect and 5 s to wait for a free connection (10 s in all to get
+one), 300 s between reads; aiohttp has no write timeout (see `agent_timeout`)."""
+AGENT_CONNECTIONS = 1_000
 
 
 @dataclass
@@ -34,7 +37,7 @@ class Runtime:
     chain: MarketChain
     ticket_key: SigningKey
     routing: RoutingTable
-    agents: httpx.AsyncClient
+    agents: AgentClient
     _db_writers: CapacityLimiter | None = field(default=None, init=False, repr=False, compare=False)
     _inline: sessionmaker[Session] | bool | None = field(
         default=None, init=False, repr=False, compare=False
@@ -82,14 +85,11 @@ class Runtime:
             chain=open_chain(settings),
             ticket_key=ticket_signing_key(settings),
             routing=RoutingTable(),
-            agents=httpx.AsyncClient(
-                timeout=AGENT_TIMEOUT,
-                limits=httpx.Limits(max_connections=1_000, max_keepalive_connections=200),
-            ),
+            agents=AgentClient(AGENT_TIMEOUT, limit=AGENT_CONNECTIONS),
         )
 
     async def aclose(self) -> None:
-        """Releases connections."""
+        """Releases the connections to agents (the app's lifespan calls it at shutdown)."""
         await self.agents.aclose()
 
 

@@ -1,43 +1,32 @@
-"""Reading a server-sent event stream through httpx without one write per event.
+"""Reading a server-sent event stream in the batches the socket delivers.
 
 Both relays (the market's towards the buyer, the agent's towards the market) read an SSE body
-with httpx and pass events on. The engine and the agent write each event as its own HTTP
-chunk, and several usually arrive in one socket read, yet httpx hands them out one chunk at a
-time. `read_ahead` shows what is already read but not yet handed out, so a relay can hold an
-event back while another whole one is waiting, and write them on together.
+and pass its events on. The engine and the agent write each event as its own HTTP chunk, and
+several usually arrive in one socket read. The relays read the body with aiohttp's
+`content.iter_any()`, which hands out everything received so far in one piece, and
+`event_batches` cuts that into whole events: the events already received go on in one write,
+and an event that arrives alone goes on at once.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
-import httpx
-
-
-def raw_chunks(response: httpx.Response) -> AsyncIterator[bytes]:
-    """The response body as it is read, undecoded unless it has a content encoding."""
-    if "content-encoding" in response.headers:
-        return response.aiter_bytes()
-    return response.aiter_raw()
+EVENT_END = b"\n\n"
 
 
-def read_ahead(response: httpx.Response) -> bytearray | None:
-    """Bytes of an HTTP/1.1 response already read from its socket but not yet parsed.
+async def event_batches(chunks: AsyncIterator[bytes]) -> AsyncGenerator[list[bytes], None]:
+    """Whole events (without their blank line), one list for each read that completed any.
 
-    This looks into httpx's default transport (httpcore over h11), so it is pinned by a test
-    (tests/protocol/test_sse.py) against the locked versions: an upgrade that moves these
-    attributes fails that test instead of silently writing every event on its own. With any
-    other transport it is None, and every chunk is written on as it comes.
+    Events are split on the blank line `\\n\\n` (the separator the engine and the agent
+    write) and handed out as the original bytes. Bytes after the last blank line are held
+    until a later read completes their event; a read that completes none yields nothing.
+    When `chunks` ends, an unfinished event is dropped: a stream that breaks off mid-event
+    has not delivered it. Errors raised by `chunks` pass through. A relay that stops early
+    (at `[DONE]`, on a bad event) can `aclose()` it.
     """
-    stream = getattr(response.stream, "_stream", None)  # httpx's BoundAsyncStream
-    stream = getattr(stream, "_httpcore_stream", None)  # httpx's AsyncResponseStream
-    stream = getattr(stream, "_stream", None)  # httpcore's PoolByteStream
-    connection = getattr(stream, "_connection", None)  # HTTP11ConnectionByteStream
-    h11_state = getattr(connection, "_h11_state", None)
-    data = getattr(getattr(h11_state, "_receive_buffer", None), "_data", None)
-    return data if isinstance(data, bytearray) else None
-
-
-def more_is_ready(buffered: bytearray | None) -> bool:
-    """Whether a further whole event already sits in `read_ahead`'s buffer (no waiting)."""
-    return buffered is not None and b"\n\n" in buffered
+    buffer = b""
+    async for chunk in chunks:
+        *events, buffer = (buffer + chunk).split(EVENT_END)
+        if events:
+            yield events

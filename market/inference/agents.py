@@ -3,6 +3,10 @@
 Failures are sorted where they enter: anything that means "this provider could not take the
 job" (unreachable, 5xx, at capacity (429), refused our ticket) may be retried on another
 provider; the engine refusing the request itself (`upstream_rejected`) is the buyer's answer.
+
+Jobs go out over one pooled aiohttp session (`AgentClient`), made in the running event loop
+on first use. Every response handed out must be released (`response.release()`): its
+connection goes back to the pool when its body was read to the end, else it is closed.
 """
 
 from __future__ import annotations
@@ -10,8 +14,9 @@ from __future__ import annotations
 import base64
 import json
 
-import httpx
+import aiohttp
 
+from protocol.http_session import KEEPALIVE_S, TRANSPORT_ERRORS, LoopSession
 from protocol.messages import JobTicket, Signed
 
 TICKET_HEADER = "X-Job-Ticket"
@@ -29,6 +34,36 @@ def job_endpoint(job_url: str, route: str) -> str:
     if not base.endswith("/jobs"):
         base += "/jobs"
     return f"{base}/{route}"
+
+
+def agent_timeout(*, connect: float, read: float, pool: float) -> aiohttp.ClientTimeout:
+    """No overall limit; `connect` seconds to open a TCP connection, `pool` more to wait for a
+    free one (aiohttp's `connect` covers both), `read` seconds between reads from the agent
+    (its headers after the body was sent, then each part of its body).
+
+    aiohttp has no write timeout: the body (at most the buyer API's 4 MiB) is handed to the
+    socket, and the read timeout starts once it is all written."""
+    return aiohttp.ClientTimeout(
+        total=None, connect=connect + pool, sock_connect=connect, sock_read=read
+    )
+
+
+class AgentClient:
+    """The market's HTTP client to provider agents: one pooled `aiohttp.ClientSession` of at
+    most `limit` connections per event loop (`protocol.http_session.LoopSession`)."""
+
+    def __init__(self, timeout: aiohttp.ClientTimeout, *, limit: int = 1_000) -> None:
+        self.timeout = timeout
+        self.limit = limit
+        self.session = LoopSession(self._make)
+
+    def _make(self) -> aiohttp.ClientSession:
+        connector = aiohttp.TCPConnector(limit=self.limit, keepalive_timeout=KEEPALIVE_S)
+        return aiohttp.ClientSession(connector=connector, timeout=self.timeout)
+
+    async def aclose(self) -> None:
+        """Closes the session (its connections); the next job opens a new one."""
+        await self.session.aclose()
 
 
 class AgentFailure(Exception):
@@ -57,32 +92,30 @@ def _agent_error(raw: bytes) -> tuple[str | None, str]:
         return None, raw[:500].decode("utf-8", "replace")
 
 
-async def send_job(client: httpx.AsyncClient, url: str, body: bytes, ticket: str) -> httpx.Response:
-    """POSTs one job and returns the open (streaming) response once the agent said 200."""
-    request = client.build_request(
-        "POST",
-        url,
-        content=body,
-        headers={"content-type": "application/json", TICKET_HEADER: ticket},
-    )
+async def send_job(
+    client: AgentClient, url: str, body: bytes, ticket: str
+) -> aiohttp.ClientResponse:
+    """POSTs one job and returns the open (streaming) response once the agent said 200; the
+    caller releases it."""
+    headers = {"content-type": "application/json", TICKET_HEADER: ticket}
     try:
-        response = await client.send(request, stream=True)
-    except httpx.HTTPError as exc:
+        response = await client.session().post(url, data=body, headers=headers)
+    except TRANSPORT_ERRORS as exc:
         raise AgentFailure(f"provider unreachable: {exc!r}", retryable=True) from exc
-    if response.status_code == 200:
+    if response.status == 200:
         return response
     try:
-        raw = await response.aread()
-    except httpx.HTTPError:
+        raw = await response.read()
+    except TRANSPORT_ERRORS:
         raw = b""
     finally:
-        await response.aclose()
+        response.release()
     code, message = _agent_error(raw)
-    if code == "upstream_rejected" and response.status_code < 500:
-        raise AgentFailure(message, retryable=False, status=response.status_code)
+    if code == "upstream_rejected" and response.status < 500:
+        raise AgentFailure(message, retryable=False, status=response.status)
     raise AgentFailure(
-        f"provider answered {response.status_code} {code or ''}: {message}".strip(),
+        f"provider answered {response.status} {code or ''}: {message}".strip(),
         retryable=True,
-        status=response.status_code,
+        status=response.status,
         code=code,
     )

@@ -19,6 +19,7 @@ import json
 import math
 from typing import Any, Literal
 
+import aiohttp
 from fastapi.responses import Response
 
 from market.buyers import budgets
@@ -205,14 +206,14 @@ def _order(
     )
 
 
-async def _answer_json(response: Any, attempt: Attempt) -> Response:
+async def _answer_json(response: aiohttp.ClientResponse, attempt: Attempt) -> Response:
     """Reads the agent's JSON answer, charges its receipt, returns OpenAI's body + extensions."""
     try:
-        raw = await response.aread()
+        raw = await response.read()
     except Exception as exc:
         raise ProviderFailedError(f"the provider's answer broke off: {exc!r}") from exc
     finally:
-        await response.aclose()
+        response.release()
     try:
         payload = json.loads(raw)
         envelope = payload.pop("receipt")

@@ -18,13 +18,14 @@ import re
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
+import aiohttp
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from market.errors import MarketError
 from market.inference.attempt import Attempt, Settled
-from protocol.sse import more_is_ready, raw_chunks, read_ahead
+from protocol.http_session import TRANSPORT_ERRORS
+from protocol.sse import event_batches
 
 DONE = b"data: [DONE]"
 _DATA = b"data: "
@@ -69,7 +70,9 @@ def _status(envelope: bytes) -> str | None:
 class StreamRelay:
     """Turns the agent's stream into the buyer's, settling or releasing the job at its end."""
 
-    def __init__(self, response: httpx.Response, attempt: Attempt, include_usage: bool) -> None:
+    def __init__(
+        self, response: aiohttp.ClientResponse, attempt: Attempt, include_usage: bool
+    ) -> None:
         self.response = response
         self.attempt = attempt
         self.include_usage = include_usage
@@ -79,34 +82,32 @@ class StreamRelay:
         self.interrupted = False
 
     async def events(self) -> AsyncIterator[bytes]:
-        """The buyer's SSE bytes, one write per batch of events already read from the agent."""
-        buffer = b""
+        """The buyer's SSE bytes, one write per batch of events read from the agent at once
+        (`protocol.sse.event_batches`): an event that arrives alone is written at once."""
         out: list[bytes] = []
-        unparsed = read_ahead(self.response)
+        batches = event_batches(self.response.content.iter_any())
         try:
-            async for chunk in raw_chunks(self.response):
-                buffer += chunk
-                if b"\n\n" in buffer:
-                    *events, buffer = buffer.split(b"\n\n")
-                    for event in events:
-                        if out and event.startswith(_RECEIPT):
-                            yield b"".join(out)  # relayed before any charge
-                            out = []
-                        if await self._handle(event, out):
-                            yield b"".join(out)
-                            return
-                # Held back only while a further whole event is already read (no waiting).
-                if out and not more_is_ready(unparsed):
+            async for batch in batches:
+                for event in batch:
+                    if out and event.startswith(_RECEIPT):
+                        yield b"".join(out)  # relayed before any charge
+                        out = []
+                    if await self._handle(event, out):
+                        yield b"".join(out)
+                        return
+                if out:
                     yield b"".join(out)
                     out = []
             await self.attempt.fail("provider stream ended without [DONE]")
             out.append(error_event("The provider's stream ended early.", "provider_stream_ended"))
-        except httpx.HTTPError as exc:
+        except TRANSPORT_ERRORS as exc:
             await self.attempt.fail(f"provider stream broke off: {exc!r}")
             out.append(error_event("The provider's stream broke off.", "provider_stream_broken"))
         except MarketError as exc:
             await self.attempt.fail(exc.message)
             out.append(error_event(exc.message, exc.code))
+        finally:
+            await batches.aclose()  # now, not when collected
         yield b"".join(out)
 
     async def _handle(self, event: bytes, out: list[bytes]) -> bool:
@@ -176,9 +177,10 @@ class StreamRelay:
         return True
 
     async def close(self) -> None:
-        """Releases the hold unless the receipt was charged, and closes the agent's stream."""
+        """Releases the hold unless the receipt was charged, and the agent's response: its
+        connection goes back to the pool if the body was read to its end, else is closed."""
         try:
-            await self.response.aclose()
+            self.response.release()
         finally:
             await self.attempt.close()
 

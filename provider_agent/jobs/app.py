@@ -6,7 +6,6 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
-import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from nacl.signing import SigningKey
@@ -15,6 +14,7 @@ from starlette.types import Receive, Scope, Send
 from provider_agent.energy import EnergyMeter
 from provider_agent.jobs.config import JobsConfig
 from provider_agent.jobs.energy import RequestEnergyTracker
+from provider_agent.jobs.engine_client import EngineClient
 from provider_agent.jobs.errors import JobError
 from provider_agent.jobs.outbox import ReceiptOutbox
 from provider_agent.jobs.receipts import ReceiptIssuer
@@ -70,12 +70,16 @@ class Slot:
 
 class _SlotStreamingResponse(StreamingResponse):
     """A stream that closes its events and gives its slot back when it ends, even if never
-    iterated."""
+    iterated; then `abandon` runs (it must be harmless after a stream that ran: closing a
+    generator that never started runs none of its cleanup)."""
 
-    def __init__(self, events: AsyncGenerator[bytes, None], slot: Slot) -> None:
+    def __init__(
+        self, events: AsyncGenerator[bytes, None], slot: Slot, abandon: Callable[[], None]
+    ) -> None:
         super().__init__(events, media_type="text/event-stream", headers=_SSE_HEADERS)
         self._events = events
         self._slot = slot
+        self._abandon = abandon
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -85,6 +89,7 @@ class _SlotStreamingResponse(StreamingResponse):
                 await self._events.aclose()
             finally:
                 self._slot.release()
+                self._abandon()
 
 
 async def read_capped(request: Request, limit: int) -> bytes:
@@ -115,9 +120,9 @@ class JobService:
         signing_key: SigningKey,
         meter: EnergyMeter,
         now_ms: Callable[[], int],
-        transport: httpx.AsyncBaseTransport | None,
     ) -> None:
-        """One pooled `httpx.AsyncClient` serves every job."""
+        """One pooled engine client (`EngineClient`, aiohttp) serves every job."""
+        self.engine = EngineClient(config)
         self.now_ms = now_ms
         self.max_body_bytes = config.max_body_bytes
         self.checker = TicketChecker(config, now_ms)
@@ -125,19 +130,6 @@ class JobService:
         self.tracker = RequestEnergyTracker(meter)
         self.outbox = ReceiptOutbox(config.data_dir, fsync=config.outbox_fsync)
         self.issuer = ReceiptIssuer(config, signing_key, self.tracker, self.outbox)
-        limits = httpx.Limits(
-            max_connections=config.max_connections,
-            max_keepalive_connections=config.max_connections,
-        )
-        timeout = httpx.Timeout(
-            config.upstream_read_timeout_s, connect=config.upstream_connect_timeout_s
-        )
-        self.client = httpx.AsyncClient(
-            base_url=config.upstream_url.rstrip("/"),
-            limits=limits,
-            timeout=timeout,
-            transport=transport,
-        )
 
     async def handle(self, path: str, request: Request) -> Response:
         """Check the ticket, take a slot, forward to the engine, relay the answer with its
@@ -158,7 +150,8 @@ class JobService:
         self.tracker.begin(job_id)
         streaming = False
         try:
-            response = await open_upstream(self.client, path, upstream_payload(job))
+            session, url = self.engine.session(), self.engine.urls[path]
+            response = await open_upstream(session, url, upstream_payload(job))
             if not job.stream:
                 content = await relay_json(response, job, self.issuer, self.now_ms)
                 return Response(content, media_type="application/json")
@@ -169,14 +162,19 @@ class JobService:
         finally:
             if not streaming:
                 slot.release()
+
+        def forget() -> None:  # no-ops once the stream has ended its own way
+            response.release()
+            self.tracker.cancel(job_id)
+
         events = relay_stream(
             response, job, self.issuer, self.now_ms, lambda: self.tracker.cancel(job_id)
         )
-        return _SlotStreamingResponse(events, slot)
+        return _SlotStreamingResponse(events, slot, forget)
 
     async def aclose(self) -> None:
-        """Close the engine client's connections."""
-        await self.client.aclose()
+        """Close the engine client's connections (a later job opens new ones)."""
+        await self.engine.aclose()
 
 
 def create_app(
@@ -185,14 +183,14 @@ def create_app(
     meter: EnergyMeter,
     *,
     now_ms: Callable[[], int] = system_ms,
-    transport: httpx.AsyncBaseTransport | None = None,
 ) -> FastAPI:
     """The job endpoint app; `app.state.jobs` is its `JobService` (outbox, replay cache).
 
     `signing_key` is the provider's Ed25519 key, `meter` its energy meter, `now_ms` the
-    clock for tickets and receipt times, `transport` an optional engine transport.
+    clock for tickets and receipt times. The engine client is closed when the app shuts
+    down.
     """
-    service = JobService(config, signing_key, meter, now_ms, transport)
+    service = JobService(config, signing_key, meter, now_ms)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

@@ -1,10 +1,12 @@
 """Forwarding an accepted job to the OpenAI-compatible engine and relaying its answer.
 
-Streams are relayed event by event as the engine sends them (events are split on the
-blank line, forwarded as the original bytes, and only their JSON is read for token ids
-and usage); the engine's `data: [DONE]` is held back until the receipt event is sent.
-A stream that breaks off after tokens were delivered gets an interrupted receipt for
-exactly those tokens, sent before the `event: error` (see docs/agent-protocol.md).
+The engine is reached over HTTP with aiohttp (`engine_client.EngineClient`). Streams are
+relayed as the engine sends them: the events that one read brought in go on in one write
+(`protocol.sse.event_batches`), as the original bytes (events are split on the blank line,
+and only their JSON is read for token ids and usage); the engine's `data: [DONE]` is held
+back until the receipt event is sent. A stream that breaks off after tokens were delivered
+gets an interrupted receipt for exactly those tokens, sent before the `event: error` (see
+docs/agent-protocol.md).
 """
 
 from __future__ import annotations
@@ -12,12 +14,15 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from contextlib import aclosing
 from typing import Any
 
-import httpx
+import aiohttp
+from yarl import URL
 
+from protocol.http_session import TRANSPORT_ERRORS
 from protocol.messages import Receipt, Signed
-from protocol.sse import more_is_ready, raw_chunks, read_ahead
+from protocol.sse import EVENT_END, event_batches
 from provider_agent.jobs.errors import JobError
 from provider_agent.jobs.receipts import Observation, ReceiptIssuer
 from provider_agent.jobs.tickets import AcceptedJob
@@ -26,6 +31,7 @@ logger = logging.getLogger(__name__)
 
 DONE = b"data: [DONE]"
 _DATA = b"data: "
+_JSON = {"Content-Type": "application/json"}
 
 
 def upstream_payload(job: AcceptedJob) -> bytes:
@@ -45,37 +51,41 @@ def sse_error(code: str, message: str) -> bytes:
     return b"event: error\ndata: " + data.encode() + b"\n\n"
 
 
-async def open_upstream(client: httpx.AsyncClient, path: str, body: bytes) -> httpx.Response:
+async def open_upstream(
+    session: aiohttp.ClientSession, url: URL, body: bytes
+) -> aiohttp.ClientResponse:
     """Send the request and return the open response; 502 (or the engine's 4xx) on failure."""
-    request = client.build_request(
-        "POST", path, content=body, headers={"content-type": "application/json"}
-    )
     try:
-        response = await client.send(request, stream=True)
-    except httpx.HTTPError as exc:
+        response = await session.post(url, data=body, headers=_JSON, allow_redirects=False)
+    except TRANSPORT_ERRORS as exc:
         raise JobError(502, "upstream_unreachable", f"engine unreachable: {exc!r}") from exc
-    if response.status_code >= 400:
-        text = (await response.aread())[:2000].decode("utf-8", "replace")
-        await response.aclose()
-        if response.status_code >= 500:
-            raise JobError(502, "upstream_error", f"engine answered {response.status_code}: {text}")
-        raise JobError(response.status_code, "upstream_rejected", text)
+    status = response.status
+    if status >= 400:
+        try:
+            text = (await response.read())[:2000].decode("utf-8", "replace")
+        except TRANSPORT_ERRORS as exc:
+            text = f"(body unreadable: {exc!r})"
+        finally:
+            response.release()
+        if status >= 500:
+            raise JobError(502, "upstream_error", f"engine answered {status}: {text}")
+        raise JobError(status, "upstream_rejected", text)
     return response
 
 
 async def relay_json(
-    response: httpx.Response,
+    response: aiohttp.ClientResponse,
     job: AcceptedJob,
     issuer: ReceiptIssuer,
     now_ms: Callable[[], int],
 ) -> bytes:
     """Read the whole (non-streamed) answer and return it with the signed receipt added."""
     try:
-        raw = await response.aread()
-    except httpx.HTTPError as exc:
+        raw = await response.read()
+    except TRANSPORT_ERRORS as exc:
         raise JobError(502, "upstream_died", f"engine response broke off: {exc!r}") from exc
     finally:
-        await response.aclose()
+        response.release()
     answered_at = now_ms()
     try:
         payload: dict[str, Any] = json.loads(raw)
@@ -111,7 +121,7 @@ async def _drain(chunks: AsyncIterator[bytes]) -> None:
     try:
         async for _ in chunks:
             pass
-    except httpx.HTTPError:
+    except TRANSPORT_ERRORS:
         return
 
 
@@ -120,7 +130,7 @@ def _receipt_event(envelope: Signed[Receipt]) -> bytes:
 
 
 async def relay_stream(
-    response: httpx.Response,
+    response: aiohttp.ClientResponse,
     job: AcceptedJob,
     issuer: ReceiptIssuer,
     now_ms: Callable[[], int],
@@ -137,7 +147,6 @@ async def relay_stream(
     """
     seen = Observation()
     delivered = 0
-    buffer = b""
     finished = False
 
     def interrupted(reason: str) -> bytes:
@@ -150,21 +159,18 @@ async def relay_stream(
         return b"" if envelope is None else _receipt_event(envelope)
 
     try:
-        chunks = raw_chunks(response)
-        unparsed = read_ahead(response)
+        chunks = response.content.iter_any()
         failure: tuple[str, bytes] | None = None
         out: list[bytes] = []
         try:
-            async for chunk in chunks:
-                buffer += chunk
-                if b"\n\n" in buffer:
-                    *events, buffer = buffer.split(b"\n\n")
+            async with aclosing(event_batches(chunks)) as batches:
+                async for events in batches:
                     now = now_ms()
                     for event in events:
                         if event == DONE:
                             envelope = issuer.issue(job, seen, now)
                             finished = True
-                            out.append(_receipt_event(envelope) + DONE + b"\n\n")
+                            out.append(_receipt_event(envelope) + DONE + EVENT_END)
                             yield b"".join(out)
                             await _drain(chunks)
                             return
@@ -172,20 +178,20 @@ async def relay_stream(
                         if error is not None:
                             failure = ("engine_error", sse_error("upstream_error", error))
                             break
-                        out.append(event + b"\n\n")
+                        out.append(event + EVENT_END)
                     if failure is not None:
                         break
-                # Held back only while a further whole event is already read (no waiting).
-                if out and not more_is_ready(unparsed):
-                    yield b"".join(out)
-                    out = []
-                    delivered = len(seen.token_ids)
-            else:
-                failure = (
-                    "engine_died",
-                    sse_error("upstream_died", "engine stream ended without [DONE]"),
-                )
-        except httpx.HTTPError as exc:
+                    # Every event of a read goes on in one write, at once.
+                    if out:
+                        yield b"".join(out)
+                        out = []
+                        delivered = len(seen.token_ids)
+                else:
+                    failure = (
+                        "engine_died",
+                        sse_error("upstream_died", "engine stream ended without [DONE]"),
+                    )
+        except TRANSPORT_ERRORS as exc:
             logger.warning("job %s: engine stream broke off: %r", job.ticket.job_id, exc)
             message = f"engine stream broke off: {exc!r}"
             failure = ("engine_died", sse_error("upstream_died", message))
@@ -205,4 +211,4 @@ async def relay_stream(
     finally:
         if not finished:
             interrupted("client_disconnected")
-        await response.aclose()
+        response.release()  # unread rest: the connection is closed, not pooled

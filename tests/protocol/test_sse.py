@@ -1,66 +1,97 @@
-"""`protocol.sse` against the locked httpx over a real loopback HTTP/1.1 connection."""
+"""`protocol.sse.event_batches`: whole events per read, from bytes and over loopback HTTP."""
 
 from __future__ import annotations
 
 import asyncio
-from http.server import BaseHTTPRequestHandler
+from collections.abc import AsyncIterator, Iterable
 
-import httpx
+import aiohttp
+from aiohttp import web
 
-from protocol.sse import more_is_ready, raw_chunks, read_ahead
-from tests.support.http_server import serving
+from protocol.sse import event_batches
 
-EVENTS = [f'data: {{"n":{i}}}\n\n'.encode() for i in range(5)]
-
-
-class _Burst(BaseHTTPRequestHandler):
-    """Five events, each its own HTTP chunk, all sent in one write."""
-
-    protocol_version = "HTTP/1.1"
-
-    def do_GET(self) -> None:
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Transfer-Encoding", "chunked")
-        self.end_headers()
-        body = b"".join(b"%x\r\n%s\r\n" % (len(e), e) for e in EVENTS) + b"0\r\n\r\n"
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
+EVENTS = [f'data: {{"n":{i}}}'.encode() for i in range(5)]
 
 
-async def _read(url: str) -> tuple[list[bytes], list[bool]]:
-    chunks: list[bytes] = []
-    ready: list[bool] = []
-    async with httpx.AsyncClient() as client, client.stream("GET", url) as response:
-        buffered = read_ahead(response)
-        assert buffered is not None, "httpx's default transport no longer exposes its buffer"
-        async for chunk in raw_chunks(response):
-            chunks.append(chunk)
-            ready.append(more_is_ready(buffered))
-    return chunks, ready
+async def _from(chunks: Iterable[bytes]) -> AsyncIterator[bytes]:
+    for chunk in chunks:
+        yield chunk
 
 
-def test_read_ahead_sees_the_events_already_read() -> None:
-    with serving(_Burst) as url:
-        chunks, ready = asyncio.run(_read(url))
-    assert b"".join(chunks) == b"".join(EVENTS)
-    # One write brought all five: while handing out the first four, the rest is buffered.
-    assert len(chunks) == len(EVENTS)
-    assert ready[:-1] == [True] * (len(EVENTS) - 1)
-    assert ready[-1] is False
+def _batches(chunks: Iterable[bytes]) -> list[list[bytes]]:
+    async def go() -> list[list[bytes]]:
+        return [batch async for batch in event_batches(_from(chunks))]
+
+    return asyncio.run(go())
 
 
-def test_other_transports_give_none() -> None:
-    transport = httpx.MockTransport(lambda request: httpx.Response(200, content=b"data: 1\n\n"))
+def test_events_split_across_chunks_come_whole() -> None:
+    body = b"\n\n".join(EVENTS[:2]) + b"\n\n"
+    chunks = [body[:3], body[3:12], body[12:-1], body[-1:]]
+    assert _batches(chunks) == [[EVENTS[0]], [EVENTS[1]]]
 
-    async def run() -> bytearray | None:
+
+def test_several_events_in_one_chunk_are_one_batch() -> None:
+    chunks = [b"".join(e + b"\n\n" for e in EVENTS[:3]), EVENTS[3] + b"\n\n"]
+    assert _batches(chunks) == [EVENTS[:3], [EVENTS[3]]]
+
+
+def test_a_read_completing_no_event_yields_nothing() -> None:
+    chunks = [EVENTS[0][:5], EVENTS[0][5:], b"\n", b"\n" + EVENTS[1][:4]]
+    assert _batches(chunks) == [[EVENTS[0]]]
+
+
+def test_trailing_partial_event_is_dropped() -> None:
+    chunks = [EVENTS[0] + b"\n\n" + EVENTS[1], b"\n"]
+    assert _batches(chunks) == [[EVENTS[0]]]
+    assert _batches([]) == []
+    assert _batches([EVENTS[2]]) == []
+
+
+def test_events_keep_their_bytes_and_names() -> None:
+    event = b"event: receipt\ndata: {}"
+    assert _batches([event + b"\n\n" + b"data: [DONE]\n\n"]) == [[event, b"data: [DONE]"]]
+
+
+async def _over_http() -> list[list[bytes]]:
+    """Serve the events as a chunked SSE body, one HTTP chunk each: the first alone, then
+    the other four written back to back once the client has the first; read with aiohttp."""
+    first_read = asyncio.Event()
+
+    async def stream(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        await response.write(EVENTS[0] + b"\n\n")
+        await first_read.wait()
+        for event in EVENTS[1:]:
+            await response.write(event + b"\n\n")
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_get("/", stream)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    batches: list[list[bytes]] = []
+    try:
         async with (
-            httpx.AsyncClient(transport=transport) as client,
-            client.stream("GET", "http://x") as response,
+            aiohttp.ClientSession() as session,
+            session.get(f"http://127.0.0.1:{port}/") as response,
         ):
-            return read_ahead(response)
+            async for batch in event_batches(response.content.iter_any()):
+                batches.append(batch)
+                first_read.set()
+    finally:
+        await runner.cleanup()
+    return batches
 
-    assert asyncio.run(run()) is None
-    assert more_is_ready(None) is False
+
+def test_events_already_received_come_in_one_batch_over_http() -> None:
+    batches = asyncio.run(_over_http())
+    # The first event went on alone, without waiting for more; the four written together
+    # (each its own HTTP chunk) came out of one read as one batch.
+    assert batches == [[EVENTS[0]], EVENTS[1:]]

@@ -7,7 +7,9 @@ per 4 bytes of its text (at least 1). It honours `max_tokens`, `stream`,
 `POST /_control` changes behaviour at run time (JSON, every field optional):
 `completion_tokens` (default 8), `delay_ms` between chunks, `status` (answer every
 request with this HTTP status), `die_after_chunks` (drop the connection after that many
-stream chunks). `GET /_last` returns the last request body, `GET /health` answers 200,
+stream chunks), `stream_chunks` (a list of strings: answer every streamed request with
+exactly these as its body, each its own HTTP chunk, with no `[DONE]` added). `GET /_last`
+returns the last request body, `GET /health` answers 200,
 `GET /v1/models` lists the served model (`--served-model`, default `tiny-llama`) and
 `GET /metrics` exports vLLM's token counters and request gauges for it (prompt and
 completion tokens of every answered request, requests in progress, 0 waiting).
@@ -24,7 +26,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +43,7 @@ DEFAULTS: dict[str, Any] = {
     "delay_ms": 0,
     "status": None,
     "die_after_chunks": None,
+    "stream_chunks": None,
 }
 
 
@@ -157,9 +160,33 @@ class FakeEngine:
                 "headers": [(b"content-type", b"text/event-stream")],
             }
         )
-        kind = "chat.completion.chunk" if chat else "text_completion"
         die_after = self.settings["die_after_chunks"]
         delay = int(self.settings["delay_ms"]) / 1000
+        raw = self.settings["stream_chunks"]
+        if raw is not None:
+            chunks: Iterable[bytes] = [str(chunk).encode() for chunk in raw]
+        else:
+            chunks = self._stream_events(chat, request, count, finish, usage, ids)
+        for sent, chunk in enumerate(chunks):
+            if die_after is not None and sent >= int(die_after):
+                raise UpstreamDiedError("told to die mid-stream")
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            if delay:
+                await asyncio.sleep(delay)
+        last = b"data: [DONE]\n\n" if raw is None else b""
+        await send({"type": "http.response.body", "body": last})
+
+    def _stream_events(
+        self,
+        chat: bool,
+        request: dict[str, Any],
+        count: int,
+        finish: str,
+        usage: dict[str, int],
+        ids: bool,
+    ) -> Iterator[bytes]:
+        """The body's chunks, each one event, encoded as they are sent."""
+        kind = "chat.completion.chunk" if chat else "text_completion"
         events: list[dict[str, Any]] = []
         if chat:
             events.append(_envelope(kind, request, [_delta(chat, "", None, None)], None))
@@ -170,14 +197,8 @@ class FakeEngine:
         options = request.get("stream_options") or {}
         if options.get("include_usage"):
             events.append(_envelope(kind, request, [], usage))
-        for sent, event in enumerate(events):
-            if die_after is not None and sent >= int(die_after):
-                raise UpstreamDiedError("told to die mid-stream")
-            chunk = b"data: " + json.dumps(event, separators=(",", ":")).encode() + b"\n\n"
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            if delay:
-                await asyncio.sleep(delay)
-        await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
+        for event in events:
+            yield b"data: " + json.dumps(event, separators=(",", ":")).encode() + b"\n\n"
 
 
 def _delta(chat: bool, text: str, token_ids: list[int] | None, finish: str | None) -> Any:

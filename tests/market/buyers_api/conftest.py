@@ -6,7 +6,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
@@ -17,8 +16,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from market.app import create_app
 from market.chain.service import MarketChain, open_chain
 from market.config import Settings
+from market.inference.agents import AgentClient
 from market.routing.table import RoutingTable
-from market.runtime import Runtime
+from market.runtime import AGENT_TIMEOUT, Runtime
 from protocol.messages import Domain
 
 
@@ -53,7 +53,7 @@ def api(
         chain=chain,
         ticket_key=SigningKey.generate(),
         routing=RoutingTable(),
-        agents=httpx.AsyncClient(),
+        agents=AgentClient(AGENT_TIMEOUT),
     )
     with TestClient(create_app(settings, runtime)) as client:
         yield BuyerApi(client, chain.domain, session_factory)

@@ -6,7 +6,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -15,6 +14,7 @@ from market.buyers.service import create_api_key, get_or_create_buyer
 from market.chain.service import MarketChain, open_chain
 from market.config import Settings
 from market.db import create_engine, make_session_factory, session_scope
+from market.inference.agents import AgentClient, agent_timeout
 from market.ledger import service as ledger
 from market.runtime import Runtime
 from tests.market.factories import new_address, new_tx_hash
@@ -125,7 +125,7 @@ def start_market(url: str, chain: MarketChain, tmp_path: Path) -> Iterator[Marke
         chain=chain,
         ticket_key=MARKET_KEY,
         routing=routing,
-        agents=httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=2.0)),
+        agents=AgentClient(agent_timeout(connect=2.0, read=10.0, pool=10.0)),
     )
     served = serve(create_app(settings, runtime))
     buyer, key = fund(runtime.sessions, DEPOSIT)

@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import openai
 import pytest
 from eth_account.signers.local import LocalAccount
@@ -27,6 +26,7 @@ from market.buyers.service import create_api_key, get_buyer
 from market.chain.service import MarketChain
 from market.config import Settings
 from market.db import create_engine, make_session_factory, session_scope
+from market.inference.agents import AgentClient, agent_timeout
 from market.jobs.models import Receipt
 from market.ledger import service as ledger
 from market.runtime import Runtime
@@ -92,7 +92,7 @@ def economy(sqlite_url: str, upstream: UpstreamProcess, tmp_path: Path) -> Itera
         chain=chain,
         ticket_key=MARKET_KEY,
         routing=routing,
-        agents=httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=2.0)),
+        agents=AgentClient(agent_timeout(connect=2.0, read=10.0, pool=10.0)),
     )
     agents: list[Agent] = []
     for i in range(2):

@@ -10,15 +10,15 @@ import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from fastapi.testclient import TestClient
 
 from market.app import create_app
 from market.config import Settings
 from market.db import create_engine, make_session_factory
+from market.inference.agents import AgentClient
 from market.routing.table import RoutingTable
-from market.runtime import Runtime
+from market.runtime import AGENT_TIMEOUT, Runtime
 from tests.market.providers.factories import ChainProviders
 
 
@@ -39,7 +39,7 @@ def runtime(chain_runtime: Runtime, database_url: str, tmp_path: Path) -> Iterat
         settings=chain_runtime.settings.model_copy(update={"database_url": database_url}),
         sessions=make_session_factory(engine),
         routing=RoutingTable(),
-        agents=httpx.AsyncClient(),
+        agents=AgentClient(AGENT_TIMEOUT),
     )
     try:
         yield built

@@ -44,7 +44,7 @@ class Harness:
     data_dir: Path
     now: list[int] = field(default_factory=lambda: [NOW_MS])
     meter: EnergyMeter = field(default_factory=lambda: UnmeasuredMeter("NVML absent (test)"))
-    transport: httpx.AsyncBaseTransport | None = None
+    read_timeout_s: float = 10.0
 
     def __post_init__(self) -> None:
         """Build the app against the given engine URL."""
@@ -57,14 +57,13 @@ class Harness:
             model_digest=MODEL_DIGEST,
             data_dir=self.data_dir,
             upstream_connect_timeout_s=2.0,
-            upstream_read_timeout_s=10.0,
+            upstream_read_timeout_s=self.read_timeout_s,
         )
         self.app: FastAPI = create_app(
             self.config,
             PROVIDER_KEY,
             self.meter,
             now_ms=lambda: self.now[0],
-            transport=self.transport,
         )
 
     @property
@@ -97,7 +96,8 @@ class Harness:
         return self.send([(path, body, headers)])[0]
 
     def send(self, requests: list[tuple[str, bytes, dict[str, str]]]) -> list[httpx.Response]:
-        """POST jobs one after another in one event loop, then close the engine client."""
+        """POST jobs one after another in one event loop, then close the engine client
+        (made in this loop; the next call's loop makes its own)."""
 
         async def go() -> list[httpx.Response]:
             transport = httpx.ASGITransport(app=self.app)

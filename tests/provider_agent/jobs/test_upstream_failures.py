@@ -3,13 +3,15 @@ tokens delivered (none if none were), then `event: error`."""
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
-from collections.abc import AsyncIterator
-
-import httpx
+from collections.abc import MutableMapping
+from typing import Any, NamedTuple
 
 from protocol.keys import public_key_hex
 from protocol.messages import (
+    JobTicket,
     Receipt,
     check_receipt_matches_ticket,
     output_digest,
@@ -60,28 +62,53 @@ def test_engine_4xx_is_passed_on(harness: Harness, upstream: UpstreamProcess) ->
     assert response.json()["error"]["code"] == "upstream_rejected"
 
 
-def test_engine_dies_mid_stream_gives_interrupted_receipt(
-    harness: Harness, upstream: UpstreamProcess
-) -> None:
-    upstream.control(die_after_chunks=3)  # role chunk, t0, t1: two tokens delivered
+class Streamed(NamedTuple):
+    """One streamed job's ticket and the agent's answer."""
+
+    ticket: JobTicket
+    text: str
+
+    @property
+    def events(self) -> list[tuple[str, str]]:
+        """(event name, data) pairs of the answer."""
+        return sse_events(self.text)
+
+    @property
+    def names(self) -> list[str]:
+        """The answer's event names, in order."""
+        return [name for name, _ in self.events]
+
+
+def _stream_job(harness: Harness, upstream: UpstreamProcess, **settings: Any) -> Streamed:
+    """Set the fake engine's behaviour, send one streamed chat job, read the whole answer."""
+    upstream.control(**settings)
     body = chat_body(stream=True)
     ticket = harness.ticket(body)
     response = harness.post("/jobs/chat/completions", body, harness.header(ticket))
     assert response.status_code == 200
-    events = sse_events(response.text)
-    names = [name for name, _ in events]
-    assert names == ["message", "message", "message", "receipt", "error"]
-    assert json.loads(events[-1][1])["error"]["code"] == "upstream_died"
-    assert "[DONE]" not in response.text
-    relayed = [
+    return Streamed(ticket, response.text)
+
+
+def _token_ids(events: list[tuple[str, str]]) -> list[int]:
+    return [
         token
-        for _, data in events[:3]
+        for _, data in events
         for choice in json.loads(data)["choices"]
         for token in choice.get("token_ids") or ()
     ]
-    assert relayed == [1000, 1001]
+
+
+def test_engine_dies_mid_stream_gives_interrupted_receipt(
+    harness: Harness, upstream: UpstreamProcess
+) -> None:
+    answer = _stream_job(harness, upstream, die_after_chunks=3)  # role, t0, t1: two tokens
+    events = answer.events
+    assert answer.names == ["message", "message", "message", "receipt", "error"]
+    assert json.loads(events[-1][1])["error"]["code"] == "upstream_died"
+    assert "[DONE]" not in answer.text
+    assert _token_ids(events[:3]) == [1000, 1001]
     receipt = _verified(events[3][1])
-    check_receipt_matches_ticket(receipt, ticket)
+    check_receipt_matches_ticket(receipt, answer.ticket)
     assert receipt.status == "interrupted"
     assert receipt.interrupted_reason == "engine_died"
     assert receipt.completion_tokens == 2
@@ -96,83 +123,91 @@ def test_engine_dies_mid_stream_gives_interrupted_receipt(
 def test_engine_dies_before_any_token_gives_no_receipt(
     harness: Harness, upstream: UpstreamProcess
 ) -> None:
-    upstream.control(die_after_chunks=1)  # only the role chunk, no token
-    body = chat_body(stream=True)
-    response = harness.post("/jobs/chat/completions", body, harness.header(harness.ticket(body)))
-    names = [name for name, _ in sse_events(response.text)]
-    assert names == ["message", "error"]
+    answer = _stream_job(harness, upstream, die_after_chunks=1)  # only the role chunk
+    assert answer.names == ["message", "error"]
     assert harness.service.outbox.all() == []
     assert len(harness.service.tracker) == 0
 
 
 def test_engine_dies_mid_json(harness: Harness, upstream: UpstreamProcess) -> None:
-    upstream.control(die_after_chunks=0)
-    body = chat_body(stream=True)
-    response = harness.post("/jobs/chat/completions", body, harness.header(harness.ticket(body)))
-    events = sse_events(response.text)
-    assert [name for name, _ in events] == ["error"]
+    answer = _stream_job(harness, upstream, die_after_chunks=0)
+    assert answer.names == ["error"]
+    assert json.loads(answer.events[0][1])["error"]["code"] == "upstream_died"
     assert harness.service.outbox.all() == []
 
 
-class _Stream(httpx.AsyncByteStream):
-    def __init__(self, chunks: list[bytes]) -> None:
-        self.chunks = chunks
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        for chunk in self.chunks:
-            yield chunk
+def _event(payload: object) -> str:
+    return "data: " + json.dumps(payload) + "\n\n"
 
 
-def _event(payload: object) -> bytes:
-    return b"data: " + json.dumps(payload).encode() + b"\n\n"
-
-
-def _chunk(ids: list[int], **extra: object) -> bytes:
+def _chunk(ids: list[int], **extra: object) -> str:
     choice = {"index": 0, "delta": {"content": "x"}, "token_ids": ids, "finish_reason": None}
     return _event({"object": "chat.completion.chunk", "choices": [choice], **extra})
 
 
-def test_engine_error_event_uses_prompt_token_ids(harness: Harness) -> None:
+def test_engine_error_event_uses_prompt_token_ids(
+    harness: Harness, upstream: UpstreamProcess
+) -> None:
     chunks = [
         _chunk([], prompt_token_ids=[1, 2, 3, 4, 5, 6, 7]),
         _chunk([11, 12]),
         _chunk([13]) + _event({"error": {"message": "CUDA out of memory"}}) + _chunk([14]),
     ]
-
-    def answer(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, stream=_Stream(chunks))
-
-    mocked = Harness(harness.upstream_url, harness.data_dir, transport=httpx.MockTransport(answer))
-    body = chat_body(stream=True)
-    response = mocked.post("/jobs/chat/completions", body, mocked.header(mocked.ticket(body)))
-    events = sse_events(response.text)
-    assert [name for name, _ in events] == ["message"] * 3 + ["receipt", "error"]
+    answer = _stream_job(harness, upstream, stream_chunks=chunks)
+    events = answer.events
+    assert answer.names == ["message"] * 3 + ["receipt", "error"]
     assert json.loads(events[-1][1])["error"]["code"] == "upstream_error"
+    assert _token_ids(events[:3]) == [11, 12, 13]
     receipt = _verified(events[-2][1])
     assert receipt.interrupted_reason == "engine_error"
     assert receipt.completion_tokens == 3
     assert receipt.output_digest == output_digest([11, 12, 13])
     assert receipt.prompt_tokens == 7
-    assert [e.message for e in mocked.service.outbox.all()] == [receipt]
+    assert [e.message for e in harness.service.outbox.all()] == [receipt]
 
 
-def test_stream_ending_without_done_after_usage(harness: Harness) -> None:
+def test_stream_ending_without_done_after_usage(
+    harness: Harness, upstream: UpstreamProcess
+) -> None:
     usage = {"prompt_tokens": 9, "completion_tokens": 2, "total_tokens": 11}
     chunks = [_chunk([21]), _chunk([22]), _event({"choices": [], "usage": usage})]
-
-    def answer(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, stream=_Stream(chunks))
-
-    mocked = Harness(harness.upstream_url, harness.data_dir, transport=httpx.MockTransport(answer))
-    body = chat_body(stream=True)
-    response = mocked.post("/jobs/chat/completions", body, mocked.header(mocked.ticket(body)))
-    events = sse_events(response.text)
-    assert [name for name, _ in events] == ["message"] * 3 + ["receipt", "error"]
+    answer = _stream_job(harness, upstream, stream_chunks=chunks)
+    events = answer.events
+    assert answer.names == ["message"] * 3 + ["receipt", "error"]
     assert json.loads(events[-1][1])["error"]["code"] == "upstream_died"
     receipt = _verified(events[-2][1])
     assert receipt.interrupted_reason == "engine_died"
     assert (receipt.prompt_tokens, receipt.completion_tokens) == (9, 2)
     assert receipt.output_digest == output_digest([21, 22])
+
+
+def test_unreadable_event_gives_upstream_malformed(
+    harness: Harness, upstream: UpstreamProcess
+) -> None:
+    chunks = [_chunk([31]), "data: {not json\n\n", _chunk([32])]
+    answer = _stream_job(harness, upstream, stream_chunks=chunks, delay_ms=20)
+    assert answer.names == ["message", "receipt", "error"]
+    assert json.loads(answer.events[-1][1])["error"]["code"] == "upstream_malformed"
+    receipt = _verified(answer.events[1][1])
+    assert receipt.interrupted_reason == "engine_malformed"
+    assert receipt.output_digest == output_digest([31])
+
+
+def test_event_split_across_chunks_is_relayed_whole(
+    harness: Harness, upstream: UpstreamProcess
+) -> None:
+    usage = {"prompt_tokens": 4, "completion_tokens": 2, "total_tokens": 6}
+    whole = _chunk([41]) + _chunk([42]) + _event({"choices": [], "usage": usage})
+    whole += "data: [DONE]\n\n"
+    cuts = [0, 7, 50, len(whole) - 3, len(whole)]  # mid-field, mid-event, mid-[DONE]
+    chunks = [whole[a:b] for a, b in itertools.pairwise(cuts)]
+    answer = _stream_job(harness, upstream, stream_chunks=chunks, delay_ms=20)
+    assert answer.names == ["message"] * 3 + ["receipt", "message"]
+    assert answer.text.endswith("data: [DONE]\n\n")
+    assert answer.text.startswith(whole[: whole.index("data: [DONE]")])
+    receipt = _verified(answer.events[3][1])
+    assert receipt.status == "complete"
+    assert receipt.output_digest == output_digest([41, 42])
 
 
 def test_market_disconnect_signs_receipt_into_outbox(
@@ -186,7 +221,8 @@ def test_market_disconnect_signs_receipt_into_outbox(
     async def go() -> list[bytes]:
         job = service.checker.accept(harness.header(ticket)[TICKET_HEADER], body)
         service.tracker.begin(job.ticket.job_id)
-        response = await open_upstream(service.client, "/chat/completions", upstream_payload(job))
+        session, url = service.engine.session(), service.engine.urls["/chat/completions"]
+        response = await open_upstream(session, url, upstream_payload(job))
         events = relay_stream(
             response, job, service.issuer, service.now_ms, lambda: service.tracker.cancel("")
         )
@@ -212,3 +248,46 @@ def test_market_disconnect_signs_receipt_into_outbox(
     assert receipt.completion_tokens == len(delivered)
     assert receipt.output_digest == output_digest(delivered)
     assert len(service.tracker) == 0
+
+
+def test_market_gone_before_the_stream_starts_frees_the_job(
+    harness: Harness, upstream: UpstreamProcess
+) -> None:
+    """If the response start cannot be sent, the event generator never runs: the response
+    itself gives back the slot, forgets the energy window and releases the engine's answer."""
+    body = chat_body(stream=True)
+    headers = harness.header(harness.ticket(body))
+    service = harness.service
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/jobs/chat/completions",
+        "raw_path": b"/jobs/chat/completions",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 2),
+    }
+
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            raise OSError("market went away")
+
+    async def go() -> None:
+        with contextlib.suppress(OSError):
+            await harness.app(scope, receive, send)
+        await service.aclose()
+
+    run(go())
+    assert len(service.tracker) == 0
+    assert service.slots.in_use == 0
+    assert service.outbox.all() == []
