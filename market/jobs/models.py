@@ -25,6 +25,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
@@ -89,6 +90,9 @@ class EnergySite(Base):
     site: Mapped[str] = mapped_column(Text())
 
 
+_UNCHECKED = "epoch IS NULL AND check_status IS NULL"
+
+
 class Receipt(Base):
     """A verified receipt: what the provider signed, what it cost, where it was settled.
 
@@ -96,7 +100,19 @@ class Receipt(Base):
     JSON `envelope`; the routed offer's site JSON is `energy_site` (None: not kept)."""
 
     __tablename__ = "receipts"
-    __table_args__ = (Index("ix_receipts_unsettled", "epoch", "buyer_address"),)
+    __table_args__ = (
+        Index("ix_receipts_unsettled", "epoch", "buyer_address"),
+        # The receipt-check pass reads these in job-id order (migration 0012). The two null
+        # columns lead so that SQLite prefers it to ix_receipts_unsettled.
+        Index(
+            "ix_receipts_unchecked",
+            "epoch",
+            "check_status",
+            "job_id",
+            sqlite_where=text(_UNCHECKED),
+            postgresql_where=text(_UNCHECKED),
+        ),
+    )
 
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), primary_key=True)
     provider_address: Mapped[str] = mapped_column(String(42), index=True)
