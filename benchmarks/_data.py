@@ -126,7 +126,7 @@ def fill_real(
         ticket = ticket_for(job_id, provider.address, domain)
         envelope = signed(ticket, provider.key, prompt, 180_000 + i % 5_000)
         usage = Usage(prompt, TOKENS_OUT)
-        receipt = check_receipt(envelope, ticket, public_key_hex(provider.key), domain, usage)
+        receipt, _ = check_receipt(envelope, ticket, public_key_hex(provider.key), domain, usage)
         with session_scope(sessions) as session:
             complete_job(session, job_id, receipt, envelope, FEE_BPS, site)
 

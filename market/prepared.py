@@ -110,23 +110,25 @@ class Prepared:
     def __call__(self, session: Session, params: Params | Sequence[Params]) -> Result:
         """Runs on `session`'s connection: one parameter set, or many (executemany)."""
         connection = _connection(session)
-        many = not isinstance(params, Mapping)
-        first = cast(Sequence[Params], params)[0] if many else cast(Params, params)
-        compiled = self._compile(connection.dialect, tuple(first))
-        sets = [self._bind(compiled, p) for p in cast(Sequence[Params], params)] if many else None
-        one = None if many else self._bind(compiled, cast(Params, params))
+        dialect = connection.dialect
+        if isinstance(params, Mapping):
+            compiled = self._compile(dialect, tuple(params))
+            bound: Any = self._bind(compiled, params)
+        else:
+            compiled = self._compile(dialect, tuple(params[0]))
+            bound = [self._bind(compiled, p) for p in params]
         dbapi = connection.connection.dbapi_connection
         assert dbapi is not None
         cursor: Any = dbapi.cursor()
         try:
-            if sets is not None:
-                cursor.executemany(compiled.sql, sets)
+            if isinstance(params, Mapping):
+                cursor.execute(compiled.sql, bound)
             else:
-                cursor.execute(compiled.sql, one)
+                cursor.executemany(compiled.sql, bound)
             if cursor.description is None:
                 return Result()
-            return Result(self._rows(connection.dialect, compiled, cursor))
-        except connection.dialect.loaded_dbapi.Error as exc:
+            return Result(self._rows(dialect, compiled, cursor))
+        except dialect.loaded_dbapi.Error as exc:
             raise self._wrapped(connection, compiled.sql, params, exc, cursor) from exc
         finally:
             cursor.close()

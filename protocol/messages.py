@@ -343,14 +343,18 @@ def check_ticket_fresh(
         raise NotYetValidError(f"ticket {ticket.job_id} issued at {ticket.issued_at}, now {now_ms}")
 
 
-def check_receipt_matches_ticket(receipt: Receipt, ticket: JobTicket) -> None:
-    """Raise `ReceiptMismatchError` unless the receipt answers exactly this ticket."""
+def check_receipt_matches_ticket(
+    receipt: Receipt, ticket: JobTicket, ticket_digest: str | None = None
+) -> None:
+    """Raise `ReceiptMismatchError` unless the receipt answers exactly this ticket.
+
+    `ticket_digest`: the ticket's `message_digest`, if the caller already has it."""
     pairs = (
         ("job_id", receipt.job_id, ticket.job_id),
         ("provider", receipt.provider, ticket.provider),
         ("model", receipt.model, ticket.model),
         ("domain", receipt.domain, ticket.domain),
-        ("ticket_digest", receipt.ticket_digest, message_digest(ticket)),
+        ("ticket_digest", receipt.ticket_digest, ticket_digest or message_digest(ticket)),
     )
     for name, got, want in pairs:
         if got != want:

@@ -250,7 +250,7 @@ class Attempt:
         text = envelope if isinstance(envelope, str) else envelope.decode("utf-8", "replace")
         site = offer_site(self.offer)
         try:
-            receipt, receipt_hash = jobs.check_receipt_hashed(
+            receipt, receipt_hash = jobs.check_receipt(
                 envelope,
                 ticket,
                 self.offer.public_key,

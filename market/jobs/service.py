@@ -35,7 +35,6 @@ from protocol.errors import (
     BadSignatureError,
     MalformedMessageError,
     ProtocolError,
-    ReceiptMismatchError,
     WrongDomainError,
     WrongSignerError,
 )
@@ -43,6 +42,7 @@ from protocol.messages import (
     Domain,
     JobTicket,
     Signed,
+    check_receipt_matches_ticket,
     message_digest,
     output_digest,
     parse_signed,
@@ -146,8 +146,9 @@ def check_receipt(
     interrupted: bool = False,
     max_prompt_tokens: int | None = None,
     ticket_digest: str | None = None,
-) -> SignedReceipt:
-    """The receipt's message if the provider signed it for this ticket and it agrees with
+) -> tuple[SignedReceipt, str]:
+    """The receipt's message and its digest (`message_digest`: its `receipt_hash`, taken from
+    the signing bytes it verified) if the provider signed it for this ticket and it agrees with
     what the market observed (usage, and the output tokens when it saw them); else raises
     `ReceiptRejectedError`.
 
@@ -158,33 +159,6 @@ def check_receipt(
     `max_prompt_tokens`. Any other status than the one expected is refused.
 
     `ticket_digest`: the ticket's digest if the caller has it (it signed the ticket)."""
-    return check_receipt_hashed(
-        envelope,
-        ticket,
-        public_key,
-        domain,
-        usage,
-        token_ids,
-        interrupted=interrupted,
-        max_prompt_tokens=max_prompt_tokens,
-        ticket_digest=ticket_digest,
-    )[0]
-
-
-def check_receipt_hashed(
-    envelope: str | bytes,
-    ticket: JobTicket,
-    public_key: str,
-    domain: Domain,
-    usage: Usage | None,
-    token_ids: list[int] | None = None,
-    *,
-    interrupted: bool = False,
-    max_prompt_tokens: int | None = None,
-    ticket_digest: str | None = None,
-) -> tuple[SignedReceipt, str]:
-    """`check_receipt`, with the receipt's digest (`message_digest`: its `receipt_hash`),
-    taken from the signing bytes it verified rather than encoded again."""
     try:
         parsed = parse_signed(envelope, SignedReceipt)
     except ProtocolError as exc:
@@ -194,7 +168,7 @@ def check_receipt_hashed(
     except ProtocolError as exc:
         raise ReceiptRejectedError(f"receipt refused: {exc}", RejectReason.BAD_SIGNATURE) from exc
     try:
-        _matches_ticket(receipt, ticket, ticket_digest or ticket_digest_of(ticket))
+        check_receipt_matches_ticket(receipt, ticket, ticket_digest or ticket_digest_of(ticket))
     except ProtocolError as exc:
         raise ReceiptRejectedError(f"receipt refused: {exc}", RejectReason.TICKET_MISMATCH) from exc
     receipt_hash = "0x" + hashlib.sha256(signed_bytes).hexdigest()
@@ -258,24 +232,6 @@ def _verify(
     if message.domain != domain:
         raise WrongDomainError(f"{message.type} is for {message.domain}, expected {domain}")
     return message, raw
-
-
-def _matches_ticket(receipt: SignedReceipt, ticket: JobTicket, ticket_digest: str) -> None:
-    """`protocol.messages.check_receipt_matches_ticket`, with the ticket's digest given."""
-    pairs = (
-        ("job_id", receipt.job_id, ticket.job_id),
-        ("provider", receipt.provider, ticket.provider),
-        ("model", receipt.model, ticket.model),
-        ("domain", receipt.domain, ticket.domain),
-        ("ticket_digest", receipt.ticket_digest, ticket_digest),
-    )
-    for name, got, want in pairs:
-        if got != want:
-            raise ReceiptMismatchError(f"receipt {name} {got} does not match ticket {want}")
-    if receipt.completion_tokens > ticket.max_tokens:
-        raise ReceiptMismatchError(
-            f"receipt has {receipt.completion_tokens} tokens, ticket allows {ticket.max_tokens}"
-        )
 
 
 def _check_delivered(
