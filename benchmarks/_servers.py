@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -32,13 +31,6 @@ AGENT_SEED = "0x" + "02" * 32
 PROVIDER = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
 BUYER = "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC"
 DEPOSIT = 10**15
-
-
-def free_port() -> int:
-    """A loopback TCP port nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def cpu_seconds(pid: int) -> float:
@@ -93,12 +85,12 @@ def spawn(args: Iterable[str], port: int, health: str, timeout_s: float = 60.0) 
 def _serve_market(args: argparse.Namespace) -> None:
     import uvicorn
 
+    from market.agent_client import AgentClient
     from market.app import create_app
     from market.buyers.service import create_api_key, get_or_create_buyer
     from market.chain.service import open_chain
     from market.config import Settings
     from market.db import create_engine, make_session_factory, migrate, session_scope
-    from market.inference.agents import AgentClient
     from market.ledger import service as ledger
     from market.routing.table import LiveOffer, RoutingTable
     from market.runtime import AGENT_CONNECTIONS, AGENT_TIMEOUT, Runtime

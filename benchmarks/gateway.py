@@ -29,8 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks._servers import REPO, Proc, cpu_seconds, free_port, spawn
+from benchmarks._servers import REPO, Proc, cpu_seconds, spawn
 from tests.support.openai_upstream import UpstreamProcess, start_upstream
+from tests.support.ports import free_port
 
 TOKENS = 64
 TARGET_PLAIN_MS = 3.5

@@ -15,10 +15,10 @@ from fastapi import Request
 from nacl.signing import SigningKey
 from sqlalchemy.orm import Session, sessionmaker
 
+from market.agent_client import AgentClient, agent_timeout
 from market.chain.service import MarketChain, open_chain
 from market.config import Settings
 from market.db import create_engine, make_session_factory, session_scope, sqlite_in_memory
-from market.inference.agents import AgentClient, agent_timeout
 from market.keys import ticket_signing_key
 from market.routing.table import RoutingTable
 

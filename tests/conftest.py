@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -13,15 +12,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.support.ports import free_port
+
 REPO = Path(__file__).resolve().parents[1]
 ANVIL = REPO / "contracts" / "node_modules" / ".bin" / "anvil"
-
-
-def free_port() -> int:
-    """A TCP port on loopback that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _anvil_binary() -> str:

@@ -4,9 +4,9 @@ Failures are sorted where they enter: anything that means "this provider could n
 job" (unreachable, 5xx, at capacity (429), refused our ticket) may be retried on another
 provider; the engine refusing the request itself (`upstream_rejected`) is the buyer's answer.
 
-Jobs go out over one pooled aiohttp session (`AgentClient`), made in the running event loop
-on first use. Every response handed out must be released (`response.release()`): its
-connection goes back to the pool when its body was read to the end, else it is closed.
+Jobs go out over the runtime's `market.agent_client.AgentClient`. Every response handed out
+must be released (`response.release()`): its connection goes back to the pool when its body
+was read to the end, else it is closed.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ import json
 
 import aiohttp
 
-from protocol.http_session import KEEPALIVE_S, TRANSPORT_ERRORS, LoopSession
+from market.agent_client import AgentClient
+from protocol.http_session import TRANSPORT_ERRORS
 from protocol.messages import JobTicket, Signed
 
 TICKET_HEADER = "X-Job-Ticket"
@@ -34,36 +35,6 @@ def job_endpoint(job_url: str, route: str) -> str:
     if not base.endswith("/jobs"):
         base += "/jobs"
     return f"{base}/{route}"
-
-
-def agent_timeout(*, connect: float, read: float, pool: float) -> aiohttp.ClientTimeout:
-    """No overall limit; `connect` seconds to open a TCP connection, `pool` more to wait for a
-    free one (aiohttp's `connect` covers both), `read` seconds between reads from the agent
-    (its headers after the body was sent, then each part of its body).
-
-    aiohttp has no write timeout: the body (at most the buyer API's 4 MiB) is handed to the
-    socket, and the read timeout starts once it is all written."""
-    return aiohttp.ClientTimeout(
-        total=None, connect=connect + pool, sock_connect=connect, sock_read=read
-    )
-
-
-class AgentClient:
-    """The market's HTTP client to provider agents: one pooled `aiohttp.ClientSession` of at
-    most `limit` connections per event loop (`protocol.http_session.LoopSession`)."""
-
-    def __init__(self, timeout: aiohttp.ClientTimeout, *, limit: int = 1_000) -> None:
-        self.timeout = timeout
-        self.limit = limit
-        self.session = LoopSession(self._make)
-
-    def _make(self) -> aiohttp.ClientSession:
-        connector = aiohttp.TCPConnector(limit=self.limit, keepalive_timeout=KEEPALIVE_S)
-        return aiohttp.ClientSession(connector=connector, timeout=self.timeout)
-
-    async def aclose(self) -> None:
-        """Closes the session (its connections); the next job opens a new one."""
-        await self.session.aclose()
 
 
 class AgentFailure(Exception):

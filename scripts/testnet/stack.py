@@ -43,6 +43,7 @@ from tests.engine.vllm_server import (  # noqa: E402
     require_vllm_python,
 )
 from tests.support import postgres  # noqa: E402
+from tests.support.ports import bindable, free_port  # noqa: E402
 
 VENV_BIN = Path(sys.executable).parent
 ANVIL = REPO / "contracts" / "node_modules" / ".bin" / "anvil"
@@ -53,23 +54,6 @@ SHUTDOWN_ORDER = ("agent", "vllm", "beat", "worker", "market", "anvil", "redis")
 
 class StackError(RuntimeError):
     """A service did not start or did not become healthy; the message has its log's tail."""
-
-
-def free_port() -> int:
-    """A loopback TCP port nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def port_free(port: int) -> bool:
-    """Whether nothing listens on loopback `port`."""
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
 
 
 @dataclass
@@ -390,7 +374,7 @@ class Stack:
         (self.state_dir / ".gitignore").write_text("*\n")
         started = time.monotonic()
         ports = [self.ports.redis, self.ports.anvil, self.ports.market]
-        busy = [p for p in [*ports, *self.ports.vllm, *self.ports.agent] if not port_free(p)]
+        busy = [p for p in [*ports, *self.ports.vllm, *self.ports.agent] if not bindable(p)]
         if busy:
             raise StackError(f"ports already in use: {busy} (a testnet still up? `down` first)")
         try:

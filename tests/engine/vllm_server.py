@@ -28,7 +28,6 @@ import argparse
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,6 +38,8 @@ from pathlib import Path
 from typing import IO
 
 import httpx
+
+from tests.support.ports import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_VENV = REPO_ROOT / ".venv-vllm"
@@ -103,14 +104,6 @@ def require_vllm_python() -> Path:
             "or set VLLM_VENV to one it made)"
         )
     return python
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port that is free on host right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def ensure_tiny_model(out_dir: str | os.PathLike[str], *, timeout: float = 300.0) -> Path:

@@ -11,15 +11,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.support.ports import free_port
+
 
 class RedisUnavailableError(RuntimeError):
     """Redis could not be started here; the message says why."""
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -51,7 +47,7 @@ def start_redis(timeout_s: float = 15.0) -> RedisServer:
     if binary is None:
         raise RedisUnavailableError("redis-server is not installed")
     root = Path(tempfile.mkdtemp(prefix="market-redis-"))
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
          "--dir", str(root)],

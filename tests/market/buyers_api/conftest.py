@@ -13,10 +13,10 @@ from fastapi.testclient import TestClient
 from nacl.signing import SigningKey
 from sqlalchemy.orm import Session, sessionmaker
 
+from market.agent_client import AgentClient
 from market.app import create_app
 from market.chain.service import MarketChain, open_chain
 from market.config import Settings
-from market.inference.agents import AgentClient
 from market.routing.table import RoutingTable
 from market.runtime import AGENT_TIMEOUT, Runtime
 from protocol.messages import Domain

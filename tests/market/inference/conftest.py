@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
+from market.agent_client import AgentClient, agent_timeout
 from market.app import create_app
 from market.buyers.service import create_api_key, get_or_create_buyer
 from market.chain.service import MarketChain, open_chain
 from market.config import Settings
 from market.db import create_engine, make_session_factory, session_scope
-from market.inference.agents import AgentClient, agent_timeout
 from market.ledger import service as ledger
 from market.runtime import Runtime
 from tests.market.factories import new_address, new_tx_hash

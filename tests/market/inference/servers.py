@@ -19,7 +19,7 @@ from provider_agent.energy import EnergyMeter, UnmeasuredMeter
 from provider_agent.energy.meter import EnergyReading, GpuReading, MeterInfo
 from provider_agent.jobs import JobsConfig, create_app
 from provider_agent.jobs.app import JobService
-from tests.conftest import free_port
+from tests.support.ports import free_port
 
 MODEL = "tiny-llama"
 MODEL_DIGEST = "0x" + "ab" * 32

@@ -21,12 +21,12 @@ from eth_account.signers.local import LocalAccount
 from openai.types.chat import ChatCompletionMessageParam
 from sqlalchemy import select
 
+from market.agent_client import AgentClient, agent_timeout
 from market.app import create_app
 from market.buyers.service import create_api_key, get_buyer
 from market.chain.service import MarketChain
 from market.config import Settings
 from market.db import create_engine, make_session_factory, session_scope
-from market.inference.agents import AgentClient, agent_timeout
 from market.jobs.models import Receipt
 from market.ledger import service as ledger
 from market.runtime import Runtime
@@ -36,7 +36,6 @@ from protocol.chain.connection import EMBEDDED, connect, fund_from_dev_account, 
 from protocol.chain.deploy import deploy
 from protocol.chain.settlement import SettlementClient
 from protocol.chain.transactor import Transactor
-from tests.conftest import free_port
 from tests.market.inference.servers import (
     MARKET_KEY,
     MODEL,
@@ -48,6 +47,7 @@ from tests.market.inference.servers import (
 from tests.market.settlement.conftest import PARAMS
 from tests.support.chain import GAS_MONEY
 from tests.support.openai_upstream import UpstreamProcess
+from tests.support.ports import free_port
 
 SEED = 20261122
 STEPS = 40

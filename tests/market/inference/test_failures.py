@@ -16,10 +16,10 @@ from market.jobs import service as jobs
 from market.jobs.models import Job, JobStatus, Receipt
 from market.ledger import service as ledger
 from protocol.messages import output_digest
-from tests.conftest import free_port
 from tests.market.inference.conftest import DEPOSIT, PROVIDER_A, PROVIDER_B, Market, fund
 from tests.market.inference.servers import MODEL, Agent
 from tests.support.openai_upstream import UpstreamProcess
+from tests.support.ports import free_port
 
 MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Say something."}]
 

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from market.agent_client import AgentClient
 from market.app import create_app
 from market.config import Settings
 from market.db import create_engine, make_session_factory
-from market.inference.agents import AgentClient
 from market.routing.table import RoutingTable
 from market.runtime import AGENT_TIMEOUT, Runtime
 from tests.market.providers.factories import ChainProviders

@@ -11,7 +11,8 @@ import pytest
 import uvicorn
 
 from tests.provider_agent.jobs.harness import Harness, chat_body
-from tests.support.openai_upstream import UpstreamProcess, free_port
+from tests.support.openai_upstream import UpstreamProcess
+from tests.support.ports import free_port
 
 
 @pytest.fixture

@@ -29,7 +29,8 @@ from tests.provider_agent.jobs.harness import (
     run,
     sse_events,
 )
-from tests.support.openai_upstream import UpstreamProcess, free_port
+from tests.support.openai_upstream import UpstreamProcess
+from tests.support.ports import free_port
 
 
 def _verified(data: str) -> Receipt:

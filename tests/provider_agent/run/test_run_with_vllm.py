@@ -12,12 +12,12 @@ from tests.engine.vllm_server import (
     SERVER_ENV,
     SERVER_FLAGS,
     ensure_tiny_model,
-    free_port,
     vllm_python,
     vllm_venv,
 )
 from tests.provider_agent.run.agent_process import running_agent
 from tests.provider_agent.run.market_double import DOMAIN, running_market
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.skipif(
     vllm_python() is None,

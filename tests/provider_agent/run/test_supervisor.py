@@ -19,7 +19,8 @@ from provider_agent.supervisor import (
     EngineSupervisor,
     SupervisorConfig,
 )
-from tests.support.openai_upstream import free_port, start_upstream
+from tests.support.openai_upstream import start_upstream
+from tests.support.ports import free_port
 
 UPSTREAM = Path(__file__).resolve().parents[2] / "support" / "openai_upstream.py"
 
