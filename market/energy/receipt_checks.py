@@ -32,9 +32,16 @@ The checks:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 
-from market.energy.data import gpu_key, gpu_spec, mlenergy_configs, model_params
+from market.energy.data import (
+    GpuSpec,
+    ModelParams,
+    gpu_key,
+    gpu_spec,
+    mlenergy_configs,
+    model_params,
+)
 from market.energy.plausibility import (
     POWER_LIMIT_TOLERANCE,
     CheckResult,
@@ -75,6 +82,24 @@ class ReceiptClaim:
     finished_at_ms: int
     ticket_issued_at_ms: int | None
     """When the market issued the job ticket (market clock)."""
+
+
+# The checks run once per receipt (the receipt-check pass, `market/reviews/receipts.py`), on a
+# few distinct models and GPUs: their lookups in the static data (name parsing, gpus.csv) are
+# memoised, bounded, since the names come from receipts and attestations.
+@lru_cache(maxsize=256)
+def _model_params(model: str) -> ModelParams | None:
+    return model_params(model)
+
+
+@lru_cache(maxsize=256)
+def _gpu_spec(name: str) -> GpuSpec | None:
+    return gpu_spec(name)
+
+
+@lru_cache(maxsize=1024)
+def _jpt_floor(active_b: float, gpu: str, precision: str) -> float | None:
+    return jpt_floor(active_b, gpu, precision)
 
 
 @cache
@@ -142,7 +167,7 @@ def check_decode_speed(claim: ReceiptClaim) -> CheckResult:
         return skipped(name, "data", f"{claim.completion_tokens} tokens, under {MIN_DECODE_TOKENS}")
     if claim.gpu_name is None:
         return skipped(name, "data", "GPU unknown")
-    params = model_params(claim.model)
+    params = _model_params(claim.model)
     if params is None:
         return skipped(name, "data", f"active parameters of {claim.model!r} unknown")
     found = per_sequence_ceiling(claim.gpu_name, params.active_b)
@@ -180,10 +205,10 @@ def check_receipt_jpt_floor(claim: ReceiptClaim) -> CheckResult:
         return skipped(name, "physics", "no completion tokens")
     if claim.gpu_name is None:
         return skipped(name, "physics", "GPU unknown")
-    params = model_params(claim.model)
+    params = _model_params(claim.model)
     if params is None:
         return skipped(name, "physics", f"active parameters of {claim.model!r} unknown")
-    floor = jpt_floor(params.active_b, claim.gpu_name, params.precision)
+    floor = _jpt_floor(params.active_b, claim.gpu_name, params.precision)
     if floor is None:
         return skipped(name, "physics", f"GPU {claim.gpu_name!r} not in gpus.csv")
     jpt = energy / claim.completion_tokens
@@ -202,7 +227,7 @@ def check_receipt_power(claim: ReceiptClaim) -> CheckResult:
         return skipped(name, "physics", energy)
     if claim.ticket_issued_at_ms is None:
         return skipped(name, "physics", "ticket issue time unknown")
-    spec = gpu_spec(claim.gpu_name) if claim.gpu_name is not None else None
+    spec = _gpu_spec(claim.gpu_name) if claim.gpu_name is not None else None
     limits = [float(spec.tdp_w)] if spec is not None else []
     if claim.power_limit_w is not None:
         limits.append(claim.power_limit_w)

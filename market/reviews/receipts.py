@@ -34,10 +34,10 @@ import dataclasses
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import cast
+from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, insert, select, update
-from sqlalchemy.orm import Session, load_only
+from sqlalchemy import Row, Table, bindparam, insert, select, update
+from sqlalchemy.orm import Session
 
 from market.db import utcnow
 from market.energy.plausibility import CheckResult
@@ -122,8 +122,11 @@ def _ms(when: datetime) -> int:
     return int(when.timestamp() * 1000)
 
 
-def claim_of(receipt: Receipt, hardware: Hardware | None) -> ReceiptClaim:
-    """The receipt's figures as `check_receipt_claim` reads them (ticket time: None)."""
+def claim_of(
+    receipt: Receipt | FigureRow, hardware: Hardware | None, ticket_issued_at_ms: int | None = None
+) -> ReceiptClaim:
+    """The figures of a receipt (or a row of its `_FIGURES`) as `check_receipt_claim` reads
+    them."""
     return ReceiptClaim(
         gpu_name=None if hardware is None else hardware.gpu_name,
         num_gpus=1 if hardware is None else hardware.num_gpus,
@@ -135,17 +138,23 @@ def claim_of(receipt: Receipt, hardware: Hardware | None) -> ReceiptClaim:
         energy_j=None if receipt.energy_mj is None else receipt.energy_mj / 1000.0,
         first_token_at_ms=receipt.first_token_at_ms,
         finished_at_ms=receipt.finished_at_ms,
-        ticket_issued_at_ms=None,
+        ticket_issued_at_ms=ticket_issued_at_ms,
     )
 
 
 def check_one(claim: ReceiptClaim, job_created_ms: int | None) -> list[CheckResult]:
     """Every check of one receipt; `receipt_power` from the job's creation (module doc)."""
-    results = check_receipt_claim(claim)
     if job_created_ms is None:
-        return results
-    timed = dataclasses.replace(claim, ticket_issued_at_ms=job_created_ms)
-    return [check_receipt_power(timed) if r.check == "receipt_power" else r for r in results]
+        return check_receipt_claim(claim)
+    return _checked(claim, dataclasses.replace(claim, ticket_issued_at_ms=job_created_ms))
+
+
+def _checked(claim: ReceiptClaim, timed: ReceiptClaim) -> list[CheckResult]:
+    """`check_receipt_claim(claim)` with `receipt_power` of `timed` (the job's creation)."""
+    return [
+        check_receipt_power(timed) if r.check == "receipt_power" else r
+        for r in check_receipt_claim(claim)
+    ]
 
 
 def outcome(results: Sequence[CheckResult], hold_kinds: Collection[str]) -> ReceiptCheckStatus:
@@ -167,21 +176,25 @@ _FIGURES = (
     Receipt.energy_mj,
     Receipt.first_token_at_ms,
     Receipt.finished_at_ms,
-    Receipt.check_status,
+    Job.created_at,
 )
-"""The columns the checks read (not the envelope)."""
+"""The columns the checks read (not the envelope), and the job's creation, in this order."""
+
+FigureRow = Row[*tuple[Any, ...]]
+"""A row of `_FIGURES` (read by name: `row.model`, `row.created_at`)."""
 
 
-def _chunk(session: Session, after: str, size: int) -> list[tuple[Receipt, datetime]]:
+def _chunk(session: Session, after: str, size: int) -> Sequence[FigureRow]:
+    """The next unchecked receipts' `_FIGURES` as plain rows: loading each receipt as an ORM
+    object (with its selectin relationships) cost more than checking it."""
     stmt = (
-        select(Receipt, Job.created_at)
+        select(*_FIGURES)
         .join(Job, Job.id == Receipt.job_id)
         .where(Receipt.epoch.is_(None), Receipt.check_status.is_(None), Receipt.job_id > after)
-        .options(load_only(*_FIGURES))
         .order_by(Receipt.job_id)
         .limit(size)
     )
-    return [(row[0], row[1]) for row in session.execute(stmt)]
+    return session.execute(stmt).all()
 
 
 def check_receipts(session: Session, hold_kinds: Collection[str], chunk: int = CHUNK) -> CheckRound:
@@ -193,25 +206,29 @@ def check_receipts(session: Session, hold_kinds: Collection[str], chunk: int = C
         rows = _chunk(session, after, chunk)
         if not rows:
             break
-        after = rows[-1][0].job_id
-        hardware = hardware_of(session, sorted({r.provider_address for r, _ in rows}))
+        after = rows[-1].job_id
+        hardware = hardware_of(session, sorted({row.provider_address for row in rows}))
         statuses: dict[ReceiptCheckStatus, list[str]] = {}
         failures: list[dict[str, object]] = []
         reasons: dict[str, list[HoldReason]] = {}
         penalties: dict[str, int] = {}
         now = utcnow()
-        for receipt, created_at in rows:
-            results = check_one(
-                claim_of(receipt, hardware.get(receipt.provider_address)), _ms(created_at)
-            )
+        for row in rows:
+            job_id, provider = row.job_id, row.provider_address
+            found = hardware.get(provider)
+            timed = claim_of(row, found, _ms(row.created_at))
+            results = _checked(claim_of(row, found), timed)
+            if not any(r.ok is False for r in results):
+                # A pass stores, holds and costs nothing (as the general case below).
+                statuses.setdefault(ReceiptCheckStatus.PASS, []).append(job_id)
+                continue
             status = outcome(results, hold_kinds)
-            statuses.setdefault(status, []).append(receipt.job_id)
-            provider = receipt.provider_address
+            statuses.setdefault(status, []).append(job_id)
             for r in results:
                 if r.ok is False:
                     failures.append(
                         {
-                            "job_id": receipt.job_id,
+                            "job_id": job_id,
                             "check": r.check[:32],
                             "kind": r.kind[:16],
                             "reason": r.reason[:500],
@@ -219,7 +236,7 @@ def check_receipts(session: Session, hold_kinds: Collection[str], chunk: int = C
                         }
                     )
             reasons.setdefault(provider, []).extend(
-                HoldReason(r.check, r.kind, r.reason, job_id=receipt.job_id)
+                HoldReason(r.check, r.kind, r.reason, job_id=job_id)
                 for r in holding_failures(results, hold_kinds)
             )
             penalty = reputation_penalty(results)

@@ -11,7 +11,8 @@ from dataclasses import replace
 
 import pytest
 
-from market.energy.data import MlEnergyConfig, gpus, mlenergy_configs
+from market.energy import receipt_checks
+from market.energy.data import MlEnergyConfig, gpu_spec, gpus, mlenergy_configs, model_params
 from market.energy.plausibility import jpt_floor
 from market.energy.receipt_checks import (
     CLOCK_SKEW_MS,
@@ -183,3 +184,25 @@ def test_no_completion_tokens() -> None:
     assert results["timing_order"] == (True, "consistency")
     assert results["decode_speed"][0] is None
     assert results["receipt_jpt_floor"][0] is None
+
+
+def test_memoised_lookups_give_what_the_data_gives() -> None:
+    # The checks' lookups (model parameters, GPU datasheet row, J/token floor) are memoised;
+    # cold and warm, they match the uncached functions, unknown names included.
+    for memo in (receipt_checks._model_params, receipt_checks._gpu_spec, receipt_checks._jpt_floor):
+        memo.cache_clear()
+    gpu_names = [*sorted({c.gpu for c in mlenergy_configs()}), "NVIDIA H100 80GB HBM3", "TPU"]
+    models = [*sorted({c.model for c in mlenergy_configs()}), "acme/unsized", "x/Qwen3-30B-A3B"]
+    for _ in range(2):
+        for gpu in gpu_names:
+            assert receipt_checks._gpu_spec(gpu) == gpu_spec(gpu)
+        for model in models:
+            params = model_params(model)
+            assert receipt_checks._model_params(model) == params
+            if params is None:
+                continue
+            for gpu in gpu_names:
+                expected = jpt_floor(params.active_b, gpu, params.precision)
+                assert receipt_checks._jpt_floor(params.active_b, gpu, params.precision) == expected
+    claim = _llama8b_h100()
+    assert check_receipt_claim(claim) == check_receipt_claim(replace(claim))
