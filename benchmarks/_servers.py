@@ -15,13 +15,11 @@ import argparse
 import json
 import subprocess
 import sys
-import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
+from tests.support.processes import ServerProcess
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "tiny-llama"
@@ -43,43 +41,22 @@ def cpu_seconds(pid: int) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-@dataclass
-class Proc:
+class Proc(ServerProcess):
     """A server subprocess on a loopback port."""
-
-    process: subprocess.Popen[bytes]
-    port: int
 
     @property
     def pid(self) -> int:
         """Its process id."""
         return self.process.pid
 
-    def stop(self) -> None:
-        """Terminates it and waits."""
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
 
 def spawn(args: Iterable[str], port: int, health: str, timeout_s: float = 60.0) -> Proc:
-    """Starts `python -m ...args` and waits until `health` answers 200."""
+    """Starts `python -m ...args` and waits until `health` answers (any status below 500)."""
     process = subprocess.Popen([sys.executable, "-m", *args], cwd=REPO)
     proc = Proc(process, port)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{' '.join(args)} exited with {process.returncode}")
-        try:
-            if httpx.get(health, timeout=1).status_code < 500:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    proc.stop()
-    raise RuntimeError(f"{' '.join(args)} did not answer {health} in time")
+    name = " ".join(args)
+    proc.wait_until_up(health, timeout_s, name=name, up=lambda status: status < 500, retry_s=0.1)
+    return proc
 
 
 def _serve_market(args: argparse.Namespace) -> None:

@@ -117,16 +117,15 @@ def post_transfer(
     chain's contra account below zero (`InsufficientFundsError`). Reusing a key for different
     legs raises `IdempotencyConflictError`.
     """
-    transfer, _ = _post(
-        session,
+    new = Transfer(
         kind=kind,
         idempotency_key=idempotency_key,
-        legs=legs,
         job_id=job_id,
         epoch=epoch,
         tx_hash=tx_hash,
         log_index=log_index,
     )
+    transfer, _ = _post(session, new, legs)
     return transfer
 
 
@@ -151,18 +150,11 @@ def _same_legs(transfer: Transfer, kind: TransferKind, legs: Sequence[Leg]) -> b
     return transfer.kind == kind and stored == wanted
 
 
-def _post(
-    session: Session,
-    *,
-    kind: TransferKind,
-    idempotency_key: str,
-    legs: Sequence[Leg],
-    job_id: str | None = None,
-    epoch: int | None = None,
-    tx_hash: str | None = None,
-    log_index: int | None = None,
-) -> tuple[Transfer, bool]:
-    """`post_transfer`, also saying whether the transfer is new (True) or a replay (False)."""
+def _post(session: Session, new: Transfer, legs: Sequence[Leg]) -> tuple[Transfer, bool]:
+    """`post_transfer` of `new`, an unsaved transfer with its kind, key and references (its
+    postings and time are set here), also saying whether the transfer returned is `new`, now
+    posted (True), or a replay, the one already posted under the key (False)."""
+    kind, idempotency_key = new.kind, new.idempotency_key
     _check_legs(legs)
     if not idempotency_key or len(idempotency_key) > 200:
         raise InvalidRequestError("an idempotency key is 1 to 200 characters")
@@ -184,21 +176,13 @@ def _post(
         if account.owner_kind is not OwnerKind.CHAIN and account.balance + leg.amount < 0:
             raise InsufficientFundsError(account.name, account.balance, -leg.amount)
 
-    transfer = Transfer(
-        kind=kind,
-        idempotency_key=idempotency_key,
-        job_id=job_id,
-        epoch=epoch,
-        tx_hash=tx_hash,
-        log_index=log_index,
-        created_at=utcnow(),
-    )
+    new.created_at = utcnow()
     for leg in legs:
         account = accounts[leg.account.name]
-        transfer.postings.append(Posting(account=account, amount=leg.amount))
+        new.postings.append(Posting(account=account, amount=leg.amount))
         account.balance += leg.amount
-    repo.add_transfer(transfer)
-    return transfer, True
+    repo.add_transfer(new)
+    return new, True
 
 
 # -- operations ---------------------------------------------------------------------------
@@ -258,10 +242,8 @@ def _place_hold_again(session: Session, buyer: str, job_id: str, amount: int) ->
         return _same_hold(held_before, buyer, amount)
     transfer, created = _post(
         session,
-        kind=TransferKind.HOLD,
-        idempotency_key=f"hold:{job_id}",
-        legs=[Leg(buyer_available(buyer), -amount), Leg(buyer_held(buyer), amount)],
-        job_id=job_id,
+        Transfer(kind=TransferKind.HOLD, idempotency_key=f"hold:{job_id}", job_id=job_id),
+        [Leg(buyer_available(buyer), -amount), Leg(buyer_held(buyer), amount)],
     )
     if not created:  # a concurrent request placed it while we waited for the lock
         hold = repo.get_hold(job_id)

@@ -32,7 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -187,6 +187,13 @@ class VllmServer:
                 self._log_file = None
         return self.process.returncode
 
+    def __enter__(self) -> VllmServer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        """A `with` block's end stops the server."""
+        self.stop()
+
 
 def _signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
     # The server runs in its own session, so its pid is its process group id.
@@ -206,7 +213,8 @@ def start_vllm(
     startup_timeout: float = 240.0,
 ) -> VllmServer:
     """Start the server and wait until /health answers 200; raise VllmStartError with
-    the tail of its log if it exits or the deadline passes (it is stopped then)."""
+    the tail of its log if it exits or the deadline passes (it is stopped then). As a
+    context manager (`with start_vllm(...) as server`) the server stops at the block's end."""
     python = require_vllm_python()
     model = Path(model_dir).resolve()
     if not (model / "config.json").is_file():
@@ -279,33 +287,8 @@ def _wait_healthy(server: VllmServer, deadline: float) -> None:
             time.sleep(0.5)
 
 
-@contextlib.contextmanager
-def running_vllm(
-    model_dir: str | os.PathLike[str],
-    served_name: str,
-    port: int | None = None,
-    *,
-    host: str = "127.0.0.1",
-    extra_args: Sequence[str] = (),
-    extra_env: Mapping[str, str] | None = None,
-    log_path: str | os.PathLike[str] | None = None,
-    startup_timeout: float = 240.0,
-) -> Iterator[VllmServer]:
-    """`start_vllm` as a context manager; the server is stopped on exit."""
-    server = start_vllm(
-        model_dir,
-        served_name,
-        port,
-        host=host,
-        extra_args=extra_args,
-        extra_env=extra_env,
-        log_path=log_path,
-        startup_timeout=startup_timeout,
-    )
-    try:
-        yield server
-    finally:
-        server.stop()
+running_vllm = start_vllm
+"""`start_vllm` for a `with` statement: the server is stopped when the block ends."""
 
 
 def main(argv: list[str] | None = None) -> int:

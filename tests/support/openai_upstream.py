@@ -24,15 +24,14 @@ import asyncio
 import json
 import subprocess
 import sys
-import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from tests.support.ports import free_port
+from tests.support.processes import ServerProcess
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -233,12 +232,8 @@ async def _json(send: Send, status: int, payload: object) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-@dataclass
-class UpstreamProcess:
+class UpstreamProcess(ServerProcess):
     """A running fake engine subprocess; `url` is its OpenAI base URL (ends in /v1)."""
-
-    process: subprocess.Popen[bytes]
-    port: int
 
     @property
     def url(self) -> str:
@@ -253,15 +248,6 @@ class UpstreamProcess:
         """The body of the last completion request the server received."""
         return httpx.get(f"http://127.0.0.1:{self.port}/_last").json()
 
-    def stop(self) -> None:
-        """Terminate the server and wait for it."""
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
 
 def start_upstream(timeout_s: float = 20.0) -> UpstreamProcess:
     """Start the fake engine as a subprocess on a free loopback port; wait for /health."""
@@ -269,17 +255,11 @@ def start_upstream(timeout_s: float = 20.0) -> UpstreamProcess:
     command = [sys.executable, "-m", "tests.support.openai_upstream", "--port", str(port)]
     process = subprocess.Popen(command, cwd=REPO)
     upstream = UpstreamProcess(process, port)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"fake engine exited with {process.returncode}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return upstream
-        except httpx.HTTPError:
-            time.sleep(0.05)
-    upstream.stop()
-    raise RuntimeError("fake engine did not answer /health in time")
+    health = f"http://127.0.0.1:{port}/health"
+    upstream.wait_until_up(
+        health, timeout_s, name="fake engine", up=lambda status: status == 200, retry_s=0.05
+    )
+    return upstream
 
 
 def main() -> None:

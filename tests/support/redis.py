@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.support.ports import free_port
+from tests.support.processes import ServerProcess
 
 
 class RedisUnavailableError(RuntimeError):
@@ -19,11 +20,9 @@ class RedisUnavailableError(RuntimeError):
 
 
 @dataclass
-class RedisServer:
+class RedisServer(ServerProcess):
     """A running throwaway server."""
 
-    process: subprocess.Popen[bytes]
-    port: int
     root: Path
 
     @property
@@ -33,11 +32,7 @@ class RedisServer:
 
     def stop(self) -> None:
         """Stops the server and removes its directory."""
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
+        super().stop()
         shutil.rmtree(self.root, ignore_errors=True)
 
 

@@ -36,6 +36,13 @@ def _read(headers: dict[str, str]) -> tuple[BuyerRequest, str]:
     return read_request(headers[MESSAGE_HEADER], headers[SIGNATURE_HEADER])
 
 
+def _verify(request: BuyerRequest, signer: str, address: str, now: int = NOW) -> None:
+    """`verify_request` of a statement request on `DOMAIN`, made on `address`'s path."""
+    verify_request(
+        request, signer, address=address, action=BuyerAction.STATEMENT, domain=DOMAIN, now=now
+    )
+
+
 def test_the_signed_text_is_canonical_and_round_trips() -> None:
     account: LocalAccount = Account.create()
     headers = sign_request(account, BuyerAction.STATEMENT, DOMAIN, NOW, nonce="n-1")
@@ -52,27 +59,13 @@ def test_the_signed_text_is_canonical_and_round_trips() -> None:
     request, signer = _read(headers)
     assert signer == account.address
     assert BuyerRequest.parse(text) == request
-    verify_request(
-        request,
-        signer,
-        address=account.address,
-        action=BuyerAction.STATEMENT,
-        domain=DOMAIN,
-        now=NOW,
-    )
+    _verify(request, signer, account.address)
 
 
 def test_a_lowercase_path_address_is_the_same_buyer() -> None:
     account: LocalAccount = Account.create()
     request, signer = _read(sign_request(account, BuyerAction.STATEMENT, DOMAIN, NOW))
-    verify_request(
-        request,
-        signer,
-        address=account.address.lower(),
-        action=BuyerAction.STATEMENT,
-        domain=DOMAIN,
-        now=NOW,
-    )
+    _verify(request, signer, account.address.lower())
 
 
 @pytest.mark.parametrize(
@@ -87,22 +80,11 @@ def test_a_lowercase_path_address_is_the_same_buyer() -> None:
 def test_expiry_bounds(now: int, error: type[MarketError] | None) -> None:
     account: LocalAccount = Account.create()
     request, signer = _read(sign_request(account, BuyerAction.STATEMENT, DOMAIN, NOW))
-
-    def verify() -> None:
-        verify_request(
-            request,
-            signer,
-            address=account.address,
-            action=BuyerAction.STATEMENT,
-            domain=DOMAIN,
-            now=now,
-        )
-
     if error is None:
-        verify()
+        _verify(request, signer, account.address, now)
     else:
         with pytest.raises(error):
-            verify()
+            _verify(request, signer, account.address, now)
 
 
 def test_a_message_signed_by_someone_else_is_refused() -> None:
@@ -116,14 +98,7 @@ def test_a_message_signed_by_someone_else_is_refused() -> None:
     request, signer = read_request(message, forged[SIGNATURE_HEADER])
     assert signer != victim.address
     with pytest.raises(SignatureMismatchError):
-        verify_request(
-            request,
-            signer,
-            address=victim.address,
-            action=BuyerAction.STATEMENT,
-            domain=DOMAIN,
-            now=NOW,
-        )
+        _verify(request, signer, victim.address)
 
 
 @pytest.mark.parametrize(

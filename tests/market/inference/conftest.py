@@ -9,21 +9,20 @@ from pathlib import Path
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from market.agent_client import AgentClient, agent_timeout
 from market.app import create_app
 from market.buyers.service import create_api_key, get_or_create_buyer
 from market.chain.service import MarketChain, open_chain
 from market.config import Settings
-from market.db import create_engine, make_session_factory, session_scope
+from market.db import create_engine, session_scope
 from market.ledger import service as ledger
 from market.runtime import Runtime
 from tests.market.factories import new_address, new_tx_hash
 from tests.market.inference.servers import (
-    MARKET_KEY,
     Agent,
     CounterMeter,
     PinnedRoutingTable,
     Served,
+    market_runtime,
     serve,
     start_agent,
 )
@@ -119,14 +118,7 @@ def start_market(url: str, chain: MarketChain, tmp_path: Path) -> Iterator[Marke
     settings = Settings(database_url=url, var_dir=tmp_path)
     engine = create_engine(url)
     routing = PinnedRoutingTable()
-    runtime = Runtime(
-        settings=settings,
-        sessions=make_session_factory(engine),
-        chain=chain,
-        ticket_key=MARKET_KEY,
-        routing=routing,
-        agents=AgentClient(agent_timeout(connect=2.0, read=10.0, pool=10.0)),
-    )
+    runtime = market_runtime(settings, engine, chain, routing)
     served = serve(create_app(settings, runtime))
     buyer, key = fund(runtime.sessions, DEPOSIT)
     try:

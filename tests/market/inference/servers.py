@@ -11,8 +11,14 @@ from typing import Any, Literal
 
 import uvicorn
 from nacl.signing import SigningKey
+from sqlalchemy import Engine
 
+from market.agent_client import AgentClient, agent_timeout
+from market.chain.service import MarketChain
+from market.config import Settings
+from market.db import make_session_factory
 from market.routing.table import LiveOffer, RoutingTable
+from market.runtime import Runtime
 from protocol.keys import public_key_hex, signing_key_from_seed
 from protocol.messages import Domain
 from provider_agent.energy import EnergyMeter, UnmeasuredMeter
@@ -166,3 +172,19 @@ class PinnedRoutingTable(RoutingTable):
     def replace(self, offers: Iterable[LiveOffer]) -> None:
         """Keeps the pinned offers beside whatever the refresh found."""
         super().replace([*offers, *getattr(self, "pinned", [])])
+
+
+def market_runtime(
+    settings: Settings, engine: Engine, chain: MarketChain, routing: RoutingTable
+) -> Runtime:
+    """A market's runtime for these tests: sessions on `engine`, tickets signed with
+    `MARKET_KEY`, and agent timeouts short enough for a failing agent to fail the request
+    quickly."""
+    return Runtime(
+        settings=settings,
+        sessions=make_session_factory(engine),
+        chain=chain,
+        ticket_key=MARKET_KEY,
+        routing=routing,
+        agents=AgentClient(agent_timeout(connect=2.0, read=10.0, pool=10.0)),
+    )

@@ -21,12 +21,11 @@ from eth_account.signers.local import LocalAccount
 from openai.types.chat import ChatCompletionMessageParam
 from sqlalchemy import select
 
-from market.agent_client import AgentClient, agent_timeout
 from market.app import create_app
 from market.buyers.service import create_api_key, get_buyer
 from market.chain.service import MarketChain
 from market.config import Settings
-from market.db import create_engine, make_session_factory, session_scope
+from market.db import create_engine, session_scope
 from market.jobs.models import Receipt
 from market.ledger import service as ledger
 from market.runtime import Runtime
@@ -37,10 +36,10 @@ from protocol.chain.deploy import deploy
 from protocol.chain.settlement import SettlementClient
 from protocol.chain.transactor import Transactor
 from tests.market.inference.servers import (
-    MARKET_KEY,
     MODEL,
     Agent,
     PinnedRoutingTable,
+    market_runtime,
     serve,
     start_agent,
 )
@@ -86,14 +85,7 @@ def economy(sqlite_url: str, upstream: UpstreamProcess, tmp_path: Path) -> Itera
     settings = Settings(database_url=sqlite_url, var_dir=tmp_path, confirmations=0)
     engine = create_engine(sqlite_url)
     routing = PinnedRoutingTable()
-    runtime = Runtime(
-        settings=settings,
-        sessions=make_session_factory(engine),
-        chain=chain,
-        ticket_key=MARKET_KEY,
-        routing=routing,
-        agents=AgentClient(agent_timeout(connect=2.0, read=10.0, pool=10.0)),
-    )
+    runtime = market_runtime(settings, engine, chain, routing)
     agents: list[Agent] = []
     for i in range(2):
         provider = _account(chain.client)
