@@ -123,7 +123,7 @@ def embedded_schedule(runtime: Runtime) -> list[Periodic]:
         await asyncio.to_thread(check_receipts, ctx)
 
     return [
-        ("watch_deposits", WATCH_INTERVAL_S, watch),
-        ("check_receipts", receipts.INTERVAL_S, check),
-        ("close_epoch", float(runtime.settings.epoch_seconds), close),
+        Periodic("watch_deposits", WATCH_INTERVAL_S, watch),
+        Periodic("check_receipts", receipts.INTERVAL_S, check),
+        Periodic("close_epoch", float(runtime.settings.epoch_seconds), close, wait_first=True),
     ]
