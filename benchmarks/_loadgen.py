@@ -1,12 +1,15 @@
 """The gateway benchmark's load generator, run as its own process (httpx, asyncio).
 
     python -m benchmarks._loadgen URL CONCURRENCY SECONDS [--stream] [--key KEY] [--tokens 64]
-        [--cpu-pids PID,PID]
+        [--cpu-pids PID,PID] [--ramp SECONDS]
 
 `CONCURRENCY` workers send chat completions back to back to `URL` (an OpenAI base URL ending
-in /v1) and start no new request after `SECONDS`; it prints one JSON line: completed
+in /v1) and start no new request after `SECONDS`; with `--ramp`, worker i starts its first
+timed request i/CONCURRENCY of the ramp late, so that long streams do not all start (and end)
+at the same moment; it prints one JSON line: completed
 requests, errors, elapsed seconds (until the last request ended), p50/p99 latency and time to
-first token (ms), completion tokens received, and the CPU seconds each process in
+first token (ms), completion tokens received, the time each worker spent in requests
+(`busy_s`: the sum of the latencies over the concurrency), and the CPU seconds each process in
 `--cpu-pids` used over the same timed window (the warm-up requests before it not included).
 """
 
@@ -82,6 +85,7 @@ async def run(
     key: str | None,
     tokens: int,
     cpu_pids: tuple[int, ...] = (),
+    ramp: float = 0.0,
 ) -> dict[str, object]:
     """Drives the load and summarises it."""
     url = base.rstrip("/") + "/chat/completions"
@@ -104,7 +108,8 @@ async def run(
         start = time.perf_counter()
         deadline = start + seconds
 
-        async def worker() -> None:
+        async def worker(index: int) -> None:
+            await asyncio.sleep(ramp * index / concurrency)
             while time.perf_counter() < deadline:
                 try:
                     await _one(client, url, body, tally)
@@ -112,7 +117,7 @@ async def run(
                     tally.errors += 1
                     tally.first_error = tally.first_error or repr(exc)
 
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        await asyncio.gather(*(worker(i) for i in range(concurrency)))
         elapsed = time.perf_counter() - start
         cpu = {str(pid): cpu_seconds(pid) - cpu_start[pid] for pid in cpu_pids}
     return {
@@ -125,6 +130,7 @@ async def run(
         "ttft_p50_ms": _pct(tally.ttfts, 50),
         "ttft_p99_ms": _pct(tally.ttfts, 99),
         "tokens": tally.tokens,
+        "busy_s": sum(tally.latencies) / 1000 / concurrency,
         "cpu_s": cpu,
     }
 
@@ -139,10 +145,20 @@ def main() -> None:
     parser.add_argument("--key")
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--cpu-pids", default="", help="comma-separated process ids")
+    parser.add_argument("--ramp", type=float, default=0.0, help="seconds to stagger starts over")
     args = parser.parse_args()
     pids = tuple(int(pid) for pid in args.cpu_pids.split(",") if pid)
     summary = asyncio.run(
-        run(args.url, args.concurrency, args.seconds, args.stream, args.key, args.tokens, pids)
+        run(
+            args.url,
+            args.concurrency,
+            args.seconds,
+            args.stream,
+            args.key,
+            args.tokens,
+            pids,
+            args.ramp,
+        )
     )
     print(json.dumps(summary))
 

@@ -14,7 +14,14 @@ the case (the load generator reads it after its warm-up requests and after the l
 request), less what it burns idle over the same time (the embedded market polls the chain
 every 2 s), divided by the requests completed in that part. A last case paces the engine (a
 token every 20 ms) at concurrency 32 and compares the tokens per second the buyer receives
-through the market with those received directly.
+through the market with those received directly. Its workers' first requests are spread over
+one stream's length (`--ramp`), as buyers' requests arrive, rather than all 32 at the same
+instant, which would queue 32 ticket-and-hold transactions in the market at once and again
+at every round, since paced streams all last as long. The rate is the closed loop's steady rate,
+tokens over the time the workers spent in requests (`busy_s`), so that it reflects what the
+relay adds to each stream: over the wall time until the last request ended, a run of a few
+1.3 s streams per worker counted the workers that were idle at the end, waiting for the
+deadline's last streams, and swung by 15-20 points between runs.
 """
 
 from __future__ import annotations
@@ -34,6 +41,8 @@ from tests.support.openai_upstream import UpstreamProcess, start_upstream
 from tests.support.ports import free_port
 
 TOKENS = 64
+PACE_MS = 20
+"""The paced case's engine: one token every 20 ms."""
 TARGET_PLAIN_MS = 3.5
 TARGET_STREAM_MS = 20.0
 TARGET_ADDED_P50_MS = 5.0
@@ -114,10 +123,12 @@ def load(
     stream: bool,
     key: str | None,
     cpu_pids: tuple[int, ...] = (),
+    ramp: float = 0.0,
 ) -> Any:
     """Runs the load generator process and returns its summary."""
     command = [sys.executable, "-m", "benchmarks._loadgen", url, str(concurrency), str(seconds)]
     command += ["--tokens", str(TOKENS), "--cpu-pids", ",".join(map(str, cpu_pids))]
+    command += ["--ramp", str(ramp)]
     if stream:
         command.append("--stream")
     if key:
@@ -126,10 +137,18 @@ def load(
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def measured(stack: Stack, url: str, conc: int, secs: float, stream: bool, key: str | None) -> Any:
+def measured(
+    stack: Stack,
+    url: str,
+    conc: int,
+    secs: float,
+    stream: bool,
+    key: str | None,
+    ramp: float = 0.0,
+) -> Any:
     """One case, with the market's and the agent's CPU per request (idle subtracted)."""
     pids = (stack.market.pid, stack.agent.pid, stack.upstream.process.pid)
-    summary = load(url, conc, secs, stream, key, pids)
+    summary = load(url, conc, secs, stream, key, pids, ramp)
     wall = float(summary["elapsed_s"])
     n = max(1, int(summary["requests"]))
     used = [float(summary["cpu_s"][str(pid)]) for pid in pids]
@@ -201,16 +220,17 @@ def _run(stack: Stack, secs: float, levels: tuple[int, ...], quick: bool) -> dic
                     )
                 print(line)
     # Paced engine: a token every 20 ms; what share of the direct token rate does the relay keep?
-    stack.upstream.control(completion_tokens=TOKENS, delay_ms=20)
-    paced_secs = 1.5 if quick else 5.0
+    stack.upstream.control(completion_tokens=TOKENS, delay_ms=PACE_MS)
+    paced_secs = 2.5 if quick else 5.0
     conc = 32
-    direct = measured(stack, stack.upstream.url, conc, paced_secs, True, None)
-    via = measured(stack, stack.market_url, conc, paced_secs, True, stack.api_key)
+    ramp = TOKENS * PACE_MS / 1000  # starts spread over one stream's length, as buyers arrive
+    direct = measured(stack, stack.upstream.url, conc, paced_secs, True, None, ramp)
+    via = measured(stack, stack.market_url, conc, paced_secs, True, stack.api_key, ramp)
     stack.upstream.control(completion_tokens=TOKENS)
-    d_tps = direct["tokens"] / direct["elapsed_s"]
-    v_tps = via["tokens"] / via["elapsed_s"]
+    d_tps = direct["tokens"] / direct["busy_s"]
+    v_tps = via["tokens"] / via["busy_s"]
     share = v_tps / d_tps if d_tps else float("nan")
-    print(f"\npaced engine (20 ms/token, {TOKENS} tokens, c={conc}, {paced_secs:g} s):")
+    print(f"\npaced engine ({PACE_MS} ms/token, {TOKENS} tokens, c={conc}, {paced_secs:g} s):")
     print(f"{'path':<8}{'tokens/s':>10}{'p50 ms':>9}{'ttft50':>8}{'ttft99':>8}")
     for path, row, tps in (("direct", direct, d_tps), ("market", via, v_tps)):
         print(
