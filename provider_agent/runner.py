@@ -238,7 +238,7 @@ class AgentRunner:
         if install_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.request_stop)
-        unsent_receipts = len(ReceiptOutbox(self.data_dir).unsent())
+        unsent_receipts = ReceiptOutbox(self.data_dir).count_unsent()
         if unsent_receipts:
             log.info(
                 "%d receipts in the outbox not acknowledged (no market route)", unsent_receipts

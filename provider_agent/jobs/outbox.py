@@ -1,29 +1,66 @@
 """The receipt outbox: every signed receipt is appended before it is sent.
 
-Two append-only JSONL files in the agent's data dir: `receipts.jsonl` (one signed
-envelope per line) and `receipts-sent.jsonl` (one job id per line, once the market
-acknowledged it). `unsent()` lists receipts not yet acknowledged, so none is lost if
-the connection to the market drops before the receipt reaches it.
+Append-only JSONL files in the agent's data dir. Receipts (one signed envelope per
+line) go to `receipts/YYYY-MM-DD.jsonl`, one file per UTC day of the append; an older
+agent's single `receipts.jsonl`, if present, is read as the oldest file and never
+written again. `receipts-sent.jsonl` holds one job id per line, once the market
+acknowledged it: a single file, because a receipt may be acknowledged on a later day
+than it was issued and `unsent()` needs every acknowledged id anyway. Nothing is
+deleted here; an operator may remove the day files of epochs the market has settled.
+
+The readers stream the files, oldest first, one line at a time, so a large outbox is
+never held in memory; `unsent()` lists receipts not yet acknowledged, so none is lost
+if the connection to the market drops before the receipt reaches it.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 from protocol.messages import Receipt, Signed, parse_signed
+
+_COMPLETE = (b"}\n", b"}")
+"""How a whole line ends; anything else is the torn tail of an interrupted append."""
+_DAY_S = 86_400
+"""Seconds in a UTC day: unix time counts no leap seconds, so `t // _DAY_S` is the day."""
+
+
+def _end_torn_line(path: Path) -> None:
+    """Ends the torn last line an interrupted append left in `path` (agent killed mid-write),
+    so that the next receipt starts a line of its own and only the torn one is skipped."""
+    try:
+        with path.open("rb+") as out:
+            out.seek(-1, os.SEEK_END)
+            if out.read(1) != b"\n":
+                out.write(b"\n")
+    except OSError:  # no file yet, or an empty one
+        return
 
 
 class ReceiptOutbox:
     """Append-only store of signed receipts and of which ones the market has."""
 
-    def __init__(self, data_dir: Path, *, fsync: bool = False) -> None:
-        """Create `data_dir` if needed; `fsync` makes each append durable across power loss."""
+    def __init__(
+        self, data_dir: Path, *, fsync: bool = False, clock: Callable[[], float] = time.time
+    ) -> None:
+        """Create `data_dir` if needed; `fsync` makes each append durable across power loss.
+
+        `clock` gives unix seconds, whose UTC day picks the day file (a test can move it).
+        """
         data_dir.mkdir(parents=True, exist_ok=True)
-        self.receipts_path = data_dir / "receipts.jsonl"
+        self.legacy_path = data_dir / "receipts.jsonl"
+        self.days_dir = data_dir / "receipts"
         self.sent_path = data_dir / "receipts-sent.jsonl"
         self._fsync = fsync
+        self._clock = clock
+        self._day: float | None = None
+        self._day_name = ""
+        self._day_path = self.days_dir
 
     def _append(self, path: Path, line: str) -> None:
         with path.open("a", encoding="utf-8") as out:
@@ -32,9 +69,20 @@ class ReceiptOutbox:
             if self._fsync:
                 os.fsync(out.fileno())
 
+    def _current_path(self) -> Path:
+        """The day file for now; the name and path are only recomputed when the day changes."""
+        day = self._clock() // _DAY_S
+        if day != self._day:
+            self.days_dir.mkdir(exist_ok=True)
+            self._day_name = datetime.fromtimestamp(day * _DAY_S, UTC).date().isoformat()
+            self._day_path = self.days_dir / f"{self._day_name}.jsonl"
+            self._day = day
+            _end_torn_line(self._day_path)
+        return self._day_path
+
     def add(self, envelope: Signed[Receipt]) -> None:
-        """Store a signed receipt (before it is sent)."""
-        self._append(self.receipts_path, envelope.model_dump_json())
+        """Store a signed receipt (before it is sent) in today's file."""
+        self._append(self._current_path(), envelope.model_dump_json())
 
     def mark_sent(self, job_ids: list[str]) -> None:
         """Record that the market acknowledged these jobs' receipts."""
@@ -44,20 +92,44 @@ class ReceiptOutbox:
     def _sent(self) -> set[str]:
         if not self.sent_path.exists():
             return set()
-        lines = self.sent_path.read_text(encoding="utf-8").splitlines()
-        return {json.loads(line) for line in lines if line.strip()}
+        with self.sent_path.open("rb") as lines:
+            return {json.loads(line) for line in lines if line.strip()}
 
-    def all(self) -> list[Signed[Receipt]]:
-        """Every stored receipt, oldest first (a torn last line is skipped)."""
-        if not self.receipts_path.exists():
-            return []
-        result: list[Signed[Receipt]] = []
-        for line in self.receipts_path.read_text(encoding="utf-8").splitlines():
-            if line.endswith("}"):
-                result.append(parse_signed(line, Receipt))
-        return result
+    def paths(self) -> list[Path]:
+        """The receipt files, oldest first: the legacy file, then the day files by date."""
+        legacy = [self.legacy_path] if self.legacy_path.exists() else []
+        return legacy + sorted(self.days_dir.glob("????-??-??.jsonl"))
 
-    def unsent(self) -> list[Signed[Receipt]]:
+    def _lines(self) -> Iterator[bytes]:
+        """Every whole receipt line, oldest first (each file's torn last line is skipped)."""
+        for path in self.paths():
+            try:
+                with path.open("rb") as lines:
+                    for line in lines:
+                        if line.endswith(_COMPLETE):
+                            yield line
+            except FileNotFoundError:  # removed by the operator since it was listed
+                continue
+
+    def all(self) -> Iterator[Signed[Receipt]]:
+        """Every stored receipt, oldest first, parsed one line at a time."""
+        for line in self._lines():
+            yield parse_signed(line, Receipt)
+
+    def unsent(self) -> Iterator[Signed[Receipt]]:
         """Stored receipts the market has not acknowledged, oldest first."""
         sent = self._sent()
-        return [envelope for envelope in self.all() if envelope.message.job_id not in sent]
+        for envelope in self.all():
+            if envelope.message.job_id not in sent:
+                yield envelope
+
+    def count_unsent(self) -> int:
+        """How many receipts `unsent()` would yield, without building the envelopes.
+
+        With nothing acknowledged (the usual case) every whole line counts; otherwise
+        only each line's job id is read.
+        """
+        sent = self._sent()
+        if not sent:
+            return sum(1 for _ in self._lines())
+        return sum(1 for line in self._lines() if json.loads(line)["message"]["job_id"] not in sent)

@@ -86,7 +86,7 @@ def test_completions_stream_relays_chunks_then_receipt(
     assert receipt.output_digest == output_digest([1000, 1001, 1002, 1003])
     assert receipt.completion_tokens == 4
     assert upstream.last_body()["stream_options"] == {"include_usage": True}
-    assert len(harness.service.outbox.unsent()) == 1
+    assert len(list(harness.service.outbox.unsent())) == 1
 
 
 def test_chat_stream_keeps_buyer_stream_options(
@@ -119,4 +119,4 @@ def test_outbox_lists_only_unacknowledged(harness: Harness) -> None:
     assert len(ids) == 3
     outbox.mark_sent(ids[:2])
     assert [e.message.job_id for e in outbox.unsent()] == ids[2:]
-    assert len(outbox.all()) == 3
+    assert len(list(outbox.all())) == 3

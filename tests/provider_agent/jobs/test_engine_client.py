@@ -60,4 +60,4 @@ def test_read_timeout_mid_stream_is_upstream_died(
     error = json.loads(events[-1][1])["error"]
     assert error["code"] == "upstream_died"
     assert "Timeout" in error["message"]
-    assert slow.service.outbox.all() == []
+    assert list(slow.service.outbox.all()) == []

@@ -29,7 +29,7 @@ def _refused(
     response = harness.post("/jobs/chat/completions", body, headers)
     assert response.status_code == status, response.text
     assert response.json()["error"]["code"] == code
-    assert harness.service.outbox.all() == []
+    assert list(harness.service.outbox.all()) == []
     assert len(harness.service.checker.replay_cache) == 0
 
 
@@ -106,7 +106,7 @@ def test_replay_is_refused_then_forgotten_after_expiry(harness: Harness) -> None
     assert first.status_code == 200
     assert second.status_code == 409
     assert second.json()["error"]["code"] == "replayed_ticket"
-    assert len(harness.service.outbox.all()) == 1
+    assert len(list(harness.service.outbox.all())) == 1
     cache = harness.service.checker.replay_cache
     later = harness.ticket(body, issued_at=ticket.expires_at, expires_at=ticket.expires_at + 1)
     cache.claim(later.job_id, later.expires_at, now_ms=ticket.expires_at)
@@ -125,7 +125,7 @@ def test_at_capacity_is_refused_before_the_engine_and_keeps_the_job_id(
     assert refused.status_code == 429
     assert refused.json()["error"]["code"] == "at_capacity"
     assert refused.headers["retry-after"] == "1"
-    assert harness.service.outbox.all() == []
+    assert list(harness.service.outbox.all()) == []
     assert len(harness.service.checker.replay_cache) == 0
     taken.release()
     assert harness.service.slots.in_use == 0

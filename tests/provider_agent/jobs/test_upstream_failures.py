@@ -43,7 +43,7 @@ def test_engine_unreachable(harness: Harness) -> None:
     response = down.post("/jobs/chat/completions", body, down.header(down.ticket(body)))
     assert response.status_code == 502
     assert response.json()["error"]["code"] == "upstream_unreachable"
-    assert down.service.outbox.all() == []
+    assert list(down.service.outbox.all()) == []
 
 
 def test_engine_5xx(harness: Harness, upstream: UpstreamProcess) -> None:
@@ -52,7 +52,7 @@ def test_engine_5xx(harness: Harness, upstream: UpstreamProcess) -> None:
     response = harness.post("/jobs/chat/completions", body, harness.header(harness.ticket(body)))
     assert response.status_code == 502
     assert response.json()["error"]["code"] == "upstream_error"
-    assert harness.service.outbox.all() == []
+    assert list(harness.service.outbox.all()) == []
 
 
 def test_engine_4xx_is_passed_on(harness: Harness, upstream: UpstreamProcess) -> None:
@@ -126,7 +126,7 @@ def test_engine_dies_before_any_token_gives_no_receipt(
 ) -> None:
     answer = _stream_job(harness, upstream, die_after_chunks=1)  # only the role chunk
     assert answer.names == ["message", "error"]
-    assert harness.service.outbox.all() == []
+    assert list(harness.service.outbox.all()) == []
     assert len(harness.service.tracker) == 0
 
 
@@ -134,7 +134,7 @@ def test_engine_dies_mid_json(harness: Harness, upstream: UpstreamProcess) -> No
     answer = _stream_job(harness, upstream, die_after_chunks=0)
     assert answer.names == ["error"]
     assert json.loads(answer.events[0][1])["error"]["code"] == "upstream_died"
-    assert harness.service.outbox.all() == []
+    assert list(harness.service.outbox.all()) == []
 
 
 def _event(payload: object) -> str:
@@ -291,4 +291,4 @@ def test_market_gone_before_the_stream_starts_frees_the_job(
     run(go())
     assert len(service.tracker) == 0
     assert service.slots.in_use == 0
-    assert service.outbox.all() == []
+    assert list(service.outbox.all()) == []

@@ -1,0 +1,150 @@
+"""The receipt outbox: one file per UTC day, the legacy file first, readers that stream."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from protocol.messages import EnergyAttribution, Receipt, Signed, sign
+from provider_agent.jobs.outbox import ReceiptOutbox
+from tests.provider_agent.jobs.harness import DOMAIN, MODEL, MODEL_DIGEST, PROVIDER, PROVIDER_KEY
+
+DAY_ONE = 1_767_225_599.5  # 2025-12-31T23:59:59.5Z
+DAY_TWO = DAY_ONE + 1  # 2026-01-01T00:00:00.5Z
+
+
+class Clock:
+    """Unix seconds that a test moves by hand."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def envelope(n: int) -> Signed[Receipt]:
+    receipt = Receipt(
+        job_id=f"{n:032x}",
+        provider=PROVIDER,
+        model=MODEL,
+        model_digest=MODEL_DIGEST,
+        prompt_tokens=3,
+        completion_tokens=2,
+        output_digest="0x" + "cd" * 32,
+        first_token_at=1_767_225_599_000,
+        finished_at=1_767_225_600_000 + n,
+        energy=EnergyAttribution(method="unmeasured", basis="test"),
+        attestation_seq=None,
+        ticket_digest="0x" + "ef" * 32,
+        status="complete",
+        interrupted_reason=None,
+        domain=DOMAIN,
+    )
+    return sign(receipt, PROVIDER_KEY)
+
+
+def ids(envelopes: Iterable[Signed[Receipt]]) -> list[int]:
+    return [int(e.message.job_id, 16) for e in envelopes]
+
+
+def over_two_days(data_dir: Path, first: list[int], second: list[int]) -> ReceiptOutbox:
+    """An outbox with receipts `first` added on DAY_ONE and `second` on DAY_TWO."""
+    clock = Clock(DAY_ONE)
+    outbox = ReceiptOutbox(data_dir, clock=clock)
+    for n in first:
+        outbox.add(envelope(n))
+    clock.now = DAY_TWO
+    for n in second:
+        outbox.add(envelope(n))
+    return outbox
+
+
+def test_appends_rotate_at_the_utc_day_boundary(tmp_path: Path) -> None:
+    outbox = over_two_days(tmp_path, [1, 2], [3])
+    days = tmp_path / "receipts"
+    assert sorted(p.name for p in days.iterdir()) == ["2025-12-31.jsonl", "2026-01-01.jsonl"]
+    assert len((days / "2025-12-31.jsonl").read_text().splitlines()) == 2
+    assert len((days / "2026-01-01.jsonl").read_text().splitlines()) == 1
+    assert not (tmp_path / "receipts.jsonl").exists()
+    assert ids(outbox.all()) == [1, 2, 3]
+    assert ids(ReceiptOutbox(tmp_path).all()) == [1, 2, 3]  # a fresh reader sees the same
+
+
+def test_legacy_file_is_read_first_and_never_written(tmp_path: Path) -> None:
+    legacy = tmp_path / "receipts.jsonl"
+    legacy.write_text(envelope(1).model_dump_json() + "\n" + envelope(2).model_dump_json() + "\n")
+    before = legacy.read_bytes()
+    outbox = ReceiptOutbox(tmp_path, clock=Clock(DAY_ONE))
+    outbox.add(envelope(3))
+    assert legacy.read_bytes() == before
+    assert outbox.paths() == [legacy, tmp_path / "receipts" / "2025-12-31.jsonl"]
+    assert ids(outbox.all()) == [1, 2, 3]
+
+
+def test_a_torn_last_line_is_skipped_in_each_file(tmp_path: Path) -> None:
+    clock = Clock(DAY_ONE)
+    outbox = ReceiptOutbox(tmp_path, clock=clock)
+    legacy = tmp_path / "receipts.jsonl"
+    legacy.write_text(envelope(1).model_dump_json() + "\n" + envelope(2).model_dump_json()[:40])
+    outbox.add(envelope(3))
+    with (tmp_path / "receipts" / "2025-12-31.jsonl").open("a") as day:
+        day.write(envelope(4).model_dump_json()[:-1])  # cut just before the closing brace
+    clock.now = DAY_TWO
+    outbox.add(envelope(5))
+    assert ids(outbox.all()) == [1, 3, 5]
+    assert ids(outbox.unsent()) == [1, 3, 5]
+    assert outbox.count_unsent() == 3
+
+
+def test_a_restarted_agent_appends_after_a_torn_line_not_onto_it(tmp_path: Path) -> None:
+    outbox = ReceiptOutbox(tmp_path, clock=Clock(DAY_ONE))
+    outbox.add(envelope(1))
+    with (tmp_path / "receipts" / "2025-12-31.jsonl").open("a") as day:
+        day.write(envelope(2).model_dump_json()[:40])  # killed mid-append
+    restarted = ReceiptOutbox(tmp_path, clock=Clock(DAY_ONE))
+    restarted.add(envelope(3))
+    assert ids(restarted.all()) == [1, 3]
+    assert restarted.count_unsent() == 2
+
+
+def test_unsent_leaves_out_acknowledged_receipts_of_every_file(tmp_path: Path) -> None:
+    (tmp_path / "receipts.jsonl").write_text(envelope(1).model_dump_json() + "\n")
+    outbox = over_two_days(tmp_path, [2, 3], [4, 5])
+    assert outbox.count_unsent() == len(list(outbox.unsent())) == 5
+    outbox.mark_sent([f"{n:032x}" for n in (1, 3, 4)])
+    assert ids(outbox.unsent()) == [2, 5]
+    assert outbox.count_unsent() == len(list(outbox.unsent())) == 2
+    assert ids(outbox.all()) == [1, 2, 3, 4, 5]
+
+
+def test_an_empty_outbox(tmp_path: Path) -> None:
+    outbox = ReceiptOutbox(tmp_path / "data")
+    assert outbox.paths() == []
+    assert list(outbox.all()) == []
+    assert list(outbox.unsent()) == []
+    assert outbox.count_unsent() == 0
+
+
+def test_readers_stream_instead_of_loading_everything(tmp_path: Path) -> None:
+    outbox = ReceiptOutbox(tmp_path, clock=Clock(DAY_ONE))
+    for n in range(1, 4):
+        outbox.add(envelope(n))
+    unsent = outbox.unsent()
+    assert isinstance(unsent, Iterator)
+    assert not isinstance(outbox.all(), list)
+    assert ids([next(unsent)]) == [1]
+    # The next line is read only when asked for: a receipt appended now still shows up.
+    outbox.add(envelope(4))
+    assert ids(unsent) == [2, 3, 4]
+
+
+def test_the_day_path_is_recomputed_only_when_the_day_changes(tmp_path: Path) -> None:
+    clock = Clock(DAY_ONE)
+    outbox = ReceiptOutbox(tmp_path, clock=clock)
+    outbox.add(envelope(1))
+    first = outbox._current_path()
+    clock.now = DAY_ONE + 0.4  # still the same UTC day
+    assert outbox._current_path() is first
+    clock.now = DAY_TWO
+    assert outbox._current_path() == tmp_path / "receipts" / "2026-01-01.jsonl"
