@@ -195,11 +195,16 @@ def fill_bulk(
         with session_scope(sessions) as session:
             session.execute(insert(Job), jobs)
             session.execute(insert(Receipt), receipts)
+    batch = secrets.token_hex(8)  # a second fill's charges are new transfers, not replays
     with session_scope(sessions) as session:
         for n, ((buyer, provider), (charge, fee)) in enumerate(sorted(totals.items())):
             legs = [ledger.Leg(ledger.buyer_available(buyer), -charge)]
             legs.append(ledger.Leg(ledger.provider_earned(provider), charge - fee))
-            legs.append(ledger.Leg(ledger.PROTOCOL_FEES, fee))
+            if fee:
+                legs.append(ledger.Leg(ledger.PROTOCOL_FEES, fee))
             ledger.post_transfer(
-                session, kind=TransferKind.CHARGE, idempotency_key=f"bench:{n}", legs=legs
+                session,
+                kind=TransferKind.CHARGE,
+                idempotency_key=f"bench:{batch}:{n}",
+                legs=legs,
             )
