@@ -205,18 +205,20 @@ contract SettlementTest is Base {
         settlement.requestWithdrawal(1);
     }
 
-    function test_requestWithdrawal_revertsOnAmountTooLarge() public {
-        // Only an escrow above 2^192 base units can reach this check: deploy a token that big.
-        uint256 huge = uint256(type(uint192).max) + 1;
-        PaymentToken bigUsd = new PaymentToken("Big", "BIG", false, 0, alice, huge);
+    function test_deposit_revertsWhenTotalEscrowWouldPass128Bits() public {
+        // The running totals are 128-bit: deploy a token big enough to reach the limit.
+        uint256 limit = type(uint128).max;
+        PaymentToken bigUsd = new PaymentToken("Big", "BIG", false, 0, alice, limit + 2);
         Settlement s = new Settlement(admin, bigUsd, net, _config());
         vm.startPrank(alice);
-        bigUsd.approve(address(s), huge);
-        s.deposit(huge);
-        vm.expectRevert(abi.encodeWithSelector(ISettlement.AmountTooLarge.selector, huge));
-        s.requestWithdrawal(huge);
-        s.requestWithdrawal(huge - 1); // the largest amount that fits
+        bigUsd.approve(address(s), limit + 2);
+        s.deposit(limit - 1);
+        vm.expectRevert(abi.encodeWithSelector(ISettlement.AmountTooLarge.selector, limit + 1));
+        s.deposit(2);
+        s.deposit(1); // the largest total that fits
         vm.stopPrank();
+        assertEq(s.totalEscrow(), limit);
+        assertEq(s.escrow(alice), limit);
     }
 
     function test_requestWithdrawal_allowedWhenPaused() public {
