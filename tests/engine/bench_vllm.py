@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx
 
-from tests.engine.vllm_server import ensure_tiny_model, running_vllm
+from tests.engine.vllm_server import ensure_tiny_model, start_vllm
 
 SERVED_NAME = "tiny-llama"
 
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     ensure_tiny_model(model_dir)
     print(json.dumps({"model_ready_s": round(time.perf_counter() - started, 2)}), flush=True)
-    with running_vllm(model_dir, args.served_name) as server:
+    with start_vllm(model_dir, args.served_name) as server:
         print(
             json.dumps(
                 {

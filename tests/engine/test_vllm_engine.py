@@ -21,7 +21,7 @@ import pytest
 from tests.engine.vllm_server import (
     VllmServer,
     ensure_tiny_model,
-    running_vllm,
+    start_vllm,
     vllm_python,
     vllm_venv,
 )
@@ -51,7 +51,7 @@ def model_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
 
 @pytest.fixture(scope="module")
 def server(model_dir: Path) -> Iterator[VllmServer]:
-    with running_vllm(model_dir, SERVED_NAME) as srv:
+    with start_vllm(model_dir, SERVED_NAME) as srv:
         yield srv
 
 

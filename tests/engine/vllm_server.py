@@ -13,7 +13,7 @@ the server's log if the process dies, and stops it with SIGTERM, then SIGKILL.
 (`python -m vllm.entrypoints.openai.api_server` also works but is deprecated in
 0.32; `vllm serve` needs the `vllm` dist-info alias that the install script writes.)
 
-    with running_vllm(model_dir, "tiny-llama") as server:
+    with start_vllm(model_dir, "tiny-llama") as server:
         httpx.get(f"{server.base_url}/v1/models")
 
 As a script, for demos (runs until Ctrl-C):
@@ -145,7 +145,7 @@ def _proc_kib(pid: int, key: str) -> int:
 
 @dataclass
 class VllmServer:
-    """A running vLLM server started by `start_vllm` / `running_vllm`."""
+    """A running vLLM server started by `start_vllm`."""
 
     base_url: str
     process: subprocess.Popen[bytes]
@@ -287,10 +287,6 @@ def _wait_healthy(server: VllmServer, deadline: float) -> None:
             time.sleep(0.5)
 
 
-running_vllm = start_vllm
-"""`start_vllm` for a `with` statement: the server is stopped when the block ends."""
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Serve a model with the CPU vLLM venv; unknown flags go to vLLM."
@@ -308,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_sigterm)
-    with running_vllm(
+    with start_vllm(
         args.model_dir, args.served_name, args.port, extra_args=extra, log_path=args.log
     ) as server:
         print(

@@ -130,7 +130,8 @@ class FakeEngine:
         self.generation_tokens += count
         ids = request.get("return_token_ids") is True
         if request.get("stream"):
-            await self._stream(chat, request, count, finish, usage, ids, send)
+            events = self._stream_events(chat, request, count, finish, usage, ids)
+            await self._stream(events, send)
             return
         text = "".join(f"t{i} " for i in range(count))
         choice: dict[str, Any] = {"index": 0, "finish_reason": finish, "logprobs": None}
@@ -143,16 +144,8 @@ class FakeEngine:
         kind = "chat.completion" if chat else "text_completion"
         await _json(send, 200, _envelope(kind, request, [choice], usage))
 
-    async def _stream(
-        self,
-        chat: bool,
-        request: dict[str, Any],
-        count: int,
-        finish: str,
-        usage: dict[str, int],
-        ids: bool,
-        send: Send,
-    ) -> None:
+    async def _stream(self, events: Iterator[bytes], send: Send) -> None:
+        """Sends `events` (lazy; not read when the `stream_chunks` control replaces them)."""
         await send(
             {
                 "type": "http.response.start",
@@ -163,10 +156,7 @@ class FakeEngine:
         die_after = self.settings["die_after_chunks"]
         delay = int(self.settings["delay_ms"]) / 1000
         raw = self.settings["stream_chunks"]
-        if raw is not None:
-            chunks: Iterable[bytes] = [str(chunk).encode() for chunk in raw]
-        else:
-            chunks = self._stream_events(chat, request, count, finish, usage, ids)
+        chunks: Iterable[bytes] = events if raw is None else [str(c).encode() for c in raw]
         for sent, chunk in enumerate(chunks):
             if die_after is not None and sent >= int(die_after):
                 raise UpstreamDiedError("told to die mid-stream")

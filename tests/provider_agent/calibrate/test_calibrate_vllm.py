@@ -16,7 +16,7 @@ from provider_agent.calibrate import verify_calibration
 from tests.engine.vllm_server import (
     VllmServer,
     ensure_tiny_model,
-    running_vllm,
+    start_vllm,
     vllm_python,
     vllm_venv,
 )
@@ -41,7 +41,7 @@ def vllm(
         cache = getattr(request.config, "cache", None)
         target = cache.mkdir("tiny-llama") if cache is not None else tmp_path_factory.mktemp("t")
         model_dir = ensure_tiny_model(target)
-    with running_vllm(model_dir, MODEL) as server:
+    with start_vllm(model_dir, MODEL) as server:
         yield server
 
 
