@@ -173,8 +173,10 @@ class JobService:
         return _SlotStreamingResponse(events, slot, forget)
 
     async def aclose(self) -> None:
-        """Close the engine client's connections (a later job opens new ones)."""
+        """Close the engine client's connections and the outbox's file (a later job opens
+        them again)."""
         await self.engine.aclose()
+        self.outbox.close()
 
 
 def create_app(

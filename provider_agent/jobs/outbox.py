@@ -8,6 +8,10 @@ acknowledged it: a single file, because a receipt may be acknowledged on a later
 than it was issued and `unsent()` needs every acknowledged id anyway. Nothing is
 deleted here; an operator may remove the day files of epochs the market has settled.
 
+Today's file stays open for appends (`O_APPEND`, one `write` per receipt): opening and
+closing it for each receipt cost four times as much. It is reopened when the UTC day
+changes, and when it was removed while open (an append to a removed file would be lost).
+
 The readers stream the files, oldest first, one line at a time, so a large outbox is
 never held in memory; `unsent()` lists receipts not yet acknowledged, so none is lost
 if the connection to the market drops before the receipt reaches it.
@@ -28,6 +32,13 @@ _COMPLETE = (b"}\n", b"}")
 """How a whole line ends; anything else is the torn tail of an interrupted append."""
 _DAY_S = 86_400
 """Seconds in a UTC day: unix time counts no leap seconds, so `t // _DAY_S` is the day."""
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """`os.write` until every byte is written (a regular file takes all at once, as a rule)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def _end_torn_line(path: Path) -> None:
@@ -61,6 +72,7 @@ class ReceiptOutbox:
         self._day: float | None = None
         self._day_name = ""
         self._day_path = self.days_dir
+        self._day_fd: int | None = None
 
     def _append(self, path: Path, line: str) -> None:
         with path.open("a", encoding="utf-8") as out:
@@ -68,6 +80,23 @@ class ReceiptOutbox:
             out.flush()
             if self._fsync:
                 os.fsync(out.fileno())
+
+    def _day_file(self) -> int:
+        """The open descriptor of today's file: (re)opened when the day changed, or when the
+        file was removed since it was opened (its link count is then 0)."""
+        path, fd = self._current_path(), self._day_fd
+        if fd is not None and os.fstat(fd).st_nlink == 0:
+            self.close()
+            fd = None
+        if fd is None:
+            fd = self._day_fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        return fd
+
+    def close(self) -> None:
+        """Close today's file (the next `add` opens it again)."""
+        if self._day_fd is not None:
+            os.close(self._day_fd)
+            self._day_fd = None
 
     def _current_path(self) -> Path:
         """The day file for now; the name and path are only recomputed when the day changes."""
@@ -77,12 +106,16 @@ class ReceiptOutbox:
             self._day_name = datetime.fromtimestamp(day * _DAY_S, UTC).date().isoformat()
             self._day_path = self.days_dir / f"{self._day_name}.jsonl"
             self._day = day
+            self.close()
             _end_torn_line(self._day_path)
         return self._day_path
 
     def add(self, envelope: Signed[Receipt]) -> None:
         """Store a signed receipt (before it is sent) in today's file."""
-        self._append(self._current_path(), envelope.model_dump_json())
+        fd = self._day_file()
+        _write_all(fd, envelope.model_dump_json().encode("utf-8") + b"\n")
+        if self._fsync:
+            os.fsync(fd)
 
     def mark_sent(self, job_ids: list[str]) -> None:
         """Record that the market acknowledged these jobs' receipts."""

@@ -148,3 +148,23 @@ def test_the_day_path_is_recomputed_only_when_the_day_changes(tmp_path: Path) ->
     assert outbox._current_path() is first
     clock.now = DAY_TWO
     assert outbox._current_path() == tmp_path / "receipts" / "2026-01-01.jsonl"
+
+
+def test_a_day_file_removed_while_open_is_created_again(tmp_path: Path) -> None:
+    outbox = ReceiptOutbox(tmp_path, clock=Clock(DAY_ONE))
+    outbox.add(envelope(1))
+    day_file = tmp_path / "receipts" / "2025-12-31.jsonl"
+    day_file.unlink()  # the operator removed it while the agent ran
+    outbox.add(envelope(2))
+    assert ids(outbox.all()) == [2]
+    assert day_file.read_bytes().count(b"\n") == 1
+
+
+def test_appends_after_close_reopen_the_day_file(tmp_path: Path) -> None:
+    outbox = ReceiptOutbox(tmp_path, clock=Clock(DAY_ONE), fsync=True)
+    outbox.add(envelope(1))
+    outbox.close()
+    outbox.close()  # closing twice is harmless
+    outbox.add(envelope(2))
+    assert ids(outbox.all()) == [1, 2]
+    assert ReceiptOutbox(tmp_path).count_unsent() == 2
