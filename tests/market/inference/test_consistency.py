@@ -4,7 +4,8 @@ Buyers are funded by real on-chain deposits that the deposit watcher credits; pr
 registered on-chain and served by real agents; a seeded random sequence mixes successful
 requests (JSON and streamed), requests whose agent is down, streams that die midway, and
 epoch closes. At the end the ledger's invariants hold and the chain's totals equal the
-ledger's to the base unit.
+ledger's to the base unit. It runs on the embedded default (SQLite, in-process EVM) and on
+the testnet's PostgreSQL and anvil.
 """
 
 from __future__ import annotations
@@ -74,16 +75,21 @@ def _account(client: SettlementClient) -> Transactor:
     return Transactor(client.w3, account)
 
 
-@pytest.fixture
-def economy(sqlite_url: str, upstream: UpstreamProcess, tmp_path: Path) -> Iterator[Economy]:
+@pytest.fixture(params=["sqlite+embedded", "postgres+anvil"])
+def economy(
+    request: pytest.FixtureRequest, upstream: UpstreamProcess, tmp_path: Path
+) -> Iterator[Economy]:
+    """The embedded default (SQLite, in-process EVM), or the testnet's PostgreSQL and anvil."""
     upstream.control()
-    w3 = connect(EMBEDDED)
+    embedded = request.param == "sqlite+embedded"
+    database_url = str(request.getfixturevalue("sqlite_url" if embedded else "postgres_url"))
+    w3 = connect(EMBEDDED if embedded else str(request.getfixturevalue("anvil_url")))
     operator_account: LocalAccount = new_account()
     fund_from_dev_account(w3, operator_account.address, GAS_MONEY)
     operator = Transactor(w3, operator_account)
     chain = MarketChain(SettlementClient(w3, deploy(operator, PARAMS)), operator)
-    settings = Settings(database_url=sqlite_url, var_dir=tmp_path, confirmations=0)
-    engine = create_engine(sqlite_url)
+    settings = Settings(database_url=database_url, var_dir=tmp_path, confirmations=0)
+    engine = create_engine(database_url)
     routing = PinnedRoutingTable()
     runtime = market_runtime(settings, engine, chain, routing)
     agents: list[Agent] = []
