@@ -11,7 +11,6 @@ COPY protocol protocol
 COPY migrations migrations
 COPY alembic.ini alembic.ini
 RUN uv sync --frozen --no-dev --extra market --extra agent
-# testnet chores (keys, funds, roles) and the tiny model's digest, for the compose testnet
+# testnet chores (keys, funds, roles), for the compose testnet
 COPY scripts/testnet scripts/testnet
-COPY tests/engine/tiny_model.py tests/engine/tiny_model.py
 ENV PATH="/app/.venv/bin:$PATH" PYTHONPATH=/app PYTHONUNBUFFERED=1

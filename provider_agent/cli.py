@@ -308,6 +308,24 @@ def meter(
     console.print(f"power     {window.avg_power_mw} mW average")
 
 
+@app.command("model-digest")
+def model_digest(
+    model: Path = typer.Argument(
+        ..., help="The served model's directory (its *.safetensors) or its one weights file"
+    ),
+) -> None:
+    """Print the served weights' digest: the value for AGENT_VLLM__MODEL_DIGEST.
+
+    SHA-256 over each weight file's name, size and bytes (docs/protocol.md, "Receipt").
+    """
+    from provider_agent.engine.digest import weights_digest
+
+    try:
+        console.print(weights_digest(model), highlight=False)
+    except OSError as exc:
+        fail(str(exc), "pass the directory vLLM loads the model from, or the weights file")
+
+
 @app.command()
 def run(ctx: typer.Context) -> None:
     """Supervise vLLM, serve jobs, send heartbeats and attestations until SIGTERM/SIGINT."""

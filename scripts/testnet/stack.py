@@ -34,8 +34,8 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:  # run as a script: make `tests.*` and `scripts.*` importable
     sys.path.insert(0, str(REPO))
 
+from provider_agent.engine.digest import weights_digest  # noqa: E402
 from scripts.testnet import provision  # noqa: E402
-from tests.engine import tiny_model  # noqa: E402
 from tests.engine.vllm_server import (  # noqa: E402
     SERVER_ENV,
     SERVER_FLAGS,
@@ -389,7 +389,7 @@ class Stack:
         o = self.options
         say("tiny model (tests/engine/tiny_model.py)")
         ensure_tiny_model(self.model_dir)
-        self.model_digest = "0x" + tiny_model.model_digest(self.model_dir)
+        self.model_digest = weights_digest(self.model_dir)
         self.providers = [
             Provider(
                 index=i,

@@ -15,11 +15,11 @@ venv's interpreter:
     .venv-vllm/bin/python tests/engine/tiny_model.py OUT_DIR
 
 It prints the parameter count and the model digest: the sha256 of the weight files
-(see `model_digest`). The weights, and so the digest, depend only on SPEC (the seed
-and the shapes) and on torch's CPU random generator; the tokenizer depends on the
-Python version's docstrings, so its own digest is recorded beside it in
-`tiny_model.json`. A directory that already holds a complete build of the same
-SPEC is left alone.
+(`model_digest`, the agent's rule in provider_agent/engine/digest.py). The weights, and
+so the digest, depend only on SPEC (the seed and the shapes) and on torch's CPU random
+generator; the tokenizer depends on the Python version's docstrings, so its own digest is
+recorded beside it in `tiny_model.json`. A directory that already holds a complete build of
+the same SPEC is left alone.
 
 Heavy imports happen inside the functions (via importlib) so that the project's
 venv, which has no torch, can still import this module, type-check it and call
@@ -33,6 +33,7 @@ import codecs
 import contextlib
 import hashlib
 import importlib
+import importlib.util
 import inspect
 import io
 import json
@@ -206,20 +207,20 @@ def parameter_count(model: Any) -> int:
     return int(sum(p.numel() for p in model.parameters()))
 
 
+DIGEST_FILE = Path(__file__).resolve().parents[2] / "provider_agent" / "engine" / "digest.py"
+"""The agent's weights-digest rule. It is loaded by its path: this script also runs in vLLM's
+environment, where the project is not installed (the images copy the file beside it)."""
+
+
 def model_digest(model_dir: str | os.PathLike[str]) -> str:
-    """sha256 over the weight files: for each *.safetensors in name order, its name, NUL,
-    its size as 8 little-endian bytes and its bytes. With one file this is a function of
-    model.safetensors alone, so anyone holding the directory can recompute it."""
-    files = sorted(Path(model_dir).glob("*.safetensors"))
-    if not files:
-        raise FileNotFoundError(f"no *.safetensors in {model_dir}")
-    digest = hashlib.sha256()
-    for path in files:
-        digest.update(path.name.encode() + b"\0" + path.stat().st_size.to_bytes(8, "little"))
-        with path.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
+    """`provider_agent.engine.digest.weights_digest` of the directory, without the `0x`."""
+    spec = importlib.util.spec_from_file_location("_weights_digest", DIGEST_FILE)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    digest: str = module.weights_digest(model_dir)
+    return digest.removeprefix("0x")
 
 
 def file_sha256(path: Path) -> str:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.engine.tiny_model import model_digest
+from provider_agent.engine.digest import weights_digest
 from tests.engine.vllm_server import (
     SERVER_ENV,
     SERVER_FLAGS,
@@ -56,7 +56,7 @@ def test_run_supervises_vllm_and_serves_a_job(tmp_path: Path, model_dir: Path) -
             engine_command=command,
             engine_url=f"http://127.0.0.1:{port}",
             model=MODEL,
-            model_digest="0x" + model_digest(model_dir),
+            model_digest=weights_digest(model_dir),
             market_url=market.url,
             domain=DOMAIN,
             extra_env={**SERVER_ENV, "AGENT_RUN__ATTESTATION_WINDOW_S": "2"},
