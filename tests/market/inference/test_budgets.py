@@ -58,10 +58,10 @@ def _key_row(market: Market, key_id: int) -> ApiKey:
 
 
 def _chat(market: Market, secret: str, max_tokens: int = 16) -> dict[str, object]:
-    client = openai.OpenAI(base_url=market.url, api_key=secret, max_retries=0)
-    completion = client.chat.completions.create(
-        model=MODEL, messages=MESSAGES, max_tokens=max_tokens
-    )
+    with openai.OpenAI(base_url=market.url, api_key=secret, max_retries=0) as client:
+        completion = client.chat.completions.create(
+            model=MODEL, messages=MESSAGES, max_tokens=max_tokens
+        )
     return completion.model_extra or {}
 
 

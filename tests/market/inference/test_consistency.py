@@ -123,14 +123,14 @@ def economy(
 
 
 def _request(economy: Economy, key: str, stream: bool, max_tokens: int) -> None:
-    client = openai.OpenAI(base_url=economy.url, api_key=key, max_retries=0)
-    if stream:
-        for _ in client.chat.completions.create(
-            model=MODEL, messages=MESSAGES, max_tokens=max_tokens, stream=True
-        ):
-            pass
-    else:
-        client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=max_tokens)
+    with openai.OpenAI(base_url=economy.url, api_key=key, max_retries=0) as client:
+        if stream:
+            for _ in client.chat.completions.create(
+                model=MODEL, messages=MESSAGES, max_tokens=max_tokens, stream=True
+            ):
+                pass
+        else:
+            client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=max_tokens)
 
 
 def _assert_books_match_chain(economy: Economy) -> None:
