@@ -7,7 +7,7 @@
 # where the tx estimate adds 21,000 and the calldata (EIP-7623) and drops the test's cold CALL.
 # Scenarios:
 #   steady              every account took part in the previous epoch (non-zero slots rewritten)
-#   earnings-withdrawn  providers withdrew after the previous epoch (each credit re-creates a slot)
+#   earnings-withdrawn  providers withdrew after the previous epoch (their slots stay non-zero)
 #   steady+rewards      steady, plus a network-token reward minted to each provider
 #
 # Usage: script/gas-report.sh [--gas-report]   (from contracts/; --gas-report also prints forge's

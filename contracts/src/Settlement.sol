@@ -57,8 +57,17 @@ contract Settlement is ISettlement, AccessControl, Pausable, ReentrancyGuardTran
     mapping(address provider => uint256 amount) public stakeOf;
     /// @notice Each provider's pending unstake.
     mapping(address provider => PendingExit exit) public pendingUnstake;
-    /// @notice Settled payment tokens each provider may withdraw.
-    mapping(address provider => uint256 amount) public earnings;
+
+    /// @dev Each provider's unpaid earnings and whether its key is registered, in one slot: a
+    /// credit then reads and writes one slot, and a provider that withdrew everything keeps a
+    /// non-zero slot, so its next credit rewrites it instead of creating it. `earnings(provider)`
+    /// reads it.
+    struct ProviderAccount {
+        uint128 earnings;
+        bool registered;
+    }
+
+    mapping(address provider => ProviderAccount account) private _providers;
     /// @notice The receipts Merkle root of each settled epoch.
     mapping(uint64 epoch => bytes32 root) public epochRoot;
     /// @notice Evidence hashes already used for slashing.
@@ -162,6 +171,7 @@ contract Settlement is ISettlement, AccessControl, Pausable, ReentrancyGuardTran
         if (ed25519Key == bytes32(0)) revert ZeroKey();
         if (providerKey[msg.sender] != bytes32(0)) revert ProviderAlreadyRegistered(msg.sender);
         providerKey[msg.sender] = ed25519Key;
+        _providers[msg.sender].registered = true;
         emit ProviderRegistered(msg.sender, ed25519Key);
     }
 
@@ -197,10 +207,11 @@ contract Settlement is ISettlement, AccessControl, Pausable, ReentrancyGuardTran
 
     /// @inheritdoc ISettlement
     function withdrawEarnings() external nonReentrant {
-        uint256 amount = earnings[msg.sender];
+        ProviderAccount storage account = _providers[msg.sender];
+        uint128 amount = account.earnings;
         if (amount == 0) revert NothingToWithdraw(msg.sender);
-        earnings[msg.sender] = 0;
-        _held.earnings -= _toUint128(amount);
+        account.earnings = 0;
+        _held.earnings -= amount;
         emit EarningsWithdrawn(msg.sender, amount);
         paymentToken.safeTransfer(msg.sender, amount);
     }
@@ -284,6 +295,11 @@ contract Settlement is ISettlement, AccessControl, Pausable, ReentrancyGuardTran
         return MerkleProof.verifyCalldata(proof, root, keccak256(abi.encode(receiptHash)));
     }
 
+    /// @notice Settled payment tokens `provider` may withdraw.
+    function earnings(address provider) external view returns (uint256 amount) {
+        return _providers[provider].earnings;
+    }
+
     /// @notice Sum of all escrow.
     function totalEscrow() external view returns (uint256) {
         return _held.escrow;
@@ -340,8 +356,9 @@ contract Settlement is ISettlement, AccessControl, Pausable, ReentrancyGuardTran
     function _applyCredits(Credit[] calldata credits) private returns (uint256 total) {
         for (uint256 i; i < credits.length; ++i) {
             Credit calldata credit = credits[i];
-            if (providerKey[credit.provider] == bytes32(0)) revert UnknownProvider(credit.provider);
-            earnings[credit.provider] += credit.amount;
+            ProviderAccount storage account = _providers[credit.provider];
+            if (!account.registered) revert UnknownProvider(credit.provider);
+            account.earnings = _toUint128(account.earnings + credit.amount);
             total += credit.amount;
         }
     }
@@ -352,7 +369,7 @@ contract Settlement is ISettlement, AccessControl, Pausable, ReentrancyGuardTran
         if (lastRewardedAt != 0 && block.timestamp < availableAt) revert RewardsTooSoon(availableAt);
         for (uint256 i; i < rewards.length; ++i) {
             address provider = rewards[i].provider;
-            if (providerKey[provider] == bytes32(0)) revert UnknownProvider(provider);
+            if (!_providers[provider].registered) revert UnknownProvider(provider);
             if (!_isActive(provider)) revert RewardToInactiveProvider(provider);
             total += rewards[i].amount;
         }

@@ -1003,6 +1003,22 @@ contract SettlementTest is Base {
         settlement.withdrawEarnings();
     }
 
+    function test_withdrawEarnings_leavesTheProviderRegisteredForLaterCredits() public {
+        _market(100e6, 0);
+        _settle(_simpleBatch(1, alice, prov1, 45e6, 1e6));
+        vm.prank(prov1);
+        settlement.withdrawEarnings();
+        assertEq(settlement.earnings(prov1), 0);
+
+        _settle(_simpleBatch(2, alice, prov1, 38e6, 1e6));
+        assertEq(settlement.earnings(prov1), 38e6);
+        assertEq(settlement.totalEarnings(), 38e6);
+        _assertSolvent();
+        vm.prank(prov1);
+        settlement.withdrawEarnings();
+        assertEq(usd.balanceOf(prov1), 83e6);
+    }
+
     function test_withdrawEarnings_revertsWithNothingEarned() public {
         _register(prov1, KEY_1);
         vm.prank(prov1);
