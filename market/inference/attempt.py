@@ -200,13 +200,14 @@ class Attempt:
         """Checks the key's budgets, holds, records, signs the ticket and counts the
         provider's load; the ticket header. None: the offer is routed out for the key's
         energy or carbon budget (it cannot be estimated) and nothing was opened."""
+        now = time.time_ns() // 1_000_000  # the ticket's issue time, stored with the job
+        self.order = replace(self.order, ticket_issued_at_ms=now)
         context, opened = await run_db(self.runtime, _open, key, raw_key, self.order, self.worst)
         self.key, self.buyer = context, context.buyer
         self.order = replace(self.order, buyer=context.buyer, api_key_id=context.key_id)
         if not opened:
             self.finished = True
             return None
-        now = time.time_ns() // 1_000_000
         self.ticket = JobTicket(
             job_id=self.order.job_id,
             provider=self.offer.provider,

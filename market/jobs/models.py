@@ -66,6 +66,8 @@ class Job(Base):
     error: Mapped[str | None] = mapped_column(String(500))
     api_key_id: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id"), index=True)
     """The API key the request came with (its budgets are charged); None before 0009."""
+    ticket_issued_at_ms: Mapped[int | None] = mapped_column(BigInteger())
+    """When the market issued the job's ticket (unix ms, market clock); None before 0013."""
 
 
 class ReceiptDomain(Base):

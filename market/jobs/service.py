@@ -84,6 +84,8 @@ class JobOrder:
     """The market's upper bound on the prompt's tokens (checks interrupted receipts)."""
     api_key_id: int | None = None
     """The API key the request came with: its budgets' totals grow when the job is charged."""
+    ticket_issued_at_ms: int | None = None
+    """The `issued_at` of the ticket the market signs for the job (the receipt checks' start)."""
 
 
 @dataclass(frozen=True)
@@ -130,6 +132,7 @@ def open_job(session: Session, order: JobOrder) -> Job:
         "price_out_per_mtok": order.price_out,
         "created_at": utcnow(),
         "api_key_id": order.api_key_id,
+        "ticket_issued_at_ms": order.ticket_issued_at_ms,
     }
     JobRepository(session).insert_job(values)
     return Job(**values)

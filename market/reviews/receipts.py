@@ -14,11 +14,13 @@ What a receipt's checks read besides its own figures:
 - the provider's GPU name, GPU count and power limit (the lowest of its GPUs') from its
   latest attestation; without one, the GPU and count of its offer (its registration), and no
   power limit (the datasheet TDP is then used);
-- the ticket's issue time, which is not stored: the job's `created_at`, written just
-  before the ticket is signed, stands in for it where it can only make a check more lenient,
-  i.e. as the start of `receipt_power`'s interval (an earlier start widens the ceiling). The
-  ticket-order part of `timing_order` runs without it (None), so that check reduces to
-  first token <= finish.
+- the ticket's issue time, stored with the job (`jobs.ticket_issued_at_ms`): the start of
+  `receipt_power`'s interval and the bound `timing_order` holds the first token to. A job
+  from before migration 0013 has none; its job's `created_at`, written just before the
+  ticket was signed, then stands in where it can only make a check more lenient, i.e. as the
+  start of `receipt_power`'s interval (an earlier start widens the ceiling), and the
+  ticket-order part of `timing_order` runs without it, so that check reduces to first token
+  <= finish.
 
 Outcome per receipt (`receipts.check_status`): `fail` if a check of a kind in
 `Settings.review_hold_kinds` failed, `flag` if only other kinds failed, else `pass` (skipped
@@ -149,6 +151,13 @@ def check_one(claim: ReceiptClaim, job_created_ms: int | None) -> list[CheckResu
     return _checked(claim, dataclasses.replace(claim, ticket_issued_at_ms=job_created_ms))
 
 
+def _results(row: FigureRow, hardware: Hardware | None) -> list[CheckResult]:
+    """Every check of a row: from its ticket's issue time, else its job's creation (module doc)."""
+    if row.ticket_issued_at_ms is not None:
+        return check_receipt_claim(claim_of(row, hardware, row.ticket_issued_at_ms))
+    return _checked(claim_of(row, hardware), claim_of(row, hardware, _ms(row.created_at)))
+
+
 def _checked(claim: ReceiptClaim, timed: ReceiptClaim) -> list[CheckResult]:
     """`check_receipt_claim(claim)` with `receipt_power` of `timed` (the job's creation)."""
     return [
@@ -177,8 +186,10 @@ _FIGURES = (
     Receipt.first_token_at_ms,
     Receipt.finished_at_ms,
     Job.created_at,
+    Job.ticket_issued_at_ms,
 )
-"""The columns the checks read (not the envelope), and the job's creation, in this order."""
+"""The columns the checks read (not the envelope), and the job's creation and ticket issue
+time, in this order."""
 
 FigureRow = Row[*tuple[Any, ...]]
 """A row of `_FIGURES` (read by name: `row.model`, `row.created_at`)."""
@@ -215,9 +226,7 @@ def check_receipts(session: Session, hold_kinds: Collection[str], chunk: int = C
         now = utcnow()
         for row in rows:
             job_id, provider = row.job_id, row.provider_address
-            found = hardware.get(provider)
-            timed = claim_of(row, found, _ms(row.created_at))
-            results = _checked(claim_of(row, found), timed)
+            results = _results(row, hardware.get(provider))
             if not any(r.ok is False for r in results):
                 # A pass stores, holds and costs nothing (as the general case below).
                 statuses.setdefault(ReceiptCheckStatus.PASS, []).append(job_id)

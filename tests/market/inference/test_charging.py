@@ -54,6 +54,13 @@ def _check_books(market: Market, job_id: str, prompt: int, completion: int) -> N
         job = session.get(Job, job_id)
         assert job is not None
         assert job.status is JobStatus.COMPLETED
+        # The ticket's issue time is kept for the receipt checks: taken just before the job
+        # was recorded, and not after the provider's first token.
+        issued = job.ticket_issued_at_ms
+        assert issued is not None
+        assert 0 <= job.created_at.timestamp() * 1000 - issued < 5_000
+        assert receipt.first_token_at is not None
+        assert issued <= receipt.first_token_at
 
 
 def _charged_chat(market: Market, agents: dict[str, Agent]) -> None:

@@ -1,6 +1,7 @@
 """The receipt-check pass reads plain rows, not Receipt objects: what it decides and writes
 is what `claim_of` / `check_one` / `outcome` give for each receipt, over several chunks and
-providers with and without hardware; and a status set meanwhile is left as it is."""
+providers with and without hardware, from the ticket's stored issue time where the job has
+one; and a status set meanwhile is left as it is."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from market.energy.receipt_checks import CLOCK_SKEW_MS, check_receipt_claim
 from market.jobs.models import Job, Receipt
 from market.ledger.service import credit_deposit
 from market.providers.models import Provider
@@ -75,6 +77,13 @@ def _mix(session: Session) -> list[str]:
         no_first = add(f"{tag}-no-first", provider)
         no_first.first_token_at_ms = None
         add(f"{tag}-ok-2", provider, tokens=500, decode_ms=5_000)
+        # Jobs that kept their ticket's issue time (since migration 0013): checked from it.
+        for name, before_first_ms in (("issued", 300), ("issued-late", -(CLOCK_SKEW_MS + 1))):
+            receipt = add(f"{tag}-{name}", provider)
+            job = session.get(Job, receipt.job_id)
+            assert job is not None
+            assert receipt.first_token_at_ms is not None
+            job.ticket_issued_at_ms = receipt.first_token_at_ms - before_first_ms
     session.flush()
     return jobs
 
@@ -95,8 +104,11 @@ def _expected(
         job = session.get(Job, job_id)
         assert receipt is not None
         assert job is not None
-        claim = claim_of(receipt, hardware.get(receipt.provider_address))
-        results = check_one(claim, int(job.created_at.timestamp() * 1000))
+        found = hardware.get(receipt.provider_address)
+        if job.ticket_issued_at_ms is not None:
+            results = check_receipt_claim(claim_of(receipt, found, job.ticket_issued_at_ms))
+        else:
+            results = check_one(claim_of(receipt, found), int(job.created_at.timestamp() * 1000))
         statuses[job_id] = outcome(results, hold_kinds).value
         failures += [(job_id, r.check, r.kind, r.reason) for r in results if r.ok is False]
         penalties[receipt.provider_address] -= reputation_penalty(results)
@@ -116,6 +128,11 @@ def test_the_pass_decides_and_writes_what_the_per_receipt_functions_give(
     jobs = _mix(session)
     statuses, failures, penalties, reasons = _expected(session, jobs, DEFAULT_HOLD_KINDS)
     assert set(statuses.values()) == {"pass", "flag", "fail"}  # the mix covers each
+    # A first token before the stored ticket issue time fails `timing_order`; the same
+    # receipt checked from the job's creation (as before 0013) could not.
+    late = [f for f in failures if f[0] == "s-issued-late"]
+    assert [f[1] for f in late] == ["timing_order"]
+    assert statuses["s-issued"] == "pass"
 
     round_ = check_receipts(session, DEFAULT_HOLD_KINDS, chunk=chunk)
 
