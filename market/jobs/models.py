@@ -44,6 +44,10 @@ class JobStatus(enum.StrEnum):
     FAILED = "failed"
 
 
+_TOKEN_COUNT = BigInteger().with_variant(Integer(), "sqlite")
+"""A receipt's token count column type (see `Receipt`)."""
+
+
 class Job(Base):
     """One request routed to one provider, at the prices of its offer when routed."""
 
@@ -121,8 +125,10 @@ class Receipt(Base):
     buyer_address: Mapped[str] = mapped_column(String(42))
     model: Mapped[str] = mapped_column(String(256))
     receipt_hash: Mapped[str] = mapped_column(String(66), unique=True)
-    prompt_tokens: Mapped[int] = mapped_column(Integer())
-    completion_tokens: Mapped[int] = mapped_column(Integer())
+    # 64-bit: SQLite's INTEGER already is (the columns keep that type there), PostgreSQL's
+    # BIGINT since migration 0014.
+    prompt_tokens: Mapped[int] = mapped_column(_TOKEN_COUNT)
+    completion_tokens: Mapped[int] = mapped_column(_TOKEN_COUNT)
     charge: Mapped[int] = mapped_column(Amount())
     fee: Mapped[int] = mapped_column(Amount())
     energy_method: Mapped[str] = mapped_column(String(16))

@@ -89,7 +89,8 @@ CASES = {
     "no first token": _receipt(completion_tokens=0, attestation_seq=None),
     "unicode model": _receipt(model="模型/Llama-3.1-8B-Ünïcødé 🚀"),
     "largest integers": _receipt(
-        prompt_tokens=2**31 - 1,  # `receipts.prompt_tokens` is a 32-bit integer column
+        prompt_tokens=MAX_SAFE_INT,  # 64-bit token count columns (migration 0014)
+        completion_tokens=MAX_SAFE_INT,
         finished_at=MAX_SAFE_INT,
         attestation_seq=MAX_SAFE_INT,
         energy=EnergyAttribution(method="measured", millijoules=MAX_SAFE_INT),
