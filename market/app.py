@@ -7,7 +7,6 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
-from prometheus_client import make_asgi_app
 
 from market import background
 from market.buyers.endpoints import router as buyers_router
@@ -17,6 +16,8 @@ from market.health import router as health_router
 from market.inference import errors as openai_errors
 from market.inference.endpoints import router as inference_router
 from market.jobs.endpoints import router as jobs_router
+from market.metrics import registry_for
+from market.metrics import router as metrics_router
 from market.providers.endpoints import router as providers_router
 from market.runtime import Runtime
 from market.settlement.endpoints import router as settlement_router
@@ -43,5 +44,6 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.include_router(buyers_router)
     app.include_router(jobs_router)
     app.include_router(settlement_router)
-    app.mount("/metrics", make_asgi_app())
+    app.include_router(metrics_router)
+    app.state.metrics = registry_for(lambda: getattr(app.state, "runtime", None))
     return app
