@@ -155,7 +155,7 @@ def _results(row: FigureRow, hardware: Hardware | None) -> list[CheckResult]:
     """Every check of a row: from its ticket's issue time, else its job's creation (module doc)."""
     if row.ticket_issued_at_ms is not None:
         return check_receipt_claim(claim_of(row, hardware, row.ticket_issued_at_ms))
-    return _checked(claim_of(row, hardware), claim_of(row, hardware, _ms(row.created_at)))
+    return check_one(claim_of(row, hardware), _ms(row.created_at))
 
 
 def _checked(claim: ReceiptClaim, timed: ReceiptClaim) -> list[CheckResult]:
