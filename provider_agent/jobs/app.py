@@ -1,4 +1,5 @@
-"""The agent's job endpoint as a FastAPI app: `POST /jobs/chat/completions`, `/jobs/completions`."""
+"""The agent's job endpoint as a FastAPI app: `POST /jobs/chat/completions`, `/jobs/completions`,
+and `POST /jobs/cancel` (the market stops a stream whose buyer went away)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,13 @@ from provider_agent.jobs.engine_client import EngineClient
 from provider_agent.jobs.errors import JobError
 from provider_agent.jobs.outbox import ReceiptOutbox
 from provider_agent.jobs.receipts import ReceiptIssuer
-from provider_agent.jobs.relay import open_upstream, relay_json, relay_stream, upstream_payload
+from provider_agent.jobs.relay import (
+    StreamCancel,
+    open_upstream,
+    relay_json,
+    relay_stream,
+    upstream_payload,
+)
 from provider_agent.jobs.tickets import TICKET_HEADER, TicketChecker
 
 _SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
@@ -130,6 +137,8 @@ class JobService:
         self.tracker = RequestEnergyTracker(meter)
         self.outbox = ReceiptOutbox(config.data_dir, fsync=config.outbox_fsync)
         self.issuer = ReceiptIssuer(config, signing_key, self.tracker, self.outbox)
+        self.streams: dict[str, StreamCancel] = {}
+        """The streams in progress, by job id: how each is cancelled."""
 
     async def handle(self, path: str, request: Request) -> Response:
         """Check the ticket, take a slot, forward to the engine, relay the answer with its
@@ -163,14 +172,33 @@ class JobService:
             if not streaming:
                 slot.release()
 
+        cancel = self.streams[job_id] = StreamCancel(response)
+
         def forget() -> None:  # no-ops once the stream has ended its own way
             response.release()
             self.tracker.cancel(job_id)
+            if self.streams.get(job_id) is cancel:
+                del self.streams[job_id]
 
         events = relay_stream(
-            response, job, self.issuer, self.now_ms, lambda: self.tracker.cancel(job_id)
+            response, job, self.issuer, self.now_ms, lambda: self.tracker.cancel(job_id), cancel
         )
         return _SlotStreamingResponse(events, slot, forget)
+
+    def cancel(self, request: Request) -> Response:
+        """Stop the stream of the job whose ticket the request carries: it ends with an
+        interrupted receipt (`cancelled`) for the tokens delivered. 404 `job_not_running`
+        when no stream of that job is in progress (it ended, or never started here)."""
+        try:
+            ticket = self.checker.authentic(request.headers.get(TICKET_HEADER))
+        except JobError as exc:
+            return _refusal(exc)
+        cancel = self.streams.get(ticket.job_id)
+        if cancel is None:
+            message = f"no stream of job {ticket.job_id} is in progress"
+            return _refusal(JobError(404, "job_not_running", message))
+        cancel()
+        return JSONResponse({"job_id": ticket.job_id, "cancelled": True})
 
     async def aclose(self) -> None:
         """Close the engine client's connections and the outbox's file (a later job opens
@@ -209,5 +237,9 @@ def create_app(
     @app.post("/jobs/completions", response_model=None)
     async def completions(request: Request) -> Response:
         return await service.handle("/completions", request)
+
+    @app.post("/jobs/cancel", response_model=None)
+    async def cancel(request: Request) -> Response:
+        return service.cancel(request)
 
     return app

@@ -6,7 +6,9 @@ relayed as the engine sends them: the events that one read brought in go on in o
 and only their JSON is read for token ids and usage); the engine's `data: [DONE]` is held
 back until the receipt event is sent. A stream that breaks off after tokens were delivered
 gets an interrupted receipt for exactly those tokens, sent before the `event: error` (see
-docs/agent-protocol.md).
+docs/agent-protocol.md). A stream the market cancels (`StreamCancel`, from `POST
+/jobs/cancel`) ends the same way, with the reason `cancelled`: its engine request is closed,
+which makes vLLM abort it.
 """
 
 from __future__ import annotations
@@ -125,6 +127,24 @@ async def _drain(chunks: AsyncIterator[bytes]) -> None:
         return
 
 
+class StreamCancel:
+    """The market's request to stop one streamed job: the engine's response is closed (vLLM
+    aborts the request), so the relay's read breaks off and the stream ends as cancelled."""
+
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self.requested = False
+        self._response = response
+
+    def __call__(self) -> None:
+        """Stop the job (once; later calls do nothing)."""
+        if not self.requested:
+            self.requested = True
+            self._response.close()
+
+
+_CANCELLED = ("cancelled", sse_error("cancelled", "the market cancelled the job"))
+
+
 def _receipt_event(envelope: Signed[Receipt]) -> bytes:
     return b"event: receipt\ndata: " + envelope.model_dump_json().encode() + b"\n\n"
 
@@ -135,6 +155,7 @@ async def relay_stream(
     issuer: ReceiptIssuer,
     now_ms: Callable[[], int],
     on_abort: Callable[[], None],
+    cancel: StreamCancel | None = None,
 ) -> AsyncGenerator[bytes, None]:
     """Yield the engine's SSE events as they arrive, then the receipt event and [DONE].
 
@@ -143,7 +164,8 @@ async def relay_stream(
     without [DONE]. If the market goes away (the generator is closed or cancelled before
     the end), sign an interrupted receipt into the outbox only. A token counts as
     delivered once the chunk carrying it has been yielded and the consumer came back for
-    more (docs/agent-protocol.md).
+    more (docs/agent-protocol.md). Once `cancel` was called, the break that it causes ends
+    the stream as an interrupted receipt with the reason `cancelled`, then its error.
     """
     seen = Observation()
     delivered = 0
@@ -198,6 +220,8 @@ async def relay_stream(
         except ValueError as exc:
             message = f"engine sent an unreadable event: {exc}"
             failure = ("engine_malformed", sse_error("upstream_malformed", message))
+        if failure is not None and cancel is not None and cancel.requested:
+            failure = _CANCELLED
         if failure is not None:
             if out:  # events read before the failure go out, and count as delivered
                 yield b"".join(out)

@@ -5,6 +5,8 @@ The header holds the market's `Signed[JobTicket]` envelope as JSON, base64url-en
 signature (401), domain (403), provider (403), freshness (410 expired, 400 not yet
 valid), request digest (400), model (400), max_tokens (400), replay (409). `check` runs
 every check but the replay one and has no side effect; `claim` consumes the job id.
+`authentic` runs only the first three, for a request about a job already accepted (a
+cancel), whose ticket may have expired while the job ran.
 """
 
 from __future__ import annotations
@@ -178,7 +180,22 @@ class TicketChecker:
             stream=payload.get("stream") is True,
         )
 
+    def authentic(self, header: str | None) -> JobTicket:
+        """The ticket of a job this agent may be serving: its signature (401), domain (403)
+        and provider (403) are checked, not its freshness nor a body."""
+        return self._authentic(decode_ticket_header(header))[0]
+
     def _verified(self, envelope: Signed[JobTicket]) -> tuple[JobTicket, str]:
+        ticket, digest = self._authentic(envelope)
+        try:
+            check_ticket_fresh(ticket, self._now_ms(), max_skew_ms=self._config.max_clock_skew_ms)
+        except ExpiredMessageError as exc:
+            raise JobError(410, exc.code, str(exc)) from exc
+        except NotYetValidError as exc:
+            raise JobError(400, exc.code, str(exc)) from exc
+        return ticket, digest
+
+    def _authentic(self, envelope: Signed[JobTicket]) -> tuple[JobTicket, str]:
         config = self._config
         try:
             ticket, digest = verify_ticket(envelope, config.market_public_key, config.domain)
@@ -188,12 +205,6 @@ class TicketChecker:
             raise JobError(403, exc.code, str(exc)) from exc
         if ticket.provider != config.provider_address:
             raise JobError(403, "wrong_provider", f"ticket is for provider {ticket.provider}")
-        try:
-            check_ticket_fresh(ticket, self._now_ms(), max_skew_ms=config.max_clock_skew_ms)
-        except ExpiredMessageError as exc:
-            raise JobError(410, exc.code, str(exc)) from exc
-        except NotYetValidError as exc:
-            raise JobError(400, exc.code, str(exc)) from exc
         return ticket, digest
 
 

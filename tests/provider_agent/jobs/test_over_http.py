@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -10,7 +11,16 @@ import httpx
 import pytest
 import uvicorn
 
-from tests.provider_agent.jobs.harness import Harness, chat_body
+from protocol.keys import public_key_hex
+from protocol.messages import Receipt, output_digest, parse_signed, verify
+from tests.provider_agent.jobs.harness import (
+    DOMAIN,
+    OTHER_PROVIDER,
+    PROVIDER_KEY,
+    Harness,
+    chat_body,
+    sse_events,
+)
 from tests.support.openai_upstream import UpstreamProcess
 from tests.support.ports import free_port
 
@@ -80,3 +90,71 @@ def test_a_stream_holds_its_slot_until_it_ends(
     upstream.control()
     again = httpx.post(url, content=body, headers=second)  # the refused ticket is unspent
     assert again.status_code == 200, again.text
+
+
+def _token_ids(text: str) -> list[int]:
+    return [
+        token
+        for name, data in sse_events(text)
+        if name == "message" and data.startswith("{")
+        for choice in json.loads(data)["choices"]
+        for token in choice.get("token_ids") or ()
+    ]
+
+
+def test_the_market_cancels_a_stream(
+    harness: Harness, upstream: UpstreamProcess, agent_url: str
+) -> None:
+    upstream.control(completion_tokens=64, delay_ms=50)
+    harness.now[0] = time.time_ns() // 1_000_000
+    body = chat_body(stream=True, max_tokens=64)
+    ticket = harness.ticket(body, max_tokens=64)
+    header = harness.header(ticket)
+    cancel_url = f"{agent_url}/jobs/cancel"
+    start = time.monotonic()
+    with httpx.stream(
+        "POST", f"{agent_url}/jobs/chat/completions", content=body, headers=header
+    ) as response:
+        assert response.status_code == 200
+        chunks = response.iter_raw()
+        received = b""
+        while received.count(b'"token_ids"') < 3:
+            received += next(chunks)
+        cancelled = httpx.post(cancel_url, headers=header)
+        assert cancelled.status_code == 200, cancelled.text
+        assert cancelled.json() == {"job_id": ticket.job_id, "cancelled": True}
+        text = (received + b"".join(chunks)).decode()
+    assert time.monotonic() - start < 64 * 0.05 / 2  # stopped long before the answer's end
+    names = [name for name, _ in sse_events(text)]
+    assert names[-2:] == ["receipt", "error"]
+    assert "data: [DONE]" not in text
+    signed = parse_signed(sse_events(text)[-2][1], Receipt)
+    receipt = verify(signed, public_key_hex(PROVIDER_KEY), DOMAIN)
+    relayed = _token_ids(text)
+    assert 3 <= len(relayed) < 64
+    assert (receipt.status, receipt.interrupted_reason) == ("interrupted", "cancelled")
+    assert receipt.completion_tokens == len(relayed)
+    assert receipt.output_digest == output_digest(relayed)
+    assert json.loads(sse_events(text)[-1][1])["error"]["code"] == "cancelled"
+    (stored,) = harness.service.outbox.all()
+    assert stored.message == receipt
+    assert harness.service.streams == {}
+    again = httpx.post(cancel_url, headers=header)  # the stream is over
+    assert (again.status_code, again.json()["error"]["code"]) == (404, "job_not_running")
+
+
+def test_a_cancel_needs_the_markets_ticket_for_this_provider(
+    harness: Harness, agent_url: str
+) -> None:
+    harness.now[0] = time.time_ns() // 1_000_000
+    ticket = harness.ticket(chat_body(stream=True))
+    elsewhere = ticket.model_copy(update={"provider": OTHER_PROVIDER})
+    url = f"{agent_url}/jobs/cancel"
+    refusals = [
+        (httpx.post(url), 401, "missing_ticket"),
+        (httpx.post(url, headers=harness.header(ticket, PROVIDER_KEY)), 401, "wrong_signer"),
+        (httpx.post(url, headers=harness.header(elsewhere)), 403, "wrong_provider"),
+        (httpx.post(url, headers=harness.header(ticket)), 404, "job_not_running"),
+    ]
+    for response, status, code in refusals:
+        assert (response.status_code, response.json()["error"]["code"]) == (status, code)
