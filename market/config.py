@@ -81,6 +81,16 @@ class Settings(BaseSettings):
     heartbeat_timeout_s: PositiveInt = Field(
         default=30, description="A provider silent this long is taken out of routing."
     )
+    stream_cancel_wait_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=600,
+        description=(
+            "When a buyer leaves a stream, the market cancels it at the provider and reads on "
+            "this long for the receipt of the tokens made until it stopped, which is charged; "
+            "a stream that has not ended by then is released unpaid."
+        ),
+    )
     review_hold_kinds: frozenset[CheckKindName] = Field(
         default=frozenset({"physics", "consistency", "hygiene"}),
         description=(

@@ -1,4 +1,5 @@
-"""Talking to provider agents: the signed job ticket header and one job request.
+"""Talking to provider agents: the signed job ticket header, one job request, and the
+cancel of a stream whose buyer went away.
 
 Failures are sorted where they enter: anything that means "this provider could not take the
 job" (unreachable, 5xx, at capacity (429), refused our ticket) may be retried on another
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 
 import aiohttp
 
@@ -21,6 +23,7 @@ from protocol.http_session import TRANSPORT_ERRORS
 from protocol.messages import JobTicket, Signed
 
 TICKET_HEADER = "X-Job-Ticket"
+logger = logging.getLogger(__name__)
 
 
 def ticket_header(envelope: Signed[JobTicket]) -> str:
@@ -90,3 +93,19 @@ async def send_job(
         status=response.status,
         code=code,
     )
+
+
+async def cancel_job(client: AgentClient, job_url: str, ticket: str) -> bool:
+    """Asks the agent to stop the job's stream (`POST {job_url}/cancel` with its ticket);
+    whether it did. The agent then ends the stream with an interrupted receipt."""
+    url = job_endpoint(job_url, "cancel")
+    try:
+        async with client.session().post(url, headers={TICKET_HEADER: ticket}) as response:
+            raw = await response.read()
+    except TRANSPORT_ERRORS as exc:
+        logger.warning("cancel of a job at %s failed: %r", url, exc)
+        return False
+    if response.status != 200:
+        code, message = _agent_error(raw)
+        logger.info("agent at %s did not cancel: %s %s %s", url, response.status, code, message)
+    return response.status == 200

@@ -193,6 +193,8 @@ class Attempt:
     key: KeyContext | None = None
     ticket: JobTicket | None = None
     ticket_digest: str | None = None
+    ticket_header: str | None = None
+    """The signed ticket as the agent receives it (a cancel carries it too)."""
     finished: bool = False
     _counted: bool = field(default=False, repr=False)
 
@@ -230,7 +232,8 @@ class Attempt:
         self.ticket_digest = "0x" + hashlib.sha256(raw).hexdigest()
         self.offer.in_flight += 1
         self._counted = True
-        return ticket_header(envelope)
+        self.ticket_header = ticket_header(envelope)
+        return self.ticket_header
 
     async def settle(
         self,

@@ -8,7 +8,15 @@ not ask for usage), then `data: [DONE]`. A failure ends the stream with OpenAI's
 and releases the hold, unless the agent sent an interrupted receipt before its `event: error`:
 that receipt is verified against the tokens relayed to the buyer and charged for exactly
 those (the stream still ends with the error event). Events before a receipt are sent on to
-the buyer before the receipt is charged, so only tokens the buyer was sent are paid for.
+the buyer before the receipt is charged, so only tokens the buyer was sent are paid for
+(unless the buyer left, below).
+
+A buyer who disconnects mid-stream does not cut the relay off (`RelayResponse`): the job is
+cancelled at the agent (`POST /jobs/cancel`), which stops the engine and ends the stream
+with an interrupted receipt (`cancelled`) for the tokens it had sent. The relay reads on,
+sending nothing, and charges that receipt like any interrupted one, for the tokens the
+market read; a stream that has not ended `stream_cancel_wait_s` after the buyer left is cut
+off and its hold released.
 """
 
 from __future__ import annotations
@@ -19,10 +27,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
+import anyio
 from starlette.responses import StreamingResponse
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from market.errors import MarketError
+from market.inference.agents import cancel_job
 from market.inference.attempt import Attempt, Settled
 from protocol.http_session import TRANSPORT_ERRORS
 from protocol.sse import event_batches
@@ -80,6 +90,7 @@ class StreamRelay:
         self.usage_chunk: dict[str, Any] | None = None
         self.settled: Settled | None = None
         self.interrupted = False
+        self.buyer_gone = False
 
     async def events(self) -> AsyncIterator[bytes]:
         """The buyer's SSE bytes, one write per batch of events read from the agent at once
@@ -176,17 +187,33 @@ class StreamRelay:
         out.append(DONE + b"\n\n")
         return True
 
+    async def buyer_left(self) -> None:
+        """The buyer disconnected: nothing more is sent to them and, unless the job has
+        ended, it is cancelled at the agent (the relay reads on for the receipt)."""
+        self.buyer_gone = True
+        attempt = self.attempt
+        if not attempt.finished and attempt.ticket_header is not None:
+            agents = attempt.runtime.agents
+            await cancel_job(agents, attempt.offer.job_url, attempt.ticket_header)
+
     async def close(self) -> None:
         """Releases the hold unless the receipt was charged, and the agent's response: its
         connection goes back to the pool if the body was read to its end, else is closed."""
         try:
             self.response.release()
         finally:
-            await self.attempt.close()
+            if self.buyer_gone:
+                await self.attempt.close("the buyer left and the stream did not end in time")
+            else:
+                await self.attempt.close()
 
 
 class RelayResponse(StreamingResponse):
-    """A streaming response that ends its job whatever happens, even if never iterated."""
+    """A streaming response that ends its job whatever happens, even if never iterated.
+
+    Unlike Starlette's, it is not cancelled when the buyer disconnects: the relay is told
+    (`StreamRelay.buyer_left`) and runs on, its writes dropped, for at most
+    `stream_cancel_wait_s`."""
 
     def __init__(self, relay: StreamRelay) -> None:
         headers = {**SSE_HEADERS, JOB_ID_HEADER: relay.attempt.order.job_id}
@@ -194,7 +221,27 @@ class RelayResponse(StreamingResponse):
         self.relay = relay
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        relay = self.relay
+
+        async def to_buyer(message: Message) -> None:
+            if not relay.buyer_gone:
+                await send(message)
+
         try:
-            await super().__call__(scope, receive, send)
+            async with anyio.create_task_group() as group:
+                group.start_soon(self._watch_buyer, receive, group.cancel_scope)
+                await self.stream_response(to_buyer)
+                group.cancel_scope.cancel()
         finally:
-            await self.relay.close()
+            await relay.close()
+
+    async def _watch_buyer(self, receive: Receive, stream: anyio.CancelScope) -> None:
+        """Waits for the buyer to disconnect, then cancels the job and gives the relay
+        `stream_cancel_wait_s` to end before it is cut off."""
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        relay = self.relay
+        with anyio.move_on_after(relay.attempt.runtime.settings.stream_cancel_wait_s):
+            await relay.buyer_left()
+            await anyio.sleep_forever()
+        stream.cancel()

@@ -317,6 +317,49 @@ def _running_requests(url: str) -> float:
     )
 
 
+def test_buyer_leaves_mid_stream(stack: Stack, buyer: Buyer) -> None:
+    """The buyer drops a long stream after a few tokens: the market cancels it at the agent,
+    vLLM stops generating, and the buyer pays for the tokens made until then, to the unit."""
+    before = buyer.statement()
+    body = {
+        "model": SERVED_MODEL,
+        "messages": [{"role": "user", "content": "Tell a long story."}],
+        "max_tokens": 1500,
+        "temperature": 0,
+        "ignore_eos": True,
+        "stream": True,
+    }
+    headers = {"Authorization": f"Bearer {buyer.api_key}"}
+    url = f"{stack.market_url}/v1/chat/completions"
+    seen = 0
+    with httpx.stream("POST", url, json=body, headers=headers, timeout=60) as response:
+        assert response.status_code == 200
+        job_id = response.headers["x-job-id"]
+        for line in response.iter_lines():
+            seen += line.startswith('data: {"id"')
+            if seen == 6:  # the role chunk and five tokens
+                break
+    left = time.monotonic()
+    wait_until(
+        "vLLM to stop generating",
+        lambda: all(_running_requests(p.vllm_url) == 0 for p in stack.providers) or None,
+        timeout=30,
+    )
+    stopped_s = time.monotonic() - left
+    assert stopped_s < 5  # aborted: 1,500 tokens take several times longer on vLLM's CPU build
+    job = wait_until("the job to end", lambda: (j := buyer.job(job_id))["status"] != "routed" and j)
+    assert (job["status"], job["error"]) == ("completed", "interrupted (cancelled)")
+    receipt = job["receipt"]
+    assert (receipt["status"], receipt["interrupted_reason"]) == ("interrupted", "cancelled")
+    assert 5 <= receipt["completion_tokens"] < 1500
+    after = wait_until("the hold to end", lambda: (s := buyer.statement())["held"] == 0 and s)
+    assert after["charged"] - before["charged"] == job["charge"] == receipt["charge"] > 0
+    print(
+        f"buyer left after 5 tokens: vLLM stopped {stopped_s:.2f} s later, charged for "
+        f"{receipt['completion_tokens']} tokens ({job['charge']} base units)"
+    )
+
+
 @pytest.fixture
 def second_provider(stack: Stack) -> Provider:
     provider = stack.providers[1]

@@ -1,0 +1,158 @@
+"""A buyer who disconnects mid-stream: the market cancels the job at the agent, reads on for
+the agent's interrupted receipt and charges the tokens made until the engine stopped."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import httpx
+import pytest
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response
+from sqlalchemy import select
+
+from market.db import session_scope
+from market.jobs.models import Job, JobStatus, Receipt
+from market.ledger import service as ledger
+from protocol.messages import output_digest
+from tests.market.inference.conftest import DEPOSIT, PROVIDER_A, Market
+from tests.market.inference.servers import MODEL, Agent
+from tests.support.openai_upstream import UpstreamProcess
+
+TOKENS = 64
+DELAY_MS = 50
+PRICE_OUT = 2_000_000
+"""Two base units per output token: a charge is twice the tokens, exactly."""
+
+
+def _leave_after(market: Market, tokens: int) -> int:
+    """Streams a chat completion and disconnects once `tokens` tokens arrived; how many did."""
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Count."}],
+        "max_tokens": TOKENS,
+        "stream": True,
+    }
+    headers = {"Authorization": f"Bearer {market.api_key}"}
+    seen = 0
+    url = f"{market.url}/chat/completions"
+    with httpx.stream("POST", url, json=body, headers=headers) as response:
+        assert response.status_code == 200
+        for line in response.iter_lines():
+            if line.startswith("data: {") and json.loads(line[6:])["choices"][0]["delta"].get(
+                "content"
+            ):
+                seen += 1
+                if seen == tokens:
+                    break
+    return seen
+
+
+def _ended_job(market: Market, timeout_s: float = 10.0) -> Job:
+    """The market's only job, once it is no longer open."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with session_scope(market.sessions) as session:
+            job = session.scalars(select(Job)).one()
+            if job.status is not JobStatus.ROUTED or time.monotonic() > deadline:
+                session.expunge(job)
+                return job
+        time.sleep(0.02)
+
+
+def _slots_free(agent: Agent) -> bool:
+    deadline = time.monotonic() + 5
+    while agent.jobs.slots.in_use and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return agent.jobs.slots.in_use == 0 and agent.jobs.streams == {}
+
+
+def _stored(agent: Agent, job_id: str) -> list[str | None]:
+    """The reasons of the agent's stored receipts for `job_id`."""
+    return [
+        e.message.interrupted_reason for e in agent.jobs.outbox.all() if e.message.job_id == job_id
+    ]
+
+
+def test_a_buyer_who_leaves_pays_for_the_tokens_made_until_the_engine_stopped(
+    market: Market, agents: dict[str, Agent], upstream: UpstreamProcess
+) -> None:
+    agent = agents[PROVIDER_A]
+    market.routing.pin([agent.offer(0, PRICE_OUT)])
+    upstream.control(completion_tokens=TOKENS, delay_ms=DELAY_MS)
+    start = time.monotonic()
+    assert _leave_after(market, 3) == 3
+    job = _ended_job(market)
+    assert time.monotonic() - start < TOKENS * DELAY_MS / 1000 / 2  # stopped early
+    assert (job.status, job.error) == (JobStatus.COMPLETED, "interrupted (cancelled)")
+    with session_scope(market.sessions) as session:
+        receipt = session.get(Receipt, job.id)
+        assert receipt is not None
+        message = json.loads(receipt.envelope)["message"]
+        assert (message["status"], message["interrupted_reason"]) == ("interrupted", "cancelled")
+        made = receipt.completion_tokens
+        assert 3 <= made < TOKENS
+        assert message["output_digest"] == output_digest(list(range(1000, 1000 + made)))
+        assert receipt.charge == 2 * made
+        hold = ledger.get_hold(session, job.id)
+        assert (hold.status.value, hold.charged) == ("settled", 2 * made)
+        statement = ledger.statement(session, market.buyer)
+        assert (statement.available, statement.held) == (DEPOSIT - 2 * made, 0)
+        ledger.check_ledger(session)
+    assert _stored(agent, job.id) == ["cancelled"]  # the one receipt, charged
+    assert _slots_free(agent)
+    assert market.routing.pinned[0].in_flight == 0
+
+
+def test_a_stream_the_agent_does_not_cancel_is_read_to_its_end_and_charged(
+    market: Market,
+    agents: dict[str, Agent],
+    upstream: UpstreamProcess,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    agent = agents[PROVIDER_A]
+
+    def no_cancel(request: Request) -> Response:  # an agent from before `POST /jobs/cancel`
+        return JSONResponse({"detail": "Not Found"}, status_code=404)
+
+    monkeypatch.setattr(agent.jobs, "cancel", no_cancel)
+    market.routing.pin([agent.offer(0, PRICE_OUT)])
+    upstream.control(completion_tokens=16, delay_ms=DELAY_MS)
+    assert _leave_after(market, 2) == 2
+    job = _ended_job(market)
+    assert (job.status, job.error) == (JobStatus.COMPLETED, None)
+    with session_scope(market.sessions) as session:
+        receipt = session.get(Receipt, job.id)
+        assert receipt is not None
+        assert (receipt.completion_tokens, receipt.charge) == (16, 32)
+        ledger.check_ledger(session)
+    assert _stored(agent, job.id) == [None]  # complete
+    assert _slots_free(agent)
+
+
+def test_a_stream_that_does_not_end_in_time_after_the_buyer_left_is_released(
+    market: Market,
+    agents: dict[str, Agent],
+    upstream: UpstreamProcess,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    agent = agents[PROVIDER_A]
+    monkeypatch.setattr(agent.jobs, "cancel", lambda request: JSONResponse({}, status_code=404))
+    hasty = market.runtime.settings.model_copy(update={"stream_cancel_wait_s": 0.3})
+    monkeypatch.setattr(market.runtime, "settings", hasty)
+    market.routing.pin([agent.offer(0, PRICE_OUT)])
+    upstream.control(completion_tokens=TOKENS, delay_ms=DELAY_MS)
+    assert _leave_after(market, 2) == 2
+    job = _ended_job(market)
+    assert job.status is JobStatus.FAILED
+    assert job.error == "the buyer left and the stream did not end in time"
+    with session_scope(market.sessions) as session:
+        assert session.get(Receipt, job.id) is None
+        assert ledger.get_hold(session, job.id).status.value == "released"
+        statement = ledger.statement(session, market.buyer)
+        assert (statement.available, statement.held, statement.charged) == (DEPOSIT, 0, 0)
+    assert _slots_free(agent)
+    # The agent saw the market go away: its receipt stays in its outbox, unpaid.
+    assert _stored(agent, job.id) == ["client_disconnected"]
+    assert market.routing.pinned[0].in_flight == 0
