@@ -105,18 +105,22 @@ def test_a_buyer_who_leaves_pays_for_the_tokens_made_until_the_engine_stopped(
     assert market.routing.pinned[0].in_flight == 0
 
 
-def test_a_stream_the_agent_does_not_cancel_is_read_to_its_end_and_charged(
-    market: Market,
-    agents: dict[str, Agent],
-    upstream: UpstreamProcess,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+@pytest.fixture
+def old_agent(agents: dict[str, Agent], monkeypatch: pytest.MonkeyPatch) -> Agent:
+    """Provider A as an agent from before `POST /jobs/cancel`: a cancel is a 404."""
     agent = agents[PROVIDER_A]
 
-    def no_cancel(request: Request) -> Response:  # an agent from before `POST /jobs/cancel`
+    def no_cancel(request: Request) -> Response:
         return JSONResponse({"detail": "Not Found"}, status_code=404)
 
     monkeypatch.setattr(agent.jobs, "cancel", no_cancel)
+    return agent
+
+
+def test_a_stream_the_agent_does_not_cancel_is_read_to_its_end_and_charged(
+    market: Market, old_agent: Agent, upstream: UpstreamProcess
+) -> None:
+    agent = old_agent
     market.routing.pin([agent.offer(0, PRICE_OUT)])
     upstream.control(completion_tokens=16, delay_ms=DELAY_MS)
     assert _leave_after(market, 2) == 2
@@ -132,13 +136,9 @@ def test_a_stream_the_agent_does_not_cancel_is_read_to_its_end_and_charged(
 
 
 def test_a_stream_that_does_not_end_in_time_after_the_buyer_left_is_released(
-    market: Market,
-    agents: dict[str, Agent],
-    upstream: UpstreamProcess,
-    monkeypatch: pytest.MonkeyPatch,
+    market: Market, old_agent: Agent, upstream: UpstreamProcess, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    agent = agents[PROVIDER_A]
-    monkeypatch.setattr(agent.jobs, "cancel", lambda request: JSONResponse({}, status_code=404))
+    agent = old_agent
     hasty = market.runtime.settings.model_copy(update={"stream_cancel_wait_s": 0.3})
     monkeypatch.setattr(market.runtime, "settings", hasty)
     market.routing.pin([agent.offer(0, PRICE_OUT)])
