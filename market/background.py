@@ -1,5 +1,6 @@
-"""Work the API process does in the background: keeping the routing table fresh, and, in the
-embedded mode (no separate worker or beat), the periodic tasks a worker would run.
+"""Work the API process does in the background: keeping the routing table fresh, renewing its
+heartbeat (`market.jobs.orphans`), and, in the embedded mode (no separate worker or beat),
+the periodic tasks a worker would run. When it stops, it releases the jobs it left open.
 """
 
 from __future__ import annotations
@@ -28,9 +29,14 @@ class Periodic(NamedTuple):
 
 def periodic_jobs(runtime: Runtime) -> list[Periodic]:
     """(name, interval seconds, coroutine) for everything the API process runs periodically."""
+    from market.jobs.orphans import HEARTBEAT_S
+    from market.jobs.tasks import heartbeat
     from market.providers.tasks import refresh_routing
 
-    jobs = [Periodic("refresh_routing", 1.0, refresh_routing)]
+    jobs = [
+        Periodic("refresh_routing", 1.0, refresh_routing),
+        Periodic("heartbeat", HEARTBEAT_S, heartbeat),
+    ]
     if runtime.settings.eager_tasks:
         from market.settlement.tasks import embedded_schedule
 
@@ -67,3 +73,17 @@ async def running(runtime: Runtime) -> AsyncIterator[None]:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await _retire(runtime)
+
+
+async def _retire(runtime: Runtime) -> None:
+    """Releases the jobs this process left open (its requests are over) and drops its row."""
+    from market.jobs.orphans import retire
+
+    try:
+        released = await asyncio.to_thread(retire, runtime.sessions, runtime.process_id)
+    except Exception:  # the database is gone: the jobs are released once found orphaned
+        log.exception("could not release this process's open jobs at shutdown")
+        return
+    if released:
+        log.warning("released the holds of %d jobs left open at shutdown", len(released))

@@ -91,6 +91,15 @@ class Settings(BaseSettings):
             "a stream that has not ended by then is released unpaid."
         ),
     )
+    orphaned_job_after_s: float = Field(
+        default=60.0,
+        ge=15,
+        description=(
+            "A job still open whose API process has not renewed its heartbeat (every 5 s) "
+            "for this long is failed and its hold released: the process crashed or was "
+            "killed mid-request."
+        ),
+    )
     review_hold_kinds: frozenset[CheckKindName] = Field(
         default=frozenset({"physics", "consistency", "hygiene"}),
         description=(

@@ -7,6 +7,7 @@ and chain.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -38,6 +39,8 @@ class Runtime:
     ticket_key: SigningKey
     routing: RoutingTable
     agents: AgentClient
+    process_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    """This API process, named in the jobs it opens (`market.jobs.orphans`)."""
     _db_writers: CapacityLimiter | None = field(default=None, init=False, repr=False, compare=False)
     _inline: sessionmaker[Session] | bool | None = field(
         default=None, init=False, repr=False, compare=False

@@ -1,5 +1,5 @@
-"""The Celery application: the settlement tasks (and the receipt-check pass), and beat's
-schedule of them.
+"""The Celery application: the settlement tasks, the receipt-check pass and the release of
+jobs whose API process stopped, and beat's schedule of them.
 
 Configured from the settings: the broker is `MARKET_BROKER_URL` (Redis); with `memory://`
 (embedded mode) tasks run eagerly in the caller. Start a worker with `market worker` and the
@@ -17,6 +17,8 @@ from celery import Celery
 from market.chain.service import open_chain
 from market.config import Settings, get_settings
 from market.db import create_engine, make_session_factory
+from market.jobs import tasks as job_tasks
+from market.jobs.tasks import RELEASE_INTERVAL_S
 from market.reviews.receipts import INTERVAL_S as CHECK_INTERVAL_S
 from market.settlement import tasks
 from market.settlement.tasks import WATCH_INTERVAL_S, TaskContext
@@ -24,6 +26,7 @@ from market.settlement.tasks import WATCH_INTERVAL_S, TaskContext
 WATCH_DEPOSITS = "market.settlement.watch_deposits"
 CLOSE_EPOCH = "market.settlement.close_epoch"
 CHECK_RECEIPTS = "market.reviews.check_receipts"
+RELEASE_ORPHANED_JOBS = "market.jobs.release_orphaned_jobs"
 
 
 def create_celery(settings: Settings) -> Celery:
@@ -50,6 +53,11 @@ def create_celery(settings: Settings) -> Celery:
                 "schedule": CHECK_INTERVAL_S,
                 "options": {"expires": CHECK_INTERVAL_S * 2},
             },
+            "release-orphaned-jobs": {
+                "task": RELEASE_ORPHANED_JOBS,
+                "schedule": RELEASE_INTERVAL_S,
+                "options": {"expires": RELEASE_INTERVAL_S * 2},
+            },
             "close-epoch": {
                 "task": CLOSE_EPOCH,
                 "schedule": float(settings.epoch_seconds),
@@ -65,6 +73,11 @@ def create_celery(settings: Settings) -> Celery:
     @app.task(name=CHECK_RECEIPTS)  # type: ignore[untyped-decorator]
     def check_receipts() -> int:
         return tasks.check_receipts(task_context())
+
+    @app.task(name=RELEASE_ORPHANED_JOBS)  # type: ignore[untyped-decorator]
+    def release_orphaned_jobs() -> int:
+        ctx = task_context()
+        return job_tasks.release_orphaned_jobs(ctx.sessions, ctx.settings)
 
     @app.task(name=CLOSE_EPOCH)  # type: ignore[untyped-decorator]
     def close_epoch() -> int | None:

@@ -133,7 +133,7 @@ async def complete(
         worst = budgets.estimate(limit, offer.joules_per_token, offer_site(offer))
         header = None
         if key is None or not key.energy_budgeted or worst.wall_mwh is not None:
-            order = _order(request, offer, prompt_bound, limit)
+            order = _order(runtime, request, offer, prompt_bound, limit)
             attempt = Attempt(runtime, offer, order, digest, worst)
             header = await attempt.open(raw_key, key)
             key = attempt.key
@@ -189,7 +189,11 @@ def _measured(runtime: Runtime, request: CompletionRequestBase) -> list[LiveOffe
 
 
 def _order(
-    request: CompletionRequestBase, offer: LiveOffer, prompt_bound: int, limit: int
+    runtime: Runtime,
+    request: CompletionRequestBase,
+    offer: LiveOffer,
+    prompt_bound: int,
+    limit: int,
 ) -> JobOrder:
     hold = cost(prompt_bound, limit, offer.price_in_per_mtok, offer.price_out_per_mtok)
     return JobOrder(
@@ -203,6 +207,7 @@ def _order(
         hold=max(hold, 1),  # a hold is positive; a free offer holds one base unit
         max_tokens=limit,
         prompt_bound=prompt_bound,
+        process_id=runtime.process_id,
     )
 
 

@@ -48,10 +48,21 @@ _TOKEN_COUNT = BigInteger().with_variant(Integer(), "sqlite")
 """A receipt's token count column type (see `Receipt`)."""
 
 
+_ROUTED = "status = 'routed'"
+
+
 class Job(Base):
     """One request routed to one provider, at the prices of its offer when routed."""
 
     __tablename__ = "jobs"
+    __table_args__ = (
+        Index(
+            "ix_jobs_routed",
+            "process_id",
+            sqlite_where=text(_ROUTED),
+            postgresql_where=text(_ROUTED),
+        ),
+    )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     buyer_address: Mapped[str] = mapped_column(String(42), index=True)
@@ -72,6 +83,19 @@ class Job(Base):
     """The API key the request came with (its budgets are charged); None before 0009."""
     ticket_issued_at_ms: Mapped[int | None] = mapped_column(BigInteger())
     """When the market issued the job's ticket (unix ms, market clock); None before 0013."""
+    process_id: Mapped[str | None] = mapped_column(String(32))
+    """The API process serving the job (`ApiProcess`); None before 0015."""
+
+
+class ApiProcess(Base):
+    """A market API process, alive while its heartbeat is recent: the jobs it opened and
+    has not ended are released (`market.jobs.orphans`) once it stops beating."""
+
+    __tablename__ = "api_processes"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class ReceiptDomain(Base):

@@ -86,6 +86,8 @@ class JobOrder:
     """The API key the request came with: its budgets' totals grow when the job is charged."""
     ticket_issued_at_ms: int | None = None
     """The `issued_at` of the ticket the market signs for the job (the receipt checks' start)."""
+    process_id: str | None = None
+    """The API process serving the job (`market.jobs.orphans`)."""
 
 
 @dataclass(frozen=True)
@@ -133,6 +135,7 @@ def open_job(session: Session, order: JobOrder) -> Job:
         "created_at": utcnow(),
         "api_key_id": order.api_key_id,
         "ticket_issued_at_ms": order.ticket_issued_at_ms,
+        "process_id": order.process_id,
     }
     JobRepository(session).insert_job(values)
     return Job(**values)
@@ -359,21 +362,23 @@ def complete_job(
     return Settlement(charge=charge, fee=fee, receipt=receipt)
 
 
-def fail_job(session: Session, job_id: str, reason: str) -> None:
-    """Releases the whole hold and marks the job failed (no verified receipt: no charge).
+def fail_job(session: Session, job_id: str, reason: str) -> bool:
+    """Releases the whole hold and marks the job failed (no verified receipt: no charge);
+    whether it did.
 
     A job already completed or failed is left as it is, so cleanup may run twice.
     """
     repo = JobRepository(session)
     job = _job(repo, job_id)
     if job.status is not JobStatus.ROUTED:
-        return
+        return False
     if ledger.get_hold(session, job_id).status is HoldStatus.OPEN:
         ledger.release_hold(session, job_id)
     job.status = JobStatus.FAILED
     job.finished_at = utcnow()
     job.error = reason[:500]
     session.flush()
+    return True
 
 
 def reject_receipt(

@@ -19,6 +19,7 @@ from market.background import Periodic
 from market.chain.service import MarketChain
 from market.config import Settings
 from market.db import session_scope
+from market.jobs.tasks import RELEASE_INTERVAL_S, release_orphaned_jobs
 from market.reviews import receipts
 from market.runtime import Runtime
 from market.settlement import service
@@ -122,8 +123,12 @@ def embedded_schedule(runtime: Runtime) -> list[Periodic]:
     async def check(_: Runtime) -> None:
         await asyncio.to_thread(check_receipts, ctx)
 
+    async def orphans(_: Runtime) -> None:
+        await asyncio.to_thread(release_orphaned_jobs, ctx.sessions, ctx.settings)
+
     return [
         Periodic("watch_deposits", WATCH_INTERVAL_S, watch),
         Periodic("check_receipts", receipts.INTERVAL_S, check),
+        Periodic("release_orphaned_jobs", RELEASE_INTERVAL_S, orphans),
         Periodic("close_epoch", float(runtime.settings.epoch_seconds), close, wait_first=True),
     ]

@@ -88,6 +88,7 @@ class Options:
     confirmations: int = 2
     block_time_s: int = 1
     heartbeat_timeout_s: int = 15
+    orphaned_job_after_s: int = 60
     price_in_per_mtok: int = 200_000  # 0.20 tUSD per million input tokens
     price_out_per_mtok: int = 600_000  # 0.60 tUSD per million output tokens
     fee_bps: int = 500
@@ -198,6 +199,7 @@ class Stack:
             "MARKET_EPOCH_SECONDS": str(o.epoch_seconds),
             "MARKET_PROTOCOL_FEE_BPS": str(o.fee_bps),
             "MARKET_HEARTBEAT_TIMEOUT_S": str(o.heartbeat_timeout_s),
+            "MARKET_ORPHANED_JOB_AFTER_S": str(o.orphaned_job_after_s),
             "MARKET_TICKET_KEY_FILE": str(self.keys / "ticket.key"),
             "MARKET_OPERATOR_KEY_FILE": str(self.keys / "operator.key"),
             "MARKET_HOST": "127.0.0.1",
@@ -457,7 +459,7 @@ class Stack:
         self.run("migrate", [str(VENV_BIN / "market"), "db", "upgrade"], self.market_env())
 
         say("market API, worker, beat")
-        self.spawn("market", [str(VENV_BIN / "market"), "serve"], self.market_env())
+        self.start_market()
         self.spawn(
             "worker", [str(VENV_BIN / "market"), "worker", "--concurrency", "1"], self.market_env()
         )
@@ -466,7 +468,7 @@ class Stack:
             [str(VENV_BIN / "market"), "beat", "--schedule", str(self.state_dir / "beat-schedule")],
             self.market_env(),
         )
-        self.wait_for("market", self._market_healthy, 60)
+        self.wait_for_market()
         self.market_public_key = provision.market_key(self.market_url)
         self.save()
 
@@ -481,6 +483,14 @@ class Stack:
             self.start_agent(provider)
         for provider in self.providers[:count]:
             self.wait_for_online(provider)
+
+    def start_market(self) -> None:
+        """Starts the market API (`market serve`)."""
+        self.spawn("market", [str(VENV_BIN / "market"), "serve"], self.market_env())
+
+    def wait_for_market(self) -> None:
+        """Waits until the market API answers its health check."""
+        self.wait_for("market", self._market_healthy, 60)
 
     def start_vllm(self, provider: Provider) -> None:
         """vLLM's CPU build serving the tiny model, as tests/engine/vllm_server.py runs it."""

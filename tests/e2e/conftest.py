@@ -61,6 +61,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         epoch_seconds=3600,  # the test closes the epoch itself, through the worker
         confirmations=2,
         heartbeat_timeout_s=10,
+        orphaned_job_after_s=15,  # the least allowed: a killed market's holds go in 15-30 s
     )
     testnet = Stack(tmp_path_factory.mktemp("testnet"), Ports.free(2), options)
     testnet.up(say=lambda line: print(f"[testnet] {line}", flush=True))

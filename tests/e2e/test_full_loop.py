@@ -12,6 +12,7 @@ from the other one or a clean error, and pays only for verified tokens.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -317,10 +318,8 @@ def _running_requests(url: str) -> float:
     )
 
 
-def test_buyer_leaves_mid_stream(stack: Stack, buyer: Buyer) -> None:
-    """The buyer drops a long stream after a few tokens: the market cancels it at the agent,
-    vLLM stops generating, and the buyer pays for the tokens made until then, to the unit."""
-    before = buyer.statement()
+def _long_stream(stack: Stack, buyer: Buyer) -> contextlib.AbstractContextManager[httpx.Response]:
+    """A streamed chat completion of 1,500 tokens (minutes on vLLM's CPU build), opened."""
     body = {
         "model": SERVED_MODEL,
         "messages": [{"role": "user", "content": "Tell a long story."}],
@@ -331,8 +330,15 @@ def test_buyer_leaves_mid_stream(stack: Stack, buyer: Buyer) -> None:
     }
     headers = {"Authorization": f"Bearer {buyer.api_key}"}
     url = f"{stack.market_url}/v1/chat/completions"
+    return httpx.stream("POST", url, json=body, headers=headers, timeout=60)
+
+
+def test_buyer_leaves_mid_stream(stack: Stack, buyer: Buyer) -> None:
+    """The buyer drops a long stream after a few tokens: the market cancels it at the agent,
+    vLLM stops generating, and the buyer pays for the tokens made until then, to the unit."""
+    before = buyer.statement()
     seen = 0
-    with httpx.stream("POST", url, json=body, headers=headers, timeout=60) as response:
+    with _long_stream(stack, buyer) as response:
         assert response.status_code == 200
         job_id = response.headers["x-job-id"]
         for line in response.iter_lines():
@@ -358,6 +364,38 @@ def test_buyer_leaves_mid_stream(stack: Stack, buyer: Buyer) -> None:
         f"buyer left after 5 tokens: vLLM stopped {stopped_s:.2f} s later, charged for "
         f"{receipt['completion_tokens']} tokens ({job['charge']} base units)"
     )
+
+
+def test_market_killed_mid_stream_releases_the_hold(stack: Stack, buyer: Buyer) -> None:
+    """The market API is killed mid-stream (no cleanup runs) and started again: the job it
+    left open is failed and its hold released once its heartbeat is older than
+    `MARKET_ORPHANED_JOB_AFTER_S`, by the worker's beat task."""
+    before = buyer.statement()
+    with _long_stream(stack, buyer) as response:
+        assert response.status_code == 200
+        job_id = response.headers["x-job-id"]
+        lines = response.iter_lines()
+        while not next(lines).startswith('data: {"id"'):
+            pass
+        assert buyer.statement()["held"] > 0
+        market = stack.processes["market"]
+        os.killpg(market.pid, signal.SIGKILL)
+        market.wait(timeout=10)
+    killed = time.monotonic()
+    stack.start_market()
+    stack.wait_for_market()
+    job = wait_until(
+        "the killed market's job to be released",
+        lambda: (j := buyer.job(job_id))["status"] != "routed" and j,
+        timeout=90,
+    )
+    released_s = time.monotonic() - killed
+    assert job["status"] == "failed"
+    assert job["error"] == "the market process serving it stopped (no heartbeat for 15 s)"
+    after = buyer.statement()
+    assert after["held"] == 0
+    assert (after["available"], after["charged"]) == (before["available"], before["charged"])
+    print(f"market killed mid-stream: its hold was released {released_s:.1f} s later")
 
 
 @pytest.fixture
