@@ -12,7 +12,10 @@ streaming, 64 output tokens, at concurrency 1, 8 and 32.
 CPU per request is each server process's utime+stime (/proc/PID/stat) over the timed part of
 the case (the load generator reads it after its warm-up requests and after the last timed
 request), less what it burns idle over the same time (the embedded market polls the chain
-every 2 s), divided by the requests completed in that part. A last case paces the engine (a
+every 2 s), divided by the requests completed in that part. The engine's own CPU per request (`eng
+ms/rq`, a bare ASGI app under uvicorn that answers from memory) is the same-run baseline:
+what one uvicorn server spends per request on this machine, at that concurrency. A last
+case paces the engine (a
 token every 20 ms) at concurrency 32 and compares the tokens per second the buyer receives
 through the market with those received directly. Its workers' first requests are spread over
 one stream's length (`--ramp`), as buyers' requests arrive, rather than all 32 at the same
@@ -193,8 +196,8 @@ def _run(stack: Stack, secs: float, levels: tuple[int, ...], quick: bool) -> dic
     )
     header = (
         f"{'mode':<7}{'c':>3} {'path':<7}{'req/s':>8}{'p50 ms':>9}{'p99 ms':>9}"
-        f"{'ttft50':>8}{'ttft99':>8}{'+p50 ms':>9}{'mkt ms/rq':>10}{'agt ms/rq':>10}"
-        f"{'sum':>7}{'target':>8}"
+        f"{'ttft50':>8}{'ttft99':>8}{'eng ms/rq':>10}{'+p50 ms':>9}{'mkt ms/rq':>10}"
+        f"{'agt ms/rq':>10}{'sum':>7}{'target':>8}"
     )
     print(header)
     print("-" * len(header))
@@ -212,6 +215,7 @@ def _run(stack: Stack, secs: float, levels: tuple[int, ...], quick: bool) -> dic
                 line = (
                     f"{mode:<7}{conc:>3} {path:<7}{row['rps']:>8.1f}{row['p50_ms']:>9.2f}"
                     f"{row['p99_ms']:>9.2f}{row['ttft_p50_ms']:>8.2f}{row['ttft_p99_ms']:>8.2f}"
+                    f"{row['engine_cpu_ms']:>10.2f}"
                 )
                 if path == "market":
                     line += (
