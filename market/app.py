@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from market import background
 from market.buyers.endpoints import router as buyers_router
@@ -38,6 +39,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app = FastAPI(title="Joule Market", version="0.1.0", lifespan=lifespan)
     app.add_exception_handler(RequestValidationError, openai_errors.validation_error)
     app.add_exception_handler(MarketError, openai_errors.market_error)
+    app.add_exception_handler(StarletteHTTPException, openai_errors.http_error)
     app.include_router(health_router)
     app.include_router(inference_router)
     app.include_router(providers_router)

@@ -1,4 +1,5 @@
-"""The OpenAI-compatible routes: `/v1/models`, `/v1/chat/completions`, `/v1/completions`."""
+"""The OpenAI-compatible routes: `/v1/models` (and `/v1/models/{model}`),
+`/v1/chat/completions`, `/v1/completions`."""
 
 from __future__ import annotations
 
@@ -35,6 +36,12 @@ KeyDep = Annotated[str, Depends(_key)]
 async def list_models(runtime: RuntimeDep) -> dict[str, Any]:
     """Models on offer now, with price ranges (per million tokens) and provider counts."""
     return service.list_models(runtime)
+
+
+@router.get("/models/{model:path}")
+async def retrieve_model(model: str, runtime: RuntimeDep) -> dict[str, Any]:
+    """One model on offer (ids may hold `/`, as `meta-llama/Llama-3.1-8B-Instruct` does)."""
+    return service.get_model(runtime, model)
 
 
 @router.post("/chat/completions", response_model=None)

@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from market.errors import MarketError
 
@@ -59,6 +60,19 @@ def openai_type(status: int) -> str:
     if status >= 500:
         return "server_error"
     return _TYPES.get(status, "invalid_request_error")
+
+
+async def http_error(request: Request, exc: Exception) -> JSONResponse:
+    """Starlette's own refusals (no such route: 404, wrong method: 405), in OpenAI's envelope
+    as OpenAI words them ("Invalid URL (POST /v1/embeddings)") rather than `{"detail"}`."""
+    assert isinstance(exc, StarletteHTTPException)
+    status = exc.status_code
+    if status in (404, 405):
+        message = f"Invalid URL ({request.method} {request.url.path})"
+        code = "unknown_url" if status == 404 else "method_not_allowed"
+    else:
+        message, code = str(exc.detail), None
+    return envelope(status, message, openai_type(status), code, headers=exc.headers)
 
 
 async def market_error(request: Request, exc: Exception) -> JSONResponse:

@@ -57,26 +57,33 @@ def forwarded_body(request: CompletionRequestBase) -> bytes:
 
 def list_models(runtime: Runtime) -> dict[str, Any]:
     """`GET /v1/models`: every model on offer, with its price range and provider count."""
-    data = []
-    for model in runtime.routing.models():
-        offers = runtime.routing.offers(model)
-        prices_in = [o.price_in_per_mtok for o in offers]
-        prices_out = [o.price_out_per_mtok for o in offers]
-        data.append(
-            {
-                "id": model,
-                "object": "model",
-                "created": 0,
-                "owned_by": "joule-market",
-                "market": {
-                    "providers": len(offers),
-                    "price_in_per_mtok": {"min": min(prices_in), "max": max(prices_in)},
-                    "price_out_per_mtok": {"min": min(prices_out), "max": max(prices_out)},
-                    "energy": model_energy(offers),
-                },
-            }
-        )
+    data = [_model(model, runtime.routing.offers(model)) for model in runtime.routing.models()]
     return {"object": "list", "data": data}
+
+
+def get_model(runtime: Runtime, model: str) -> dict[str, Any]:
+    """`GET /v1/models/{model}`: one model as `list_models` shows it (404 if none offers it)."""
+    offers = runtime.routing.offers(model)
+    if not offers:
+        raise ModelNotFoundError(f"The model `{model}` does not exist on the market.")
+    return _model(model, offers)
+
+
+def _model(model: str, offers: list[LiveOffer]) -> dict[str, Any]:
+    prices_in = [o.price_in_per_mtok for o in offers]
+    prices_out = [o.price_out_per_mtok for o in offers]
+    return {
+        "id": model,
+        "object": "model",
+        "created": 0,
+        "owned_by": "joule-market",
+        "market": {
+            "providers": len(offers),
+            "price_in_per_mtok": {"min": min(prices_in), "max": max(prices_in)},
+            "price_out_per_mtok": {"min": min(prices_out), "max": max(prices_out)},
+            "energy": model_energy(offers),
+        },
+    }
 
 
 def _jpt(offer: LiveOffer) -> dict[str, Any]:

@@ -62,6 +62,34 @@ def test_error_statuses_use_openais_envelope(market: Market, agents: dict[str, A
         assert ledger.statement(session, market.buyer).available == DEPOSIT
 
 
+def test_models_are_retrieved_one_by_one_and_unknown_urls_use_the_envelope(
+    market: Market, agents: dict[str, Agent]
+) -> None:
+    market.routing.pin([agents[PROVIDER_A].offer(1_000_000, 2_000_000)])
+    client = openai.OpenAI(base_url=market.url, api_key=market.api_key)
+    model = client.models.retrieve(MODEL)
+    assert model.id == MODEL
+    assert (model.model_extra or {})["market"]["price_out_per_mtok"] == {
+        "min": 2_000_000,
+        "max": 2_000_000,
+    }
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.models.retrieve("meta-llama/not-offered")
+    assert missing.value.code == "model_not_found"
+    with pytest.raises(openai.NotFoundError) as unknown:
+        client.embeddings.create(model=MODEL, input="hi")
+    assert unknown.value.code == "unknown_url"
+    assert unknown.value.message.endswith("Invalid URL (POST /v1/embeddings)")
+    wrong = httpx.get(f"{market.url}/chat/completions")
+    assert wrong.status_code == 405
+    assert wrong.json()["error"] == {
+        "message": "Invalid URL (GET /v1/chat/completions)",
+        "type": "invalid_request_error",
+        "param": None,
+        "code": "method_not_allowed",
+    }
+
+
 def test_falls_back_to_the_next_provider_when_the_first_is_down(
     market: Market, agents: dict[str, Agent]
 ) -> None:
