@@ -14,6 +14,11 @@ scrape's database reads never hold up the event loop that relays requests.
   open (0: none). An epoch whose settlement keeps reverting shows here, growing, before
   anything else does: alert on it staying above a few epochs' length.
 - `market_receipts_unsettled`: verified receipts that no epoch holds yet.
+- `market_jobs_open`: jobs routed and not yet ended (their holds are held), from every API
+  process; `market_jobs_open_oldest_age_seconds`: the age of the oldest (0: none). A job
+  outlives its request only if its process stopped; the release of orphaned jobs ends it
+  within `MARKET_ORPHANED_JOB_AFTER_S` (`market.jobs.orphans`), so an age that keeps growing
+  past that says the release is not running.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
 from market.db import session_scope, utcnow
-from market.jobs.models import Receipt
+from market.jobs.models import Job, JobStatus, Receipt
 from market.runtime import Runtime
 from market.settlement.models import Epoch, EpochStatus
 
@@ -85,6 +90,9 @@ def _settlement(runtime: Runtime) -> Iterator[GaugeMetricFamily]:
         unsettled = session.scalar(
             select(func.count()).select_from(Receipt).where(Receipt.epoch.is_(None))
         )
+        open_jobs, oldest_job = session.execute(
+            select(func.count(), func.min(Job.created_at)).where(Job.status == JobStatus.ROUTED)
+        ).one()
     epochs = GaugeMetricFamily("market_epochs", "Epochs by status.", labels=["status"])
     for status in EpochStatus:
         epochs.add_metric([status.value], counts.get(status, 0))
@@ -100,6 +108,15 @@ def _settlement(runtime: Runtime) -> Iterator[GaugeMetricFamily]:
     )
     yield GaugeMetricFamily(
         "market_receipts_unsettled", "Verified receipts in no epoch yet.", value=unsettled or 0
+    )
+    yield GaugeMetricFamily(
+        "market_jobs_open", "Jobs routed and not yet ended (holds held).", value=open_jobs
+    )
+    job_age = 0.0 if oldest_job is None else (utcnow() - oldest_job).total_seconds()
+    yield GaugeMetricFamily(
+        "market_jobs_open_oldest_age_seconds",
+        "Seconds since the oldest job not yet ended was routed (0: none).",
+        value=job_age,
     )
 
 

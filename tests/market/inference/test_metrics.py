@@ -12,6 +12,7 @@ from market.db import session_scope, utcnow
 from market.settlement.models import Epoch, EpochStatus
 from tests.market.inference.conftest import PROVIDER_A, Market
 from tests.market.inference.servers import MODEL, Agent
+from tests.support.openai_upstream import UpstreamProcess
 
 
 def _scrape(market: Market) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -62,3 +63,23 @@ def test_the_market_state_is_read_at_each_scrape(market: Market, agents: dict[st
     assert after[("market_epochs", (("status", "pending"),))] == 0
     assert after[("market_epoch_last_settled", ())] == 1
     assert 120 <= after[("market_epoch_unsettled_age_seconds", ())] < 180
+
+
+def test_open_jobs_are_counted_while_they_run(
+    market: Market, agents: dict[str, Agent], upstream: UpstreamProcess
+) -> None:
+    market.routing.pin([agents[PROVIDER_A].offer(1_000, 2_000)])
+    upstream.control(completion_tokens=20, delay_ms=50)
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "stream": True}
+    headers = {"Authorization": f"Bearer {market.api_key}"}
+    with httpx.stream("POST", f"{market.url}/chat/completions", json=body, headers=headers) as r:
+        lines = r.iter_lines()
+        next(lines)  # the stream has started: its job is open
+        during = _scrape(market)
+        assert "data: [DONE]" in list(lines)
+    after = _scrape(market)
+    assert during[("market_jobs_open", ())] == 1
+    assert 0 <= during[("market_jobs_open_oldest_age_seconds", ())] < 10
+    assert during[("market_requests_in_flight", (("model", MODEL),))] == 1
+    assert after[("market_jobs_open", ())] == 0
+    assert after[("market_jobs_open_oldest_age_seconds", ())] == 0
