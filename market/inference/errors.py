@@ -72,7 +72,8 @@ async def http_error(request: Request, exc: Exception) -> JSONResponse:
         code = "unknown_url" if status == 404 else "method_not_allowed"
     else:
         message, code = str(exc.detail), None
-    return envelope(status, message, openai_type(status), code, headers=exc.headers)
+    headers = dict(exc.headers) if exc.headers else None
+    return envelope(status, message, openai_type(status), code, headers=headers)
 
 
 async def market_error(request: Request, exc: Exception) -> JSONResponse:
