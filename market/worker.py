@@ -18,7 +18,6 @@ from market.chain.service import open_chain
 from market.config import Settings, get_settings
 from market.db import create_engine, make_session_factory
 from market.jobs import tasks as job_tasks
-from market.jobs.tasks import RELEASE_INTERVAL_S
 from market.reviews.receipts import INTERVAL_S as CHECK_INTERVAL_S
 from market.settlement import tasks
 from market.settlement.tasks import WATCH_INTERVAL_S, TaskContext
@@ -55,8 +54,8 @@ def create_celery(settings: Settings) -> Celery:
             },
             "release-orphaned-jobs": {
                 "task": RELEASE_ORPHANED_JOBS,
-                "schedule": RELEASE_INTERVAL_S,
-                "options": {"expires": RELEASE_INTERVAL_S * 2},
+                "schedule": job_tasks.RELEASE_INTERVAL_S,
+                "options": {"expires": job_tasks.RELEASE_INTERVAL_S * 2},
             },
             "close-epoch": {
                 "task": CLOSE_EPOCH,

@@ -95,17 +95,17 @@ async def send_job(
     )
 
 
-async def cancel_job(client: AgentClient, job_url: str, ticket: str) -> bool:
-    """Asks the agent to stop the job's stream (`POST {job_url}/cancel` with its ticket);
-    whether it did. The agent then ends the stream with an interrupted receipt."""
+async def cancel_job(client: AgentClient, job_url: str, ticket: str) -> None:
+    """Asks the agent to stop the job's stream (`POST {job_url}/cancel` with its ticket); the
+    agent then ends the stream with an interrupted receipt. A refusal is only logged: the
+    relay reads on either way."""
     url = job_endpoint(job_url, "cancel")
     try:
         async with client.session().post(url, headers={TICKET_HEADER: ticket}) as response:
             raw = await response.read()
     except TRANSPORT_ERRORS as exc:
         logger.warning("cancel of a job at %s failed: %r", url, exc)
-        return False
+        return
     if response.status != 200:
         code, message = _agent_error(raw)
         logger.info("agent at %s did not cancel: %s %s %s", url, response.status, code, message)
-    return response.status == 200
