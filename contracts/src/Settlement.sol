@@ -176,6 +176,16 @@ contract Settlement is ISettlement, AccessControl, Pausable, ReentrancyGuardTran
     }
 
     /// @inheritdoc ISettlement
+    function rotateProviderKey(bytes32 newKey) external {
+        bytes32 oldKey = providerKey[msg.sender];
+        if (oldKey == bytes32(0)) revert UnknownProvider(msg.sender);
+        if (newKey == bytes32(0)) revert ZeroKey();
+        if (newKey == oldKey) revert SameKey(newKey);
+        providerKey[msg.sender] = newKey;
+        emit ProviderKeyRotated(msg.sender, oldKey, newKey);
+    }
+
+    /// @inheritdoc ISettlement
     function stake(uint256 amount) external whenNotPaused nonReentrant {
         if (amount == 0) revert ZeroAmount();
         if (providerKey[msg.sender] == bytes32(0)) revert UnknownProvider(msg.sender);

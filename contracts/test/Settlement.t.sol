@@ -395,6 +395,112 @@ contract SettlementTest is Base {
         settlement.registerProvider(KEY_1);
     }
 
+    function test_rotateProviderKey_bindsNewKey() public {
+        _register(prov1, KEY_1);
+        vm.expectEmit(address(settlement));
+        emit ISettlement.ProviderKeyRotated(prov1, KEY_1, KEY_2);
+        vm.prank(prov1);
+        settlement.rotateProviderKey(KEY_2);
+        assertEq(settlement.providerKey(prov1), KEY_2);
+        assertFalse(settlement.isActiveProvider(prov1), "rotation does not activate");
+    }
+
+    function test_rotateProviderKey_revertsForUnregisteredCaller() public {
+        vm.prank(prov1);
+        vm.expectRevert(abi.encodeWithSelector(ISettlement.UnknownProvider.selector, prov1));
+        settlement.rotateProviderKey(KEY_1);
+        assertEq(settlement.providerKey(prov1), bytes32(0), "rotation does not register");
+    }
+
+    function test_rotateProviderKey_revertsOnZeroKey() public {
+        _register(prov1, KEY_1);
+        vm.prank(prov1);
+        vm.expectRevert(ISettlement.ZeroKey.selector);
+        settlement.rotateProviderKey(bytes32(0));
+        assertEq(settlement.providerKey(prov1), KEY_1, "the bound key stays");
+    }
+
+    function test_rotateProviderKey_revertsOnSameKey() public {
+        _register(prov1, KEY_1);
+        vm.prank(prov1);
+        vm.expectRevert(abi.encodeWithSelector(ISettlement.SameKey.selector, KEY_1));
+        settlement.rotateProviderKey(KEY_1);
+        assertEq(settlement.providerKey(prov1), KEY_1);
+    }
+
+    function test_rotateProviderKey_allowedWhenPaused() public {
+        _register(prov1, KEY_1);
+        vm.prank(pauser);
+        settlement.pause();
+        // a leaked key must be replaceable while the contract is paused
+        vm.expectEmit(address(settlement));
+        emit ISettlement.ProviderKeyRotated(prov1, KEY_1, KEY_2);
+        vm.prank(prov1);
+        settlement.rotateProviderKey(KEY_2);
+        assertEq(settlement.providerKey(prov1), KEY_2);
+    }
+
+    function test_rotateProviderKey_keepsStakeEarningsAndActivity() public {
+        _market(100e6, 0);
+        _stake(prov1, 500e18);
+        vm.prank(prov1);
+        settlement.requestUnstake(200e18);
+        _settle(_simpleBatch(1, alice, prov1, 57e6, 3e6));
+        assertTrue(settlement.isActiveProvider(prov1));
+        uint256 staked = settlement.stakeOf(prov1);
+        (uint192 pending, uint64 availableAt) = settlement.pendingUnstake(prov1);
+
+        bytes32 newKey = keccak256("provider-1 rotated ed25519 public key");
+        vm.prank(prov1);
+        settlement.rotateProviderKey(newKey);
+
+        assertEq(settlement.providerKey(prov1), newKey);
+        assertTrue(settlement.isActiveProvider(prov1), "still active");
+        assertEq(settlement.stakeOf(prov1), staked, "same stake");
+        assertEq(settlement.totalStaked(), 2 * MIN_STAKE + 500e18);
+        (uint192 pendingAfter, uint64 availableAtAfter) = settlement.pendingUnstake(prov1);
+        assertEq(pendingAfter, pending, "same pending unstake");
+        assertEq(availableAtAfter, availableAt, "same unstake time");
+        assertEq(settlement.earnings(prov1), 57e6, "same earnings");
+        assertEq(settlement.totalEarnings(), 57e6);
+        _assertSolvent();
+
+        // Still paid and still credited under the new key.
+        _settle(_simpleBatch(2, alice, prov1, 38e6, 2e6));
+        assertEq(settlement.earnings(prov1), 95e6);
+        vm.prank(prov1);
+        settlement.withdrawEarnings();
+        assertEq(usd.balanceOf(prov1), 95e6);
+        _assertSolvent();
+    }
+
+    function test_rotateProviderKey_twiceMayReturnToAnEarlierKey() public {
+        _register(prov1, KEY_1);
+        vm.prank(prov1);
+        settlement.rotateProviderKey(KEY_2);
+        // only the key bound now is refused, so going back to the first one is allowed
+        vm.expectEmit(address(settlement));
+        emit ISettlement.ProviderKeyRotated(prov1, KEY_2, KEY_1);
+        vm.prank(prov1);
+        settlement.rotateProviderKey(KEY_1);
+        assertEq(settlement.providerKey(prov1), KEY_1);
+
+        vm.prank(prov1);
+        vm.expectRevert(abi.encodeWithSelector(ISettlement.SameKey.selector, KEY_1));
+        settlement.rotateProviderKey(KEY_1);
+    }
+
+    function test_rotateProviderKey_leavesOtherProvidersAlone() public {
+        _market(0, 0);
+        bytes32 newKey = keccak256("provider-1 rotated ed25519 public key");
+        vm.prank(prov1);
+        settlement.rotateProviderKey(newKey);
+        assertEq(settlement.providerKey(prov1), newKey);
+        assertEq(settlement.providerKey(prov2), KEY_2, "the other provider's key is untouched");
+        assertEq(settlement.stakeOf(prov2), MIN_STAKE);
+        assertTrue(settlement.isActiveProvider(prov2));
+    }
+
     function test_stake_movesNetworkTokens() public {
         _register(prov1, KEY_1);
         vm.expectEmit(address(settlement));

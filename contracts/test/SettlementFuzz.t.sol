@@ -268,6 +268,43 @@ contract SettlementFuzzTest is Base {
         _assertSolvent();
     }
 
+    /// Rotating to any nonzero key other than the bound one binds it and leaves the stake and the
+    /// provider's standing alone; rotating to zero or to the bound key reverts and binds nothing.
+    function testFuzz_rotateProviderKey(uint256 who, bytes32 newKey, uint8 mode) public {
+        address p = providers[who % NP];
+        bytes32 oldKey = settlement.providerKey(p);
+        mode = uint8(bound(mode, 0, 3));
+        if (mode == 1) newKey = bytes32(0);
+        else if (mode == 2) newKey = oldKey;
+        uint256 staked = settlement.stakeOf(p);
+        bool active = settlement.isActiveProvider(p);
+        assertTrue(active);
+
+        vm.prank(p);
+        if (newKey == bytes32(0)) {
+            vm.expectRevert(ISettlement.ZeroKey.selector);
+            settlement.rotateProviderKey(newKey);
+            assertEq(settlement.providerKey(p), oldKey, "a zero key binds nothing");
+        } else if (newKey == oldKey) {
+            vm.expectRevert(abi.encodeWithSelector(ISettlement.SameKey.selector, oldKey));
+            settlement.rotateProviderKey(newKey);
+            assertEq(settlement.providerKey(p), oldKey, "the bound key stays");
+        } else {
+            vm.expectEmit(address(settlement));
+            emit ISettlement.ProviderKeyRotated(p, oldKey, newKey);
+            settlement.rotateProviderKey(newKey);
+            assertEq(settlement.providerKey(p), newKey, "the new key is bound");
+        }
+        assertEq(settlement.stakeOf(p), staked, "stake");
+        assertEq(settlement.totalStaked(), NP * MIN_STAKE, "total stake");
+        assertEq(settlement.isActiveProvider(p), active, "active");
+        for (uint256 j; j < NP; ++j) {
+            if (providers[j] == p) continue;
+            assertEq(settlement.providerKey(providers[j]), keccak256(abi.encode("key", j)), "other keys");
+        }
+        _assertSolvent();
+    }
+
     /// Rewards of one epoch are accepted up to the mint cap and rejected beyond it.
     function testFuzz_settle_rewardCap(uint256[NP] memory rewards) public {
         ISettlement.EpochBatch memory b = _emptyBatch(1);

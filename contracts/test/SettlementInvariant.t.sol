@@ -46,11 +46,14 @@ contract SettlementHandler is TestBase {
     uint256 public ghostRewards;
     uint64 public ghostSettles;
     uint256 public ghostRejectedBatches;
+    /// The key each provider last bound, by registration or rotation (zero: never registered).
+    mapping(address provider => bytes32 key) public ghostKey;
     // How often the actions that can do nothing did something (coverage, logged at the end).
     uint256 public paidWithdrawals;
     uint256 public paidUnstakes;
     uint256 public paidEarnings;
     uint256 public debitingSettles;
+    uint256 public rotations;
 
     /// Outcomes that differed from the model; must stay zero.
     uint256 public unexpected;
@@ -81,6 +84,9 @@ contract SettlementHandler is TestBase {
         unstakeDelay = settlement.unstakeDelay();
         _buyers = buyers_;
         _providers = providers_;
+        for (uint256 j; j < providers_.length; ++j) {
+            ghostKey[providers_[j]] = settlement.providerKey(providers_[j]); // registered before
+        }
         currentTime = block.timestamp;
     }
 
@@ -198,9 +204,43 @@ contract SettlementHandler is TestBase {
         vm.prank(provider);
         try s.registerProvider(key) {
             if (registered) _flag("registered twice");
+            ghostKey[provider] = key;
         } catch {
             if (!registered) _flag("registration failed");
         }
+    }
+
+    /// Rotates a provider's key: mostly a registered provider to a fresh key, sometimes to zero
+    /// or to the key bound now, or an unregistered provider, each of which must fail with its own
+    /// error. Whatever happens, stake, earnings and standing stay as they were.
+    function rotateKey(uint256 actorSeed, bytes32 key, uint8 kind) external clocked("rotateKey") {
+        address provider = actorSeed % 4 != 0 ? _registeredOr(actorSeed) : address(0);
+        if (provider == address(0)) provider = _provider(actorSeed);
+        bytes32 oldKey = s.providerKey(provider);
+        kind = uint8(bound(kind, 0, 7));
+        if (kind == 6) key = bytes32(0);
+        else if (kind == 7) key = oldKey;
+        else if (key == bytes32(0) || key == oldKey) key = keccak256(abi.encode(provider, key, "rotated"));
+        bytes4 expected;
+        if (oldKey == bytes32(0)) expected = ISettlement.UnknownProvider.selector;
+        else if (key == bytes32(0)) expected = ISettlement.ZeroKey.selector;
+        else if (key == oldKey) expected = ISettlement.SameKey.selector;
+        uint256 staked = s.stakeOf(provider);
+        uint256 earned = s.earnings(provider);
+        bool active = s.isActiveProvider(provider);
+        vm.prank(provider);
+        try s.rotateProviderKey(key) {
+            if (expected != bytes4(0)) _flag("an invalid rotation succeeded");
+            ghostKey[provider] = key;
+            rotations += 1;
+        } catch (bytes memory reason) {
+            if (expected == bytes4(0)) _flag("a valid rotation failed");
+            // forge-lint: disable-next-line(unsafe-typecast)
+            else if (bytes4(reason) != expected) _flag("an invalid rotation failed for another reason");
+        }
+        if (s.providerKey(provider) != ghostKey[provider]) _flag("the bound key is not the last one bound");
+        if (s.stakeOf(provider) != staked || s.earnings(provider) != earned) _flag("rotation moved value");
+        if (s.isActiveProvider(provider) != active) _flag("rotation changed standing");
     }
 
     function stake(uint256 actorSeed, uint256 amount) external clocked("stake") {
@@ -510,6 +550,7 @@ contract SettlementHandler is TestBase {
         console.log("requestWithdrawal", calls["requestWithdrawal"]);
         console.log("withdraw", calls["withdraw"]);
         console.log("register", calls["register"]);
+        console.log("rotateKey", calls["rotateKey"]);
         console.log("stake", calls["stake"]);
         console.log("requestUnstake", calls["requestUnstake"]);
         console.log("completeUnstake", calls["completeUnstake"]);
@@ -524,6 +565,7 @@ contract SettlementHandler is TestBase {
         console.log("unstakes paid", paidUnstakes);
         console.log("earnings paid", paidEarnings);
         console.log("batches rejected", ghostRejectedBatches);
+        console.log("keys rotated", rotations);
     }
 }
 
@@ -559,7 +601,7 @@ contract SettlementInvariantTest is Base {
         handler = new SettlementHandler(settlement, operator, verifier, admin, treasury, buyerList, providerList);
         vm.label(address(handler), "Handler");
 
-        bytes4[] memory selectors = new bytes4[](13);
+        bytes4[] memory selectors = new bytes4[](14);
         selectors[0] = SettlementHandler.deposit.selector;
         selectors[1] = SettlementHandler.requestWithdrawal.selector;
         selectors[2] = SettlementHandler.withdraw.selector;
@@ -573,6 +615,7 @@ contract SettlementInvariantTest is Base {
         selectors[10] = SettlementHandler.settleInvalid.selector;
         selectors[11] = SettlementHandler.slash.selector;
         selectors[12] = SettlementHandler.withdrawFees.selector;
+        selectors[13] = SettlementHandler.rotateKey.selector;
         targetContract(address(handler));
         targetSelector(FuzzSelector({addr: address(handler), selectors: selectors}));
     }
@@ -643,6 +686,20 @@ contract SettlementInvariantTest is Base {
     /// (e) Every successful settle advanced the epoch by exactly one.
     function invariant_epochCountMatchesSettles() public view {
         assertEq(uint256(settlement.lastSettledEpoch()), uint256(handler.ghostSettles()));
+    }
+
+    /// (f) Every provider registered has a nonzero key, the last one it bound (by registration or
+    ///     rotation); a provider never registered has none.
+    function invariant_providerKeysAreTheLastBound() public view {
+        for (uint256 j; j < providerList.length; ++j) {
+            address p = providerList[j];
+            bytes32 last = handler.ghostKey(p);
+            assertEq(settlement.providerKey(p), last, "bound key != last bound");
+            if (last != bytes32(0)) {
+                assertTrue(settlement.providerKey(p) != bytes32(0), "a registered key went to zero");
+            }
+        }
+        assertTrue(settlement.providerKey(prov1) != bytes32(0), "prov1, registered in setUp, keeps a key");
     }
 
     /// Every handler action ended as the model predicted.

@@ -68,6 +68,7 @@ ProviderAlreadyRegistered = _revert(
 )
 UnknownProvider = _revert("UnknownProvider", "provider {provider} never bound a key")
 ZeroKey = _revert("ZeroKey", "the Ed25519 public key was zero")
+SameKey = _revert("SameKey", "{ed25519Key} is the key bound already")
 InsufficientStake = _revert(
     "InsufficientStake", "provider {provider} has {staked} staked, {requested} was asked"
 )

@@ -221,6 +221,13 @@ class SettlementClient:
             raise ValueError(f"an Ed25519 public key is 32 bytes, got {len(ed25519_public_key)}")
         return sender.transact(self.settlement.functions.registerProvider(ed25519_public_key))
 
+    def rotate_provider_key(self, sender: Transactor, ed25519_public_key: bytes) -> TxReceipt:
+        """Replaces the sender's bound Ed25519 key (`ProviderKeyRotated`): whatever the old key
+        signs from then on is void at the market."""
+        if len(ed25519_public_key) != 32:
+            raise ValueError(f"an Ed25519 public key is 32 bytes, got {len(ed25519_public_key)}")
+        return sender.transact(self.settlement.functions.rotateProviderKey(ed25519_public_key))
+
     def stake(self, sender: Transactor, amount: int) -> TxReceipt:
         """Approves and stakes `amount` network tokens."""
         sender.transact(self.network.functions.approve(self.settlement.address, amount))

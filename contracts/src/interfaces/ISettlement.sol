@@ -61,6 +61,8 @@ interface ISettlement {
     error UnknownProvider(address provider);
     /// @notice The Ed25519 public key given was zero.
     error ZeroKey();
+    /// @notice A key rotation named the key already bound.
+    error SameKey(bytes32 ed25519Key);
     /// @notice `provider` has `staked` and `requested` was asked of it.
     error InsufficientStake(address provider, uint256 staked, uint256 requested);
     /// @notice Epoch `epoch` was settled already (a replay).
@@ -95,6 +97,8 @@ interface ISettlement {
     event Withdrawn(address indexed buyer, uint256 amount);
     /// @notice `provider` bound its Ed25519 receipt-signing key.
     event ProviderRegistered(address indexed provider, bytes32 ed25519Key);
+    /// @notice `provider` replaced `oldKey` with `newKey`: messages signed by `oldKey` are void.
+    event ProviderKeyRotated(address indexed provider, bytes32 oldKey, bytes32 newKey);
     /// @notice `provider` staked `amount`, now holding `stake`.
     event Staked(address indexed provider, uint256 amount, uint256 stake);
     /// @notice `provider` asked to unstake `amount` from `availableAt`.
@@ -135,6 +139,10 @@ interface ISettlement {
 
     /// @notice Binds the caller's address to `ed25519Key`, the key that signs its receipts.
     function registerProvider(bytes32 ed25519Key) external;
+
+    /// @notice Replaces the caller's bound Ed25519 key with `newKey` (a key that leaked, or a
+    ///         routine rotation); allowed while paused, since no money moves.
+    function rotateProviderKey(bytes32 newKey) external;
 
     /// @notice Stakes `amount` network tokens for the caller.
     function stake(uint256 amount) external;

@@ -208,6 +208,22 @@ def test_bad_amounts_and_registrations_revert(chain: Chain) -> None:
     chain.client.register_provider(someone, KEY_A)
     with pytest.raises(errors.ProviderAlreadyRegistered):
         chain.client.register_provider(someone, KEY_B)
+    with pytest.raises(errors.SameKey):
+        chain.client.rotate_provider_key(someone, KEY_A)
+    with pytest.raises(errors.ZeroKey):
+        chain.client.rotate_provider_key(someone, bytes(32))
+    with pytest.raises(errors.UnknownProvider):
+        chain.client.rotate_provider_key(chain.account(), KEY_B)
+    receipt = chain.client.rotate_provider_key(someone, KEY_B)
+    assert chain.client.provider_key(someone.address) == KEY_B
+    [rotated] = chain.client.events(
+        "ProviderKeyRotated", receipt["blockNumber"], receipt["blockNumber"]
+    )
+    assert (rotated.args["provider"], rotated.args["oldKey"], rotated.args["newKey"]) == (
+        someone.address,
+        KEY_A,
+        KEY_B,
+    )
     with pytest.raises(errors.NothingToWithdraw):
         chain.client.withdraw_earnings(someone)
     with pytest.raises(errors.FaucetAmountTooLarge):
