@@ -313,6 +313,24 @@ def _store_offer(
     return repo.add_offer(offer)
 
 
+def key_rotated(session: Session, provider: str, old_key: str, new_key: str) -> bool:
+    """The chain's `ProviderKeyRotated`: `provider` voided `old_key` and bound `new_key`.
+
+    If the market still trusts `old_key` for the provider (it has not registered with a newer
+    key yet), it trusts `new_key` instead, so that whatever the old key signs from now on
+    (heartbeats, attestations, receipts) is refused, and takes the provider offline until it
+    is heard from with the new key (a registration or heartbeat). Rotations the market has
+    already followed, and providers it does not know, change nothing. Whether it changed
+    anything."""
+    record = ProviderRepository(session).get(checksum_address(provider), for_update=True)
+    if record is None or record.public_key != old_key.lower():
+        return False
+    record.public_key = new_key.lower()
+    record.last_heartbeat_at = None
+    session.flush()
+    return True
+
+
 # -- heartbeats ------------------------------------------------------------------------------
 
 

@@ -32,6 +32,10 @@ contract keeps one pending request per buyer, the newest replacing the older) fr
 `buyer:<addr>:available` to `buyer:<addr>:withdrawing`, so it can no longer be held for jobs;
 `Withdrawn` moves it from `withdrawing` to the chain's contra account. Both are `withdrawal`
 transfers, idempotent on the log's (tx_hash, log_index).
+
+Key rotations (the chain watcher): a `ProviderKeyRotated` voids the provider's old Ed25519 key
+at the market at once, unless it already registered with a newer one
+(`market.providers.service.key_rotated`).
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ from market.ledger.service import (
     post_transfer,
     provider_earned,
 )
+from market.providers.service import key_rotated
 from market.reviews.models import ReceiptCheckStatus
 from market.reviews.receipts import check_receipts
 from market.reviews.service import DEFAULT_HOLD_KINDS, open_reviews
@@ -316,7 +321,7 @@ def _epoch(repo: SettlementRepository, number: int) -> Epoch:
 
 # -- the chain watcher --------------------------------------------------------------------
 
-WATCHED_EVENTS = ("Deposited", "WithdrawalRequested", "Withdrawn")
+WATCHED_EVENTS = ("Deposited", "WithdrawalRequested", "Withdrawn", "ProviderKeyRotated")
 
 
 @dataclass(frozen=True)
@@ -332,9 +337,10 @@ class WatchRound:
 def watch_chain(
     session: Session, client: SettlementClient, confirmations: int, max_blocks: int = WATCH_BLOCKS
 ) -> WatchRound:
-    """Books the confirmed buyer events after the cursor (at most `max_blocks` blocks) and
-    moves the cursor past them, in the caller's transaction. Safe to run twice or at once:
-    the cursor row is locked, and every posting is idempotent on its log."""
+    """Books the confirmed buyer events and key rotations after the cursor (at most
+    `max_blocks` blocks) and moves the cursor past them, in the caller's transaction. Safe
+    to run twice or at once: the cursor row is locked, every posting is idempotent on its
+    log, and a rotation already followed changes nothing."""
     repo = SettlementRepository(session)
     cursor = repo.lock_cursor(CHAIN_CURSOR, client.deployment.block)
     head = client.confirmed_head(confirmations)
@@ -355,6 +361,12 @@ def watch_chain(
 
 
 def _apply(session: Session, event: ChainEvent) -> None:
+    if event.name == "ProviderKeyRotated":
+        args = event.args
+        old, new = "0x" + bytes(args["oldKey"]).hex(), "0x" + bytes(args["newKey"]).hex()
+        if key_rotated(session, str(args["provider"]), old, new):
+            log.warning("provider %s rotated its key on-chain: %s is void", args["provider"], old)
+        return
     buyer = checksum_address(str(event.args["buyer"]))
     amount = int(event.args["amount"])
     if event.name == "Deposited":

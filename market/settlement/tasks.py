@@ -48,8 +48,9 @@ class TaskContext:
 
 
 def watch_deposits(ctx: TaskContext) -> int:
-    """Books confirmed deposits and withdrawals up to the confirmed head; returns how many
-    events it booked. One transaction per round of blocks, so progress survives a crash."""
+    """Books confirmed deposits, withdrawals and key rotations up to the confirmed head;
+    returns how many events it booked. One transaction per round of blocks, so progress
+    survives a crash."""
     booked = 0
     while True:
         with session_scope(ctx.sessions) as session:

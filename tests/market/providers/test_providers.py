@@ -15,8 +15,13 @@ from market import errors as market_errors
 from market.db import utcnow
 from market.providers.errors import ALL_ERRORS
 from market.providers.models import Provider
+from market.providers.service import key_rotated
 from market.providers.tasks import refresh_routing
 from market.runtime import Runtime
+from market.settlement.repository import SettlementRepository
+from market.settlement.service import CHAIN_CURSOR
+from market.settlement.tasks import TaskContext, watch_deposits
+from protocol.chain.transactor import Transactor
 from protocol.keys import ProviderIdentity
 from protocol.messages import Attestation, Domain, Signed
 from tests.market.providers.factories import (
@@ -340,6 +345,77 @@ def test_attestations_are_checked_against_the_registered_key(
         client, attestation(stranger, domain, 0, None, window_start=now_ms() - 120_000)
     )
     assert (response.status_code, _code(response)) == (404, "provider_not_found")
+
+
+# -- key rotation ----------------------------------------------------------------------------
+
+
+def _rotate(runtime: Runtime, identity: ProviderIdentity) -> ProviderIdentity:
+    """Binds a fresh Ed25519 key to the identity's address on-chain; the new identity."""
+    rotated = dataclasses.replace(ProviderIdentity.generate(), eth_account=identity.eth_account)
+    sender = Transactor(runtime.chain.client.w3, identity.eth_account)
+    runtime.chain.client.rotate_provider_key(sender, bytes(rotated.signing_key.verify_key))
+    return rotated
+
+
+def _watch(runtime: Runtime, from_block: int) -> int:
+    """One chain-watcher run over the blocks from `from_block` (no confirmations; the session's
+    chain holds every earlier test's blocks, too many to scan within a heartbeat timeout)."""
+    with runtime.sessions.begin() as session:
+        SettlementRepository(session).lock_cursor(CHAIN_CURSOR, from_block)
+    settings = runtime.settings.model_copy(update={"confirmations": 0})
+    return watch_deposits(TaskContext(settings, runtime.sessions, runtime.chain))
+
+
+def test_a_key_rotated_on_chain_is_void_at_once(
+    client: TestClient, runtime: Runtime, providers: ChainProviders
+) -> None:
+    identity = _registered(client, providers)
+    domain = runtime.chain.domain
+    start = runtime.chain.client.w3.eth.block_number
+    rotated = _rotate(runtime, identity)
+    assert _watch(runtime, start) == 1
+
+    # Whatever the old key signs is refused, and the provider is offline until it is heard
+    # from with the new key.
+    response = client.post("/providers/heartbeat", json=heartbeat(identity, domain, now_ms()))
+    assert (response.status_code, _code(response)) == (401, "bad_provider_signature")
+    forged = attestation(identity, domain, 0, None, window_start=now_ms() - 120_000)
+    response = _post_attestation(client, forged)
+    assert (response.status_code, _code(response)) == (401, "bad_provider_signature")
+    asyncio.run(refresh_routing(runtime))
+    assert runtime.routing.get(MODEL, identity.address) is None
+    view = client.get(f"/providers/{identity.address}").json()
+    assert (view["online"], view["public_key"]) == (False, rotated.public_key_hex)
+
+    # The agent, restarted on the new key, registers again: back in routing with that key.
+    again = providers.registration(rotated, now=now_ms() + 1)
+    assert client.post("/providers/register", json=again).status_code == 200
+    asyncio.run(refresh_routing(runtime))
+    offer = runtime.routing.get(MODEL, identity.address)
+    assert offer is not None
+    assert offer.public_key == rotated.public_key_hex
+    beat = client.post("/providers/heartbeat", json=heartbeat(rotated, domain, now_ms() + 2))
+    assert beat.status_code == 200, beat.text
+
+
+def test_rotations_the_market_already_followed_change_nothing(
+    client: TestClient, runtime: Runtime, providers: ChainProviders
+) -> None:
+    identity = _registered(client, providers)
+    start = runtime.chain.client.w3.eth.block_number
+    middle = _rotate(runtime, identity)
+    newest = _rotate(runtime, middle)  # two rotations before the watcher looks
+    again = providers.registration(newest, now=now_ms() + 1)
+    assert client.post("/providers/register", json=again).status_code == 200
+
+    assert _watch(runtime, start) == 2  # both rotations, after the registration
+    asyncio.run(refresh_routing(runtime))
+    offer = runtime.routing.get(MODEL, identity.address)
+    assert offer is not None, "a registered, newer key is not voided by an older rotation"
+    assert offer.public_key == newest.public_key_hex
+    with runtime.sessions.begin() as session:  # an unknown provider's rotation: nothing
+        assert not key_rotated(session, providers.new().address, "0x" + "11" * 32, "0x" + "22" * 32)
 
 
 def test_unknown_provider_is_404(client: TestClient) -> None:
