@@ -153,6 +153,48 @@ def load_keystore(path: str | os.PathLike[str], passphrase: str) -> ProviderIden
     return identity
 
 
+def staged_keystore_path(path: str | os.PathLike[str]) -> Path:
+    """Where a rotation keeps the next keystore until the chain binds its key."""
+    path = Path(path)
+    return path.with_name(path.name + ".next")
+
+
+def stage_rotation(
+    path: str | os.PathLike[str], passphrase: str, *, kdf_cost: KdfCost = PRODUCTION_KDF
+) -> tuple[ProviderIdentity, ProviderIdentity]:
+    """The keystore's identity and the next one: the same EVM account with a fresh Ed25519
+    key, written to `staged_keystore_path(path)` (mode 0600) under the same passphrase.
+
+    A staged keystore left by an interrupted rotation is read back instead of replaced, since
+    its key may already be bound on-chain; one that holds another EVM account is refused.
+    `commit_rotation` then puts it in place of the keystore."""
+    current = load_keystore(path, passphrase)
+    staged = staged_keystore_path(path)
+    if staged.exists():
+        pending = load_keystore(staged, passphrase)
+        if pending.address != current.address:
+            raise KeystoreError(f"{staged} holds another EVM account than {path}; remove it")
+        return current, pending
+    fresh = ProviderIdentity(generate_signing_key(), current.eth_account)
+    return current, create_keystore(staged, passphrase, kdf_cost=kdf_cost, identity=fresh)
+
+
+def commit_rotation(path: str | os.PathLike[str]) -> None:
+    """Replaces the keystore with the staged one, atomically (the old Ed25519 seed is gone:
+    call it only once the chain binds the staged key)."""
+    path = Path(path)
+    staged = staged_keystore_path(path)
+    try:
+        os.replace(staged, path)
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+    except OSError as exc:
+        raise KeystoreError(f"cannot put {staged} in place of {path}: {exc}") from exc
+
+
 def _seal_seed(seed: bytes, passphrase: str, cost: KdfCost) -> dict[str, Any]:
     salt = nacl.utils.random(argon2id.SALTBYTES)
     key = argon2id.kdf(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
@@ -22,7 +23,16 @@ from protocol.chain.deploy import Deployment
 from protocol.chain.errors import ChainError
 from protocol.chain.settlement import SettlementClient
 from protocol.errors import KeystoreError
-from protocol.keys import PRODUCTION_KDF, TEST_KDF, ProviderIdentity, create_keystore, load_keystore
+from protocol.keys import (
+    PRODUCTION_KDF,
+    TEST_KDF,
+    ProviderIdentity,
+    commit_rotation,
+    create_keystore,
+    load_keystore,
+    stage_rotation,
+    staged_keystore_path,
+)
 from protocol.messages import Domain
 from provider_agent.calibrate import (
     CalibrationError,
@@ -40,7 +50,12 @@ from provider_agent.doctor import Check, failed, run_doctor
 from provider_agent.energy import EnergyMeter, MeterConfig, select_meter, window_energy
 from provider_agent.onchain import ChainSetupError, network_tokens, open_settlement, payment_tokens
 from provider_agent.pricing import PricingError, suggest, with_resolved_prices
-from provider_agent.provisioning import bind_key, register_with_market, stake_to
+from provider_agent.provisioning import (
+    bind_key,
+    register_with_market,
+    rotate_bound_key,
+    stake_to,
+)
 
 app = typer.Typer(
     help="The provider agent: serve jobs beside vLLM, meter energy, sign receipts.",
@@ -204,6 +219,72 @@ def register(
     if not ok:
         fail(message, "check market_url, then run `provider-agent register` again")
     console.print(message)
+
+
+@app.command("rotate-key")
+def rotate_key(
+    ctx: typer.Context,
+    kdf_cost: KdfCost = typer.Option(
+        KdfCost.production,
+        "--kdf-cost",
+        help="Passphrase KDF cost of the new keystore (`fast`: tests and CI only).",
+    ),
+) -> None:
+    """Replace the Ed25519 key (one that leaked, or routine hygiene), keeping the EVM account.
+
+    Stop the agent first. The new key is staged beside the keystore, bound on-chain in place of
+    the old one (the market voids the old key when it sees that), then put in place of the
+    keystore, and the agent registers again with the market. Run it again if it was
+    interrupted: it finishes the staged rotation."""
+    settings = _settings(ctx)
+    try:
+        rpc_url, deployment_file = settings.require_chain()
+    except ConfigError as exc:
+        fail(str(exc), code=2)
+    listen = settings.listen
+    if _listening(listen.host, listen.port):
+        fail(
+            f"something answers on {listen.host}:{listen.port}, the agent's job endpoint",
+            "stop the agent (it signs with the key being replaced), rotate, then start it again",
+        )
+    path = settings.keystore_path
+    if not path.exists():
+        fail(f"no keystore at {path}", "run `provider-agent init`")
+    cost = TEST_KDF if kdf_cost is KdfCost.fast else PRODUCTION_KDF
+    try:
+        current, staged = stage_rotation(path, _passphrase(settings), kdf_cost=cost)
+    except KeystoreError as exc:
+        fail(str(exc), "check AGENT_PASSPHRASE (or what you typed at the prompt)")
+    again = f"the new key is staged in {staged_keystore_path(path)}: run this again"
+    try:
+        client = open_settlement(rpc_url, deployment_file)
+        with console.status("binding the new key on-chain"):
+            console.print(rotate_bound_key(client, current, staged))
+        commit_rotation(path)
+    except ChainSetupError as exc:  # says itself what to do
+        fail(str(exc))
+    except (ChainError, KeystoreError) as exc:
+        fail(str(exc), again)
+    body = f"keystore    {path}\naddress     {current.address}\n"
+    body += f"old key     {current.public_key_hex} (void)\nnew key     {staged.public_key_hex}"
+    console.print(Panel(body, title="Ed25519 key rotated", expand=False))
+    if settings.market_url is not None:
+        with httpx.Client(timeout=HTTP_TIMEOUT_S) as http:
+            ok, message = register_with_market(http, settings, staged, client.deployment)
+        if not ok:
+            fail(message, "the rotation is done: `provider-agent run` registers at start")
+        console.print(message)
+    console.print("Start the agent again (`provider-agent run`): it signs with the new key.")
+
+
+def _listening(host: str, port: int) -> bool:
+    """Whether a TCP server accepts connections on host:port (a wildcard host: on loopback)."""
+    target = "127.0.0.1" if host in ("0.0.0.0", "") else "::1" if host == "::" else host  # noqa: S104
+    try:
+        with socket.create_connection((target, port), timeout=1.0):
+            return True
+    except OSError:
+        return False
 
 
 @app.command()

@@ -1,4 +1,5 @@
-"""The steps of `provider-agent register`: bind the key, stake, announce to the market."""
+"""The steps of `provider-agent register` (bind the key, stake, announce to the market) and
+of `provider-agent rotate-key` (bind a new key in place of the old)."""
 
 from __future__ import annotations
 
@@ -34,8 +35,30 @@ def bind_key(client: SettlementClient, identity: ProviderIdentity) -> str:
         return f"key already bound to {identity.address}: skipped"
     raise ChainSetupError(
         f"{identity.address} is already bound to another key 0x{bound.hex()}; an address binds"
-        " once: use the keystore holding that key, or `init` a new identity elsewhere"
+        " once: use the keystore holding that key, or `init` a new identity elsewhere (if a"
+        " `provider-agent rotate-key` was interrupted, run it again to finish it)"
     )
+
+
+def rotate_bound_key(
+    client: SettlementClient, current: ProviderIdentity, staged: ProviderIdentity
+) -> str:
+    """Bind the staged Ed25519 key in place of the current one; say what was done. Done
+    already (an interrupted rotation) is fine; a key bound by neither keystore is refused."""
+    bound = "0x" + client.provider_key(current.address).hex()
+    if bound == staged.public_key_hex:
+        return f"{staged.public_key_hex} is bound already (an interrupted rotation): finishing it"
+    if bound == "0x" + ZERO_KEY.hex():
+        raise ChainSetupError(
+            f"{current.address} has bound no key yet, so there is none to rotate: run"
+            " `provider-agent register`"
+        )
+    if bound != current.public_key_hex:
+        raise ChainSetupError(
+            f"{current.address} binds {bound}, neither this keystore's key nor the staged one"
+        )
+    client.rotate_provider_key(_sender(client, current), staged.signing_key.verify_key.encode())
+    return f"bound {staged.public_key_hex} in place of {current.public_key_hex}"
 
 
 def stake_to(client: SettlementClient, identity: ProviderIdentity, target: int | None) -> str:

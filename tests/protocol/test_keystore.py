@@ -13,12 +13,15 @@ from protocol.keys import (
     PRODUCTION_KDF,
     TEST_KDF,
     ProviderIdentity,
+    commit_rotation,
     create_keystore,
     generate_signing_key,
     load_keystore,
     public_key_hex,
     seed_hex,
     signing_key_from_seed,
+    stage_rotation,
+    staged_keystore_path,
     verify_key_from_hex,
 )
 from protocol.messages import Domain, Receipt, sign, verify
@@ -196,3 +199,45 @@ def test_unknown_evm_kdf_is_refused(tmp_path: Path) -> None:
     path.write_text(json.dumps(document))
     with pytest.raises(KeystoreError, match="damaged"):
         load_keystore(path, PASSPHRASE)
+
+
+def test_a_rotation_keeps_the_evm_account_and_replaces_the_ed25519_key(tmp_path: Path) -> None:
+    path = tmp_path / "k.json"
+    before = create_keystore(path, PASSPHRASE, kdf_cost=TEST_KDF)
+    current, staged = stage_rotation(path, PASSPHRASE, kdf_cost=TEST_KDF)
+    assert current.public_key_hex == before.public_key_hex
+    assert staged.address == before.address
+    assert staged.eth_account.key == before.eth_account.key
+    assert staged.public_key_hex != before.public_key_hex
+    staged_path = staged_keystore_path(path)
+    assert staged_path == tmp_path / "k.json.next"
+    assert stat.S_IMODE(staged_path.stat().st_mode) == 0o600
+    assert load_keystore(path, PASSPHRASE).public_key_hex == before.public_key_hex  # untouched
+
+    # Staging again (an interrupted rotation) reads the staged key back, never a third one.
+    _, again = stage_rotation(path, PASSPHRASE, kdf_cost=TEST_KDF)
+    assert again.public_key_hex == staged.public_key_hex
+
+    commit_rotation(path)
+    after = load_keystore(path, PASSPHRASE)
+    assert (after.address, after.public_key_hex) == (before.address, staged.public_key_hex)
+    assert not staged_path.exists()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_a_staged_keystore_of_another_account_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "k.json"
+    create_keystore(path, PASSPHRASE, kdf_cost=TEST_KDF)
+    create_keystore(staged_keystore_path(path), PASSPHRASE, kdf_cost=TEST_KDF)
+    with pytest.raises(KeystoreError, match="another EVM account"):
+        stage_rotation(path, PASSPHRASE, kdf_cost=TEST_KDF)
+    with pytest.raises(KeystoreError, match="wrong passphrase"):
+        stage_rotation(path, "not it", kdf_cost=TEST_KDF)
+
+
+def test_committing_without_a_staged_keystore_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "k.json"
+    create_keystore(path, PASSPHRASE, kdf_cost=TEST_KDF)
+    with pytest.raises(KeystoreError, match="cannot put"):
+        commit_rotation(path)
+    assert load_keystore(path, PASSPHRASE).address  # still there

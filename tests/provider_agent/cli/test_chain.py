@@ -1,8 +1,10 @@
-"""`register`, `doctor` and `status` against contracts deployed on the session's anvil."""
+"""`register`, `rotate-key`, `doctor` and `status` against contracts deployed on the session's
+anvil."""
 
 from __future__ import annotations
 
 import dataclasses
+import socket
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,14 @@ from protocol.chain.connection import connect, fund_from_dev_account, new_accoun
 from protocol.chain.deploy import Deployment, DeployParams, deploy
 from protocol.chain.settlement import SettlementClient
 from protocol.chain.transactor import Transactor
-from protocol.keys import ProviderIdentity, load_keystore, verify_key_from_hex
+from protocol.keys import (
+    TEST_KDF,
+    ProviderIdentity,
+    load_keystore,
+    stage_rotation,
+    staged_keystore_path,
+    verify_key_from_hex,
+)
 from provider_agent import cli
 from tests.provider_agent.cli.conftest import MODEL, Services, init_agent
 from tests.provider_agent.conftest import PASSPHRASE
@@ -152,6 +161,76 @@ def test_register_refuses_an_address_bound_to_another_key(
 
     assert result.exit_code == 1
     assert f"already bound to another key 0x{other.hex()}" in result.stderr
+
+
+def _bound(chain: Chain, identity: ProviderIdentity) -> str:
+    return "0x" + chain.client.provider_key(identity.address).hex()
+
+
+def test_rotate_key_binds_a_new_key_and_registers_with_it(
+    runner: CliRunner, agent: ProviderIdentity, chain: Chain, services: Services, agent_env: Path
+) -> None:
+    _fund(chain, agent)
+    assert runner.invoke(cli.app, ["register"]).exit_code == 0
+    services.posted.clear()
+
+    result = runner.invoke(cli.app, ["rotate-key", "--kdf-cost", "fast"])
+
+    assert result.exit_code == 0, result.output
+    rotated = load_keystore(agent_env / "keystore.json", PASSPHRASE)
+    assert rotated.address == agent.address
+    assert rotated.public_key_hex != agent.public_key_hex
+    assert _bound(chain, agent) == rotated.public_key_hex
+    assert chain.client.is_active_provider(agent.address), "the stake stays"
+    assert f"old key     {agent.public_key_hex} (void)" in result.stdout
+    assert not staged_keystore_path(agent_env / "keystore.json").exists()
+    [(path, envelope)] = services.posted  # registered again, signed by the new key
+    assert path == "/providers/register"
+    assert envelope["signer"] == rotated.public_key_hex
+    assert envelope["message"]["public_key"] == rotated.public_key_hex
+
+
+def test_rotate_key_finishes_an_interrupted_rotation(
+    runner: CliRunner, agent: ProviderIdentity, chain: Chain, agent_env: Path
+) -> None:
+    _fund(chain, agent)
+    assert runner.invoke(cli.app, ["register"]).exit_code == 0
+    keystore = agent_env / "keystore.json"
+    _, staged = stage_rotation(keystore, PASSPHRASE, kdf_cost=TEST_KDF)
+    sender = Transactor(chain.client.w3, agent.eth_account)
+    chain.client.rotate_provider_key(sender, staged.signing_key.verify_key.encode())
+    # Interrupted here: the chain binds the staged key, the keystore still holds the old one.
+    assert "rotate-key` was interrupted" in runner.invoke(cli.app, ["register"]).stderr
+
+    result = runner.invoke(cli.app, ["rotate-key", "--kdf-cost", "fast"])
+
+    assert result.exit_code == 0, result.output
+    assert "is bound already (an interrupted rotation)" in result.stdout
+    assert load_keystore(keystore, PASSPHRASE).public_key_hex == staged.public_key_hex
+    assert _bound(chain, agent) == staged.public_key_hex
+
+
+def test_rotate_key_refuses_what_it_cannot_do(
+    runner: CliRunner,
+    agent: ProviderIdentity,
+    chain: Chain,
+    agent_env: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    keystore = agent_env / "keystore.json"
+    _fund(chain, agent)
+    result = runner.invoke(cli.app, ["rotate-key", "--kdf-cost", "fast"])
+    assert result.exit_code == 1
+    assert "has bound no key yet, so there is none to rotate" in result.stderr
+    assert load_keystore(keystore, PASSPHRASE).public_key_hex == agent.public_key_hex
+
+    assert runner.invoke(cli.app, ["register"]).exit_code == 0
+    with socket.create_server(("127.0.0.1", 0)) as server:  # the agent still serving jobs
+        monkeypatch.setenv("AGENT_LISTEN__PORT", str(server.getsockname()[1]))
+        result = runner.invoke(cli.app, ["rotate-key", "--kdf-cost", "fast"])
+    assert result.exit_code == 1
+    assert "stop the agent" in result.stderr
+    assert _bound(chain, agent) == agent.public_key_hex
 
 
 def test_doctor_passes_after_register(
