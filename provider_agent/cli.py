@@ -9,7 +9,7 @@ import time
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from pathlib import Path
-from typing import NoReturn
+from typing import Annotated, NoReturn
 
 import httpx
 import typer
@@ -74,6 +74,15 @@ class KdfCost(StrEnum):
     fast = "fast"
 
 
+KdfCostOption = Annotated[
+    KdfCost,
+    typer.Option(
+        "--kdf-cost",
+        help="Passphrase KDF cost. `fast` is for tests and CI only: it is cheap to brute-force.",
+    ),
+]
+
+
 def fail(message: str, fix: str | None = None, code: int = 1) -> NoReturn:
     """Print an error (and its fix) to stderr and exit with `code`."""
     errors.print(f"[bold red]error:[/] {escape(message)}")
@@ -126,14 +135,7 @@ def main(
 
 
 @app.command()
-def init(
-    ctx: typer.Context,
-    kdf_cost: KdfCost = typer.Option(
-        KdfCost.production,
-        "--kdf-cost",
-        help="Passphrase KDF cost. `fast` is for tests and CI only: it is cheap to brute-force.",
-    ),
-) -> None:
+def init(ctx: typer.Context, kdf_cost: KdfCostOption = KdfCost.production) -> None:
     """Create the encrypted keystore: an Ed25519 identity and an EVM account."""
     settings = _settings(ctx)
     path = settings.keystore_path
@@ -222,14 +224,7 @@ def register(
 
 
 @app.command("rotate-key")
-def rotate_key(
-    ctx: typer.Context,
-    kdf_cost: KdfCost = typer.Option(
-        KdfCost.production,
-        "--kdf-cost",
-        help="Passphrase KDF cost of the new keystore (`fast`: tests and CI only).",
-    ),
-) -> None:
+def rotate_key(ctx: typer.Context, kdf_cost: KdfCostOption = KdfCost.production) -> None:
     """Replace the Ed25519 key (one that leaked, or routine hygiene), keeping the EVM account.
 
     Stop the agent first. The new key is staged beside the keystore, bound on-chain in place of
