@@ -36,7 +36,8 @@ from protocol.chain.transactor import Transactor
 from protocol.keys import load_keystore
 from protocol.messages import Domain, Receipt, message_digest, parse_signed, verify
 from scripts.testnet import provision
-from scripts.testnet.stack import PASSPHRASE, SERVED_MODEL, Provider, Stack
+from scripts.testnet.stack import PASSPHRASE, SERVED_MODEL, VENV_BIN, Provider, Stack
+from tests.market.providers.factories import heartbeat
 
 pytestmark = [pytest.mark.e2e, pytest.mark.anvil, pytest.mark.timeout(900)]
 
@@ -396,6 +397,42 @@ def test_market_killed_mid_stream_releases_the_hold(stack: Stack, buyer: Buyer) 
     assert after["held"] == 0
     assert (after["available"], after["charged"]) == (before["available"], before["charged"])
     print(f"market killed mid-stream: its hold was released {released_s:.1f} s later")
+
+
+def test_provider_rotates_its_key(stack: Stack, chain: SettlementClient, buyer: Buyer) -> None:
+    """The serving provider replaces its Ed25519 key (agent stopped, `provider-agent
+    rotate-key`, agent started): the old key is void at the market, and the next request is
+    served and charged on a receipt signed by the new key."""
+    provider = stack.providers[0]
+    name, keystore = f"agent-{provider.index}", provider.data_dir / "keystore.json"
+    old = load_keystore(keystore, PASSPHRASE)
+    stack.stop(name)
+    agent = str(VENV_BIN / "provider-agent")
+    output = stack.run(name, [agent, "rotate-key", "--kdf-cost", "fast"], stack.agent_env(provider))
+    assert "registered with the market" in output
+    new = load_keystore(keystore, PASSPHRASE)
+    assert new.address == old.address == provider.address
+    assert chain.provider_key(provider.address) == bytes(new.signing_key.verify_key)
+    provider.public_key = new.public_key_hex
+    stack.save()
+
+    view = httpx.get(f"{stack.market_url}/providers/{provider.address}", timeout=10).json()
+    assert view["public_key"] == new.public_key_hex
+    beat = heartbeat(old, buyer.domain, int(time.time() * 1000))
+    refused = httpx.post(f"{stack.market_url}/providers/heartbeat", json=beat, timeout=10)
+    assert (refused.status_code, refused.json()["error"]["code"]) == (401, "bad_provider_signature")
+
+    stack.start_agent(provider)
+    stack.wait_for_online(provider)
+    raw = buyer.openai(max_retries=0).chat.completions.with_raw_response.create(
+        model=SERVED_MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=8
+    )
+    usage = raw.parse().usage
+    assert usage is not None
+    job = check_receipt(buyer, chain, raw.headers["x-job-id"], usage.model_dump())
+    assert job["provider_address"] == provider.address
+    assert job["receipt"]["envelope"]["signer"] == new.public_key_hex
+    print(f"key rotated: {old.public_key_hex} -> {new.public_key_hex}; charged {job['charge']}")
 
 
 @pytest.fixture
