@@ -147,7 +147,11 @@ def check_provider_key(client: SettlementClient, identity: ProviderIdentity) -> 
         )
     if "0x" + bound.hex() != identity.public_key_hex:
         detail = f"{identity.address} is bound to another key 0x{bound.hex()}"
-        return Check(name, "fail", detail, "use the keystore holding that key, or a new identity")
+        fix = (
+            "if `provider-agent rotate-key` was interrupted, run it again to finish it; else use"
+            " the keystore holding that key, or a new identity"
+        )
+        return Check(name, "fail", detail, fix)
     return Check(name, "pass", f"{identity.address} -> {identity.public_key_hex}")
 
 

@@ -201,6 +201,9 @@ def test_rotate_key_finishes_an_interrupted_rotation(
     chain.client.rotate_provider_key(sender, staged.signing_key.verify_key.encode())
     # Interrupted here: the chain binds the staged key, the keystore still holds the old one.
     assert "rotate-key` was interrupted" in runner.invoke(cli.app, ["register"]).stderr
+    doctor = runner.invoke(cli.app, ["doctor"])
+    assert doctor.exit_code == 1
+    assert "rotate-key` was interrupted, run it again to finish it" in doctor.stdout
 
     result = runner.invoke(cli.app, ["rotate-key", "--kdf-cost", "fast"])
 
