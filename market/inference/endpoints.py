@@ -10,11 +10,11 @@ from fastapi.responses import Response
 
 from market.inference import service
 from market.inference.auth import bearer_key
-from market.inference.limits import LimitedBodyRoute
+from market.inference.direct_route import DirectBodyRoute
 from market.inference.schemas import ChatCompletionRequest, CompletionRequest
 from market.runtime import Runtime
 
-router = APIRouter(prefix="/v1", tags=["openai"], route_class=LimitedBodyRoute)
+router = APIRouter(prefix="/v1", tags=["openai"], route_class=DirectBodyRoute)
 
 
 # Dependencies as coroutines: FastAPI runs a plain `def` dependency in its thread pool,
@@ -32,18 +32,6 @@ RuntimeDep = Annotated[Runtime, Depends(_runtime)]
 KeyDep = Annotated[str, Depends(_key)]
 
 
-@router.get("/models")
-async def list_models(runtime: RuntimeDep) -> dict[str, Any]:
-    """Models on offer now, with price ranges (per million tokens) and provider counts."""
-    return service.list_models(runtime)
-
-
-@router.get("/models/{model:path}")
-async def retrieve_model(model: str, runtime: RuntimeDep) -> dict[str, Any]:
-    """One model on offer (ids may hold `/`, as `meta-llama/Llama-3.1-8B-Instruct` does)."""
-    return service.get_model(runtime, model)
-
-
 @router.post("/chat/completions", response_model=None)
 async def chat_completions(
     body: ChatCompletionRequest, key: KeyDep, runtime: RuntimeDep
@@ -56,3 +44,15 @@ async def chat_completions(
 async def completions(body: CompletionRequest, key: KeyDep, runtime: RuntimeDep) -> Response:
     """OpenAI's (legacy) text completions, served and charged like chat completions."""
     return await service.complete(runtime, key, body, "completions")
+
+
+@router.get("/models")
+async def list_models(runtime: RuntimeDep) -> dict[str, Any]:
+    """Models on offer now, with price ranges (per million tokens) and provider counts."""
+    return service.list_models(runtime)
+
+
+@router.get("/models/{model:path}")
+async def retrieve_model(model: str, runtime: RuntimeDep) -> dict[str, Any]:
+    """One model on offer (ids may hold `/`, as `meta-llama/Llama-3.1-8B-Instruct` does)."""
+    return service.get_model(runtime, model)

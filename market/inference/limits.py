@@ -46,8 +46,12 @@ def _declared_length(request: Request) -> int | None:
 class LimitedBodyRoute(APIRoute):
     """An `APIRoute` that answers 413 (OpenAI's envelope) for bodies over `MAX_BODY_BYTES`."""
 
+    def body_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        """The handler the cap wraps: FastAPI's own, unless a subclass brings one."""
+        return super().get_route_handler()
+
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
+        handler = self.body_handler()
 
         async def limited(request: Request) -> Response:
             declared = _declared_length(request)

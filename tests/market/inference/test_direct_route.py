@@ -1,0 +1,127 @@
+"""`DirectBodyRoute` answers every request as FastAPI's own route did: same status, same
+OpenAI envelope, same parsed body, in the same order of checks."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from fastapi import APIRouter, FastAPI
+from fastapi.responses import JSONResponse, Response
+from fastapi.testclient import TestClient
+
+from market.app import create_app
+from market.config import Settings
+from market.inference.direct_route import DirectBodyRoute
+from market.inference.endpoints import KeyDep, RuntimeDep, router
+from market.inference.limits import MAX_BODY_BYTES, LimitedBodyRoute
+from market.inference.schemas import ChatCompletionRequest, CompletionRequest
+
+CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
+
+
+def _app(route_class: type[LimitedBodyRoute]) -> FastAPI:
+    """The market's app (its error handlers) with two echoing routes of the given class."""
+    router = APIRouter(prefix="/echo", route_class=route_class)
+
+    @router.post("/chat", response_model=None)
+    async def chat(body: ChatCompletionRequest, key: KeyDep, runtime: RuntimeDep) -> Response:
+        return _echo(body, key, runtime)
+
+    @router.post("/completions", response_model=None)
+    async def completions(body: CompletionRequest, key: KeyDep, runtime: RuntimeDep) -> Response:
+        return _echo(body, key, runtime)
+
+    app = create_app(Settings(database_url="sqlite://"), runtime=None)
+    app.include_router(router)
+    app.state.runtime = "the runtime"
+    return app
+
+
+def _echo(body: ChatCompletionRequest | CompletionRequest, key: str, runtime: Any) -> Response:
+    content = {"type": type(body).__name__, "body": body.engine_body(), "key": key}
+    return JSONResponse({**content, "runtime": runtime, "bound": body.prompt_bound()})
+
+
+FASTAPI, DIRECT = TestClient(_app(LimitedBodyRoute)), TestClient(_app(DirectBodyRoute))
+JSON = {"content-type": "application/json"}
+AUTH = {"authorization": "Bearer sk-jm-1"}
+
+CASES: list[tuple[str, str, bytes, dict[str, str]]] = [
+    ("valid", "chat", json.dumps(CHAT).encode(), {**JSON, **AUTH}),
+    (
+        "extras kept",
+        "chat",
+        json.dumps({**CHAT, "temperature": 0.5, "seed": 7}).encode(),
+        {**JSON, **AUTH},
+    ),
+    ("completions", "completions", b'{"model": "m", "prompt": "once"}', {**JSON, **AUTH}),
+    (
+        "charset",
+        "chat",
+        json.dumps(CHAT).encode(),
+        {"content-type": "application/json; charset=utf-8", **AUTH},
+    ),
+    ("+json", "chat", json.dumps(CHAT).encode(), {"content-type": "application/x+json", **AUTH}),
+    ("no key", "chat", json.dumps(CHAT).encode(), JSON),
+    ("basic auth", "chat", json.dumps(CHAT).encode(), {**JSON, "authorization": "Basic abc"}),
+    ("empty body", "chat", b"", {**JSON, **AUTH}),
+    ("empty body, no key", "chat", b"", JSON),
+    ("not JSON", "chat", b'{"model": ', {**JSON, **AUTH}),
+    ("not JSON, no key", "chat", b"{nope}", JSON),
+    ("not UTF-8", "chat", b'{"model": "\xff"}', {**JSON, **AUTH}),
+    ("bad field", "chat", json.dumps({**CHAT, "max_tokens": 0}).encode(), {**JSON, **AUTH}),
+    ("bad field, no key", "chat", json.dumps({**CHAT, "max_tokens": 0}).encode(), JSON),
+    ("float for int", "chat", json.dumps({**CHAT, "max_tokens": 8.0}).encode(), {**JSON, **AUTH}),
+    ("string for bool", "chat", json.dumps({**CHAT, "stream": "true"}).encode(), {**JSON, **AUTH}),
+    ("nested", "chat", json.dumps({**CHAT, "provider": {"sortt": "x"}}).encode(), {**JSON, **AUTH}),
+    (
+        "reserved",
+        "chat",
+        json.dumps({**CHAT, "logit_bias": None, "stop": "x"}).encode(),
+        {**JSON, **AUTH},
+    ),
+    ("missing", "chat", b'{"model": "m"}', {**JSON, **AUTH}),
+    ("array", "chat", b"[1, 2]", {**JSON, **AUTH}),
+    ("string", "chat", b'"text"', {**JSON, **AUTH}),
+    ("text/plain", "chat", json.dumps(CHAT).encode(), {"content-type": "text/plain", **AUTH}),
+    ("no content type", "chat", json.dumps(CHAT).encode(), AUTH),
+]
+
+
+@pytest.mark.parametrize(
+    ("route", "body", "headers"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+)
+def test_answers_as_fastapi_does(route: str, body: bytes, headers: dict[str, str]) -> None:
+    before = FASTAPI.post(f"/echo/{route}", content=body, headers=headers)
+    after = DIRECT.post(f"/echo/{route}", content=body, headers=headers)
+    assert (after.status_code, after.json()) == (before.status_code, before.json())
+
+
+def test_the_valid_cases_reach_the_endpoint_with_body_key_and_runtime() -> None:
+    answer = DIRECT.post("/echo/chat", content=json.dumps(CHAT), headers={**JSON, **AUTH}).json()
+    assert answer["type"] == "ChatCompletionRequest"
+    assert answer["body"]["messages"] == CHAT["messages"]
+    assert (answer["key"], answer["runtime"]) == ("sk-jm-1", "the runtime")
+
+
+def test_the_size_cap_still_applies() -> None:
+    big = b'{"model": "' + b"x" * MAX_BODY_BYTES + b'"}'
+    answer = DIRECT.post("/echo/chat", content=big, headers={**JSON, **AUTH})
+    assert answer.status_code == 413
+    assert answer.json()["error"]["code"] == "request_too_large"
+
+
+def test_a_route_of_another_shape_is_refused_when_built() -> None:
+    router = APIRouter(route_class=DirectBodyRoute)
+    with pytest.raises(AssertionError, match="takes"):
+
+        @router.post("/other")
+        async def other(payload: CompletionRequest, key: KeyDep) -> None: ...
+
+
+def test_the_market_serves_its_completion_routes_with_it() -> None:
+    classes = {getattr(r, "path", ""): type(r) for r in router.routes}
+    assert classes["/v1/chat/completions"] is DirectBodyRoute
+    assert classes["/v1/completions"] is DirectBodyRoute
