@@ -25,7 +25,9 @@ from typing import Any
 
 import httpx
 import uvicorn
-from fastapi import FastAPI
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
 
 from protocol.chain.deploy import Deployment
 from protocol.keys import ProviderIdentity
@@ -187,7 +189,7 @@ class AgentRunner:
             "stopping": self._stop.is_set(),
         }
 
-    def build_app(self) -> FastAPI:
+    def build_app(self) -> Starlette:
         """The job endpoint plus `GET /agent/status`."""
         config = JobsConfig(
             upstream_url=f"{self.settings.vllm.url}/v1",
@@ -201,10 +203,10 @@ class AgentRunner:
         )
         app = create_app(config, self.identity.signing_key, self.meter)
 
-        @app.get("/agent/status")
-        async def agent_status() -> dict[str, Any]:
-            return self.status()
+        async def agent_status(_: Request) -> JSONResponse:
+            return JSONResponse(self.status())
 
+        app.add_route("/agent/status", agent_status, methods=["GET"])
         return app
 
     async def _register(self) -> None:

@@ -1,4 +1,4 @@
-"""The agent's job endpoint as a FastAPI app: `POST /jobs/chat/completions`, `/jobs/completions`,
+"""The agent's job endpoint as a Starlette app: `POST /jobs/chat/completions`, `/jobs/completions`,
 and `POST /jobs/cancel` (the market stops a stream whose buyer went away)."""
 
 from __future__ import annotations
@@ -7,9 +7,12 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
 from nacl.signing import SigningKey
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from provider_agent.energy import EnergyMeter
@@ -38,6 +41,17 @@ def system_ms() -> int:
 
 def _refusal(exc: JobError) -> JSONResponse:
     return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+
+_ROUTING_CODES = {404: "not_found", 405: "method_not_allowed"}
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own refusals (no such route, wrong method) in the endpoint's error shape."""
+    assert isinstance(exc, HTTPException)
+    code = _ROUTING_CODES.get(exc.status_code, "http_error")
+    message = f"{exc.detail}: {request.method} {request.url.path}"
+    return _refusal(JobError(exc.status_code, code, message, dict(exc.headers or {}) or None))
 
 
 class Slots:
@@ -213,7 +227,7 @@ def create_app(
     meter: EnergyMeter,
     *,
     now_ms: Callable[[], int] = system_ms,
-) -> FastAPI:
+) -> Starlette:
     """The job endpoint app; `app.state.jobs` is its `JobService` (outbox, replay cache).
 
     `signing_key` is the provider's Ed25519 key, `meter` its energy meter, `now_ms` the
@@ -223,23 +237,26 @@ def create_app(
     service = JobService(config, signing_key, meter, now_ms)
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
         yield
         await service.aclose()
 
-    app = FastAPI(title="provider agent jobs", lifespan=lifespan, openapi_url=None)
-    app.state.jobs = service
-
-    @app.post("/jobs/chat/completions", response_model=None)
     async def chat_completions(request: Request) -> Response:
         return await service.handle("/chat/completions", request)
 
-    @app.post("/jobs/completions", response_model=None)
     async def completions(request: Request) -> Response:
         return await service.handle("/completions", request)
 
-    @app.post("/jobs/cancel", response_model=None)
     async def cancel(request: Request) -> Response:
         return service.cancel(request)
 
+    routes = [
+        Route("/jobs/chat/completions", chat_completions, methods=["POST"]),
+        Route("/jobs/completions", completions, methods=["POST"]),
+        Route("/jobs/cancel", cancel, methods=["POST"]),
+    ]
+    app = Starlette(
+        routes=routes, lifespan=lifespan, exception_handlers={HTTPException: _http_error}
+    )
+    app.state.jobs = service
     return app

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
-from fastapi import FastAPI
 from nacl.signing import SigningKey
+from starlette.applications import Starlette
 
 from protocol.keys import public_key_hex, signing_key_from_seed
 from protocol.messages import Domain, JobTicket, new_job_id, request_digest, sign
@@ -59,7 +59,7 @@ class Harness:
             upstream_connect_timeout_s=2.0,
             upstream_read_timeout_s=self.read_timeout_s,
         )
-        self.app: FastAPI = create_app(
+        self.app: Starlette = create_app(
             self.config,
             PROVIDER_KEY,
             self.meter,

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from typing import Any
 
+import httpx
 import pytest
 
 from protocol.keys import signing_key_from_seed
@@ -149,3 +151,21 @@ def test_oversized_body_is_refused_before_the_ticket(
     headers = harness.header(harness.ticket(body))
     oversized = body[:-1] + b" " * (4 * 1024 * 1024) + b"}"
     _refused(harness, upstream, headers, oversized, 413, "request_too_large")
+
+
+def test_unknown_routes_and_methods_answer_in_the_error_shape(
+    harness: Harness, upstream: UpstreamProcess
+) -> None:
+    _refused(harness, upstream, {}, chat_body(), 401, "missing_ticket")  # the app is up
+    unknown = harness.post("/jobs/embeddings", chat_body(), {})
+    assert (unknown.status_code, unknown.json()["error"]["code"]) == (404, "not_found")
+    assert "POST /jobs/embeddings" in unknown.json()["error"]["message"]
+
+    async def get() -> httpx.Response:
+        transport = httpx.ASGITransport(app=harness.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://agent") as client:
+            return await client.get("/jobs/chat/completions")
+
+    wrong = asyncio.run(get())
+    assert (wrong.status_code, wrong.json()["error"]["code"]) == (405, "method_not_allowed")
+    assert wrong.headers["allow"] == "POST"
