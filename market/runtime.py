@@ -48,8 +48,8 @@ class Runtime:
 
     def inline_sessions(self) -> sessionmaker[Session] | None:
         """Sessions for request-path transactions run on the event loop itself: on a SQLite
-        file only, where writers take turns anyway, over connections that never wait for
-        the write lock (busy timeout 0). A transaction that finds the lock taken (by a
+        file only, where writers take turns anyway, over one connection that never waits
+        for the write lock (busy timeout 0). A transaction that finds the lock taken (by a
         background task, say) fails at its first statement, before it did anything, and the
         caller runs it in a worker thread instead (`market.inference.attempt.run_db`). None
         elsewhere: on PostgreSQL, or an in-memory SQLite (one database per connection)."""
@@ -60,8 +60,10 @@ class Runtime:
             if url is not None and url.get_backend_name() == "sqlite":
                 text = url.render_as_string(hide_password=False)
                 if not sqlite_in_memory(text):
+                    # The loop runs one such transaction at a time, so they all use one
+                    # connection, kept open: no pool checkout and return per transaction.
                     engine = create_engine(text, busy_timeout_ms=0)
-                    self._inline = make_session_factory(engine)
+                    self._inline = make_session_factory(engine.connect())
         return None if isinstance(self._inline, bool) else self._inline
 
     def db_writers(self) -> CapacityLimiter | None:
@@ -92,8 +94,13 @@ class Runtime:
         )
 
     async def aclose(self) -> None:
-        """Releases the connections to agents (the app's lifespan calls it at shutdown)."""
+        """Releases the connections to agents and the inline transactions' database
+        connection (the app's lifespan calls it at shutdown)."""
         await self.agents.aclose()
+        if isinstance(self._inline, sessionmaker):
+            connection = self._inline.kw["bind"]
+            self._inline = None
+            connection.close()
 
 
 def get_runtime(request: Request) -> Runtime:
