@@ -186,13 +186,16 @@ class JobService:
             if not streaming:
                 slot.release()
 
-        cancel = self.streams[job_id] = StreamCancel(response)
+        def drop() -> None:  # a cancel that comes once the relay is over finds nothing
+            if self.streams.get(job_id) is cancel:
+                del self.streams[job_id]
+
+        cancel = self.streams[job_id] = StreamCancel(response, drop)
 
         def forget() -> None:  # no-ops once the stream has ended its own way
             response.release()
             self.tracker.cancel(job_id)
-            if self.streams.get(job_id) is cancel:
-                del self.streams[job_id]
+            drop()
 
         events = relay_stream(
             response, job, self.issuer, self.now_ms, lambda: self.tracker.cancel(job_id), cancel

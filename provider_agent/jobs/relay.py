@@ -131,9 +131,13 @@ class StreamCancel:
     """The market's request to stop one streamed job: the engine's response is closed (vLLM
     aborts the request), so the relay's read breaks off and the stream ends as cancelled."""
 
-    def __init__(self, response: aiohttp.ClientResponse) -> None:
+    def __init__(
+        self, response: aiohttp.ClientResponse, on_end: Callable[[], None] = lambda: None
+    ) -> None:
+        """`on_end` runs once the relay is over, before the stream's last byte is sent."""
         self.requested = False
         self._response = response
+        self.on_end = on_end
 
     def __call__(self) -> None:
         """Stop the job (once; later calls do nothing)."""
@@ -236,3 +240,5 @@ async def relay_stream(
         if not finished:
             interrupted("client_disconnected")
         response.release()  # unread rest: the connection is closed, not pooled
+        if cancel is not None:
+            cancel.on_end()

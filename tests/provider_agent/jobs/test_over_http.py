@@ -60,6 +60,7 @@ def test_stream_is_relayed_without_buffering(
     text = b"".join(chunk for _, chunk in arrivals).decode()
     assert "event: receipt" in text
     assert text.endswith("data: [DONE]\n\n")
+    assert harness.service.streams == {}  # gone before the stream's last byte
     first_token = next(t for t, chunk in arrivals if b'"t0 "' in chunk)
     total = arrivals[-1][0]
     assert total - first_token > 0.5  # the first token came well before the end
@@ -138,7 +139,7 @@ def test_the_market_cancels_a_stream(
     assert json.loads(sse_events(text)[-1][1])["error"]["code"] == "cancelled"
     (stored,) = harness.service.outbox.all()
     assert stored.message == receipt
-    assert harness.service.streams == {}
+    assert harness.service.streams == {}  # gone before the stream's last byte
     again = httpx.post(cancel_url, headers=header)  # the stream is over
     assert (again.status_code, again.json()["error"]["code"]) == (404, "job_not_running")
 
