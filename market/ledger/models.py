@@ -15,10 +15,14 @@ from __future__ import annotations
 import enum
 from datetime import datetime
 
-from sqlalchemy import CheckConstraint, ForeignKey, Index, Integer, String
+from sqlalchemy import CheckConstraint, ForeignKey, Index, Integer, String, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from market.db import Amount, Base, BigIntPK, UTCDateTime, enum_column, utcnow
+
+_WITH_EPOCH = "epoch IS NOT NULL"
+_WITH_LOG = "tx_hash IS NOT NULL"
+_OPEN = "status = 'open'"
 
 
 class OwnerKind(enum.StrEnum):
@@ -75,7 +79,21 @@ class Transfer(Base):
 
     __tablename__ = "ledger_transfers"
     __table_args__ = (
-        Index("ix_ledger_transfers_tx", "tx_hash", "log_index"),
+        # Partial (migration 0016): only settlements have an epoch, and only deposits and
+        # withdrawals a chain log; a request's transfers take no entry.
+        Index(
+            "ix_ledger_transfers_epoch",
+            "epoch",
+            sqlite_where=text(_WITH_EPOCH),
+            postgresql_where=text(_WITH_EPOCH),
+        ),
+        Index(
+            "ix_ledger_transfers_tx",
+            "tx_hash",
+            "log_index",
+            sqlite_where=text(_WITH_LOG),
+            postgresql_where=text(_WITH_LOG),
+        ),
         CheckConstraint("(tx_hash IS NULL) = (log_index IS NULL)", name="tx_hash_with_log_index"),
     )
 
@@ -83,7 +101,7 @@ class Transfer(Base):
     kind: Mapped[TransferKind] = mapped_column(enum_column(TransferKind, "transfer_kind"))
     idempotency_key: Mapped[str] = mapped_column(String(200), unique=True)
     job_id: Mapped[str | None] = mapped_column(String(64), index=True)
-    epoch: Mapped[int | None] = mapped_column(Integer(), index=True)
+    epoch: Mapped[int | None] = mapped_column(Integer())
     tx_hash: Mapped[str | None] = mapped_column(String(66))
     log_index: Mapped[int | None] = mapped_column(Integer())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
@@ -117,6 +135,10 @@ class Hold(Base):
 
     __tablename__ = "ledger_holds"
     __table_args__ = (
+        # The open holds by buyer (migration 0016): a hold leaves it when it is closed.
+        Index(
+            "ix_ledger_holds_open", "buyer", sqlite_where=text(_OPEN), postgresql_where=text(_OPEN)
+        ),
         CheckConstraint("CAST(amount AS NUMERIC) > 0", name="amount_positive"),
         CheckConstraint(
             "charged IS NULL OR (CAST(charged AS NUMERIC) >= 0 "
@@ -132,12 +154,10 @@ class Hold(Base):
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
     job_id: Mapped[str] = mapped_column(String(64), unique=True)
-    buyer: Mapped[str] = mapped_column(String(42), index=True)
+    buyer: Mapped[str] = mapped_column(String(42))
     amount: Mapped[int] = mapped_column(Amount())
     status: Mapped[HoldStatus] = mapped_column(
-        enum_column(HoldStatus, "hold_status"),
-        default=HoldStatus.OPEN,
-        index=True,
+        enum_column(HoldStatus, "hold_status"), default=HoldStatus.OPEN
     )
     provider: Mapped[str | None] = mapped_column(String(42))
     charged: Mapped[int | None] = mapped_column(Amount())
