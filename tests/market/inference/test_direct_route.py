@@ -47,16 +47,17 @@ def _echo(body: ChatCompletionRequest | CompletionRequest, key: str, runtime: An
 FASTAPI, DIRECT = TestClient(_app(LimitedBodyRoute)), TestClient(_app(DirectBodyRoute))
 JSON = {"content-type": "application/json"}
 AUTH = {"authorization": "Bearer sk-jm-1"}
+JSON_AUTH = {**JSON, **AUTH}
 
 CASES: list[tuple[str, str, bytes, dict[str, str]]] = [
-    ("valid", "chat", json.dumps(CHAT).encode(), {**JSON, **AUTH}),
+    ("valid", "chat", json.dumps(CHAT).encode(), JSON_AUTH),
     (
         "extras kept",
         "chat",
         json.dumps({**CHAT, "temperature": 0.5, "seed": 7}).encode(),
-        {**JSON, **AUTH},
+        JSON_AUTH,
     ),
-    ("completions", "completions", b'{"model": "m", "prompt": "once"}', {**JSON, **AUTH}),
+    ("completions", "completions", b'{"model": "m", "prompt": "once"}', JSON_AUTH),
     (
         "charset",
         "chat",
@@ -66,25 +67,25 @@ CASES: list[tuple[str, str, bytes, dict[str, str]]] = [
     ("+json", "chat", json.dumps(CHAT).encode(), {"content-type": "application/x+json", **AUTH}),
     ("no key", "chat", json.dumps(CHAT).encode(), JSON),
     ("basic auth", "chat", json.dumps(CHAT).encode(), {**JSON, "authorization": "Basic abc"}),
-    ("empty body", "chat", b"", {**JSON, **AUTH}),
+    ("empty body", "chat", b"", JSON_AUTH),
     ("empty body, no key", "chat", b"", JSON),
-    ("not JSON", "chat", b'{"model": ', {**JSON, **AUTH}),
+    ("not JSON", "chat", b'{"model": ', JSON_AUTH),
     ("not JSON, no key", "chat", b"{nope}", JSON),
-    ("not UTF-8", "chat", b'{"model": "\xff"}', {**JSON, **AUTH}),
-    ("bad field", "chat", json.dumps({**CHAT, "max_tokens": 0}).encode(), {**JSON, **AUTH}),
+    ("not UTF-8", "chat", b'{"model": "\xff"}', JSON_AUTH),
+    ("bad field", "chat", json.dumps({**CHAT, "max_tokens": 0}).encode(), JSON_AUTH),
     ("bad field, no key", "chat", json.dumps({**CHAT, "max_tokens": 0}).encode(), JSON),
-    ("float for int", "chat", json.dumps({**CHAT, "max_tokens": 8.0}).encode(), {**JSON, **AUTH}),
-    ("string for bool", "chat", json.dumps({**CHAT, "stream": "true"}).encode(), {**JSON, **AUTH}),
-    ("nested", "chat", json.dumps({**CHAT, "provider": {"sortt": "x"}}).encode(), {**JSON, **AUTH}),
+    ("float for int", "chat", json.dumps({**CHAT, "max_tokens": 8.0}).encode(), JSON_AUTH),
+    ("string for bool", "chat", json.dumps({**CHAT, "stream": "true"}).encode(), JSON_AUTH),
+    ("nested", "chat", json.dumps({**CHAT, "provider": {"sortt": "x"}}).encode(), JSON_AUTH),
     (
         "reserved",
         "chat",
         json.dumps({**CHAT, "logit_bias": None, "stop": "x"}).encode(),
-        {**JSON, **AUTH},
+        JSON_AUTH,
     ),
-    ("missing", "chat", b'{"model": "m"}', {**JSON, **AUTH}),
-    ("array", "chat", b"[1, 2]", {**JSON, **AUTH}),
-    ("string", "chat", b'"text"', {**JSON, **AUTH}),
+    ("missing", "chat", b'{"model": "m"}', JSON_AUTH),
+    ("array", "chat", b"[1, 2]", JSON_AUTH),
+    ("string", "chat", b'"text"', JSON_AUTH),
     ("text/plain", "chat", json.dumps(CHAT).encode(), {"content-type": "text/plain", **AUTH}),
     ("no content type", "chat", json.dumps(CHAT).encode(), AUTH),
 ]
@@ -100,7 +101,7 @@ def test_answers_as_fastapi_does(route: str, body: bytes, headers: dict[str, str
 
 
 def test_the_valid_cases_reach_the_endpoint_with_body_key_and_runtime() -> None:
-    answer = DIRECT.post("/echo/chat", content=json.dumps(CHAT), headers={**JSON, **AUTH}).json()
+    answer = DIRECT.post("/echo/chat", content=json.dumps(CHAT), headers=JSON_AUTH).json()
     assert answer["type"] == "ChatCompletionRequest"
     assert answer["body"]["messages"] == CHAT["messages"]
     assert (answer["key"], answer["runtime"]) == ("sk-jm-1", "the runtime")
@@ -108,7 +109,7 @@ def test_the_valid_cases_reach_the_endpoint_with_body_key_and_runtime() -> None:
 
 def test_the_size_cap_still_applies() -> None:
     big = b'{"model": "' + b"x" * MAX_BODY_BYTES + b'"}'
-    answer = DIRECT.post("/echo/chat", content=big, headers={**JSON, **AUTH})
+    answer = DIRECT.post("/echo/chat", content=big, headers=JSON_AUTH)
     assert answer.status_code == 413
     assert answer.json()["error"]["code"] == "request_too_large"
 
