@@ -131,9 +131,7 @@ class StreamCancel:
     """The market's request to stop one streamed job: the engine's response is closed (vLLM
     aborts the request), so the relay's read breaks off and the stream ends as cancelled."""
 
-    def __init__(
-        self, response: aiohttp.ClientResponse, on_end: Callable[[], None] = lambda: None
-    ) -> None:
+    def __init__(self, response: aiohttp.ClientResponse, on_end: Callable[[], None]) -> None:
         """`on_end` runs once the relay is over, before the stream's last byte is sent."""
         self.requested = False
         self._response = response
