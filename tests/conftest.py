@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.ports import free_port
+from market.demo.ports import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 ANVIL = REPO / "contracts" / "node_modules" / ".bin" / "anvil"

@@ -15,7 +15,7 @@ import pytest
 
 from market.demo import DemoOptions, charge_for, energy_rows, fee_for, run_demo, tusd
 from market.demo.flow import agent_env, prepare_work_dir
-from tests.engine.vllm_server import vllm_python
+from market.demo.vllm_server import vllm_python
 
 
 def test_charge_rounds_up_to_the_base_unit() -> None:

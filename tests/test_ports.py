@@ -1,10 +1,10 @@
-"""tests.support.ports: ports that no outgoing connection can take before a server binds them."""
+"""market.demo.ports: ports that no outgoing connection can take before a server binds them."""
 
 from __future__ import annotations
 
 import socket
 
-from tests.support.ports import bindable, ephemeral_range, free_port
+from market.demo.ports import bindable, ephemeral_range, free_port
 
 
 def test_ports_are_outside_the_ephemeral_range_and_never_repeat() -> None:

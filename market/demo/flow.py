@@ -2,7 +2,7 @@
 
 Everything runs on this machine with no external service, as the embedded run mode does:
 
-1. the tiny test model is built (tests/engine/tiny_model.py, with the vLLM venv's Python) and
+1. the tiny test model is built (market/demo/tiny_model.py, with the vLLM venv's Python) and
    a real vLLM (CPU build, `.venv-vllm`) starts serving it on a free loopback port;
 2. the market starts in this process (uvicorn in a thread, `create_app(settings, runtime)`):
    SQLite under the work directory, the in-process chain with the contracts deployed from the
@@ -30,7 +30,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -44,11 +43,12 @@ from typing import Any, Protocol, TypeVar
 import httpx
 from eth_typing import HexStr
 
+from market.demo import vllm_server as engine
+from market.demo.ports import free_port
 from market.demo.report import charge_for, fee_for, short, tusd
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 SERVED_MODEL = "tiny-llama"
 PASSPHRASE = "embedded-demo-only"  # noqa: S105 - a throwaway keystore in the demo's directory
 GAS_MONEY = 10**20
@@ -89,7 +89,7 @@ class SilentProgress:
 class DemoOptions:
     """What the demo is made of."""
 
-    work_dir: Path = field(default_factory=lambda: REPO_ROOT / ".var" / "demo")
+    work_dir: Path = field(default_factory=lambda: engine.BASE_DIR / ".var" / "demo")
     model_dir: Path | None = None  # default: WORK_DIR/models/tiny-llama (kept between runs)
     epoch_seconds: int = 5
     confirmations: int = 2
@@ -155,13 +155,6 @@ class DemoOutcome:
         )
 
 
-def free_port() -> int:
-    """A loopback TCP port nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def wait_until(
     what: str,
     check: Callable[[], T | None],
@@ -187,18 +180,6 @@ def wait_until(
         if time.monotonic() > deadline:
             raise DemoError(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")
         time.sleep(interval)
-
-
-def _engine() -> Any:
-    """tests/engine/vllm_server.py: the vLLM launcher the tests use (needs the checkout)."""
-    try:
-        from tests.engine import vllm_server
-    except ImportError as exc:  # an installed wheel has no tests/
-        raise DemoError(
-            "the demo needs the repository checkout (tests/engine/vllm_server.py and "
-            f"tiny_model.py): run it from the repository root ({exc})"
-        ) from exc
-    return vllm_server
 
 
 def prepare_work_dir(work_dir: Path) -> None:
@@ -381,7 +362,6 @@ def _run(options: DemoOptions, progress: Progress, outcome: DemoOutcome, stack: 
     from provider_agent.energy.select import MeterConfig, select_meter
     from provider_agent.provisioning import bind_key, register_with_market, stake_to
 
-    engine = _engine()
     if engine.vllm_python() is None:
         raise DemoError(
             f"no vLLM venv at {engine.vllm_venv()}: run `bash scripts/bootstrap.sh --with-vllm` "
@@ -399,7 +379,7 @@ def _run(options: DemoOptions, progress: Progress, outcome: DemoOutcome, stack: 
 
     # -- 1. the engine: the tiny model and a real vLLM (started now, waited for later) ------
     model_dir = (options.model_dir or work / "models" / SERVED_MODEL).resolve()
-    with progress.step("building the tiny model (tests/engine/tiny_model.py)"):
+    with progress.step("building the tiny model (market/demo/tiny_model.py)"):
         t0 = time.monotonic()
         engine.ensure_tiny_model(model_dir)
         model_digest = weights_digest(model_dir)
@@ -410,7 +390,7 @@ def _run(options: DemoOptions, progress: Progress, outcome: DemoOutcome, stack: 
     vllm_log = logs / "vllm.log"
     with progress.step("starting vLLM (CPU build from .venv-vllm) in the background"):
         vllm_started = time.monotonic()
-        vllm = _start_vllm(engine, model_dir, vllm_port, vllm_log)
+        vllm = engine.launch_vllm(model_dir, SERVED_MODEL, vllm_port, log_path=vllm_log)
         stack.callback(vllm.stop)
         outcome.vllm_url = vllm.base_url
         progress.note(f"pid {vllm.process.pid}, {vllm.base_url}, log {vllm_log}")
@@ -712,52 +692,8 @@ def _run(options: DemoOptions, progress: Progress, outcome: DemoOutcome, stack: 
     timings["total"] = round(time.monotonic() - started, 2)
 
 
-def _start_vllm(engine: Any, model_dir: Path, port: int, log_path: Path) -> Any:
-    """Starts vLLM as tests/engine/vllm_server.py does, without waiting for it."""
-    import subprocess
-
-    python = engine.require_vllm_python()
-    argv = [
-        str(python), "-m", "vllm.entrypoints.cli.main", "serve", str(model_dir),
-        "--served-model-name", SERVED_MODEL,
-        "--host", "127.0.0.1", "--port", str(port),
-        *engine.SERVER_FLAGS,
-    ]  # fmt: skip
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    log_file = log_path.open("wb")
-    log_file.write(("$ " + " ".join(argv) + "\n").encode())
-    log_file.flush()
-    process = subprocess.Popen(
-        argv,
-        stdin=subprocess.DEVNULL,
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, **engine.SERVER_ENV},
-        cwd=str(model_dir.parent),
-        start_new_session=True,
-    )
-    return engine.VllmServer(
-        base_url=f"http://127.0.0.1:{port}",
-        process=process,
-        log_path=log_path,
-        served_name=SERVED_MODEL,
-        model_dir=model_dir,
-        port=port,
-        _log_file=log_file,
-    )
-
-
-def _wait_vllm(server: Any, deadline: float) -> None:
-    def dead() -> str | None:
-        code = server.process.poll()
-        if code is None:
-            return None
-        return f"vLLM exited with {code}; {server.log_path}:\n{server.log_tail(30)}"
-
-    wait_until(
-        "vLLM's /health",
-        lambda: httpx.get(f"{server.base_url}/health", timeout=5).status_code == 200,
-        max(1.0, deadline - time.monotonic()),
-        alive=dead,
-        interval=0.5,
-    )
+def _wait_vllm(server: engine.VllmServer, deadline: float) -> None:
+    try:
+        engine.wait_healthy(server, max(deadline, time.monotonic() + 1.0))
+    except engine.VllmStartError as exc:
+        raise DemoError(str(exc)) from exc

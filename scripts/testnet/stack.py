@@ -34,16 +34,16 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:  # run as a script: make `tests.*` and `scripts.*` importable
     sys.path.insert(0, str(REPO))
 
-from provider_agent.engine.digest import weights_digest  # noqa: E402
-from scripts.testnet import provision  # noqa: E402
-from tests.engine.vllm_server import (  # noqa: E402
+from market.demo.ports import bindable, free_port  # noqa: E402
+from market.demo.vllm_server import (  # noqa: E402
     SERVER_ENV,
-    SERVER_FLAGS,
     ensure_tiny_model,
     require_vllm_python,
+    serve_argv,
 )
+from provider_agent.engine.digest import weights_digest  # noqa: E402
+from scripts.testnet import provision  # noqa: E402
 from tests.support import postgres  # noqa: E402
-from tests.support.ports import bindable, free_port  # noqa: E402
 
 VENV_BIN = Path(sys.executable).parent
 ANVIL = REPO / "contracts" / "node_modules" / ".bin" / "anvil"
@@ -389,7 +389,7 @@ class Stack:
 
     def _up(self, say: Callable[[str], None]) -> None:
         o = self.options
-        say("tiny model (tests/engine/tiny_model.py)")
+        say("tiny model (market/demo/tiny_model.py)")
         ensure_tiny_model(self.model_dir)
         self.model_digest = weights_digest(self.model_dir)
         self.providers = [
@@ -493,14 +493,9 @@ class Stack:
         self.wait_for("market", self._market_healthy, 60)
 
     def start_vllm(self, provider: Provider) -> None:
-        """vLLM's CPU build serving the tiny model, as tests/engine/vllm_server.py runs it."""
-        python = require_vllm_python()
-        argv = [
-            str(python), "-m", "vllm.entrypoints.cli.main", "serve", str(self.model_dir),
-            "--served-model-name", SERVED_MODEL,
-            "--host", "127.0.0.1", "--port", provider.vllm_url.rsplit(":", 1)[1],
-            *SERVER_FLAGS,
-        ]  # fmt: skip
+        """vLLM's CPU build serving the tiny model, as market/demo/vllm_server.py runs it."""
+        port = int(provider.vllm_url.rsplit(":", 1)[1])
+        argv = serve_argv(require_vllm_python(), self.model_dir, SERVED_MODEL, port)
         self.spawn(f"vllm-{provider.index}", argv, {**os.environ, **SERVER_ENV})
 
     def provision_provider(self, provider: Provider) -> None:

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from market.demo.vllm_server import vllm_python, vllm_venv
 from scripts.testnet.stack import ANVIL, Options, Ports, Stack
-from tests.engine.vllm_server import vllm_python, vllm_venv
 from tests.support.postgres import find_bindir
 
 

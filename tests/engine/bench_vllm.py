@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx
 
-from tests.engine.vllm_server import ensure_tiny_model, start_vllm
+from market.demo.vllm_server import ensure_tiny_model, start_vllm
 
 SERVED_NAME = "tiny-llama"
 

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.engine.vllm_server import (
+from market.demo.vllm_server import (
     VllmServer,
     ensure_tiny_model,
     start_vllm,

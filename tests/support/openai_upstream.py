@@ -30,7 +30,7 @@ from typing import Any
 
 import httpx
 
-from tests.support.ports import free_port
+from market.demo.ports import free_port
 from tests.support.processes import ServerProcess
 
 Scope = MutableMapping[str, Any]

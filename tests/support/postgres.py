@@ -22,7 +22,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from tests.support.ports import free_port
+from market.demo.ports import free_port
 
 POSTGRES_USER = "postgres"
 

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.support.ports import free_port
+from market.demo.ports import free_port
 from tests.support.processes import ServerProcess
 
 

@@ -17,6 +17,7 @@ from market.agent_client import AgentClient, agent_timeout
 from market.chain.service import MarketChain
 from market.config import Settings
 from market.db import make_session_factory
+from market.demo.ports import free_port
 from market.routing.table import LiveOffer, RoutingTable
 from market.runtime import Runtime
 from protocol.keys import public_key_hex, signing_key_from_seed
@@ -25,7 +26,6 @@ from provider_agent.energy import EnergyMeter, UnmeasuredMeter
 from provider_agent.energy.meter import EnergyReading, GpuReading, MeterInfo
 from provider_agent.jobs import JobsConfig, create_app
 from provider_agent.jobs.app import JobService
-from tests.support.ports import free_port
 
 MODEL = "tiny-llama"
 MODEL_DIGEST = "0x" + "ab" * 32

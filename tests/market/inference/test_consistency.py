@@ -27,6 +27,7 @@ from market.buyers.service import create_api_key, get_buyer
 from market.chain.service import MarketChain
 from market.config import Settings
 from market.db import create_engine, session_scope
+from market.demo.ports import free_port
 from market.jobs.models import Receipt
 from market.ledger import service as ledger
 from market.runtime import Runtime
@@ -47,7 +48,6 @@ from tests.market.inference.servers import (
 from tests.market.settlement.conftest import PARAMS
 from tests.support.chain import GAS_MONEY
 from tests.support.openai_upstream import UpstreamProcess
-from tests.support.ports import free_port
 
 SEED = 20261122
 STEPS = 40

@@ -12,6 +12,7 @@ from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageParam
 from sqlalchemy import select
 
 from market.db import session_scope
+from market.demo.ports import free_port
 from market.jobs import service as jobs
 from market.jobs.models import Job, JobStatus, Receipt
 from market.ledger import service as ledger
@@ -19,7 +20,6 @@ from protocol.messages import output_digest
 from tests.market.inference.conftest import DEPOSIT, PROVIDER_A, PROVIDER_B, Market, fund
 from tests.market.inference.servers import MODEL, Agent
 from tests.support.openai_upstream import UpstreamProcess
-from tests.support.ports import free_port
 
 MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Say something."}]
 

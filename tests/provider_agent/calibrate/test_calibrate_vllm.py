@@ -11,15 +11,15 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from provider_agent import cli
-from provider_agent.calibrate import verify_calibration
-from tests.engine.vllm_server import (
+from market.demo.vllm_server import (
     VllmServer,
     ensure_tiny_model,
     start_vllm,
     vllm_python,
     vllm_venv,
 )
+from provider_agent import cli
+from provider_agent.calibrate import verify_calibration
 from tests.provider_agent.calibrate.conftest import init_agent
 
 pytestmark = pytest.mark.skipif(

@@ -11,6 +11,7 @@ import httpx
 import pytest
 import uvicorn
 
+from market.demo.ports import free_port
 from protocol.keys import public_key_hex
 from protocol.messages import Receipt, output_digest, parse_signed, verify
 from tests.provider_agent.jobs.harness import (
@@ -22,7 +23,6 @@ from tests.provider_agent.jobs.harness import (
     sse_events,
 )
 from tests.support.openai_upstream import UpstreamProcess
-from tests.support.ports import free_port
 
 
 @pytest.fixture

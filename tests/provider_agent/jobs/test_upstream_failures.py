@@ -9,6 +9,7 @@ import json
 from collections.abc import MutableMapping
 from typing import Any, NamedTuple
 
+from market.demo.ports import free_port
 from protocol.keys import public_key_hex
 from protocol.messages import (
     JobTicket,
@@ -30,7 +31,6 @@ from tests.provider_agent.jobs.harness import (
     sse_events,
 )
 from tests.support.openai_upstream import UpstreamProcess
-from tests.support.ports import free_port
 
 
 def _verified(data: str) -> Receipt:

@@ -17,11 +17,11 @@ from typing import Any
 import httpx
 from nacl.signing import SigningKey
 
+from market.demo.ports import free_port
 from protocol.chain.deploy import Deployment
 from protocol.keys import TEST_KDF, ProviderIdentity, create_keystore, public_key_hex
 from protocol.messages import Domain, JobTicket, new_job_id, request_digest, sign
 from provider_agent.jobs.tickets import TICKET_HEADER, encode_ticket_header
-from tests.support.ports import free_port
 
 REPO = Path(__file__).resolve().parents[3]
 AGENT = REPO / ".venv" / "bin" / "provider-agent"

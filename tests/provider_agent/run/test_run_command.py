@@ -11,10 +11,10 @@ from typing import Any
 
 import httpx
 
+from market.demo.ports import free_port
 from provider_agent.attestations import AttestationLog
 from tests.provider_agent.run.agent_process import running_agent
 from tests.provider_agent.run.market_double import DOMAIN, running_market
-from tests.support.ports import free_port
 
 UPSTREAM = Path(__file__).resolve().parents[2] / "support" / "openai_upstream.py"
 DIGEST = "0x" + "ab" * 32

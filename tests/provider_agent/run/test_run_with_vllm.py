@@ -7,17 +7,17 @@ from pathlib import Path
 
 import pytest
 
-from provider_agent.engine.digest import weights_digest
-from tests.engine.vllm_server import (
+from market.demo.ports import free_port
+from market.demo.vllm_server import (
     SERVER_ENV,
     SERVER_FLAGS,
     ensure_tiny_model,
     vllm_python,
     vllm_venv,
 )
+from provider_agent.engine.digest import weights_digest
 from tests.provider_agent.run.agent_process import running_agent
 from tests.provider_agent.run.market_double import DOMAIN, running_market
-from tests.support.ports import free_port
 
 pytestmark = pytest.mark.skipif(
     vllm_python() is None,

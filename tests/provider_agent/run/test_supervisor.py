@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from market.demo.ports import free_port
 from provider_agent.supervisor import (
     EngineStartError,
     EngineState,
@@ -20,7 +21,6 @@ from provider_agent.supervisor import (
     SupervisorConfig,
 )
 from tests.support.openai_upstream import start_upstream
-from tests.support.ports import free_port
 
 UPSTREAM = Path(__file__).resolve().parents[2] / "support" / "openai_upstream.py"
 

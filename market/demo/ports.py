@@ -1,4 +1,4 @@
-"""Loopback ports for the servers tests and benchmarks start.
+"""Loopback ports for the servers the demo, the local testnet, tests and benchmarks start.
 
 A port the OS hands out for `bind(0)` comes from the kernel's ephemeral range, the same range
 it draws from for the local end of every outgoing connection. A port picked early and bound
@@ -50,7 +50,7 @@ def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port on host that nothing listens on, outside the ephemeral range."""
     candidates = _candidates()
     for _ in range(500):
-        port = random.choice(candidates)
+        port = random.choice(candidates)  # noqa: S311 (a port to try, not a secret)
         if port not in _given and bindable(port, host):
             _given.add(port)
             return port

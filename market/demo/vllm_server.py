@@ -18,7 +18,7 @@ the server's log if the process dies, and stops it with SIGTERM, then SIGKILL.
 
 As a script, for demos (runs until Ctrl-C):
 
-    .venv/bin/python tests/engine/vllm_server.py MODEL_DIR --build-tiny \
+    .venv/bin/python -m market.demo.vllm_server MODEL_DIR --build-tiny \
         --served-name tiny-llama --port 8000 [more vLLM flags]
 """
 
@@ -39,10 +39,13 @@ from typing import IO
 
 import httpx
 
-from tests.support.ports import free_port
+from market.demo.ports import free_port
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_VENV = REPO_ROOT / ".venv-vllm"
+_CHECKOUT = Path(__file__).resolve().parents[2]
+BASE_DIR = _CHECKOUT if (_CHECKOUT / "pyproject.toml").is_file() else Path.cwd()
+"""Where the vLLM venv and the demo's state go by default: the repository checkout this
+module runs from, else (an installed package) the working directory."""
+DEFAULT_VENV = BASE_DIR / ".venv-vllm"
 TINY_MODEL_SCRIPT = Path(__file__).resolve().with_name("tiny_model.py")
 
 SERVER_ENV: dict[str, str] = {
@@ -82,7 +85,7 @@ class VllmStartError(RuntimeError):
 
 
 def vllm_venv() -> Path:
-    """The vLLM venv: $VLLM_VENV, else <repo>/.venv-vllm."""
+    """The vLLM venv: $VLLM_VENV, else `BASE_DIR`/.venv-vllm."""
     configured = os.environ.get("VLLM_VENV")
     return Path(configured).expanduser().resolve() if configured else DEFAULT_VENV
 
@@ -107,7 +110,7 @@ def require_vllm_python() -> Path:
 
 
 def ensure_tiny_model(out_dir: str | os.PathLike[str], *, timeout: float = 300.0) -> Path:
-    """Build tests/engine/tiny_model.py's model into out_dir with the vLLM venv's
+    """Build market/demo/tiny_model.py's model into out_dir with the vLLM venv's
     Python (it needs torch and transformers); a complete build is left alone."""
     python = require_vllm_python()
     result = subprocess.run(
@@ -201,6 +204,76 @@ def _signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None
         os.killpg(process.pid, sig)
 
 
+def serve_argv(
+    python: Path,
+    model_dir: Path,
+    served_name: str,
+    port: int,
+    *,
+    host: str = "127.0.0.1",
+    extra_args: Sequence[str] = (),
+) -> list[str]:
+    """The command line that serves `model_dir` (`vllm serve` with `SERVER_FLAGS`); run it
+    with `SERVER_ENV` in the environment."""
+    return [
+        str(python), "-m", "vllm.entrypoints.cli.main", "serve", str(model_dir),
+        "--served-model-name", served_name,
+        "--host", host,
+        "--port", str(port),
+        *SERVER_FLAGS,
+        *extra_args,
+    ]  # fmt: skip
+
+
+def launch_vllm(
+    model_dir: str | os.PathLike[str],
+    served_name: str,
+    port: int | None = None,
+    *,
+    host: str = "127.0.0.1",
+    extra_args: Sequence[str] = (),
+    extra_env: Mapping[str, str] | None = None,
+    log_path: str | os.PathLike[str] | None = None,
+) -> VllmServer:
+    """Start the server in its own session, its output to `log_path` (a temporary file by
+    default), without waiting for it: `wait_healthy` does (`start_vllm` does both)."""
+    python = require_vllm_python()
+    model = Path(model_dir).resolve()
+    if not (model / "config.json").is_file():
+        raise FileNotFoundError(f"{model} holds no config.json (build it with tiny_model.py)")
+    port = free_port(host) if port is None else port
+    if log_path is None:
+        fd, name = tempfile.mkstemp(prefix=f"vllm-{served_name}-{port}-", suffix=".log")
+        os.close(fd)
+        log = Path(name)
+    else:
+        log = Path(log_path)
+        log.parent.mkdir(parents=True, exist_ok=True)
+    argv = serve_argv(python, model, served_name, port, host=host, extra_args=extra_args)
+    env = {**os.environ, **SERVER_ENV, **(extra_env or {})}
+    log_file = log.open("wb")
+    log_file.write(("$ " + " ".join(argv) + "\n").encode())
+    log_file.flush()
+    process = subprocess.Popen(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        env=env,
+        cwd=str(model.parent),
+        start_new_session=True,
+    )
+    return VllmServer(
+        base_url=f"http://{host}:{port}",
+        process=process,
+        log_path=log,
+        served_name=served_name,
+        model_dir=model,
+        port=port,
+        _log_file=log_file,
+    )
+
+
 def start_vllm(
     model_dir: str | os.PathLike[str],
     served_name: str,
@@ -215,51 +288,18 @@ def start_vllm(
     """Start the server and wait until /health answers 200; raise VllmStartError with
     the tail of its log if it exits or the deadline passes (it is stopped then). As a
     context manager (`with start_vllm(...) as server`) the server stops at the block's end."""
-    python = require_vllm_python()
-    model = Path(model_dir).resolve()
-    if not (model / "config.json").is_file():
-        raise FileNotFoundError(f"{model} holds no config.json (build it with tiny_model.py)")
-    port = free_port(host) if port is None else port
-    if log_path is None:
-        fd, name = tempfile.mkstemp(prefix=f"vllm-{served_name}-{port}-", suffix=".log")
-        os.close(fd)
-        log = Path(name)
-    else:
-        log = Path(log_path)
-        log.parent.mkdir(parents=True, exist_ok=True)
-    argv = [
-        str(python), "-m", "vllm.entrypoints.cli.main", "serve", str(model),
-        "--served-model-name", served_name,
-        "--host", host,
-        "--port", str(port),
-        *SERVER_FLAGS,
-        *extra_args,
-    ]  # fmt: skip
-    env = {**os.environ, **SERVER_ENV, **(extra_env or {})}
-    log_file = log.open("wb")
-    log_file.write(("$ " + " ".join(argv) + "\n").encode())
-    log_file.flush()
     started = time.monotonic()
-    process = subprocess.Popen(
-        argv,
-        stdin=subprocess.DEVNULL,
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
-        env=env,
-        cwd=str(model.parent),
-        start_new_session=True,
-    )
-    server = VllmServer(
-        base_url=f"http://{host}:{port}",
-        process=process,
-        log_path=log,
-        served_name=served_name,
-        model_dir=model,
-        port=port,
-        _log_file=log_file,
+    server = launch_vllm(
+        model_dir,
+        served_name,
+        port,
+        host=host,
+        extra_args=extra_args,
+        extra_env=extra_env,
+        log_path=log_path,
     )
     try:
-        _wait_healthy(server, started + startup_timeout)
+        wait_healthy(server, started + startup_timeout)
     except BaseException:
         server.stop(timeout=10)
         raise
@@ -267,7 +307,9 @@ def start_vllm(
     return server
 
 
-def _wait_healthy(server: VllmServer, deadline: float) -> None:
+def wait_healthy(server: VllmServer, deadline: float) -> None:
+    """Until /health answers 200; `VllmStartError` with the log's tail if the server exits
+    or `deadline` (`time.monotonic()`) passes."""
     with httpx.Client(timeout=5.0) as client:
         while True:
             code = server.process.poll()

@@ -12,7 +12,7 @@ It needs torch, transformers and tokenizers, which live in the vLLM venv
 (scripts/install-vllm-cpu.sh), not in the project's venv, so run it with that
 venv's interpreter:
 
-    .venv-vllm/bin/python tests/engine/tiny_model.py OUT_DIR
+    .venv-vllm/bin/python market/demo/tiny_model.py OUT_DIR
 
 It prints the parameter count and the model digest: the sha256 of the weight files
 (`model_digest`, the agent's rule in provider_agent/engine/digest.py). The weights, and
