@@ -26,13 +26,12 @@ from market.buyers import budgets
 from market.buyers.models import ApiKey
 from market.buyers.service import LiveKey, authenticate, cached_key
 from market.db import session_scope
-from market.energy.accounting import EnergyChain, SiteProfile, energy_chain
-from market.energy.accounting import energy_block as accounting_block
+from market.energy.accounting import SiteProfile, energy_chain
 from market.errors import InsufficientFundsError
 from market.inference.agents import ticket_header
 from market.inference.errors import QuotaExceededError
 from market.jobs import service as jobs
-from market.jobs.energy import energy_method
+from market.jobs.energy import buyer_energy, energy_method
 from market.jobs.errors import ReceiptRejectedError
 from market.jobs.service import JobOrder, Usage
 from market.providers.site import bare_site
@@ -150,12 +149,7 @@ def energy_block(
     unmeasured; `method`, `basis`) and its whole accounting chain at the routed offer's site
     (docs/energy-accounting.md): wall kWh, energy cost, gCO2, region and every factor with
     its origin. Unmeasured: every figure is null, never 0."""
-    return _energy_block(energy_chain(energy_method(method), millijoules, site), millijoules, basis)
-
-
-def _energy_block(chain: EnergyChain, millijoules: int | None, basis: str | None) -> dict[str, Any]:
-    joules = None if millijoules is None or chain.gpu_joules is None else millijoules / 1000
-    return {"method": chain.method, "joules": joules, "basis": basis, **accounting_block(chain)}
+    return buyer_energy(energy_chain(energy_method(method), millijoules, site), millijoules, basis)
 
 
 def offer_site(offer: LiveOffer) -> SiteProfile:
@@ -287,7 +281,7 @@ class Attempt:
         return Settled(
             job_id=ticket.job_id,
             receipt_hash=receipt_hash,
-            energy=_energy_block(chain, energy.millijoules, energy.basis),
+            energy=buyer_energy(chain, energy.millijoules, energy.basis),
         )
 
     async def reject(self, error: ReceiptRejectedError, envelope: str | None) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from decimal import Decimal
 from functools import lru_cache
+from typing import Any
 
 from pydantic import BaseModel, Field
 
@@ -21,6 +22,7 @@ from market.energy.accounting import (
     SiteProfile,
     StatementTotals,
     aggregate,
+    energy_block,
     energy_chain,
 )
 from market.jobs.models import Receipt
@@ -57,6 +59,14 @@ def site_chain(
 def receipt_chain(receipt: Receipt, fallback: SiteProfile | None = None) -> EnergyChain:
     """The accounting chain of one stored receipt."""
     return site_chain(receipt.energy_method, receipt.energy_mj, receipt.energy_site, fallback)
+
+
+def buyer_energy(chain: EnergyChain, millijoules: int | None, basis: str | None) -> dict[str, Any]:
+    """The `energy` block buyers see for one request (docs/energy-accounting.md): the
+    receipt's GPU energy (`joules`, null when unmeasured; `method`, `basis`) and its whole
+    accounting chain at the routed offer's site. Unmeasured: every figure is null, never 0."""
+    joules = None if millijoules is None or chain.gpu_joules is None else millijoules / 1000
+    return {"method": chain.method, "joules": joules, "basis": basis, **energy_block(chain)}
 
 
 def _text(value: Decimal | None) -> str | None:

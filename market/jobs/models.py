@@ -51,11 +51,18 @@ _TOKEN_COUNT = BigInteger().with_variant(Integer(), "sqlite")
 _ROUTED = "status = 'routed'"
 
 
+def receipt_status(interrupted_reason: str | None) -> str:
+    """A receipt's signed status from its stored columns: "complete" exactly when it has no
+    `interrupted_reason`, else "interrupted"."""
+    return "complete" if interrupted_reason is None else "interrupted"
+
+
 class Job(Base):
     """One request routed to one provider, at the prices of its offer when routed."""
 
     __tablename__ = "jobs"
     __table_args__ = (
+        Index("ix_jobs_buyer_created", "buyer_address", "created_at", "id"),
         Index(
             "ix_jobs_routed",
             "process_id",
@@ -65,7 +72,7 @@ class Job(Base):
     )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    buyer_address: Mapped[str] = mapped_column(String(42), index=True)
+    buyer_address: Mapped[str] = mapped_column(String(42))
     provider_address: Mapped[str] = mapped_column(String(42), index=True)
     model: Mapped[str] = mapped_column(String(256))
     stream: Mapped[bool] = mapped_column(Boolean())
@@ -185,7 +192,7 @@ class Receipt(Base):
     @property
     def status(self) -> str:
         """The signed status: "complete", or "interrupted" (charged for delivered tokens)."""
-        return "complete" if self.interrupted_reason is None else "interrupted"
+        return receipt_status(self.interrupted_reason)
 
     @property
     def signed(self) -> Signed[SignedReceipt]:

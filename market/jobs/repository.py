@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, select, update
+from sqlalchemy import Table, and_, bindparam, or_, select, update
 from sqlalchemy.orm import Session
 
-from market.jobs.models import Job, JobStatus, Receipt, RejectedReceipt
+from market.jobs.models import EnergySite, Job, JobStatus, Receipt, RejectedReceipt
 from market.ledger.repository import expire
 from market.prepared import Prepared
 
@@ -87,6 +87,49 @@ class JobRepository:
     def get_receipt(self, job_id: str) -> Receipt | None:
         """The verified receipt of a job, if any."""
         return self.session.scalars(select(Receipt).where(Receipt.job_id == job_id)).first()
+
+    def buyer_history(
+        self, buyer: str, limit: int, before: tuple[datetime, str] | None = None
+    ) -> list[Any]:
+        """The buyer's latest `limit` jobs, newest first (ties by id), each with its receipt's
+        figures and site if it has one; `before`: only jobs older than that (created_at, id).
+        One index range of `ix_jobs_buyer_created`, whatever the buyer's history holds."""
+        query = (
+            select(
+                Job.id,
+                Job.status,
+                Job.model,
+                Job.stream,
+                Job.provider_address,
+                Job.created_at,
+                Job.finished_at,
+                Job.error,
+                Receipt.job_id.label("receipt_job_id"),
+                Receipt.prompt_tokens,
+                Receipt.completion_tokens,
+                Receipt.charge,
+                Receipt.interrupted_reason,
+                Receipt.epoch,
+                Receipt.energy_method,
+                Receipt.energy_mj,
+                Receipt.energy_basis,
+                EnergySite.site,
+            )
+            .outerjoin(Receipt, Receipt.job_id == Job.id)
+            .outerjoin(EnergySite, EnergySite.id == Receipt.energy_site_id)
+            .where(Job.buyer_address == buyer)
+            .order_by(Job.created_at.desc(), Job.id.desc())
+            .limit(limit)
+        )
+        if before is not None:
+            created_at, job_id = before
+            query = query.where(
+                or_(
+                    Job.created_at < created_at,
+                    and_(Job.created_at == created_at, Job.id < job_id),
+                )
+            )
+        return list(self.session.execute(query).all())
 
     def rejected_receipts(self, job_id: str) -> list[RejectedReceipt]:
         """Refused receipts of a job, oldest first."""

@@ -52,3 +52,26 @@ class JobRead(BaseModel):
     finished_at: datetime | None
     error: str | None
     receipt: ReceiptRead | None
+
+
+class JobSummary(BaseModel):
+    """One row of a buyer's job history (`GET /jobs`): the job and, once a receipt was
+    verified, its tokens, charge and energy. `energy` is the same block the completion's
+    response carried (`method`, `joules`, wall kWh, cost, gCO2 and their factors; every figure
+    null when unmeasured, never 0); tokens, `energy` and `receipt_status` are null while the
+    job has no receipt."""
+
+    id: str
+    status: JobStatus
+    model: str
+    stream: bool
+    provider_address: str
+    created_at: datetime
+    finished_at: datetime | None
+    error: str | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    charge: int
+    receipt_status: str | None
+    epoch: int | None
+    energy: dict[str, Any] | None

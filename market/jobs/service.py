@@ -22,12 +22,12 @@ from sqlalchemy.orm import Session
 from market.buyers.budgets import record_spend
 from market.db import utcnow
 from market.energy.accounting import EnergyChain
-from market.jobs.energy import site_chain
+from market.jobs.energy import buyer_energy, site_chain
 from market.jobs.errors import JobNotFoundError, ReceiptRejectedError, RejectReason
-from market.jobs.models import Job, JobStatus, RejectedReceipt
+from market.jobs.models import Job, JobStatus, RejectedReceipt, receipt_status
 from market.jobs.receipt_codec import receipt_columns
 from market.jobs.repository import JobRepository
-from market.jobs.schemas import JobRead, ReceiptRead
+from market.jobs.schemas import JobRead, JobSummary, ReceiptRead
 from market.ledger import service as ledger
 from market.ledger.models import HoldStatus
 from protocol.canonical import SIGNING_PREFIX
@@ -437,6 +437,46 @@ def get_job(session: Session, buyer: str, job_id: str) -> JobRead:
         finished_at=job.finished_at,
         error=job.error,
         receipt=receipt,
+    )
+
+
+def buyer_history(
+    session: Session, buyer: str, limit: int = 50, before: str | None = None
+) -> list[JobSummary]:
+    """The buyer's latest `limit` jobs, newest first, with their receipts' tokens, charge
+    and energy; `before` (a job id of this buyer's, as the last page ended) pages back.
+    `JobNotFoundError` if `before` is not one of the buyer's jobs."""
+    repo = JobRepository(session)
+    cursor = None
+    if before is not None:
+        job = repo.get_job(before)
+        if job is None or job.buyer_address != buyer:
+            raise JobNotFoundError(f"before: no job {before}")
+        cursor = (job.created_at, job.id)
+    return [_summary(row) for row in repo.buyer_history(buyer, limit, cursor)]
+
+
+def _summary(row: Any) -> JobSummary:
+    received = row.receipt_job_id is not None
+    energy = None
+    if received:
+        chain = site_chain(row.energy_method, row.energy_mj, row.site)
+        energy = buyer_energy(chain, row.energy_mj, row.energy_basis)
+    return JobSummary(
+        id=row.id,
+        status=row.status,
+        model=row.model,
+        stream=row.stream,
+        provider_address=row.provider_address,
+        created_at=row.created_at,
+        finished_at=row.finished_at,
+        error=row.error,
+        prompt_tokens=row.prompt_tokens,
+        completion_tokens=row.completion_tokens,
+        charge=row.charge if received else 0,
+        receipt_status=None if not received else receipt_status(row.interrupted_reason),
+        epoch=row.epoch,
+        energy=energy,
     )
 
 

@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 
 from market.buyers.models import Buyer
 from market.buyers.service import get_or_create_buyer
+from market.jobs.service import JobOrder
 from market.ledger import service as ledger
 
 
@@ -37,3 +38,27 @@ def funded_buyer(session: Session, amount: int) -> str:
 def buyer_row(session: Session, address: str | None = None) -> Buyer:
     """A buyer row (flushed), for a random address unless one is given."""
     return get_or_create_buyer(session, address or new_address())
+
+
+def job_order(
+    job_id: str,
+    buyer: str,
+    provider: str,
+    model: str,
+    *,
+    price_in: int = 1,
+    price_out: int = 1,
+    hold: int = 10**6,
+) -> JobOrder:
+    """A non-streamed job's order, its hold `hold` and its completion limit as large."""
+    return JobOrder(
+        job_id=job_id,
+        buyer=buyer,
+        provider=provider,
+        model=model,
+        stream=False,
+        price_in=price_in,
+        price_out=price_out,
+        hold=hold,
+        max_tokens=hold,
+    )

@@ -30,7 +30,7 @@ from protocol.messages import (
     verify,
 )
 from protocol.messages import Receipt as SignedReceipt
-from tests.market.factories import funded_buyer, new_address
+from tests.market.factories import funded_buyer, job_order, new_address
 
 KEY = signing_key_from_seed("0x" + "42" * 32)
 SIGNER = public_key_hex(KEY)
@@ -207,18 +207,7 @@ def test_another_domain_or_signer_fails_verification() -> None:
 
 
 def _job(session: Session, job_id: str, model: str) -> JobOrder:
-    buyer = funded_buyer(session, 10**12)
-    order = JobOrder(
-        job_id=job_id,
-        buyer=buyer,
-        provider=PROVIDER,
-        model=model,
-        stream=False,
-        price_in=1,
-        price_out=1,
-        hold=10**6,
-        max_tokens=10**6,
-    )
+    order = job_order(job_id, funded_buyer(session, 10**12), PROVIDER, model)
     open_job(session, order)
     return order
 

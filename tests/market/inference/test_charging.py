@@ -93,6 +93,19 @@ def _charged_chat(market: Market, agents: dict[str, Agent]) -> None:
     ).json()
     assert job["status"] == "completed"
     assert job["receipt"]["envelope"]["message"]["job_id"] == job_id
+    # The buyer's history shows the same tokens, charge and energy block as the response.
+    (row,) = httpx.get(
+        f"{market.served.url}/jobs",
+        params={"limit": 1},
+        headers={"Authorization": f"Bearer {market.api_key}"},
+    ).json()
+    assert (row["id"], row["status"], row["receipt_status"]) == (job_id, "completed", "complete")
+    assert (row["prompt_tokens"], row["completion_tokens"]) == (
+        completion.usage.prompt_tokens,
+        completion.usage.completion_tokens,
+    )
+    assert row["charge"] == job["charge"] > 0
+    assert row["energy"] == energy
 
 
 def test_chat_completion_is_charged_on_its_verified_receipt(

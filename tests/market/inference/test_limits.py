@@ -99,3 +99,16 @@ def test_another_buyers_job_is_not_found(market: Market, agents: dict[str, Agent
     assert theirs.status_code == missing.status_code == 404
     assert theirs.json()["error"]["code"] == missing.json()["error"]["code"] == "job_not_found"
     assert httpx.get(url).status_code == 401
+    # The history: the buyer's own job; none for the other buyer, whose key cannot page
+    # from this buyer's job; a limit out of range is refused with the parameter named.
+    history = f"{market.served.url}/jobs"
+    mine = httpx.get(history, headers=_headers(market.api_key))
+    assert [row["id"] for row in mine.json()] == [job_id]
+    assert httpx.get(history, headers=_headers(other_key)).json() == []
+    paged = httpx.get(history, params={"before": job_id}, headers=_headers(other_key))
+    assert paged.status_code == 404
+    assert paged.json()["error"]["code"] == "job_not_found"
+    too_many = httpx.get(history, params={"limit": 501}, headers=_headers(market.api_key))
+    assert too_many.status_code == 400
+    assert too_many.json()["error"]["param"] == "query.limit"
+    assert httpx.get(history).status_code == 401
