@@ -151,6 +151,7 @@ class RunSettings(_Group):
     engine_stop_grace_s: float = Field(default=20.0, ge=0)
     shutdown_grace_s: float = Field(default=30.0, ge=0)
     flush_timeout_s: float = Field(default=10.0, ge=0)
+    receipt_sync_interval_s: float = Field(default=300.0, gt=0, le=86_400)
 
 
 class AgentSettings(BaseSettings):

@@ -4,8 +4,8 @@ Wire formats: docs/agent-protocol.md and `market/providers/schemas.py`. The hear
 `provider_heartbeat` v1 (`provider`, `issued_at` as a strictly rising nonce, `domain`),
 signed over `signing_input("provider_heartbeat", message)` in the usual envelope.
 
-The market has no endpoint that takes receipts back from an agent (receipts travel in
-the job response), so the receipt outbox cannot be flushed to it yet.
+Receipts travel in the job response; `receipt_states` asks the market afterwards what it
+holds of the outbox's receipts (`POST /providers/receipts/status`, which only reads).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import httpx
 
 from protocol.canonical import JsonValue, signing_input, to_hex
 from protocol.keys import ProviderIdentity
-from protocol.messages import Attestation, Domain, Signed
+from protocol.messages import Attestation, Domain, Receipt, Signed
 
 HEARTBEAT_TYPE = "provider_heartbeat"
 
@@ -111,6 +111,16 @@ class MarketClient:
     async def post_attestation(self, envelope: Signed[Attestation]) -> dict[str, Any]:
         """Post one signed attestation (a duplicate of a stored one is accepted too)."""
         return await self._post("/providers/attestations", envelope.model_dump(mode="json"))
+
+    async def receipt_states(self, envelopes: list[Signed[Receipt]]) -> list[dict[str, Any]]:
+        """The market's answer for each receipt, in order: `{"job_id", "state", "final",
+        "detail"}` (`market/providers/receipts.py`)."""
+        payload = {"receipts": [envelope.model_dump(mode="json") for envelope in envelopes]}
+        body = await self._post("/providers/receipts/status", payload)
+        answers = body.get("receipts")
+        if not isinstance(answers, list) or len(answers) != len(envelopes):
+            raise MarketError(f"the market's receipt answer does not match the request: {body}")
+        return answers
 
     async def aclose(self) -> None:
         """Close the HTTP client if this object made it."""

@@ -2,7 +2,8 @@
 
 Order at start: supervise vLLM until it serves the configured model; serve the job
 endpoint (uvicorn in this event loop); announce the offer to the market (best effort);
-then heartbeats and attestations run until SIGTERM or SIGINT. Shutdown: stop accepting
+then heartbeats, attestations and the receipt sync (`provider_agent.receipt_sync`) run until
+SIGTERM or SIGINT. Shutdown: stop accepting
 jobs, let in-flight jobs finish (up to `run.shutdown_grace_s`), flush queued attestations
 (up to `run.flush_timeout_s`), stop vLLM (SIGTERM, then SIGKILL), return 0.
 
@@ -19,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections import Counter
 from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +41,7 @@ from provider_agent.engine.metrics import EngineCounters, afetch_engine_counters
 from provider_agent.jobs import JobsConfig, ReceiptOutbox, create_app
 from provider_agent.market_client import MarketClient, MarketError, fetch_market_domain
 from provider_agent.pricing import PricingError, with_resolved_prices
+from provider_agent.receipt_sync import sync_receipts
 from provider_agent.registration import signed_registration
 from provider_agent.supervisor import EngineState, EngineSupervisor, SupervisorConfig
 
@@ -160,6 +163,8 @@ class AgentRunner:
         )
         self.heartbeats_sent = 0
         self.heartbeat_error: str | None = None
+        self.receipts_answered: Counter[str] = Counter()
+        self.receipt_sync_error: str | None = None
         self._stop = asyncio.Event()
         self.server: _Server | None = None
 
@@ -186,6 +191,10 @@ class AgentRunner:
                 "send_failures": self.attestations.send_failures,
             },
             "heartbeats": {"sent": self.heartbeats_sent, "last_error": self.heartbeat_error},
+            "receipts": {
+                "answered": dict(self.receipts_answered),
+                "last_error": self.receipt_sync_error,
+            },
             "stopping": self._stop.is_set(),
         }
 
@@ -237,17 +246,23 @@ class AgentRunner:
                     log.warning("heartbeat failed: %s", exc)
             await asyncio.sleep(self.settings.run.heartbeat_interval_s)
 
+    async def _receipt_syncs(self) -> None:
+        assert self.market is not None
+        outbox = ReceiptOutbox(self.data_dir)
+        while True:
+            result = await sync_receipts(outbox, self.market)
+            self.receipts_answered.update(result.states)
+            self.receipt_sync_error = result.error
+            await asyncio.sleep(self.settings.run.receipt_sync_interval_s)
+
     async def run(self, *, install_signals: bool = True) -> int:
         """Run until `request_stop` (or a signal); 0 after a clean shutdown."""
         loop = asyncio.get_running_loop()
         if install_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.request_stop)
-        unsent_receipts = ReceiptOutbox(self.data_dir).count_unsent()
-        if unsent_receipts:
-            log.info(
-                "%d receipts in the outbox not acknowledged (no market route)", unsent_receipts
-            )
+        if self.market is None and (unsent := ReceiptOutbox(self.data_dir).count_unsent()):
+            log.info("%d receipts in the outbox never answered by a market", unsent)
         tasks: list[asyncio.Task[Any]] = []
         try:
             start = asyncio.create_task(self.supervisor.start())
@@ -277,6 +292,7 @@ class AgentRunner:
             if self.market is not None:
                 await self._register()
                 tasks.append(asyncio.create_task(self._heartbeats()))
+                tasks.append(asyncio.create_task(self._receipt_syncs()))
             log.info("provider agent running: jobs on http://%s:%d", listen.host, listen.port)
             stop_wait = asyncio.create_task(self._stop.wait())
             done, _ = await asyncio.wait(

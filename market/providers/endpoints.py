@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends
 from sqlalchemy.orm import Session
 
 from market.providers import service
+from market.providers.receipts import ReceiptStatusAnswer, ReceiptStatusQuery, receipt_states
 from market.providers.schemas import (
     AttestationAccepted,
     CalibrationRead,
@@ -85,6 +86,14 @@ def calibration(
 ) -> CalibrationRead:
     """Stores a registered provider's signed calibration (the newest replaces the older)."""
     return service.submit_calibration(session, envelope, domain=runtime.chain.domain)
+
+
+@router.post("/providers/receipts/status", response_model=ReceiptStatusAnswer)
+def receipt_status(
+    query: ReceiptStatusQuery, runtime: RuntimeDep, session: SessionDep
+) -> ReceiptStatusAnswer:
+    """What the market holds for each of an agent's signed receipts (reads only)."""
+    return receipt_states(session, query.receipts, runtime.chain.domain)
 
 
 @router.get("/providers", response_model=list[ProviderRead])

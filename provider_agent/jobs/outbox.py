@@ -4,9 +4,12 @@ Append-only JSONL files in the agent's data dir. Receipts (one signed envelope p
 line) go to `receipts/YYYY-MM-DD.jsonl`, one file per UTC day of the append; an older
 agent's single `receipts.jsonl`, if present, is read as the oldest file and never
 written again. `receipts-sent.jsonl` holds one job id per line, once the market
-acknowledged it: a single file, because a receipt may be acknowledged on a later day
-than it was issued and `unsent()` needs every acknowledged id anyway. Nothing is
-deleted here; an operator may remove the day files of epochs the market has settled.
+gave a final answer about it (`provider_agent.receipt_sync`): a single file, because a
+receipt may be answered on a later day than it was issued and `unsent()` needs every
+answered id anyway. `receipts-unpaid.jsonl` keeps, for the provider's own record, each
+answer that said the receipt will not be paid (`{"job_id", "state", "detail"}` per line).
+Nothing is deleted here; an operator may remove the day files of epochs the market has
+settled.
 
 Today's file stays open for appends (`O_APPEND`, one `write` per receipt): opening and
 closing it for each receipt cost four times as much. It is reopened when the UTC day
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -30,6 +34,9 @@ from protocol.messages import Receipt, Signed, parse_signed
 
 _COMPLETE = (b"}\n", b"}")
 """How a whole line ends; anything else is the torn tail of an interrupted append."""
+_JOB_ID = re.compile(rb'"job_id":"([0-9a-f]{32})"')
+"""A stored envelope's job id: the first `job_id` key of the line, which `model_dump_json`
+writes before any free text (a quote inside a string is escaped, so none can match there)."""
 _DAY_S = 86_400
 """Seconds in a UTC day: unix time counts no leap seconds, so `t // _DAY_S` is the day."""
 
@@ -67,6 +74,7 @@ class ReceiptOutbox:
         self.legacy_path = data_dir / "receipts.jsonl"
         self.days_dir = data_dir / "receipts"
         self.sent_path = data_dir / "receipts-sent.jsonl"
+        self.unpaid_path = data_dir / "receipts-unpaid.jsonl"
         self._fsync = fsync
         self._clock = clock
         self._day: float | None = None
@@ -122,6 +130,11 @@ class ReceiptOutbox:
         for job_id in job_ids:
             self._append(self.sent_path, json.dumps(job_id))
 
+    def record_unpaid(self, answers: list[dict[str, str | None]]) -> None:
+        """Keep the market's answers that said these receipts will not be paid."""
+        for answer in answers:
+            self._append(self.unpaid_path, json.dumps(answer, sort_keys=True))
+
     def _sent(self) -> set[str]:
         if not self.sent_path.exists():
             return set()
@@ -149,20 +162,25 @@ class ReceiptOutbox:
         for line in self._lines():
             yield parse_signed(line, Receipt)
 
-    def unsent(self) -> Iterator[Signed[Receipt]]:
-        """Stored receipts the market has not acknowledged, oldest first."""
+    def _unsent_lines(self) -> Iterator[bytes]:
+        """The lines of receipts not yet answered; only each line's job id is read."""
         sent = self._sent()
-        for envelope in self.all():
-            if envelope.message.job_id not in sent:
-                yield envelope
+        for line in self._lines():
+            if not sent or _job_id(line) not in sent:
+                yield line
+
+    def unsent(self) -> Iterator[Signed[Receipt]]:
+        """Stored receipts the market has not answered for, oldest first."""
+        for line in self._unsent_lines():
+            yield parse_signed(line, Receipt)
 
     def count_unsent(self) -> int:
-        """How many receipts `unsent()` would yield, without building the envelopes.
+        """How many receipts `unsent()` would yield, without building the envelopes."""
+        return sum(1 for _ in self._unsent_lines())
 
-        With nothing acknowledged (the usual case) every whole line counts; otherwise
-        only each line's job id is read.
-        """
-        sent = self._sent()
-        if not sent:
-            return sum(1 for _ in self._lines())
-        return sum(1 for line in self._lines() if json.loads(line)["message"]["job_id"] not in sent)
+
+def _job_id(line: bytes) -> str:
+    found = _JOB_ID.search(line)
+    if found is not None:
+        return found.group(1).decode("ascii")
+    return str(json.loads(line)["message"]["job_id"])

@@ -229,6 +229,7 @@ class Stack:
                 "AGENT_LISTEN__PORT": provider.agent_url.rsplit(":", 1)[1],
                 "AGENT_RUN__HEARTBEAT_INTERVAL_S": "2",
                 "AGENT_RUN__ATTESTATION_WINDOW_S": "5",
+                "AGENT_RUN__RECEIPT_SYNC_INTERVAL_S": "2",
                 "AGENT_RUN__SHUTDOWN_GRACE_S": "5",
             }
         )

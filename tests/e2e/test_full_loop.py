@@ -397,6 +397,16 @@ def test_market_killed_mid_stream_releases_the_hold(stack: Stack, buyer: Buyer) 
     assert after["held"] == 0
     assert (after["available"], after["charged"]) == (before["available"], before["charged"])
     print(f"market killed mid-stream: its hold was released {released_s:.1f} s later")
+    # The agent signed a receipt for the tokens it had sent into its outbox; its receipt
+    # sync learns from the market that nobody will pay it, and why.
+    unpaid = stack.providers[0].data_dir / "receipts-unpaid.jsonl"
+
+    def unpaid_answer() -> dict[str, Any] | None:
+        lines = unpaid.read_text().splitlines() if unpaid.exists() else []
+        return next((a for a in map(json.loads, lines) if a["job_id"] == job_id), None)
+
+    answer = wait_until("the agent's receipt sync to answer the job", unpaid_answer, timeout=30)
+    assert answer == {"job_id": job_id, "state": "closed", "detail": job["error"]}
 
 
 def test_provider_rotates_its_key(stack: Stack, chain: SettlementClient, buyer: Buyer) -> None:

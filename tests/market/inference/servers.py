@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Iterable
@@ -10,22 +11,27 @@ from pathlib import Path
 from typing import Any, Literal
 
 import uvicorn
+from eth_account import Account
 from nacl.signing import SigningKey
 from sqlalchemy import Engine
 
 from market.agent_client import AgentClient, agent_timeout
 from market.chain.service import MarketChain
 from market.config import Settings
-from market.db import make_session_factory
+from market.db import make_session_factory, session_scope
 from market.demo.ports import free_port
+from market.providers.models import Provider
 from market.routing.table import LiveOffer, RoutingTable
 from market.runtime import Runtime
-from protocol.keys import public_key_hex, signing_key_from_seed
+from protocol.keys import ProviderIdentity, public_key_hex, signing_key_from_seed
 from protocol.messages import Domain
 from provider_agent.energy import EnergyMeter, UnmeasuredMeter
 from provider_agent.energy.meter import EnergyReading, GpuReading, MeterInfo
 from provider_agent.jobs import JobsConfig, create_app
 from provider_agent.jobs.app import JobService
+from provider_agent.jobs.outbox import ReceiptOutbox
+from provider_agent.market_client import MarketClient
+from provider_agent.receipt_sync import SyncResult, sync_receipts
 
 MODEL = "tiny-llama"
 MODEL_DIGEST = "0x" + "ab" * 32
@@ -188,3 +194,32 @@ def market_runtime(
         routing=routing,
         agents=AgentClient(agent_timeout(connect=2.0, read=10.0, pool=10.0)),
     )
+
+
+def sync_agent_receipts(
+    agent: Agent, market_url: str, runtime: Runtime, job_ids: set[str], data: Path
+) -> tuple[SyncResult, ReceiptOutbox]:
+    """The agent's receipt sync (`provider_agent.receipt_sync`) against the served market,
+    over an outbox holding the agent's receipts for `job_ids` only (the session's tests share
+    the agents and their outboxes). The agent is registered with the market's providers
+    first, as `provider-agent run` would have it."""
+    with session_scope(runtime.sessions) as session:
+        if session.get(Provider, agent.address) is None:
+            public_key = public_key_hex(agent.key)
+            session.add(
+                Provider(address=agent.address, public_key=public_key, registration_issued_at_ms=1)
+            )
+    outbox = ReceiptOutbox(data)
+    for envelope in agent.jobs.outbox.all():
+        if envelope.message.job_id in job_ids:
+            outbox.add(envelope)
+    identity = ProviderIdentity(agent.key, Account.create())
+    client = MarketClient(market_url, identity, runtime.chain.domain)
+
+    async def sync() -> SyncResult:
+        try:
+            return await sync_receipts(outbox, client)
+        finally:
+            await client.aclose()
+
+    return asyncio.run(sync()), outbox

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -17,7 +18,7 @@ from market.jobs.models import Job, JobStatus, Receipt
 from market.ledger import service as ledger
 from protocol.messages import output_digest
 from tests.market.inference.conftest import DEPOSIT, PROVIDER_A, Market
-from tests.market.inference.servers import MODEL, Agent
+from tests.market.inference.servers import MODEL, Agent, sync_agent_receipts
 from tests.support.openai_upstream import UpstreamProcess
 
 TOKENS = 64
@@ -136,7 +137,11 @@ def test_a_stream_the_agent_does_not_cancel_is_read_to_its_end_and_charged(
 
 
 def test_a_stream_that_does_not_end_in_time_after_the_buyer_left_is_released(
-    market: Market, old_agent: Agent, upstream: UpstreamProcess, monkeypatch: pytest.MonkeyPatch
+    market: Market,
+    old_agent: Agent,
+    upstream: UpstreamProcess,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> None:
     agent = old_agent
     hasty = market.runtime.settings.model_copy(update={"stream_cancel_wait_s": 0.3})
@@ -156,3 +161,14 @@ def test_a_stream_that_does_not_end_in_time_after_the_buyer_left_is_released(
     # The agent saw the market go away: its receipt stays in its outbox, unpaid.
     assert _stored(agent, job.id) == ["client_disconnected"]
     assert market.routing.pinned[0].in_flight == 0
+    # ... and its receipt sync learns that the market will not pay it, and why.
+    result, outbox = sync_agent_receipts(
+        agent, market.served.url, market.runtime, {job.id}, tmp_path
+    )
+    assert result.states == {"closed": 1}
+    assert json.loads(outbox.unpaid_path.read_text()) == {
+        "job_id": job.id,
+        "state": "closed",
+        "detail": "the buyer left and the stream did not end in time",
+    }
+    assert outbox.count_unsent() == 0

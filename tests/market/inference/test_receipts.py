@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -31,7 +32,7 @@ from protocol.keys import signing_key_from_seed
 from protocol.messages import Receipt as SignedReceipt
 from protocol.messages import message_digest, parse_signed, sign
 from tests.market.inference.conftest import DEPOSIT, PROVIDER_A, Market
-from tests.market.inference.servers import MODEL, Agent, Served, serve
+from tests.market.inference.servers import MODEL, Agent, Served, serve, sync_agent_receipts
 
 MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Say something."}]
 PRICE = 1_000_000
@@ -189,6 +190,40 @@ def test_forged_receipt_is_refused_stored_and_not_charged(
             assert json.loads(rejected.envelope)["message"]["job_id"] == job.id
         ledger.check_ledger(session)
     assert offer.in_flight == 0
+
+
+def test_the_agents_receipt_sync_tells_a_charged_receipt_from_a_refused_one(
+    market: Market,
+    agents: dict[str, Agent],
+    forger: Callable[[Spoiler], Served],
+    tmp_path: Path,
+) -> None:
+    agent = agents[PROVIDER_A]
+    client = openai.OpenAI(base_url=market.url, api_key=market.api_key, max_retries=0)
+    market.routing.pin([agent.offer(PRICE, PRICE)])
+    client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=16)
+    spoiled = agent.offer(PRICE, PRICE)
+    spoiled.job_url = f"{forger(_inflate_usage).url}/jobs"
+    market.routing.pin([spoiled])
+    with pytest.raises(openai.APIStatusError):
+        client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=16)
+    with session_scope(market.sessions) as session:
+        ended = {job.status: (job.id, job.error) for job in session.scalars(select(Job))}
+        before = ledger.statement(session, market.buyer)
+    (charged, _), (refused, why) = ended[JobStatus.COMPLETED], ended[JobStatus.FAILED]
+
+    result, outbox = sync_agent_receipts(
+        agent, market.served.url, market.runtime, {charged, refused}, tmp_path
+    )
+
+    # the agent signed both; the market holds one, and will never pay the other
+    assert (result.states, result.error) == ({"recorded": 1, "closed": 1}, None)
+    assert outbox.count_unsent() == 0
+    unpaid = [json.loads(line) for line in outbox.unpaid_path.read_text().splitlines()]
+    assert unpaid == [{"job_id": refused, "state": "closed", "detail": why}]
+    assert str(why).startswith("receipt rejected (usage_mismatch)")
+    with session_scope(market.sessions) as session:
+        assert ledger.statement(session, market.buyer) == before
 
 
 def test_receipt_signed_by_an_unexpected_key_is_refused_in_a_stream(

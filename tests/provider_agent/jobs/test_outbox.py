@@ -23,11 +23,11 @@ class Clock:
         return self.now
 
 
-def envelope(n: int) -> Signed[Receipt]:
+def envelope(n: int, model: str = MODEL) -> Signed[Receipt]:
     receipt = Receipt(
         job_id=f"{n:032x}",
         provider=PROVIDER,
-        model=MODEL,
+        model=model,
         model_digest=MODEL_DIGEST,
         prompt_tokens=3,
         completion_tokens=2,
@@ -116,6 +116,26 @@ def test_unsent_leaves_out_acknowledged_receipts_of_every_file(tmp_path: Path) -
     assert ids(outbox.unsent()) == [2, 5]
     assert outbox.count_unsent() == len(list(outbox.unsent())) == 2
     assert ids(outbox.all()) == [1, 2, 3, 4, 5]
+
+
+def test_a_job_id_is_read_from_its_own_key_not_from_free_text(tmp_path: Path) -> None:
+    outbox = ReceiptOutbox(tmp_path, clock=Clock(DAY_ONE))
+    outbox.add(envelope(1, model=f'x","job_id":"{2:032x}"'))
+    outbox.add(envelope(2))
+    outbox.mark_sent([f"{2:032x}"])
+    assert ids(outbox.unsent()) == [1]
+    assert outbox.count_unsent() == 1
+
+
+def test_unpaid_answers_are_kept_one_per_line(tmp_path: Path) -> None:
+    outbox = ReceiptOutbox(tmp_path)
+    outbox.record_unpaid([{"job_id": "a" * 32, "state": "closed", "detail": "abandoned"}])
+    outbox.record_unpaid([])
+    outbox.record_unpaid([{"job_id": "b" * 32, "state": "unknown", "detail": None}])
+    assert outbox.unpaid_path.read_text().splitlines() == [
+        '{"detail": "abandoned", "job_id": "' + "a" * 32 + '", "state": "closed"}',
+        '{"detail": null, "job_id": "' + "b" * 32 + '", "state": "unknown"}',
+    ]
 
 
 def test_an_empty_outbox(tmp_path: Path) -> None:
