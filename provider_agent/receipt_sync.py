@@ -7,7 +7,8 @@ got it. `sync_receipts` posts the outbox's unanswered receipts to the market in 
 final answer for; a job still open (`in_flight`) is asked about again next time. Answers
 that mean the receipt will not be paid (`closed`, `differs`, `unknown`, `refused`) are also
 appended to `receipts-unpaid.jsonl` and logged, so the provider knows what went unpaid and
-why. `provider-agent run` syncs at start and then every `run.receipt_sync_interval_s`.
+why. Past days whose receipts were all answered are then sealed, so later syncs skip them.
+`provider-agent run` syncs at start and then every `run.receipt_sync_interval_s`.
 """
 
 from __future__ import annotations
@@ -76,4 +77,6 @@ async def sync_receipts(
                 log.warning("the market will not pay job %s: %s (%s)", job_id, state, detail)
         outbox.record_unpaid(unpaid)
         outbox.mark_sent(final)
+    if result.error is None:
+        await asyncio.to_thread(outbox.seal_answered)
     return result

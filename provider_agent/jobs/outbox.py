@@ -8,8 +8,13 @@ gave a final answer about it (`provider_agent.receipt_sync`): a single file, bec
 receipt may be answered on a later day than it was issued and `unsent()` needs every
 answered id anyway. `receipts-unpaid.jsonl` keeps, for the provider's own record, each
 answer that said the receipt will not be paid (`{"job_id", "state", "detail"}` per line).
-Nothing is deleted here; an operator may remove the day files of epochs the market has
-settled.
+
+A past day's file whose every receipt was answered is sealed (`seal_answered`): an empty
+`<file>.answered` beside it, after which the scans for unanswered receipts skip the file,
+and its ids leave `receipts-sent.jsonl`, so neither the scan nor the set of answered ids
+grows with the agent's age. Today's file is never sealed (receipts are still appended to
+it); a receipt appended to a sealed day (the clock went back) unseals it. Nothing is
+deleted here; an operator may remove the day files of epochs the market has settled.
 
 Today's file stays open for appends (`O_APPEND`, one `write` per receipt): opening and
 closing it for each receipt cost four times as much. It is reopened when the UTC day
@@ -116,6 +121,7 @@ class ReceiptOutbox:
             self._day = day
             self.close()
             _end_torn_line(self._day_path)
+            _answered_marker(self._day_path).unlink(missing_ok=True)
         return self._day_path
 
     def add(self, envelope: Signed[Receipt]) -> None:
@@ -146,9 +152,10 @@ class ReceiptOutbox:
         legacy = [self.legacy_path] if self.legacy_path.exists() else []
         return legacy + sorted(self.days_dir.glob("????-??-??.jsonl"))
 
-    def _lines(self) -> Iterator[bytes]:
-        """Every whole receipt line, oldest first (each file's torn last line is skipped)."""
-        for path in self.paths():
+    def _lines(self, paths: list[Path] | None = None) -> Iterator[bytes]:
+        """Every whole receipt line of `paths` (default: every file), oldest first (each
+        file's torn last line is skipped)."""
+        for path in self.paths() if paths is None else paths:
             try:
                 with path.open("rb") as lines:
                     for line in lines:
@@ -162,12 +169,34 @@ class ReceiptOutbox:
         for line in self._lines():
             yield parse_signed(line, Receipt)
 
+    def _unsealed(self) -> list[Path]:
+        return [path for path in self.paths() if not _answered_marker(path).exists()]
+
     def _unsent_lines(self) -> Iterator[bytes]:
         """The lines of receipts not yet answered; only each line's job id is read."""
         sent = self._sent()
-        for line in self._lines():
+        for line in self._lines(self._unsealed()):
             if not sent or _job_id(line) not in sent:
                 yield line
+
+    def seal_answered(self) -> list[Path]:
+        """Seal each past file whose receipts were all answered, and drop their ids from
+        `receipts-sent.jsonl`; the files sealed."""
+        sent, today = self._sent(), self._current_path()
+        sealed, ids = [], set()
+        for path in self._unsealed():
+            if path == today:
+                continue
+            in_file = {_job_id(line) for line in self._lines([path])}
+            if in_file <= sent:
+                _answered_marker(path).touch()
+                sealed.append(path)
+                ids |= in_file
+        if ids:
+            kept = self.sent_path.with_name(self.sent_path.name + ".tmp")
+            kept.write_text("".join(json.dumps(job_id) + "\n" for job_id in sent - ids))
+            os.replace(kept, self.sent_path)
+        return sealed
 
     def unsent(self) -> Iterator[Signed[Receipt]]:
         """Stored receipts the market has not answered for, oldest first."""
@@ -177,6 +206,10 @@ class ReceiptOutbox:
     def count_unsent(self) -> int:
         """How many receipts `unsent()` would yield, without building the envelopes."""
         return sum(1 for _ in self._unsent_lines())
+
+
+def _answered_marker(path: Path) -> Path:
+    return path.with_name(path.name + ".answered")
 
 
 def _job_id(line: bytes) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 from pathlib import Path
 from typing import Any
 
@@ -284,20 +285,27 @@ def test_the_agents_sync_marks_only_final_answers(
     _, held = jobs.completed()
     in_flight, closed = jobs.open(), jobs.failed("abandoned")
     late = jobs.envelope(in_flight)
-    outbox = ReceiptOutbox(tmp_path)
+    now = [time.time() - 86_400]  # the receipts were signed yesterday
+    outbox = ReceiptOutbox(tmp_path, clock=lambda: now[0])
     for envelope in (held, late, jobs.envelope(closed)):
         outbox.add(envelope)
+    now[0] += 86_400
+    (yesterday,) = outbox.paths()
+    sealed = yesterday.with_name(yesterday.name + ".answered")
 
     first = _sync(jobs, outbox, client.app)
 
     assert (first.states, first.error) == ({"recorded": 1, "in_flight": 1, "closed": 1}, None)
     assert [e.message.job_id for e in outbox.unsent()] == [in_flight]
+    assert not sealed.exists()
     # the open job is then charged on that very receipt: the next sync finds it recorded
     with session_scope(runtime.sessions) as session:
         complete_job(session, in_flight, late.message, late.model_dump_json(), 500)
     second = _sync(jobs, outbox, client.app)
     assert second.states == {"recorded": 1}
     assert outbox.count_unsent() == 0
+    assert sealed.exists()  # every receipt of that day answered: later syncs skip the file
+    assert not outbox.sent_path.read_text()
     assert _sync(jobs, outbox, client.app).states == {}
     unpaid = outbox.unpaid_path.read_text().splitlines()
     assert unpaid == [f'{{"detail": "abandoned", "job_id": "{closed}", "state": "closed"}}']

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -188,3 +189,45 @@ def test_appends_after_close_reopen_the_day_file(tmp_path: Path) -> None:
     outbox.add(envelope(2))
     assert ids(outbox.all()) == [1, 2]
     assert ReceiptOutbox(tmp_path).count_unsent() == 2
+
+
+def _job_ids(*numbers: int) -> list[str]:
+    return [f"{n:032x}" for n in numbers]
+
+
+def test_a_past_day_whose_receipts_were_all_answered_is_sealed(tmp_path: Path) -> None:
+    (tmp_path / "receipts.jsonl").write_text(envelope(1).model_dump_json() + "\n")
+    outbox = over_two_days(tmp_path, [2, 3], [4, 5])  # the clock is on day two
+    day_one = tmp_path / "receipts" / "2025-12-31.jsonl"
+    day_two = tmp_path / "receipts" / "2026-01-01.jsonl"
+    outbox.mark_sent(_job_ids(1, 2))
+    assert outbox.seal_answered() == [tmp_path / "receipts.jsonl"]  # day one waits for 3
+
+    outbox.mark_sent(_job_ids(3, 4, 5))
+    assert outbox.seal_answered() == [day_one]  # today's file is never sealed
+    assert outbox.seal_answered() == []
+    assert (tmp_path / "receipts" / "2025-12-31.jsonl.answered").exists()
+    assert not (tmp_path / "receipts" / "2026-01-01.jsonl.answered").exists()
+    # the sealed files' ids left the answered set; the scans skip those files
+    assert sorted(json.loads(line) for line in outbox.sent_path.read_text().splitlines()) == (
+        _job_ids(4, 5)
+    )
+    assert list(outbox.unsent()) == []
+    assert ReceiptOutbox(tmp_path).count_unsent() == 0
+    assert ids(outbox.all()) == [1, 2, 3, 4, 5]  # nothing deleted
+    assert day_two.exists()
+
+
+def test_a_receipt_appended_to_a_sealed_day_unseals_it(tmp_path: Path) -> None:
+    clock = Clock(DAY_ONE)
+    outbox = ReceiptOutbox(tmp_path, clock=clock)
+    outbox.add(envelope(1))
+    clock.now = DAY_TWO
+    outbox.mark_sent(_job_ids(1))
+    assert outbox.seal_answered() == [tmp_path / "receipts" / "2025-12-31.jsonl"]
+
+    clock.now = DAY_ONE  # the clock went back
+    outbox.add(envelope(2))
+
+    assert ids(outbox.unsent()) == [1, 2]  # 1 is asked about again: its id was dropped
+    assert not (tmp_path / "receipts" / "2025-12-31.jsonl.answered").exists()
