@@ -73,7 +73,7 @@ class Job(Base):
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     buyer_address: Mapped[str] = mapped_column(String(42))
-    provider_address: Mapped[str] = mapped_column(String(42), index=True)
+    provider_address: Mapped[str] = mapped_column(String(42))
     model: Mapped[str] = mapped_column(String(256))
     stream: Mapped[bool] = mapped_column(Boolean())
     status: Mapped[JobStatus] = mapped_column(
