@@ -48,6 +48,7 @@ from provider_agent.calibrate import (
 from provider_agent.config import AgentSettings, ConfigError, load_settings
 from provider_agent.doctor import Check, failed, run_doctor
 from provider_agent.energy import EnergyMeter, MeterConfig, select_meter, window_energy
+from provider_agent.jobs.outbox import ReceiptOutbox
 from provider_agent.onchain import ChainSetupError, network_tokens, open_settlement, payment_tokens
 from provider_agent.pricing import PricingError, suggest, with_resolved_prices
 from provider_agent.provisioning import (
@@ -294,6 +295,7 @@ def status(ctx: typer.Context) -> None:
     info = _meter(settings).describe()
     reason = f" ({info.reason})" if info.reason else ""
     table.add_row("energy meter", escape(f"{info.kind}: {info.method}{reason}"))
+    table.add_row("receipts", escape(_receipts_summary(settings.data_dir)))
     with httpx.Client(timeout=HTTP_TIMEOUT_S) as http:
         table.add_row("vLLM", _health(http, settings.vllm.url))
         if settings.market_url is None:
@@ -301,6 +303,21 @@ def status(ctx: typer.Context) -> None:
         else:
             table.add_row("market", _health(http, settings.market_url))
     console.print(table)
+
+
+def _receipts_summary(data_dir: Path) -> str:
+    """The outbox as the receipt sync left it (`provider_agent.receipt_sync`)."""
+    if not data_dir.is_dir():
+        return "none signed yet"
+    outbox = ReceiptOutbox(data_dir)
+    unanswered = outbox.count_unsent()
+    unpaid = 0
+    if outbox.unpaid_path.exists():
+        unpaid = sum(1 for line in outbox.unpaid_path.read_bytes().splitlines() if line.strip())
+    return (
+        f"{unanswered} not yet answered by the market, {unpaid} it will not pay"
+        f" (listed with the reason in {outbox.unpaid_path})"
+    )
 
 
 def _unavailable(reason: str) -> str:

@@ -19,7 +19,9 @@ from provider_agent.doctor import (
     check_vllm_model,
 )
 from provider_agent.energy import EstimatedMeter, NvmlMeter, UnmeasuredMeter
+from provider_agent.jobs.outbox import ReceiptOutbox
 from tests.provider_agent.cli.conftest import MODEL, Services, init_agent
+from tests.provider_agent.jobs.test_outbox import envelope
 from tests.provider_agent.nvml_double import two_h100s
 
 
@@ -145,3 +147,21 @@ def test_status_marks_what_is_unreachable(runner: CliRunner, agent_env: Path) ->
     assert "unavailable: no keystore" in result.stdout
     assert "unavailable: this command needs the chain" in result.stdout
     assert "unavailable: market_url not set" in result.stdout
+    assert "none signed yet" in result.stdout
+
+
+def test_status_counts_the_receipts_the_market_has_not_answered_or_will_not_pay(
+    runner: CliRunner, agent_env: Path
+) -> None:
+    outbox = ReceiptOutbox(agent_env)
+    for n in (1, 2, 3):
+        outbox.add(envelope(n))
+    outbox.mark_sent([f"{1:032x}", f"{2:032x}"])
+    outbox.record_unpaid([{"job_id": f"{2:032x}", "state": "closed", "detail": "abandoned"}])
+
+    result = runner.invoke(cli.app, ["status"])
+
+    assert result.exit_code == 0, result.output
+    unpaid = agent_env / "receipts-unpaid.jsonl"
+    assert "1 not yet answered by the market, 1 it will not pay" in result.stdout
+    assert f"(listed with the reason in {unpaid})" in result.stdout
