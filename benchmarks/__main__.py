@@ -1,8 +1,8 @@
 """Runs every benchmark and prints its table: `python -m benchmarks [--quick]`.
 
-Order: gateway, receipts, epoch, storage, market_energy (which reuses the gateway's CPU figures
-at concurrency 8), then the routing decision benchmark. `--quick` runs each in a few seconds
-(CI); without it the whole set takes a few minutes.
+Order: gateway, receipts, epoch, storage, receipt_status, market_energy (which reuses the
+gateway's CPU figures at concurrency 8), then the routing decision benchmark. `--quick` runs
+each in a few seconds (CI); without it the whole set takes a few minutes.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from benchmarks import epoch, gateway, market_energy, receipts, routing, storage
+from benchmarks import epoch, gateway, market_energy, receipt_status, receipts, routing, storage
 
 
 def main() -> None:
@@ -24,6 +24,7 @@ def main() -> None:
     receipts.main(flags)
     epoch.main(flags)
     storage.main(flags)
+    receipt_status.main(flags)
     cpu = {
         mode: {
             "market": heads["cases"][f"{mode}_c8"]["market"]["market_cpu_ms"],
