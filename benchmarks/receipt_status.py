@@ -119,8 +119,10 @@ def agent_figures(count: int, envelope: Signed[SignedReceipt]) -> dict[str, floa
     with tempfile.TemporaryDirectory(prefix="bench-outbox-") as tmp:
         now = [time.time() - DAY_S]
         outbox = ReceiptOutbox(Path(tmp), clock=lambda: now[0])
-        day_file = outbox._current_path()
+        outbox.add(envelope)  # creates the day file; rewritten below
+        (day_file,) = outbox.paths()
         ids = [f"{n:032x}" for n in range(count)]
+        outbox.close()
         with day_file.open("w") as out:  # the same receipt under other job ids: same size
             out.writelines(template.replace(job_id, i, 1) + "\n" for i in ids)
         outbox.mark_sent(ids)

@@ -118,7 +118,11 @@ class MarketClient:
         payload = {"receipts": [envelope.model_dump(mode="json") for envelope in envelopes]}
         body = await self._post("/providers/receipts/status", payload)
         answers = body.get("receipts")
-        if not isinstance(answers, list) or len(answers) != len(envelopes):
+        if (
+            not isinstance(answers, list)
+            or len(answers) != len(envelopes)
+            or not all(isinstance(answer, dict) for answer in answers)
+        ):
             raise MarketError(f"the market's receipt answer does not match the request: {body}")
         return answers
 

@@ -250,9 +250,13 @@ class AgentRunner:
         assert self.market is not None
         outbox = ReceiptOutbox(self.data_dir)
         while True:
-            result = await sync_receipts(outbox, self.market)
-            self.receipts_answered.update(result.states)
-            self.receipt_sync_error = result.error
+            try:
+                result = await sync_receipts(outbox, self.market)
+                self.receipts_answered.update(result.states)
+                self.receipt_sync_error = result.error
+            except Exception as exc:  # an unreadable outbox must not stop the agent serving
+                log.exception("receipt sync failed")
+                self.receipt_sync_error = repr(exc)
             await asyncio.sleep(self.settings.run.receipt_sync_interval_s)
 
     async def run(self, *, install_signals: bool = True) -> int:

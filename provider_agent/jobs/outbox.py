@@ -83,8 +83,8 @@ class ReceiptOutbox:
         self._fsync = fsync
         self._clock = clock
         self._day: float | None = None
-        self._day_name = ""
         self._day_path = self.days_dir
+        self._day_marker = self.days_dir
         self._day_fd: int | None = None
 
     def _append(self, path: Path, line: str) -> None:
@@ -111,17 +111,21 @@ class ReceiptOutbox:
             os.close(self._day_fd)
             self._day_fd = None
 
+    def _path_of(self, day: float) -> Path:
+        """The file of the UTC day `day` (unix seconds // `_DAY_S`); creates nothing."""
+        name = datetime.fromtimestamp(day * _DAY_S, UTC).date().isoformat()
+        return self.days_dir / f"{name}.jsonl"
+
     def _current_path(self) -> Path:
         """The day file for now; the name and path are only recomputed when the day changes."""
         day = self._clock() // _DAY_S
         if day != self._day:
             self.days_dir.mkdir(exist_ok=True)
-            self._day_name = datetime.fromtimestamp(day * _DAY_S, UTC).date().isoformat()
-            self._day_path = self.days_dir / f"{self._day_name}.jsonl"
+            self._day_path = self._path_of(day)
             self._day = day
             self.close()
             _end_torn_line(self._day_path)
-            _answered_marker(self._day_path).unlink(missing_ok=True)
+            self._day_marker = _answered_marker(self._day_path)
         return self._day_path
 
     def add(self, envelope: Signed[Receipt]) -> None:
@@ -130,6 +134,9 @@ class ReceiptOutbox:
         _write_all(fd, envelope.model_dump_json().encode("utf-8") + b"\n")
         if self._fsync:
             os.fsync(fd)
+        # A day sealed by a sync (another instance, as a rule) gets a receipt only if the
+        # clock went back; the line is written first, so a seal made meanwhile is undone too.
+        self._day_marker.unlink(missing_ok=True)
 
     def mark_sent(self, job_ids: list[str]) -> None:
         """Record that the market acknowledged these jobs' receipts."""
@@ -182,7 +189,8 @@ class ReceiptOutbox:
     def seal_answered(self) -> list[Path]:
         """Seal each past file whose receipts were all answered, and drop their ids from
         `receipts-sent.jsonl`; the files sealed."""
-        sent, today = self._sent(), self._current_path()
+        # today's path only: the appender (another instance, as a rule) owns the file
+        sent, today = self._sent(), self._path_of(self._clock() // _DAY_S)
         sealed, ids = [], set()
         for path in self._unsealed():
             if path == today:

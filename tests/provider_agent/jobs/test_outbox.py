@@ -222,9 +222,10 @@ def test_a_receipt_appended_to_a_sealed_day_unseals_it(tmp_path: Path) -> None:
     clock = Clock(DAY_ONE)
     outbox = ReceiptOutbox(tmp_path, clock=clock)
     outbox.add(envelope(1))
-    clock.now = DAY_TWO
-    outbox.mark_sent(_job_ids(1))
-    assert outbox.seal_answered() == [tmp_path / "receipts" / "2025-12-31.jsonl"]
+    clock.now = DAY_TWO  # the appender adds nothing on day two: it still holds day one open
+    sync = ReceiptOutbox(tmp_path, clock=clock)  # the receipt sync's own instance
+    sync.mark_sent(_job_ids(1))
+    assert sync.seal_answered() == [tmp_path / "receipts" / "2025-12-31.jsonl"]
 
     clock.now = DAY_ONE  # the clock went back
     outbox.add(envelope(2))

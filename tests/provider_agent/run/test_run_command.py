@@ -6,6 +6,7 @@ import os
 import sys
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,11 @@ def test_run_serves_jobs_reports_to_the_market_and_exits_cleanly_on_sigterm(
     engine_port = free_port()
     command = [sys.executable, str(UPSTREAM), "--port", str(engine_port)]
     engine_url = f"http://127.0.0.1:{engine_port}"
+    # a whole but unreadable line in today's outbox file: the receipt sync fails on it, and
+    # the agent serves on
+    days = tmp_path / "data" / "receipts"
+    days.mkdir(parents=True)
+    (days / f"{datetime.now(UTC).date().isoformat()}.jsonl").write_text('{"message": {}}\n')
     with (
         running_market() as market,
         running_agent(
@@ -52,6 +58,12 @@ def test_run_serves_jobs_reports_to_the_market_and_exits_cleanly_on_sigterm(
         engine_pid = status["engine"]["pid"]
         assert engine_pid is not None
         assert (agent.data_dir / "vllm.log").exists()
+
+        def sync_failed() -> bool:
+            error = (agent.status() or {}).get("receipts", {}).get("last_error")
+            return error is not None and "MalformedMessageError" in error
+
+        agent.wait_until(sync_failed, 20, "the receipt sync to report the unreadable line")
 
         body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
         response = agent.job(body)
