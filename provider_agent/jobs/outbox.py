@@ -9,6 +9,14 @@ receipt may be answered on a later day than it was issued and `unsent()` needs e
 answered id anyway. `receipts-unpaid.jsonl` keeps, for the provider's own record, each
 answer that said the receipt will not be paid (`{"job_id", "state", "detail"}` per line).
 
+A whole line that does not parse as a signed receipt (the disk or a hand edit changed it)
+cannot be asked about. `unsent()` sets it aside the first time it meets it: it is listed in
+`receipts-unpaid.jsonl` as `unreadable` (with its job id when one can still be read) and
+marked answered, so it neither stops the receipt sync nor keeps its day from being sealed.
+A torn last line of `receipts-sent.jsonl` or `receipts-unpaid.jsonl` (the agent was killed
+mid-write) is ended before the next append, and an id line that does not parse is ignored:
+at worst a receipt is asked about once more.
+
 A past day's file whose every receipt was answered is sealed (`seal_answered`): an empty
 `<file>.answered` beside it, after which the scans for unanswered receipts skip the file,
 and its ids leave `receipts-sent.jsonl`, so neither the scan nor the set of answered ids
@@ -27,7 +35,9 @@ if the connection to the market drops before the receipt reaches it.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import re
 import time
@@ -35,13 +45,18 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+from protocol.errors import MalformedMessageError
 from protocol.messages import Receipt, Signed, parse_signed
+
+log = logging.getLogger(__name__)
 
 _COMPLETE = (b"}\n", b"}")
 """How a whole line ends; anything else is the torn tail of an interrupted append."""
 _JOB_ID = re.compile(rb'"job_id":"([0-9a-f]{32})"')
 """A stored envelope's job id: the first `job_id` key of the line, which `model_dump_json`
 writes before any free text (a quote inside a string is escaped, so none can match there)."""
+_LINE_ID = "line-"
+"""The prefix of the id given to a line whose job id cannot be read (never a job id's)."""
 _DAY_S = 86_400
 """Seconds in a UTC day: unix time counts no leap seconds, so `t // _DAY_S` is the day."""
 
@@ -87,9 +102,13 @@ class ReceiptOutbox:
         self._day_marker = self.days_dir
         self._day_fd: int | None = None
 
-    def _append(self, path: Path, line: str) -> None:
+    def _append(self, path: Path, lines: list[str]) -> None:
+        """Append whole lines to `path` in one write, after ending a torn last line."""
+        if not lines:
+            return
+        _end_torn_line(path)
         with path.open("a", encoding="utf-8") as out:
-            out.write(line + "\n")
+            out.write("".join(line + "\n" for line in lines))
             out.flush()
             if self._fsync:
                 os.fsync(out.fileno())
@@ -140,19 +159,17 @@ class ReceiptOutbox:
 
     def mark_sent(self, job_ids: list[str]) -> None:
         """Record that the market acknowledged these jobs' receipts."""
-        for job_id in job_ids:
-            self._append(self.sent_path, json.dumps(job_id))
+        self._append(self.sent_path, [json.dumps(job_id) for job_id in job_ids])
 
     def record_unpaid(self, answers: list[dict[str, str | None]]) -> None:
         """Keep the market's answers that said these receipts will not be paid."""
-        for answer in answers:
-            self._append(self.unpaid_path, json.dumps(answer, sort_keys=True))
+        self._append(self.unpaid_path, [json.dumps(a, sort_keys=True) for a in answers])
 
     def _sent(self) -> set[str]:
         if not self.sent_path.exists():
             return set()
         with self.sent_path.open("rb") as lines:
-            return {json.loads(line) for line in lines if line.strip()}
+            return {job_id for line in lines if (job_id := _sent_id(line)) is not None}
 
     def paths(self) -> list[Path]:
         """The receipt files, oldest first: the legacy file, then the day files by date."""
@@ -207,9 +224,24 @@ class ReceiptOutbox:
         return sealed
 
     def unsent(self) -> Iterator[Signed[Receipt]]:
-        """Stored receipts the market has not answered for, oldest first."""
+        """Stored receipts the market has not answered for, oldest first; a line that does not
+        parse is set aside instead (listed as `unreadable` among the unpaid, marked answered)."""
         for line in self._unsent_lines():
-            yield parse_signed(line, Receipt)
+            try:
+                envelope = parse_signed(line, Receipt)
+            except MalformedMessageError as exc:
+                self._set_aside(line, exc)
+                continue
+            yield envelope
+
+    def _set_aside(self, line: bytes, exc: MalformedMessageError) -> None:
+        line_id = _job_id(line)
+        job_id = None if line_id.startswith(_LINE_ID) else line_id
+        error = str(exc).splitlines()[0]
+        detail = f"the outbox's copy does not parse, so the market was not asked: {error}"
+        log.warning("receipt %s set aside: %s", line_id, detail)
+        self.record_unpaid([{"job_id": job_id, "state": "unreadable", "detail": detail}])
+        self.mark_sent([line_id])
 
     def count_unsent(self) -> int:
         """How many receipts `unsent()` would yield, without building the envelopes."""
@@ -221,7 +253,21 @@ def _answered_marker(path: Path) -> Path:
 
 
 def _job_id(line: bytes) -> str:
+    """The line's job id, or for a line with none that can be read, an id made of its digest
+    (`line-<sha256>`), which no job id can equal."""
     found = _JOB_ID.search(line)
     if found is not None:
         return found.group(1).decode("ascii")
-    return str(json.loads(line)["message"]["job_id"])
+    try:
+        return str(json.loads(line)["message"]["job_id"])
+    except (ValueError, TypeError, KeyError):
+        return _LINE_ID + hashlib.sha256(line.rstrip(b"\n")).hexdigest()
+
+
+def _sent_id(line: bytes) -> str | None:
+    """The job id of a `receipts-sent.jsonl` line; None for a blank or unreadable one."""
+    try:
+        job_id = json.loads(line) if line.strip() else None
+    except ValueError:
+        return None
+    return job_id if isinstance(job_id, str) else None

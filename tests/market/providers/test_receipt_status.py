@@ -4,6 +4,7 @@ holds of an agent's receipts, answered per receipt, without charging or storing 
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
 import time
 from pathlib import Path
@@ -309,6 +310,25 @@ def test_the_agents_sync_marks_only_final_answers(
     assert _sync(jobs, outbox, client.app).states == {}
     unpaid = outbox.unpaid_path.read_text().splitlines()
     assert unpaid == [f'{{"detail": "abandoned", "job_id": "{closed}", "state": "closed"}}']
+
+
+def test_an_unreadable_outbox_line_is_set_aside_and_the_sync_goes_on(
+    client: TestClient, runtime: Runtime, tmp_path: Path
+) -> None:
+    jobs = Jobs(runtime)
+    (_, damaged), (_, held) = jobs.completed(), jobs.completed()
+    outbox = ReceiptOutbox(tmp_path)
+    outbox.add(damaged)
+    (day,) = outbox.paths()
+    day.write_text(day.read_text().replace('"signature":"0x', '"signature":"0X'))
+    outbox.add(held)
+
+    result = _sync(jobs, outbox, client.app)
+
+    assert (result.states, result.error) == ({"recorded": 1}, None)
+    assert outbox.count_unsent() == 0
+    (unpaid,) = [json.loads(line) for line in outbox.unpaid_path.read_text().splitlines()]
+    assert (unpaid["job_id"], unpaid["state"]) == (damaged.message.job_id, "unreadable")
 
 
 def test_a_sync_the_market_does_not_answer_marks_nothing(runtime: Runtime, tmp_path: Path) -> None:

@@ -232,3 +232,50 @@ def test_a_receipt_appended_to_a_sealed_day_unseals_it(tmp_path: Path) -> None:
 
     assert ids(outbox.unsent()) == [1, 2]  # 1 is asked about again: its id was dropped
     assert not (tmp_path / "receipts" / "2025-12-31.jsonl.answered").exists()
+
+
+def test_a_whole_line_that_does_not_parse_is_set_aside_once(tmp_path: Path) -> None:
+    outbox = ReceiptOutbox(tmp_path, clock=Clock(DAY_ONE))
+    outbox.add(envelope(1))
+    tampered = envelope(2).model_dump_json().replace('"signature":"0x', '"signature":"zz')
+    with (tmp_path / "receipts" / "2025-12-31.jsonl").open("a") as day:
+        day.write(tampered + "\n{not json}\n")
+    outbox.add(envelope(3))
+
+    assert ids(outbox.unsent()) == [1, 3]  # the bad lines stop nothing
+
+    unpaid = [json.loads(line) for line in outbox.unpaid_path.read_text().splitlines()]
+    assert [(u["job_id"], u["state"]) for u in unpaid] == [
+        (f"{2:032x}", "unreadable"),
+        (None, "unreadable"),
+    ]
+    assert all(u["detail"].startswith("the outbox's copy does not parse") for u in unpaid)
+    assert ids(outbox.unsent()) == [1, 3]
+    assert len(outbox.unpaid_path.read_text().splitlines()) == 2  # set aside only once
+    assert outbox.count_unsent() == 2
+
+    outbox.mark_sent(_job_ids(1, 3))
+    outbox._clock = Clock(DAY_TWO)
+    # the set-aside lines count as answered: the day can be sealed
+    assert outbox.seal_answered() == [tmp_path / "receipts" / "2025-12-31.jsonl"]
+    assert outbox.sent_path.read_text() == ""
+
+
+def test_a_torn_answered_id_is_asked_about_again_and_appends_go_on_after_it(
+    tmp_path: Path,
+) -> None:
+    outbox = ReceiptOutbox(tmp_path, clock=Clock(DAY_ONE))
+    for n in (1, 2, 3):
+        outbox.add(envelope(n))
+    outbox.mark_sent(_job_ids(1))
+    with outbox.sent_path.open("a") as sent:
+        sent.write(json.dumps(_job_ids(2)[0])[:20])  # killed mid-append
+    outbox.unpaid_path.write_text('{"job_id": "')  # the same, in the unpaid list
+
+    assert ids(outbox.unsent()) == [2, 3]
+    outbox.mark_sent(_job_ids(3))
+    outbox.record_unpaid([{"job_id": _job_ids(3)[0], "state": "closed", "detail": None}])
+
+    assert ids(outbox.unsent()) == [2]
+    assert outbox.sent_path.read_text().splitlines()[-1] == json.dumps(_job_ids(3)[0])
+    assert json.loads(outbox.unpaid_path.read_text().splitlines()[-1])["state"] == "closed"

@@ -6,7 +6,6 @@ import os
 import sys
 import threading
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +36,9 @@ def test_run_serves_jobs_reports_to_the_market_and_exits_cleanly_on_sigterm(
     engine_port = free_port()
     command = [sys.executable, str(UPSTREAM), "--port", str(engine_port)]
     engine_url = f"http://127.0.0.1:{engine_port}"
-    # a whole but unreadable line in today's outbox file: the receipt sync fails on it, and
-    # the agent serves on
-    days = tmp_path / "data" / "receipts"
-    days.mkdir(parents=True)
-    (days / f"{datetime.now(UTC).date().isoformat()}.jsonl").write_text('{"message": {}}\n')
+    # the outbox's answered-ids file cannot be read (a directory stands in its place): every
+    # receipt sync fails, and the agent serves on
+    (tmp_path / "data" / "receipts-sent.jsonl").mkdir(parents=True)
     with (
         running_market() as market,
         running_agent(
@@ -61,9 +58,9 @@ def test_run_serves_jobs_reports_to_the_market_and_exits_cleanly_on_sigterm(
 
         def sync_failed() -> bool:
             error = (agent.status() or {}).get("receipts", {}).get("last_error")
-            return error is not None and "MalformedMessageError" in error
+            return error is not None and "IsADirectoryError" in error
 
-        agent.wait_until(sync_failed, 20, "the receipt sync to report the unreadable line")
+        agent.wait_until(sync_failed, 20, "the receipt sync to report the unreadable file")
 
         body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
         response = agent.job(body)
