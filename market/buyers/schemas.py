@@ -92,6 +92,11 @@ class BuyerStatement(Statement):
     """A buyer's statement, with the escrow whose withdrawal is pending on-chain."""
 
     withdrawing: int = Field(description="Escrow with a withdrawal requested, not yet paid out.")
+    owed: int = Field(
+        default=0,
+        description="Escrow the buyer withdrew that the market had charged and not yet settled; "
+        "the buyer's next deposits repay it first (docs/contracts.md).",
+    )
     energy: EnergySummary = Field(
         description="Energy of every request charged to the buyer: GPU joules, wall kWh, "
         "energy cost and gCO2 over metered receipts; unmeasured ones counted apart."

@@ -247,6 +247,7 @@ def buyer_statement(session: Session, address: str, limit: int = 100) -> BuyerSt
     return BuyerStatement(
         **statement.model_dump(),
         withdrawing=statement.balances.get("withdrawing", 0),
+        owed=-statement.balances.get("overdrawn", 0),
         energy=energy_summary(session, address),
     )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from market.config import Settings
@@ -11,6 +12,8 @@ from protocol.chain.deploy import TESTNET, Deployment, deploy
 from protocol.chain.settlement import SettlementClient
 from protocol.chain.transactor import Transactor
 from protocol.messages import Domain
+
+log = logging.getLogger(__name__)
 
 GAS_MONEY = 10**20
 
@@ -46,4 +49,22 @@ def open_chain(settings: Settings) -> MarketChain:
     else:
         assert settings.deployment_file is not None  # the settings insist on it
         deployment = Deployment.load(settings.deployment_file)
-    return MarketChain(client=SettlementClient(w3, deployment), operator=operator)
+    client = SettlementClient(w3, deployment)
+    warn_if_withdrawals_outrun_epochs(client.withdrawal_delay(), settings.epoch_seconds)
+    return MarketChain(client=client, operator=operator)
+
+
+def warn_if_withdrawals_outrun_epochs(withdrawal_delay_s: int, epoch_seconds: int) -> bool:
+    """Warns (and says True) when a buyer could take back charged escrow before the epoch that
+    settles the charge closes: a charge waits up to one epoch, then the close and its batch.
+    The market keeps settling the others then (docs/contracts.md), but that buyer's providers
+    wait for a new deposit."""
+    if withdrawal_delay_s >= 2 * epoch_seconds:
+        return False
+    log.warning(
+        "the contract's withdrawal delay (%d s) is under two epochs (%d s): a buyer can take "
+        "escrow the market charged before it settles; lower MARKET_EPOCH_SECONDS",
+        withdrawal_delay_s,
+        2 * epoch_seconds,
+    )
+    return True

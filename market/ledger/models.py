@@ -37,10 +37,11 @@ class OwnerKind(enum.StrEnum):
 class TransferKind(enum.StrEnum):
     """What a transfer records.
 
-    deposit: on-chain deposit credited to a buyer; hold: available -> held for a job;
-    release: held -> available (what a job did not use); charge: held -> provider earnings and
-    protocol fee; fee: a protocol fee not tied to a charge; settle: an epoch settled on-chain;
-    withdrawal: funds leaving the contract.
+    deposit: on-chain deposit credited to a buyer; hold: available -> held for a job; release:
+    held -> available (what a job did not use); charge: held -> provider earnings and protocol
+    fee (or available -> what the buyer overdrew, repaid from a deposit); fee: a protocol fee
+    not tied to a charge; settle: an epoch settled on-chain; withdrawal: funds leaving the
+    contract.
     """
 
     DEPOSIT = "deposit"

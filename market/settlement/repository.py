@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from sqlalchemy import Row, exists, func, select, text
+from sqlalchemy import ColumnElement, Row, delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -22,17 +22,6 @@ from market.settlement.models import (
 
 STREAM_CHUNK = 5_000
 """Receipts fetched per round trip when an epoch's receipts are streamed."""
-
-_ASSIGN = text(
-    """
-    UPDATE receipts SET epoch = :epoch, leaf_index = ordered.leaf
-    FROM (
-        SELECT job_id, row_number() OVER (ORDER BY receipt_hash, job_id) - 1 AS leaf
-        FROM receipts WHERE epoch IS NULL
-    ) AS ordered
-    WHERE receipts.job_id = ordered.job_id
-    """
-)
 
 
 class SettlementRepository:
@@ -117,13 +106,25 @@ class SettlementRepository:
 
     # -- receipts ------------------------------------------------------------------------
 
-    def has_unassigned_receipts(self) -> bool:
-        """Whether some verified receipt is in no epoch yet."""
-        return bool(self.session.scalar(select(exists().where(Receipt.epoch.is_(None)))))
+    def debits_where(self, where: list[ColumnElement[bool]]) -> dict[str, int]:
+        """Buyer address -> sum of charges of the receipts matching `where`."""
+        stmt = select(Receipt.buyer_address, func.sum(Receipt.charge)).where(*where)
+        rows = self.session.execute(stmt.group_by(Receipt.buyer_address))
+        return {buyer: int(total) for buyer, total in rows}
 
-    def assign_receipts(self, number: int) -> None:
-        """Puts every receipt in no epoch into `number`, leaf indexes in receipt-hash order."""
-        self.session.execute(_ASSIGN, {"epoch": number})
+    def discard_epoch(self, number: int) -> int:
+        """Deletes epoch `number` with its lines and reward weights and puts its receipts back
+        in no epoch; how many receipts it held."""
+        self.session.execute(delete(EpochRewardWeight).where(EpochRewardWeight.epoch == number))
+        self.session.execute(delete(EpochLine).where(EpochLine.epoch == number))
+        self.session.execute(delete(Epoch).where(Epoch.number == number))
+        released = self.session.execute(
+            update(Receipt)
+            .where(Receipt.epoch == number)
+            .values(epoch=None, leaf_index=None)
+            .execution_options(synchronize_session=False)
+        )
+        return int(released.rowcount)  # type: ignore[attr-defined]
 
     def stream_epoch(self, number: int) -> Iterator[Row[str, str, str, int, int]]:
         """(receipt_hash, buyer, provider, charge, fee) of the epoch's receipts by leaf index,

@@ -7,13 +7,17 @@ row so that concurrent closers take turns (`market.settlement.tasks.close_epoch`
    settled epoch + 1). It first checks the claims of every receipt not checked yet
    (`market.reviews.receipts`), then takes every receipt in no epoch that is settleable:
    checked, not void, and not of a provider whose payment is held by an open review
-   (`market.reviews`); the others stay in no epoch, their charges unsettled in the ledger.
+   (`market.reviews`), nor of a buyer whose escrow the chain may no longer cover
+   (`market.settlement.coverage`); the others stay in no epoch, their charges unsettled in
+   the ledger.
    Leaf indexes follow the receipts' hashes; the receipts are then streamed in leaf order to
    build the Merkle tree and the per-buyer debits (sum of charges) and per-provider credits
    (sum of charge - fee).
 2. `begin_submission`: if the chain already settled the epoch (a crash after sending), it is
    recorded as settled without sending anything; else it is marked `submitted` and its batch
    returned for the operator to send.
+   If the chain refuses the batch with `InsufficientEscrow` (a buyer withdrew in between),
+   `discard_epoch` puts its receipts back in no epoch and the close builds it again.
 3. `record_settlement`: checks the root the chain recorded against ours (a different root
    raises `EpochRootMismatchError`), books the settlement in the ledger and marks the epoch
    settled, in one transaction.
@@ -31,7 +35,9 @@ Withdrawals (the chain watcher): a `WithdrawalRequested` moves the requested amo
 contract keeps one pending request per buyer, the newest replacing the older) from
 `buyer:<addr>:available` to `buyer:<addr>:withdrawing`, so it can no longer be held for jobs;
 `Withdrawn` moves it from `withdrawing` to the chain's contra account. Both are `withdrawal`
-transfers, idempotent on the log's (tx_hash, log_index).
+transfers, idempotent on the log's (tx_hash, log_index). What a `Withdrawn` takes beyond
+`withdrawing` and `available` (escrow the market had charged and not yet settled) goes to
+`chain:<buyer>:overdrawn`, which the buyer's next deposits repay before anything else.
 
 Key rotations (the chain watcher): a `ProviderKeyRotated` voids the provider's old Ed25519 key
 at the market at once, unless it already registered with a newer one
@@ -45,7 +51,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import ColumnElement, exists, func, select, update
+from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.orm import Session
 
 from market.addresses import checksum_address
@@ -68,6 +74,7 @@ from market.reviews.models import ReceiptCheckStatus
 from market.reviews.receipts import check_receipts
 from market.reviews.service import DEFAULT_HOLD_KINDS, open_reviews
 from market.rewards.service import decide_rewards
+from market.settlement.coverage import shortfalls
 from market.settlement.errors import (
     EpochNotFoundError,
     EpochNotOnChainError,
@@ -110,6 +117,13 @@ def buyer_withdrawing(buyer: str) -> AccountRef:
     return AccountRef(OwnerKind.BUYER, checksum_address(buyer), "withdrawing")
 
 
+def buyer_overdrawn(buyer: str) -> AccountRef:
+    """Escrow the buyer took from the contract that the market had charged and not yet
+    settled (negative: what the buyer owes; `market.settlement.coverage`). A chain-side
+    contra account, so it may go below zero; the buyer's next deposits pay it back."""
+    return AccountRef(OwnerKind.CHAIN, checksum_address(buyer), "overdrawn")
+
+
 def hash_bytes(receipt_hash: str) -> bytes:
     """The 32 bytes of a stored `0x`-hex receipt hash."""
     raw = bytes.fromhex(receipt_hash.removeprefix("0x"))
@@ -125,23 +139,27 @@ def _hex(raw: bytes) -> str:
 # -- closing an epoch ---------------------------------------------------------------------
 
 
-def _settleable() -> list[ColumnElement[bool]]:
-    """Receipts the next epoch takes: in no epoch, checked, not void, payment not held."""
-    return [
+def _settleable(unfunded: Collection[str] = ()) -> list[ColumnElement[bool]]:
+    """Receipts the next epoch takes: in no epoch, checked, not void, payment not held, and
+    not of a buyer in `unfunded` (`market.settlement.coverage`)."""
+    where = [
         Receipt.epoch.is_(None),
         Receipt.check_status.is_not(None),
         Receipt.check_status != ReceiptCheckStatus.VOID.value,
         Receipt.provider_address.not_in(open_reviews()),
     ]
+    if unfunded:
+        where.append(Receipt.buyer_address.not_in(list(unfunded)))
+    return where
 
 
-def _assign(session: Session, number: int) -> None:
+def _assign(session: Session, number: int, unfunded: Collection[str]) -> None:
     """Puts every settleable receipt into epoch `number`, leaf indexes in receipt-hash order
     (one UPDATE ... FROM)."""
     leaf = func.row_number().over(order_by=(Receipt.receipt_hash, Receipt.job_id)) - 1
     ordered = (
         select(Receipt.job_id.label("job_id"), leaf.label("leaf"))
-        .where(*_settleable())
+        .where(*_settleable(unfunded))
         .subquery("ordered")
     )
     session.execute(
@@ -165,10 +183,20 @@ def open_epoch(
     if unsettled is not None:
         return unsettled
     check_receipts(session, hold_kinds)
-    if not session.scalar(select(exists().where(*_settleable()))):
+    owed = repo.debits_where(_settleable())
+    unfunded = set()
+    for short in shortfalls(client, owed):
+        unfunded.add(short.buyer)
+        log.warning(
+            "buyer %s left out of the epoch: %d charged, the chain surely covers only %d",
+            short.buyer,
+            short.debit,
+            short.covered,
+        )
+    if unfunded >= owed.keys():  # nothing settleable, or no buyer the chain covers
         return None
     number = max(client.last_settled_epoch(), repo.last_epoch_number()) + 1
-    _assign(session, number)
+    _assign(session, number, unfunded)
 
     hashes: list[bytes] = []
     debits: dict[str, int] = {}
@@ -303,6 +331,22 @@ def record_settlement(
     return epoch
 
 
+def discard_epoch(session: Session, client: SettlementClient, number: int) -> int:
+    """Forgets epoch `number`, whose batch the chain refused (`InsufficientEscrow`: a buyer
+    took escrow the market had charged): its receipts go back to no epoch, so the next close
+    builds the epoch anew without the buyers the chain cannot debit (`coverage`). How many
+    receipts it released; 0, with nothing changed, if the chain settled the epoch after all.
+    """
+    repo = SettlementRepository(session)
+    repo.lock_cursor(EPOCH_CURSOR, 0)
+    epoch = _epoch(repo, number)
+    if epoch.status is EpochStatus.SETTLED or client.last_settled_epoch() >= number:
+        return 0
+    released = repo.discard_epoch(number)
+    log.warning("epoch %d discarded; its %d receipts wait for the next close", number, released)
+    return released
+
+
 def _find_settlement_tx(client: SettlementClient, number: int) -> tuple[str | None, int | None]:
     head = client.confirmed_head(0)
     start = max(client.deployment.block, head - 100_000)
@@ -372,6 +416,7 @@ def _apply(session: Session, event: ChainEvent) -> None:
     if event.name == "Deposited":
         get_or_create_buyer(session, buyer)
         credit_deposit(session, buyer, amount, event.tx_hash, event.log_index)
+        _repay_overdraft(session, buyer, event)
     elif event.name == "WithdrawalRequested":
         _withdrawal_requested(session, buyer, amount, event)
     elif event.name == "Withdrawn":
@@ -407,6 +452,26 @@ def _withdrawal_requested(session: Session, buyer: str, amount: int, event: Chai
     )
 
 
+def _repay_overdraft(session: Session, buyer: str, event: ChainEvent) -> None:
+    """A deposit first pays back what the buyer overdrew: the contract's next settlement
+    debits it from the new escrow, so it is not available for holds."""
+    key = f"repay:{event.tx_hash}:{event.log_index}"
+    if LedgerRepository(session).get_transfer_by_key(key) is not None:
+        return
+    available, overdrawn = buyer_available(buyer), buyer_overdrawn(buyer)
+    free, owed = _balances(session, available, overdrawn)
+    repaid = min(free, -owed)
+    if repaid > 0:
+        post_transfer(
+            session,
+            kind=TransferKind.CHARGE,
+            idempotency_key=key,
+            legs=[Leg(available, -repaid), Leg(overdrawn, repaid)],
+            tx_hash=event.tx_hash.lower(),
+            log_index=event.log_index,
+        )
+
+
 def _withdrawn(session: Session, buyer: str, amount: int, event: ChainEvent) -> None:
     key = f"withdrawal:{event.tx_hash}:{event.log_index}"
     if LedgerRepository(session).get_transfer_by_key(key) is not None:
@@ -415,14 +480,22 @@ def _withdrawn(session: Session, buyer: str, amount: int, event: ChainEvent) -> 
     free, pending = _balances(session, available, withdrawing)
     from_pending = min(amount, pending)
     from_free = min(amount - from_pending, free)
-    if from_pending + from_free < amount:
-        log.error("buyer %s withdrew %d, the ledger had %d free", buyer, amount, free + pending)
-    legs = [Leg(CHAIN_ESCROW, from_pending + from_free)]
+    overdrawn = amount - from_pending - from_free
+    if overdrawn:
+        log.warning(
+            "buyer %s withdrew %d, %d more than the ledger left free: charged escrow it owes",
+            buyer,
+            amount,
+            overdrawn,
+        )
+    legs = [Leg(CHAIN_ESCROW, amount)]
     if from_pending:
         legs.append(Leg(withdrawing, -from_pending))
     if from_free:
         legs.append(Leg(available, -from_free))
-    if len(legs) > 1:
+    if overdrawn:
+        legs.append(Leg(buyer_overdrawn(buyer), -overdrawn))
+    if amount:
         post_transfer(
             session,
             kind=TransferKind.WITHDRAWAL,

@@ -25,7 +25,7 @@ from market.runtime import Runtime
 from market.settlement import service
 from market.settlement.models import EpochStatus
 from market.settlement.repository import SettlementRepository
-from protocol.chain.errors import EpochAlreadySettled
+from protocol.chain.errors import EpochAlreadySettled, InsufficientEscrow
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +60,13 @@ def watch_deposits(ctx: TaskContext) -> int:
             return booked
 
 
-def close_epoch(ctx: TaskContext) -> int | None:
+def close_epoch(ctx: TaskContext, *, rebuilt: bool = False) -> int | None:
     """Settles the open epoch, opening one over the unassigned receipts if none is open.
 
     Returns the epoch number settled (or found settled), None if there was nothing to settle
-    or a recent submission is still in flight.
+    or a recent submission is still in flight. An epoch the chain refuses because a buyer's
+    escrow no longer covers its debit is discarded and built again at once, without that
+    buyer (`service.discard_epoch`; `rebuilt`: this is that second try, which is not retried).
     """
     client, operator = ctx.chain.client, ctx.chain.operator
     with session_scope(ctx.sessions) as session:
@@ -88,6 +90,11 @@ def close_epoch(ctx: TaskContext) -> int | None:
         block = int(receipt["blockNumber"])
     except EpochAlreadySettled:
         log.warning("epoch %d was already settled on-chain; checking its root", number)
+    except InsufficientEscrow as exc:
+        log.warning("epoch %d refused by the chain (%s); it is built anew", number, exc)
+        with session_scope(ctx.sessions) as session:
+            service.discard_epoch(session, client, number)
+        return close_epoch(ctx, rebuilt=True) if not rebuilt else None
     with session_scope(ctx.sessions) as session:
         service.record_settlement(session, client, number, tx_hash, block)
     return number

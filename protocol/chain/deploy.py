@@ -35,9 +35,10 @@ class DeployParams:
     payment_initial_supply: int = 0
 
 
-TESTNET = DeployParams(
-    withdrawal_delay_s=60, unstake_delay_s=600, min_reward_interval_s=0, faucet_enabled=True
-)
+TESTNET = DeployParams(unstake_delay_s=600, min_reward_interval_s=0, faucet_enabled=True)
+"""A local testnet's deployment: short unstake delay, rewards every epoch, a faucet. The
+withdrawal delay stays an hour, several times the market's default epoch, so that a charge
+settles before its buyer can take the escrow back (docs/contracts.md)."""
 
 
 @dataclass(frozen=True)

@@ -141,6 +141,10 @@ class SettlementClient:
         """The most network tokens the rewards of one epoch may mint (base units)."""
         return int(self._call(self.network, "epochMintCap"))
 
+    def withdrawal_delay(self) -> int:
+        """Seconds between a buyer's withdrawal request and the first moment it can withdraw."""
+        return int(self._call(self.settlement, "withdrawalDelay"))
+
     def min_reward_interval(self) -> int:
         """Seconds that must pass between two epochs that mint rewards."""
         return int(self._call(self.settlement, "minRewardInterval"))
