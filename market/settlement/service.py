@@ -442,13 +442,12 @@ def _withdrawal_requested(session: Session, buyer: str, amount: int, event: Chai
     delta = target - pending
     if delta == 0:
         return
-    post_transfer(
+    _post_event(
         session,
-        kind=TransferKind.WITHDRAWAL,
-        idempotency_key=key,
-        legs=[Leg(available, -delta), Leg(withdrawing, delta)],
-        tx_hash=event.tx_hash.lower(),
-        log_index=event.log_index,
+        TransferKind.WITHDRAWAL,
+        key,
+        [Leg(available, -delta), Leg(withdrawing, delta)],
+        event,
     )
 
 
@@ -462,14 +461,8 @@ def _repay_overdraft(session: Session, buyer: str, event: ChainEvent) -> None:
     free, owed = _balances(session, available, overdrawn)
     repaid = min(free, -owed)
     if repaid > 0:
-        post_transfer(
-            session,
-            kind=TransferKind.CHARGE,
-            idempotency_key=key,
-            legs=[Leg(available, -repaid), Leg(overdrawn, repaid)],
-            tx_hash=event.tx_hash.lower(),
-            log_index=event.log_index,
-        )
+        legs = [Leg(available, -repaid), Leg(overdrawn, repaid)]
+        _post_event(session, TransferKind.CHARGE, key, legs, event)
 
 
 def _withdrawn(session: Session, buyer: str, amount: int, event: ChainEvent) -> None:
@@ -496,14 +489,21 @@ def _withdrawn(session: Session, buyer: str, amount: int, event: ChainEvent) -> 
     if overdrawn:
         legs.append(Leg(buyer_overdrawn(buyer), -overdrawn))
     if amount:
-        post_transfer(
-            session,
-            kind=TransferKind.WITHDRAWAL,
-            idempotency_key=key,
-            legs=legs,
-            tx_hash=event.tx_hash.lower(),
-            log_index=event.log_index,
-        )
+        _post_event(session, TransferKind.WITHDRAWAL, key, legs, event)
+
+
+def _post_event(
+    session: Session, kind: TransferKind, key: str, legs: list[Leg], event: ChainEvent
+) -> None:
+    """Posts a transfer booked from a chain log, tagged with the log's (tx_hash, log_index)."""
+    post_transfer(
+        session,
+        kind=kind,
+        idempotency_key=key,
+        legs=legs,
+        tx_hash=event.tx_hash.lower(),
+        log_index=event.log_index,
+    )
 
 
 # -- reading ------------------------------------------------------------------------------
