@@ -64,6 +64,7 @@ from market.ledger.service import (
     CHAIN_ESCROW,
     PROTOCOL_FEES,
     Leg,
+    balance,
     buyer_available,
     credit_deposit,
     post_transfer,
@@ -442,22 +443,20 @@ def _withdrawal_requested(session: Session, buyer: str, amount: int, event: Chai
     delta = target - pending
     if delta == 0:
         return
-    _post_event(
-        session,
-        TransferKind.WITHDRAWAL,
-        key,
-        [Leg(available, -delta), Leg(withdrawing, delta)],
-        event,
-    )
+    legs = [Leg(available, -delta), Leg(withdrawing, delta)]
+    _post_event(session, TransferKind.WITHDRAWAL, key, legs, event)
 
 
 def _repay_overdraft(session: Session, buyer: str, event: ChainEvent) -> None:
     """A deposit first pays back what the buyer overdrew: the contract's next settlement
-    debits it from the new escrow, so it is not available for holds."""
+    debits it from the new escrow, so it is not available for holds. A buyer who owes nothing
+    (the rule) costs one read: no account is created for it."""
+    available, overdrawn = buyer_available(buyer), buyer_overdrawn(buyer)
+    if balance(session, overdrawn) >= 0:
+        return
     key = f"repay:{event.tx_hash}:{event.log_index}"
     if LedgerRepository(session).get_transfer_by_key(key) is not None:
         return
-    available, overdrawn = buyer_available(buyer), buyer_overdrawn(buyer)
     free, owed = _balances(session, available, overdrawn)
     repaid = min(free, -owed)
     if repaid > 0:

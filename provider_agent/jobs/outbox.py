@@ -244,7 +244,8 @@ class ReceiptOutbox:
         self.mark_sent([line_id])
 
     def count_unsent(self) -> int:
-        """How many receipts `unsent()` would yield, without building the envelopes."""
+        """How many receipts `unsent()` would yield, without building the envelopes (a line
+        that does not parse counts until `unsent()` sets it aside)."""
         return sum(1 for _ in self._unsent_lines())
 
 

@@ -89,6 +89,7 @@ def test_a_buyer_who_took_charged_escrow_is_left_out_and_the_rest_settle(
         # the 6,000 taken beyond the 4,000 the ledger left free is booked as owed
         assert ledger.balance(session, service.buyer_overdrawn(leaving.address)) == -6_000
         assert buyer_statement(session, leaving.address).owed == 6_000
+        assert "overdrawn" not in buyer_statement(session, honest.address).balances
         assert _escrow_in_ledger(session, leaving.address) == 0
         ledger.check_ledger(session)
 
