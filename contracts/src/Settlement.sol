@@ -345,6 +345,20 @@ contract Settlement is ISettlement, AccessControl, Pausable, ReentrancyGuardTran
         return providerKey[provider] != bytes32(0) && _isActive(provider);
     }
 
+    /// @inheritdoc ISettlement
+    function escrowsOf(address[] calldata buyers)
+        external
+        view
+        returns (uint256[] memory escrows, PendingExit[] memory withdrawals)
+    {
+        escrows = new uint256[](buyers.length);
+        withdrawals = new PendingExit[](buyers.length);
+        for (uint256 i; i < buyers.length; ++i) {
+            escrows[i] = escrow[buyers[i]];
+            withdrawals[i] = pendingWithdrawal[buyers[i]];
+        }
+    }
+
     // ----------------------------------------------------------------------------------------
     // Internals
     // ----------------------------------------------------------------------------------------

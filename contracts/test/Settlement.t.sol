@@ -361,6 +361,37 @@ contract SettlementTest is Base {
         assertEq(settlement.escrow(alice), 150e6);
     }
 
+    function test_escrowsOf_readsEachBuyerInOrder() public {
+        _deposit(alice, 100e6);
+        _deposit(bob, 40e6);
+        vm.prank(alice);
+        settlement.requestWithdrawal(30e6);
+        address[] memory buyers = new address[](3);
+        buyers[0] = bob;
+        buyers[1] = stranger;
+        buyers[2] = alice;
+
+        (uint256[] memory escrows, ISettlement.PendingExit[] memory withdrawals) = settlement.escrowsOf(buyers);
+
+        assertEq(escrows.length, 3);
+        assertEq(withdrawals.length, 3);
+        assertEq(escrows[0], 40e6);
+        assertEq(escrows[1], 0);
+        assertEq(escrows[2], 100e6);
+        assertEq(withdrawals[0].amount, 0);
+        assertEq(withdrawals[0].availableAt, 0);
+        assertEq(withdrawals[1].amount, 0);
+        assertEq(withdrawals[2].amount, 30e6);
+        assertEq(withdrawals[2].availableAt, uint64(block.timestamp) + WITHDRAWAL_DELAY);
+    }
+
+    function test_escrowsOf_emptyListReturnsEmptyArrays() public view {
+        (uint256[] memory escrows, ISettlement.PendingExit[] memory withdrawals) =
+            settlement.escrowsOf(new address[](0));
+        assertEq(escrows.length, 0);
+        assertEq(withdrawals.length, 0);
+    }
+
     // =========================================================================================
     // Providers: registration and stake
     // =========================================================================================

@@ -39,15 +39,15 @@ def shortfalls(
     client: SettlementClient, debits: Mapping[str, int], margin_s: int = WITHDRAWAL_MARGIN_S
 ) -> list[Shortfall]:
     """The buyers of `debits` (address -> base units) whose debit the chain may not cover,
-    by address (two reads per buyer: escrow and pending withdrawal)."""
+    by address (every buyer's escrow and pending withdrawal read with `escrowsOf`, one call
+    per few hundred buyers)."""
+    buyers = sorted(buyer for buyer, debit in debits.items() if debit > 0)
+    if not buyers:
+        return []
     now = client.latest_block_timestamp()
     short = []
-    for buyer, debit in sorted(debits.items()):
-        if debit <= 0:
-            continue
-        escrow = client.escrow(buyer)
-        amount, usable_at = client.pending_withdrawal(buyer)
+    for buyer, (escrow, amount, usable_at) in zip(buyers, client.escrows_of(buyers), strict=True):
         leaving = min(amount, escrow) if usable_at and usable_at <= now + margin_s else 0
-        if debit > escrow - leaving:
-            short.append(Shortfall(buyer, debit, escrow - leaving))
+        if debits[buyer] > escrow - leaving:
+            short.append(Shortfall(buyer, debits[buyer], escrow - leaving))
     return short

@@ -178,4 +178,11 @@ interface ISettlement {
 
     /// @notice Whether `provider` is registered with at least the minimum stake not leaving.
     function isActiveProvider(address provider) external view returns (bool);
+
+    /// @notice Each of `buyers`' escrow and pending withdrawal, in the order given: what an
+    /// epoch may debit, read in one call for every buyer of the epoch.
+    function escrowsOf(address[] calldata buyers)
+        external
+        view
+        returns (uint256[] memory escrows, PendingExit[] memory withdrawals);
 }

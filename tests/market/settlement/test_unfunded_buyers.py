@@ -5,6 +5,7 @@ refuses for it is discarded and built again (`service.discard_epoch`)."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -174,8 +175,8 @@ def test_an_epoch_the_chain_refuses_is_discarded_and_built_again(market: Market)
 class _Blind(SettlementClient):
     """Sees no pending withdrawal (an epoch built before the request was made)."""
 
-    def pending_withdrawal(self, buyer: str) -> tuple[int, int]:
-        return 0, 0
+    def escrows_of(self, buyers: Sequence[str]) -> list[tuple[int, int, int]]:
+        return [(escrow, 0, 0) for escrow, _, _ in super().escrows_of(buyers)]
 
 
 def test_discarding_a_settled_epoch_changes_nothing(market: Market) -> None:

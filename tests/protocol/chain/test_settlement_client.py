@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from protocol.chain import errors
+from protocol.chain import errors, settlement
 from protocol.chain.connection import advance_time
 from protocol.chain.deploy import VERIFIER_ROLE
 from protocol.chain.settlement import Credit, Debit, EpochBatch
@@ -193,6 +193,20 @@ def test_withdrawal_waits_for_the_delay_and_pays_what_is_left(chain: Chain) -> N
     assert chain.client.escrow(buyer.address) == 0
     with pytest.raises(errors.NoPendingExit):
         chain.client.withdraw(buyer)
+
+
+def test_escrows_are_read_in_order_across_calls(
+    chain: Chain, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(settlement, "ESCROWS_PER_CALL", 2)
+    funded, leaving = chain.buyer(1_000), chain.buyer(500)
+    chain.client.request_withdrawal(leaving, 200)
+    usable_at = chain.client.pending_withdrawal(leaving.address)[1]
+    nobody = chain.account().address
+    buyers = [leaving.address, nobody, funded.address]
+
+    assert chain.client.escrows_of(buyers) == [(500, 200, usable_at), (0, 0, 0), (1_000, 0, 0)]
+    assert chain.client.escrows_of([]) == []
 
 
 def test_bad_amounts_and_registrations_revert(chain: Chain) -> None:
