@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from market.chain.errors import FeeAboveContractLimitError
 from market.config import Settings
 from market.keys import operator_account
 from protocol.chain.connection import connect, fund_from_dev_account
@@ -50,8 +51,20 @@ def open_chain(settings: Settings) -> MarketChain:
         assert settings.deployment_file is not None  # the settings insist on it
         deployment = Deployment.load(settings.deployment_file)
     client = SettlementClient(w3, deployment)
+    refuse_fee_above_limit(settings.protocol_fee_bps, client.max_fee_bps())
     warn_if_withdrawals_outrun_epochs(client.withdrawal_delay(), settings.epoch_seconds)
     return MarketChain(client=client, operator=operator)
+
+
+def refuse_fee_above_limit(fee_bps: int, max_fee_bps: int) -> None:
+    """Raises when the configured protocol fee exceeds the contract's `maxFeeBps`: receipts
+    would be charged that fee and every epoch holding them would revert."""
+    if fee_bps > max_fee_bps:
+        raise FeeAboveContractLimitError(
+            f"MARKET_PROTOCOL_FEE_BPS is {fee_bps}, but the settlement contract lets an epoch "
+            f"take at most {max_fee_bps} bps: every epoch would revert; set it to {max_fee_bps} "
+            "or less"
+        )
 
 
 def warn_if_withdrawals_outrun_epochs(withdrawal_delay_s: int, epoch_seconds: int) -> bool:

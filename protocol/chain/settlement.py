@@ -163,6 +163,17 @@ class SettlementClient:
         """Seconds between a buyer's withdrawal request and the first moment it can withdraw."""
         return int(self._call(self.settlement, "withdrawalDelay"))
 
+    def max_fee_bps(self) -> int:
+        """The highest protocol fee, in basis points of the debits, an epoch may take."""
+        return int(self._call(self.settlement, "maxFeeBps"))
+
+    def block_gas_limit(self) -> int:
+        """The gas limit of the newest block: no transaction can use more."""
+        try:
+            return int(self.w3.eth.get_block("latest")["gasLimit"])
+        except Exception as exc:
+            raise translate(exc) from exc
+
     def min_reward_interval(self) -> int:
         """Seconds that must pass between two epochs that mint rewards."""
         return int(self._call(self.settlement, "minRewardInterval"))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,7 +14,12 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from market.buyers.service import buyer_statement
-from market.chain.service import warn_if_withdrawals_outrun_epochs
+from market.chain.errors import FeeAboveContractLimitError
+from market.chain.service import (
+    open_chain,
+    refuse_fee_above_limit,
+    warn_if_withdrawals_outrun_epochs,
+)
 from market.config import Settings
 from market.db import session_scope
 from market.jobs.models import Receipt
@@ -202,3 +208,19 @@ def test_a_withdrawal_delay_under_two_epochs_is_warned_about(
         assert warn_if_withdrawals_outrun_epochs(delay, delay // 2 + 1)
     assert "under two epochs" in caplog.messages[0]
     assert TESTNET.withdrawal_delay_s >= 2 * Settings().epoch_seconds  # the defaults agree
+
+
+def test_a_fee_above_the_contracts_limit_is_refused_at_start(
+    market: Market, tmp_path: Path
+) -> None:
+    limit = market.client.max_fee_bps()
+    assert limit == TESTNET.max_fee_bps
+    refuse_fee_above_limit(limit, limit)
+    with pytest.raises(FeeAboveContractLimitError, match=f"at most {limit} bps"):
+        refuse_fee_above_limit(limit + 1, limit)
+    # the embedded chain deploys TESTNET, so opening it with too high a fee fails at once
+    settings = Settings(
+        database_url=f"sqlite:///{tmp_path}/unused.db", var_dir=tmp_path, protocol_fee_bps=limit + 1
+    )
+    with pytest.raises(FeeAboveContractLimitError):
+        open_chain(settings)
