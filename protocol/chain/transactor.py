@@ -112,14 +112,23 @@ class Transactor:
                 except Exception:
                     self._next_nonce = None  # resync from the node on the next send
                     raise
-            receipt = self.w3.eth.wait_for_transaction_receipt(
-                tx_hash, timeout=self.receipt_timeout_s
-            )
+            receipt = self._wait(tx_hash)
         except Exception as exc:
             raise translate(exc) from exc
         if receipt["status"] != 1:
             raise self._failure(tx, receipt)
         return receipt
+
+    def _wait(self, tx_hash: HexBytes) -> TxReceipt:
+        """The receipt of `tx_hash`. If it is not mined in time, the next send reads the nonce
+        from the node again: a transaction the node dropped leaves its nonce free, and one
+        still pending is counted there, so later sends neither leave a gap nor collide."""
+        try:
+            return self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=self.receipt_timeout_s)
+        except TimeExhausted:
+            with self._lock:
+                self._next_nonce = None
+            raise
 
     def _failure(self, tx: TxParams, receipt: TxReceipt) -> ChainError:
         """Replays a reverted transaction at its block to recover the revert reason."""

@@ -7,9 +7,10 @@ import threading
 import pytest
 
 from protocol.chain import errors, settlement
-from protocol.chain.connection import advance_time
+from protocol.chain.connection import advance_time, is_embedded
 from protocol.chain.deploy import VERIFIER_ROLE
 from protocol.chain.settlement import Credit, Debit, EpochBatch
+from protocol.chain.transactor import Transactor
 from protocol.merkle import MerkleTree
 from tests.protocol.chain.conftest import PARAMS, Chain
 
@@ -286,3 +287,21 @@ def test_concurrent_sends_from_one_account_keep_nonces_straight(chain: Chain) ->
     for t in threads:
         t.join()
     assert chain.client.payment_balance(buyer.address) == 1_060
+
+
+def test_a_transaction_the_node_dropped_leaves_no_nonce_gap(chain: Chain) -> None:
+    if is_embedded(chain.w3):
+        pytest.skip("the in-process chain mines every transaction at once")
+    account = chain.account()
+    sender = Transactor(chain.w3, account.account, receipt_timeout_s=1)
+    chain.w3.provider.make_request("evm_setAutomine", [False])  # type: ignore[arg-type]
+    try:
+        with pytest.raises(errors.TransactionFailed, match="not mined in time"):
+            chain.client.faucet(sender, sender.address, 1)
+        chain.w3.provider.make_request("anvil_dropAllTransactions", [])  # type: ignore[arg-type]
+    finally:
+        chain.w3.provider.make_request("evm_setAutomine", [True])  # type: ignore[arg-type]
+
+    chain.client.faucet(sender, sender.address, 2)
+    chain.client.faucet(sender, sender.address, 3)
+    assert chain.client.payment_balance(sender.address) == 5
