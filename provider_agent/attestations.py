@@ -10,7 +10,10 @@ market did not take is retried with backoff until it does: none is dropped.
 
 A window whose token counters cannot be read, or went backwards (vLLM restarted), is
 not attested: the next window starts from the next good reading. A window whose energy
-is invalid (counter reset, GPU set changed) is attested as `unmeasured` with the reason.
+is invalid (counter reset, GPU set changed), or whose meter read failed at either end
+(`EnergyMeterError`, e.g. a GPU lost), is attested as `unmeasured` with the reason. An
+attestation that cannot be written to the log (disk full) is not sent: the window goes
+on and the next attempt, one window later, covers both.
 An estimated meter has no GPU counters, so its windows carry one `declared-power` entry
 whose counter is the running sum of the estimated energy over the chain.
 """
@@ -39,7 +42,15 @@ from protocol.messages import (
     parse_signed,
     sign,
 )
-from provider_agent.energy import EnergyMeter, EnergyReading, WindowEnergy, window_energy
+from provider_agent.energy import (
+    Clock,
+    EnergyMeter,
+    EnergyMeterError,
+    EnergyReading,
+    WindowEnergy,
+    system_clock,
+    window_energy,
+)
 from provider_agent.engine.errors import EngineError
 from provider_agent.engine.metrics import EngineCounters
 
@@ -55,6 +66,18 @@ def _text(value: str | None) -> str | None:
     if not value:
         return None
     return value if len(value) <= MAX_TEXT else value[: MAX_TEXT - 3] + "..."
+
+
+def _end_torn_line(path: Path) -> None:
+    """End the torn last line a failed append left (disk full mid-write), so the next line
+    starts on its own; the torn one is cut off when the log is next loaded."""
+    try:
+        with path.open("rb+") as out:
+            out.seek(-1, os.SEEK_END)
+            if out.read(1) != b"\n":
+                out.write(b"\n")
+    except OSError:  # no file yet, or an empty one
+        return
 
 
 class AttestationLog:
@@ -82,6 +105,7 @@ class AttestationLog:
         return [line for line in data.decode("utf-8").splitlines() if line.strip()]
 
     def _append(self, path: Path, line: str) -> None:
+        _end_torn_line(path)
         with path.open("a", encoding="utf-8") as out:
             out.write(line + "\n")
             out.flush()
@@ -216,7 +240,9 @@ class AttestationBuilder:
             return None
         window = window_energy(start, end)
         method = window.method if window.total_mj is not None else "unmeasured"
-        if method == "unmeasured":
+        if start.method != end.method:  # the meter read failed at one end
+            basis = end.reason if end.method == "unmeasured" else start.reason
+        elif method == "unmeasured":
             basis = window.invalid_reason or end.reason or window.basis
         else:
             basis = window.basis
@@ -268,8 +294,12 @@ class AttestationLoop:
         sample_s: float = 1.0,
         retry_initial_s: float = 1.0,
         retry_max_s: float = 60.0,
+        clock: Clock = system_clock,
     ) -> None:
-        """`sender` posts one attestation (raising on failure); `None` only stores them."""
+        """`sender` posts one attestation (raising on failure); `None` only stores them.
+
+        `clock` stamps a reading the meter failed to take (the meter's own clock, as a rule).
+        """
         self.builder = builder
         self.meter = meter
         self.counters = counters
@@ -278,12 +308,41 @@ class AttestationLoop:
         self.sample_s = min(sample_s, window_s)
         self.retry_initial_s = retry_initial_s
         self.retry_max_s = retry_max_s
+        self.clock = clock
         self.produced = 0
         self.send_failures = 0
+        self.write_error: str | None = None
         self._wake = asyncio.Event()
 
+    async def _energy(self) -> EnergyReading:
+        """The meter's reading; a failed read is an unmeasured reading that says why."""
+        try:
+            return await asyncio.to_thread(self.meter.read)
+        except EnergyMeterError as exc:
+            log.warning("energy meter read failed: %s", exc)
+            monotonic_ns, unix_ms = self.clock()
+            reason = f"meter read failed ({exc.code}): {exc}"
+            return EnergyReading("unmeasured", monotonic_ns, unix_ms, reason=reason)
+
+    def _attest(self, window: _Window, reading: EnergyReading, counters: EngineCounters) -> bool:
+        """Sign and store the window's attestation; `False` when the log cannot be written
+        (the window then goes on, and the next attempt covers it)."""
+        try:
+            envelope = self.builder.build(
+                window.reading, reading, window.counters, counters, window.running, window.waiting
+            )
+        except OSError as exc:
+            self.write_error = f"{self.builder.store.path}: {exc}"
+            log.error("attestation not stored (retried next window): %s", self.write_error)
+            return False
+        self.write_error = None
+        if envelope is not None:
+            self.produced += 1
+            self._wake.set()
+        return True
+
     async def _reading(self) -> tuple[EnergyReading, EngineCounters] | None:
-        reading = await asyncio.to_thread(self.meter.read)
+        reading = await self._energy()
         try:
             counters = await self.counters()
         except EngineError as exc:
@@ -315,20 +374,10 @@ class AttestationLoop:
                 continue
             reading, counters = end
             window.sample(counters)
-            if not _went_backwards(window.counters, counters):
-                envelope = self.builder.build(
-                    window.reading,
-                    reading,
-                    window.counters,
-                    counters,
-                    window.running,
-                    window.waiting,
-                )
-                if envelope is not None:
-                    self.produced += 1
-                    self._wake.set()
-            else:
+            if _went_backwards(window.counters, counters):
                 log.warning("engine token counters went backwards (restart?): window not attested")
+            elif not self._attest(window, reading, counters):
+                continue
             window = _Window(reading, counters)
             window.sample(counters)
 

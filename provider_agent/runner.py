@@ -5,7 +5,10 @@ endpoint (uvicorn in this event loop); announce the offer to the market (best ef
 then heartbeats, attestations and the receipt sync (`provider_agent.receipt_sync`) run until
 SIGTERM or SIGINT. Shutdown: stop accepting
 jobs, let in-flight jobs finish (up to `run.shutdown_grace_s`), flush queued attestations
-(up to `run.flush_timeout_s`), stop vLLM (SIGTERM, then SIGKILL), return 0.
+(up to `run.flush_timeout_s`), stop vLLM (SIGTERM, then SIGKILL), return 0. A part that
+ends by itself (the job server, the engine watch, the attestation loop, heartbeats, the
+receipt sync: each runs until stopped) is logged, the rest shut down the same way, and `run`
+returns 1, so that a service manager's `Restart=on-failure` starts the agent again.
 
 The market's ticket public key comes from `market_public_key` (`AGENT_MARKET_PUBLIC_KEY`). The
 market publishes it at `GET /market`, but the agent does not take it from there by itself: it
@@ -189,6 +192,7 @@ class AgentRunner:
                 "head_seq": None if head is None else head.message.seq,
                 "unsent": len(self.store.unsent()),
                 "send_failures": self.attestations.send_failures,
+                "write_error": self.attestations.write_error,
             },
             "heartbeats": {"sent": self.heartbeats_sent, "last_error": self.heartbeat_error},
             "receipts": {
@@ -302,9 +306,7 @@ class AgentRunner:
             done, _ = await asyncio.wait(
                 {server_task, stop_wait, *tasks}, return_when=asyncio.FIRST_COMPLETED
             )
-            for task in done:
-                if task is not stop_wait and task.exception() is not None:
-                    log.error("a part of the agent failed: %r", task.exception())
+            failed = _report_failed_parts(done - {stop_wait})
             stop_wait.cancel()
             # 1. stop accepting jobs; in-flight ones get up to the grace period
             self.server.should_exit = True
@@ -313,7 +315,7 @@ class AgentRunner:
             except TimeoutError:
                 self.server.force_exit = True
                 log.warning("jobs still running after the grace period were cut off")
-            return 0
+            return 1 if failed else 0
         finally:
             for task in tasks:
                 task.cancel()
@@ -335,6 +337,18 @@ class AgentRunner:
             if install_signals:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.remove_signal_handler(sig)
+
+
+def _report_failed_parts(ended: set[asyncio.Task[Any]]) -> bool:
+    """Log each part of the agent that ended by itself (each runs until stopped); whether
+    any did, which makes `run` exit 1 so that a service manager restarts it."""
+    for task in ended:
+        error = task.exception()
+        if error is None:
+            log.error("a part of the agent stopped by itself: %s", task.get_coro())
+        else:
+            log.error("a part of the agent failed: %r", error, exc_info=error)
+    return bool(ended)
 
 
 async def run_agent(settings: AgentSettings, identity: ProviderIdentity, meter: EnergyMeter) -> int:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
+
+import pynvml
 
 from protocol.keys import ProviderIdentity
 from protocol.messages import ZERO_HASH, Attestation, check_chain, message_digest
@@ -21,12 +24,14 @@ from provider_agent.energy import (
     EnergyMeter,
     EnergyReading,
     EstimatedMeter,
+    NvmlMeter,
     UnmeasuredMeter,
 )
 from provider_agent.energy import GpuReading as MeterGpuReading
 from provider_agent.engine.errors import MetricsUnavailableError
 from provider_agent.engine.metrics import EngineCounters
 from provider_agent.market_client import MarketClient
+from tests.provider_agent.nvml_double import FakeGpu, FakeNvml
 from tests.provider_agent.run.market_double import DOMAIN, MarketDouble, running_market
 
 
@@ -92,6 +97,16 @@ async def run_for(loop: AttestationLoop, until: Callable[[], bool], timeout_s: f
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def wait_for(task: asyncio.Task[None], until: Callable[[], bool]) -> None:
+    """Wait until `until()` holds while `task` runs (its failure is raised)."""
+    deadline = time.monotonic() + 15
+    while not until():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.02)
 
 
 def assert_chain(attestations: list[Attestation]) -> None:
@@ -324,3 +339,76 @@ def test_measured_windows_carry_counters_and_power_and_a_reset_is_unmeasured(
     check_chain(None, one)
     check_chain(one, two)
     assert [e.message for e in AttestationLog(tmp_path).all()] == [one, two]
+
+
+def test_a_failed_meter_read_makes_its_windows_unmeasured_and_the_loop_goes_on(
+    tmp_path: Path,
+) -> None:
+    nvml = FakeNvml([FakeGpu(uuid="GPU-a")])
+    meter = NvmlMeter(nvml, clock=nvml.clock)
+    counters = Counters()
+
+    async def fetch() -> EngineCounters:  # one second of simulated time per engine read
+        nvml.advance(10**9)
+        return await counters()
+
+    identity = ProviderIdentity.generate()
+    with running_market() as market:
+
+        async def scenario() -> None:
+            loop, _store, client = make_loop(tmp_path, identity, market, counters, meter=meter)
+            loop.counters, loop.clock = fetch, nvml.clock
+            await run_for(loop, lambda: len(market.attestations) >= 2)
+            nvml.gpus[0].energy_error = pynvml.NVML_ERROR_GPU_IS_LOST
+            held = len(market.attestations)
+            await run_for(loop, lambda: len(market.attestations) >= held + 2)
+            nvml.gpus[0].energy_error = None
+            held = len(market.attestations)
+            await run_for(loop, lambda: len(market.attestations) >= held + 3)
+            assert client is not None
+            await client.aclose()
+
+        arun(scenario())
+    assert market.refused == []
+    assert_chain(market.attestations)
+    methods = [a.energy_method for a in market.attestations]
+    assert methods[0] == "measured"
+    assert methods[-1] == "measured"
+    lost = [a for a in market.attestations if a.energy_method == "unmeasured"]
+    assert lost
+    for attestation in lost:
+        assert attestation.energy_basis is not None
+        assert "meter read failed (gpu_lost)" in attestation.energy_basis
+        assert all(g.energy_mj_start is None and g.avg_power_mw is None for g in attestation.gpus)
+
+
+def test_an_attestation_the_log_cannot_store_is_retried_next_window(tmp_path: Path) -> None:
+    identity = ProviderIdentity.generate()
+    with running_market() as market:
+
+        async def scenario() -> None:
+            loop, store, client = make_loop(tmp_path, identity, market, Counters())
+            task = asyncio.create_task(loop.run())
+            await wait_for(task, lambda: len(market.attestations) >= 2 and not store.unsent())
+            kept = store.path.with_name("kept.jsonl")
+            store.path.rename(kept)
+            store.path.mkdir()  # every append now fails, as on a full disk
+            produced = loop.produced
+            await wait_for(task, lambda: loop.write_error is not None)
+            await asyncio.sleep(0.5)
+            assert loop.produced == produced
+            store.path.rmdir()
+            kept.rename(store.path)
+            await wait_for(task, lambda: loop.write_error is None and len(market.attestations) >= 4)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            assert client is not None
+            await client.aclose()
+
+        arun(scenario())
+    assert market.refused == []
+    assert_chain(market.attestations)
+    windows = [(a.window_start, a.window_end) for a in market.attestations]
+    for (_, end), (start, _) in itertools.pairwise(windows):
+        assert start == end  # the window that could not be stored is in the next one

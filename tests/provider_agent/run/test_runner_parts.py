@@ -1,0 +1,102 @@
+"""`AgentRunner` in-process against the fake engine: what a failing part does to the agent."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pynvml
+import pytest
+from nacl.signing import SigningKey
+
+from market.demo.ports import free_port
+from protocol.keys import ProviderIdentity, public_key_hex
+from provider_agent.config import AgentSettings
+from provider_agent.energy import EnergyMeter, NvmlMeter, UnmeasuredMeter
+from provider_agent.engine.metrics import EngineCounters
+from provider_agent.runner import AgentRunner, RunPlan
+from tests.provider_agent.nvml_double import FakeGpu, FakeNvml
+from tests.provider_agent.run.market_double import DOMAIN
+from tests.support.openai_upstream import UpstreamProcess, start_upstream
+
+DIGEST = "0x" + "ab" * 32
+MODEL = "tiny-llama"
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[UpstreamProcess]:
+    engine = start_upstream()
+    try:
+        yield engine
+    finally:
+        engine.stop()
+
+
+def make_runner(data_dir: Path, engine_port: int, meter: EnergyMeter) -> AgentRunner:
+    settings = AgentSettings(
+        data_dir=data_dir,
+        vllm={"url": f"http://127.0.0.1:{engine_port}", "served_model": MODEL},
+        market_public_key=public_key_hex(SigningKey.generate()),
+        listen={"port": free_port()},
+        run={"attestation_window_s": 0.2, "shutdown_grace_s": 1, "flush_timeout_s": 1},
+    )
+    plan = RunPlan(MODEL, DIGEST, public_key_hex(SigningKey.generate()), DOMAIN, None)
+    return AgentRunner(settings, ProviderIdentity.generate(), meter, plan, sample_s=0.05)
+
+
+def agent_status(runner: AgentRunner) -> dict[str, Any] | None:
+    url = f"http://127.0.0.1:{runner.settings.listen.port}/agent/status"
+    try:
+        result: dict[str, Any] = httpx.get(url, timeout=2).json()
+    except httpx.HTTPError:
+        return None
+    return result
+
+
+async def wait_for(task: asyncio.Task[int], until: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + 20
+    while not until():
+        assert not task.done(), f"the agent stopped ({task.result()}) before {what}"
+        assert time.monotonic() < deadline, f"{what}: not reached in time"
+        await asyncio.sleep(0.05)
+
+
+def test_a_lost_gpu_leaves_the_agent_serving_with_unmeasured_windows(
+    tmp_path: Path, upstream: UpstreamProcess
+) -> None:
+    nvml = FakeNvml([FakeGpu(uuid="GPU-a")])
+    runner = make_runner(tmp_path, upstream.port, NvmlMeter(nvml))
+
+    def unmeasured_windows() -> int:
+        return sum(
+            "meter read failed (gpu_lost)" in (envelope.message.energy_basis or "")
+            for envelope in runner.store.all()
+        )
+
+    async def scenario() -> int:
+        task = asyncio.create_task(runner.run(install_signals=False))
+        await wait_for(task, lambda: len(runner.store.all()) >= 1, "a first attestation")
+        nvml.gpus[0].energy_error = pynvml.NVML_ERROR_GPU_IS_LOST
+        await wait_for(task, lambda: unmeasured_windows() >= 3, "unmeasured windows")
+        status = await asyncio.to_thread(agent_status, runner)
+        assert status is not None
+        assert status["engine"]["state"] == "healthy"
+        runner.request_stop()
+        return await asyncio.wait_for(task, 20)
+
+    assert asyncio.run(scenario()) == 0
+
+
+def test_a_part_that_dies_makes_run_return_1(tmp_path: Path, upstream: UpstreamProcess) -> None:
+    runner = make_runner(tmp_path, upstream.port, UnmeasuredMeter("test"))
+
+    async def broken_counters() -> EngineCounters:
+        raise RuntimeError("a bug in the attestation loop")
+
+    runner.attestations.counters = broken_counters
+    code = asyncio.run(asyncio.wait_for(runner.run(install_signals=False), 30))
+    assert code == 1
