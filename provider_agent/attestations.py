@@ -25,9 +25,11 @@ import contextlib
 import json
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 from nacl.signing import SigningKey
 
@@ -53,13 +55,31 @@ from provider_agent.energy import (
 )
 from provider_agent.engine.errors import EngineError
 from provider_agent.engine.metrics import EngineCounters
+from provider_agent.market_client import MarketError
 
 log = logging.getLogger(__name__)
 
 DECLARED_GPU_UUID = "declared-power"
 MAX_TEXT = 256
 CountersFetch = Callable[[], Awaitable[EngineCounters]]
-Sender = Callable[[Signed[Attestation]], Awaitable[object]]
+PERMANENT_REFUSALS = frozenset({400, 401, 403, 409})
+"""The market's answers that sending again cannot change: a malformed envelope, a signature
+by a key it no longer trusts (after `rotate-key`), a wrong domain, a broken chain (a fork
+after the data dir was lost). Any other failure (404 before the provider is registered, 422
+for a window ahead of the market's clock, 429, 5xx, no answer) is retried with backoff."""
+
+
+class AttestationMarket(Protocol):
+    """Where attestations go (`MarketClient`): `MarketError` on failure, with the status."""
+
+    async def post_attestation(self, envelope: Signed[Attestation]) -> object:
+        """Post one signed attestation."""
+        ...
+
+    async def latest_attestation(self) -> dict[str, Any] | None:
+        """The market's last stored attestation of this provider (`seq`, `digest`,
+        `window_end_ms`), or `None` when it holds none."""
+        ...
 
 
 def _text(value: str | None) -> str | None:
@@ -80,19 +100,88 @@ def _end_torn_line(path: Path) -> None:
         return
 
 
+@dataclass(frozen=True)
+class ChainHead:
+    """What the next attestation follows: its seq, digest and window end (unix ms), and the
+    end of its declared-power counter (estimated meter; `None` when unknown)."""
+
+    seq: int
+    digest: str
+    window_end: int
+    declared_energy_mj: int | None = None
+
+    @classmethod
+    def of(cls, envelope: Signed[Attestation]) -> ChainHead:
+        """The head an attestation makes."""
+        message = envelope.message
+        declared = [gpu.energy_mj_end for gpu in message.gpus if gpu.uuid == DECLARED_GPU_UUID]
+        return cls(
+            seq=message.seq,
+            digest=message_digest(message),
+            window_end=message.window_end,
+            declared_energy_mj=declared[0] if declared else None,
+        )
+
+
 class AttestationLog:
-    """Append-only store of signed attestations and of which seqs the market has."""
+    """Append-only store of signed attestations and of which seqs the market has.
+
+    When the market refuses the queue for good, `resume_from` sets the unsent attestations
+    aside and starts a new chain file that follows the market's head (`anchor`).
+    """
 
     def __init__(self, data_dir: Path, *, fsync: bool = True) -> None:
         """Load what `data_dir` holds (a torn last line, from a crash mid-write, is cut off)."""
         data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir = data_dir
         self.path = data_dir / "attestations.jsonl"
         self.sent_path = data_dir / "attestations-sent.jsonl"
+        self.refused_path = data_dir / "attestations-refused.jsonl"
+        self.anchor_path = data_dir / "attestations-anchor.json"
         self._fsync = fsync
         self._all: list[Signed[Attestation]] = []
         for line in self._lines(self.path):
             self._all.append(parse_signed(line, Attestation))
         self._sent = {int(line) for line in self._lines(self.sent_path)}
+        self.anchor = self._read_anchor()
+
+    def _read_anchor(self) -> ChainHead | None:
+        if not self.anchor_path.exists():
+            return None
+        return ChainHead(**json.loads(self.anchor_path.read_text()))
+
+    def head(self) -> ChainHead | None:
+        """What the next attestation follows: the last stored one, else the market's head
+        the chain resumed from, else nothing (the next is seq 0)."""
+        last = self.last()
+        return ChainHead.of(last) if last is not None else self.anchor
+
+    def resume_from(self, head: ChainHead | None, status: int, reason: str) -> int:
+        """Set every unsent attestation aside (listed in `attestations-refused.jsonl` with
+        the market's `status` and `reason`, kept in the archived chain file) and start a new
+        chain file that follows `head`, the market's (None: the market holds none); how many
+        were set aside."""
+        refused = self.unsent()
+        for envelope in refused:
+            record = {"seq": envelope.message.seq, "digest": message_digest(envelope.message)}
+            self._append(
+                self.refused_path, json.dumps({**record, "status": status, "reason": reason})
+            )
+        self._write_anchor(head)
+        stamp = time.time_ns() // 1_000_000
+        for path in (self.path, self.sent_path):
+            if path.exists():
+                path.rename(path.with_name(f"{path.stem}-until-{stamp}{path.suffix}"))
+        self._all, self._sent, self.anchor = [], set(), head
+        return len(refused)
+
+    def _write_anchor(self, head: ChainHead | None) -> None:
+        if head is None:
+            self.anchor_path.unlink(missing_ok=True)
+            return
+        staged = self.anchor_path.with_name(self.anchor_path.name + ".tmp")
+        staged.write_text(json.dumps(asdict(head)))
+        os.replace(staged, self.anchor_path)
 
     @staticmethod
     def _lines(path: Path) -> list[str]:
@@ -118,8 +207,8 @@ class AttestationLog:
 
     def append(self, envelope: Signed[Attestation]) -> None:
         """Store a signed attestation (before it is sent); it must extend the chain."""
-        head = self.last()
-        expected = 0 if head is None else head.message.seq + 1
+        head = self.head()
+        expected = 0 if head is None else head.seq + 1
         if envelope.message.seq != expected:
             raise ValueError(f"attestation seq {envelope.message.seq} != expected {expected}")
         self._append(self.path, envelope.model_dump_json())
@@ -182,12 +271,8 @@ class AttestationBuilder:
     ) -> list[GpuReading]:
         duration_ns = end.monotonic_ns - start.monotonic_ns
         if window.method == "estimated":
-            head = self.store.last()
-            base = 0
-            if head is not None:
-                for attested in head.message.gpus:
-                    if attested.uuid == DECLARED_GPU_UUID and attested.energy_mj_end is not None:
-                        base = attested.energy_mj_end
+            head = self.store.head()
+            base = 0 if head is None else head.declared_energy_mj or 0
             total = window.total_mj or 0
             return [
                 GpuReading(
@@ -232,10 +317,10 @@ class AttestationBuilder:
         waiting: list[int],
     ) -> Signed[Attestation] | None:
         """Sign and store the next attestation; `None` if the window cannot be attested."""
-        head = self.store.last()
+        head = self.store.head()
         window_start = start.unix_ms
         if head is not None:
-            window_start = max(window_start, head.message.window_end)
+            window_start = max(window_start, head.window_end)
         if end.unix_ms <= window_start:
             return None
         window = window_energy(start, end)
@@ -251,8 +336,8 @@ class AttestationBuilder:
             method, basis = "unmeasured", "no GPU in the reading"
         message = Attestation(
             provider=self.provider,
-            seq=0 if head is None else head.message.seq + 1,
-            prev_hash=ZERO_HASH if head is None else message_digest(head.message),
+            seq=0 if head is None else head.seq + 1,
+            prev_hash=ZERO_HASH if head is None else head.digest,
             window_start=window_start,
             window_end=end.unix_ms,
             gpus=tuple(gpus),
@@ -289,21 +374,21 @@ class AttestationLoop:
         builder: AttestationBuilder,
         meter: EnergyMeter,
         counters: CountersFetch,
-        sender: Sender | None,
+        market: AttestationMarket | None,
         window_s: float = 10.0,
         sample_s: float = 1.0,
         retry_initial_s: float = 1.0,
         retry_max_s: float = 60.0,
         clock: Clock = system_clock,
     ) -> None:
-        """`sender` posts one attestation (raising on failure); `None` only stores them.
+        """`market` takes the attestations; `None` only stores them.
 
         `clock` stamps a reading the meter failed to take (the meter's own clock, as a rule).
         """
         self.builder = builder
         self.meter = meter
         self.counters = counters
-        self.sender = sender
+        self.market = market
         self.window_s = window_s
         self.sample_s = min(sample_s, window_s)
         self.retry_initial_s = retry_initial_s
@@ -312,6 +397,8 @@ class AttestationLoop:
         self.produced = 0
         self.send_failures = 0
         self.write_error: str | None = None
+        self.set_aside = 0
+        self.last_refusal: str | None = None
         self._wake = asyncio.Event()
 
     async def _energy(self) -> EnergyReading:
@@ -382,17 +469,57 @@ class AttestationLoop:
             window.sample(counters)
 
     async def send_pending(self) -> bool:
-        """Post every unsent attestation in order; `False` at the first failure."""
-        if self.sender is None:
+        """Post every unsent attestation in order; `False` at the first failure to retry.
+
+        A permanent refusal (`PERMANENT_REFUSALS`) is not retried: the chain resumes from
+        the market's head (`_resume_after`) and the queue is empty again.
+        """
+        if self.market is None:
             return True
         for envelope in self.builder.store.unsent():
             try:
-                await self.sender(envelope)
-            except Exception as exc:  # any failure: keep it queued and retry later
-                self.send_failures += 1
-                log.warning("attestation %d not sent: %s", envelope.message.seq, exc)
-                return False
+                await self.market.post_attestation(envelope)
+            except MarketError as exc:
+                if exc.status in PERMANENT_REFUSALS:
+                    return await self._resume_after(envelope, exc)
+                return self._failed(envelope, exc)
+            except Exception as exc:  # any other failure: keep it queued and retry later
+                return self._failed(envelope, exc)
             self.builder.store.mark_sent(envelope.message.seq)
+        return True
+
+    def _failed(self, envelope: Signed[Attestation], exc: Exception) -> bool:
+        self.send_failures += 1
+        log.warning("attestation %d not sent (retried): %s", envelope.message.seq, exc)
+        return False
+
+    async def _resume_after(self, refused: Signed[Attestation], refusal: MarketError) -> bool:
+        """Set the unsent attestations aside and follow the market's head from now on; the
+        refused one is retried if the market's head cannot be read."""
+        assert self.market is not None
+        assert refusal.status is not None
+        try:
+            summary = await self.market.latest_attestation()
+            head = _market_head(summary)
+        except (MarketError, KeyError, TypeError, ValueError) as exc:
+            log.warning(
+                "the market refused attestation %d and its head cannot be read: %s",
+                refused.message.seq,
+                exc,
+            )
+            return self._failed(refused, refusal)
+        store = self.builder.store
+        count = store.resume_from(head, refusal.status, str(refusal))
+        self.set_aside += count
+        follows = (
+            "seq 0 (the market holds none)" if head is None else f"the market's seq {head.seq}"
+        )
+        self.last_refusal = (
+            f"the market refused attestation {refused.message.seq} for good ({refusal}); "
+            f"{count} unsent attestations set aside (listed in {store.refused_path}), the chain "
+            f"goes on from {follows}"
+        )
+        log.error("%s", self.last_refusal)
         return True
 
     async def deliver(self) -> None:
@@ -419,6 +546,17 @@ class AttestationLoop:
             return await asyncio.wait_for(self.send_pending(), timeout_s)
         except TimeoutError:
             return False
+
+
+def _market_head(summary: dict[str, Any] | None) -> ChainHead | None:
+    """The head `GET /providers/{address}` gives as `latest_attestation`."""
+    if summary is None:
+        return None
+    return ChainHead(
+        seq=int(summary["seq"]),
+        digest=str(summary["digest"]),
+        window_end=int(summary["window_end_ms"]),
+    )
 
 
 def describe_log(store: AttestationLog) -> str:

@@ -34,6 +34,7 @@ from protocol.keys import (
     staged_keystore_path,
 )
 from protocol.messages import Domain
+from provider_agent.attestations import AttestationLog
 from provider_agent.calibrate import (
     CalibrationError,
     CalibrationPlan,
@@ -296,6 +297,7 @@ def status(ctx: typer.Context) -> None:
     reason = f" ({info.reason})" if info.reason else ""
     table.add_row("energy meter", escape(f"{info.kind}: {info.method}{reason}"))
     table.add_row("receipts", escape(_receipts_summary(settings.data_dir)))
+    table.add_row("attestations", escape(_attestations_summary(settings.data_dir)))
     with httpx.Client(timeout=HTTP_TIMEOUT_S) as http:
         table.add_row("vLLM", _health(http, settings.vllm.url))
         if settings.market_url is None:
@@ -318,6 +320,19 @@ def _receipts_summary(data_dir: Path) -> str:
         f"{unanswered} not yet answered by the market, {unpaid} it will not pay"
         f" (listed with the reason in {outbox.unpaid_path})"
     )
+
+
+def _attestations_summary(data_dir: Path) -> str:
+    """The chain's head, the queue, and how many the market refused for good."""
+    if not data_dir.is_dir():
+        return "none signed yet"
+    store = AttestationLog(data_dir)
+    head = store.head()
+    summary = f"head seq {'none' if head is None else head.seq}, {len(store.unsent())} unsent"
+    if not store.refused_path.exists():
+        return summary
+    refused = sum(1 for line in store.refused_path.read_bytes().splitlines() if line.strip())
+    return f"{summary}, {refused} refused by the market (listed in {store.refused_path})"
 
 
 def _unavailable(reason: str) -> str:

@@ -112,6 +112,27 @@ class MarketClient:
         """Post one signed attestation (a duplicate of a stored one is accepted too)."""
         return await self._post("/providers/attestations", envelope.model_dump(mode="json"))
 
+    async def latest_attestation(self) -> dict[str, Any] | None:
+        """The market's last stored attestation of this provider (`GET /providers/{address}`'s
+        `latest_attestation`: `seq`, `digest`, `window_end_ms`, ...), `None` if it holds none."""
+        url = f"{self.market_url}/providers/{self.identity.address}"
+        try:
+            response = await self._http.get(url)
+        except httpx.HTTPError as exc:
+            raise MarketError(f"market unreachable at {url}: {exc!r}") from exc
+        if not response.is_success:
+            raise MarketError(
+                f"{url} answered {response.status_code}: {response.text[:500]}",
+                response.status_code,
+            )
+        try:
+            latest = response.json()["latest_attestation"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise MarketError(f"{url} did not give the latest attestation: {exc!r}") from exc
+        if latest is not None and not isinstance(latest, dict):
+            raise MarketError(f"{url} gave an unreadable latest attestation: {latest!r}")
+        return latest
+
     async def receipt_states(self, envelopes: list[Signed[Receipt]]) -> list[dict[str, Any]]:
         """The market's answer for each receipt, in order: `{"job_id", "state", "final",
         "detail"}` (`market/providers/receipts.py`)."""

@@ -155,12 +155,11 @@ class AgentRunner:
             driver_version=info.driver_version,
             declared_gpu_name=settings.offer.gpu,
         )
-        sender = None if self.market is None else self.market.post_attestation
         self.attestations = AttestationLoop(
             builder=builder,
             meter=meter,
             counters=self._counters,
-            sender=sender,
+            market=self.market,
             window_s=run.attestation_window_s,
             sample_s=sample_s,
         )
@@ -193,6 +192,8 @@ class AgentRunner:
                 "unsent": len(self.store.unsent()),
                 "send_failures": self.attestations.send_failures,
                 "write_error": self.attestations.write_error,
+                "set_aside": self.attestations.set_aside,
+                "last_refusal": self.attestations.last_refusal,
             },
             "heartbeats": {"sent": self.heartbeats_sent, "last_error": self.heartbeat_error},
             "receipts": {

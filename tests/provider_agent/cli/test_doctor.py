@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from pathlib import Path
 
@@ -9,7 +10,9 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
+from protocol.keys import ProviderIdentity
 from provider_agent import cli
+from provider_agent.attestations import AttestationBuilder, AttestationLog, ChainHead
 from provider_agent.config import VllmSettings
 from provider_agent.doctor import (
     Check,
@@ -18,11 +21,13 @@ from provider_agent.doctor import (
     check_vllm_health,
     check_vllm_model,
 )
-from provider_agent.energy import EstimatedMeter, NvmlMeter, UnmeasuredMeter
+from provider_agent.energy import EnergyReading, EstimatedMeter, NvmlMeter, UnmeasuredMeter
+from provider_agent.engine.metrics import EngineCounters
 from provider_agent.jobs.outbox import ReceiptOutbox
 from tests.provider_agent.cli.conftest import MODEL, Services, init_agent
 from tests.provider_agent.jobs.test_outbox import envelope
 from tests.provider_agent.nvml_double import two_h100s
+from tests.provider_agent.run.market_double import DOMAIN
 
 
 def _rows(output: str) -> dict[str, str]:
@@ -165,3 +170,27 @@ def test_status_counts_the_receipts_the_market_has_not_answered_or_will_not_pay(
     unpaid = agent_env / "receipts-unpaid.jsonl"
     assert "1 not yet answered by the market, 1 it will not pay" in result.stdout
     assert f"(listed with the reason in {unpaid})" in result.stdout
+
+
+def test_status_counts_the_attestations_the_market_refused(
+    runner: CliRunner, agent_env: Path
+) -> None:
+    identity = ProviderIdentity.generate()
+    store = AttestationLog(agent_env, fsync=False)
+    builder = AttestationBuilder(
+        provider=identity.address, domain=DOMAIN, signing_key=identity.signing_key, log_store=store
+    )
+    readings = [
+        EnergyReading("unmeasured", n * 10**9, 1_000 * (n + 1), reason="test") for n in range(4)
+    ]
+    tokens = EngineCounters(0, 0, 0, 0)
+    for start, end in itertools.pairwise(readings):
+        builder.build(start, end, tokens, tokens, [0], [0])
+    store.mark_sent(0)
+    store.resume_from(ChainHead(seq=7, digest="0x" + "cd" * 32, window_end=9_000), 409, "fork")
+
+    result = runner.invoke(cli.app, ["status"])
+
+    assert result.exit_code == 0, result.output
+    refused = agent_env / "attestations-refused.jsonl"
+    assert f"head seq 7, 0 unsent, 2 refused by the market (listed in {refused})" in result.stdout

@@ -45,6 +45,8 @@ class MarketDouble:
     fail_next: int = 0
     fail_all: bool = False
     fail_status: int = 503
+    trusted_key: str | None = None
+    """When set, attestations signed by another key are refused 401 (a rotated key)."""
     posts: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -70,6 +72,8 @@ class MarketDouble:
 
     def _attestation(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         path = "/providers/attestations"
+        if self.trusted_key is not None and body.get("signer") != self.trusted_key:
+            return self._refuse(path, 401, "bad_provider_signature")
         try:
             envelope = parse_signed(json.dumps(body), Attestation)
             message = verify(envelope, envelope.signer, self.domain)
@@ -103,6 +107,20 @@ class MarketDouble:
         self.heartbeats.append(message)
         return 200, {"provider": message["provider"]}
 
+    def provider(self) -> dict[str, Any]:
+        """`GET /providers/{address}`, reduced to its `latest_attestation`."""
+        with self.lock:
+            if not self.attestations:
+                return {"latest_attestation": None}
+            last = self.attestations[-1]
+            summary = {
+                "seq": last.seq,
+                "digest": message_digest(last),
+                "window_start_ms": last.window_start,
+                "window_end_ms": last.window_end,
+            }
+            return {"address": last.provider, "latest_attestation": summary}
+
     def health(self) -> dict[str, Any]:
         """The market's `GET /health` body with its chain check."""
         chain = {
@@ -127,6 +145,8 @@ def _handler(market: MarketDouble) -> type[BaseHTTPRequestHandler]:
         def do_GET(self) -> None:
             if self.path == "/health":
                 self._answer(200, market.health())
+            elif self.path.startswith("/providers/"):
+                self._answer(200, market.provider())
             else:
                 self._answer(404, {})
 

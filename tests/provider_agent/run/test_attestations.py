@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
 import pynvml
+from nacl.signing import SigningKey
 
 from protocol.keys import ProviderIdentity
 from protocol.messages import ZERO_HASH, Attestation, check_chain, message_digest
@@ -73,7 +75,7 @@ def make_loop(
         builder=builder,
         meter=meter or UnmeasuredMeter("NVML unavailable (library_not_found): test"),
         counters=counters,
-        sender=None if client is None else client.post_attestation,
+        market=client,
         window_s=window_s,
         sample_s=0.05,
         retry_initial_s=0.05,
@@ -412,3 +414,74 @@ def test_an_attestation_the_log_cannot_store_is_retried_next_window(tmp_path: Pa
     windows = [(a.window_start, a.window_end) for a in market.attestations]
     for (_, end), (start, _) in itertools.pairwise(windows):
         assert start == end  # the window that could not be stored is in the next one
+
+
+def test_attestations_signed_before_a_key_rotation_are_set_aside_and_the_chain_goes_on(
+    tmp_path: Path,
+) -> None:
+    old = ProviderIdentity.generate()
+    with running_market() as market:
+
+        async def before_rotation() -> None:
+            loop, store, client = make_loop(tmp_path, old, market, Counters())
+            await run_for(loop, lambda: len(market.attestations) >= 2 and not store.unsent())
+            assert client is not None
+            await client.aclose()
+            offline, store, _ = make_loop(tmp_path, old, None, Counters())
+            await run_for(offline, lambda: len(store.unsent()) >= 3)  # the market was down
+
+        arun(before_rotation())
+        queued = [e.message.seq for e in AttestationLog(tmp_path).unsent()]
+        held = len(market.attestations)
+        new = ProviderIdentity(SigningKey.generate(), old.eth_account)
+        market.trusted_key = new.public_key_hex
+
+        async def after_rotation() -> None:
+            loop, _store, client = make_loop(tmp_path, new, market, Counters())
+            await run_for(loop, lambda: len(market.attestations) >= held + 2)
+            assert loop.set_aside == len(queued)
+            assert loop.last_refusal is not None
+            assert "401" in loop.last_refusal
+            assert client is not None
+            await client.aclose()
+
+        arun(after_rotation())
+        assert_chain(market.attestations)
+        assert market.attestations[held].seq == held  # the new key's first follows the old
+        refused = [json.loads(line) for line in (tmp_path / "attestations-refused.jsonl").open()]
+        assert [r["seq"] for r in refused] == queued
+        assert {r["status"] for r in refused} == {401}
+
+
+def test_an_agent_that_lost_its_data_dir_resumes_its_chain_from_the_market(
+    tmp_path: Path,
+) -> None:
+    identity = ProviderIdentity.generate()
+    with running_market() as market:
+
+        async def run_until(data_dir: Path, count: int) -> AttestationLoop:
+            loop, store, client = make_loop(data_dir, identity, market, Counters())
+            await run_for(loop, lambda: len(market.attestations) >= count and not store.unsent())
+            assert client is not None
+            await client.aclose()
+            return loop
+
+        async def with_the_first_dir() -> None:
+            await run_until(tmp_path / "lost", 3)
+
+        arun(with_the_first_dir())
+        held = len(market.attestations)
+
+        async def with_a_fresh_dir() -> None:
+            loop = await run_until(tmp_path / "fresh", held + 2)
+            assert loop.set_aside >= 1
+            assert loop.last_refusal is not None
+            assert f"the market's seq {held - 1}" in loop.last_refusal
+
+        arun(with_a_fresh_dir())
+        assert_chain(market.attestations)
+        refused = (tmp_path / "fresh" / "attestations-refused.jsonl").read_text()
+        assert '"status": 409' in refused
+        head = AttestationLog(tmp_path / "fresh").head()
+        assert head is not None
+        assert head.seq == market.attestations[-1].seq  # a restart goes on from there
