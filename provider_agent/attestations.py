@@ -5,8 +5,10 @@ window is the start of the next), samples the running and waiting requests in be
 and becomes a protocol `Attestation` chained by `seq` and `prev_hash`. Every signed
 attestation is appended to `<data_dir>/attestations.jsonl` before it is sent, and its
 seq to `attestations-sent.jsonl` once the market has it; the chain's head is the last
-line of the first file, so a restarted agent continues the chain, and an attestation the
-market did not take is retried with backoff until it does: none is dropped.
+line of the first file, so a restarted agent continues the chain. An attestation the market
+did not take is retried with backoff, unless the market refused it for good
+(`PERMANENT_REFUSALS`): then the unsent ones are set aside and the chain goes on from the
+market's head (`AttestationLog.resume_from`).
 
 A window whose token counters cannot be read, or went backwards (vLLM restarted), is
 not attested: the next window starts from the next good reading. A window whose energy
