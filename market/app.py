@@ -22,10 +22,12 @@ from market.metrics import router as metrics_router
 from market.providers.endpoints import router as providers_router
 from market.runtime import Runtime
 from market.settlement.endpoints import router as settlement_router
+from protocol.recursion import cap_recursion
 
 
 def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> FastAPI:
     """Builds the app; the runtime is built at start-up unless one is given (tests)."""
+    cap_recursion()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -15,6 +15,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from protocol.recursion import cap_recursion
 from provider_agent.energy import EnergyMeter
 from provider_agent.jobs.config import JobsConfig
 from provider_agent.jobs.energy import RequestEnergyTracker
@@ -237,6 +238,7 @@ def create_app(
     clock for tickets and receipt times. The engine client is closed when the app shuts
     down.
     """
+    cap_recursion()
     service = JobService(config, signing_key, meter, now_ms)
 
     @asynccontextmanager
