@@ -48,6 +48,19 @@ class CompletionRequestBase(BaseModel):
             raise ValueError(f"parameter {sorted(reserved)[0]!r} is set by the market")
         return self
 
+    @model_validator(mode="after")
+    def _valid_unicode(self) -> CompletionRequestBase:
+        """JSON may escape half of a UTF-16 surrogate pair (`\\ud800`), which no engine can
+        take as UTF-8: refused here, not failed on the way to the provider."""
+        try:
+            json.dumps(self.engine_body(), ensure_ascii=False).encode()
+        except UnicodeEncodeError:
+            raise ValueError(
+                "the request holds text that is not valid Unicode (a lone UTF-16 surrogate "
+                "such as \\ud800, often a string cut inside an emoji)"
+            ) from None
+        return self
+
     @property
     def completion_limit(self) -> int:
         """The most completion tokens this request may produce (the hold is sized on it)."""

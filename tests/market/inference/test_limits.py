@@ -84,6 +84,27 @@ def test_absurd_max_tokens_is_a_400(
         assert ledger.statement(session, market.buyer).available == DEPOSIT
 
 
+@pytest.mark.parametrize("route", ["chat/completions", "completions"])
+def test_a_lone_surrogate_is_a_400_that_costs_nothing(
+    market: Market, agents: dict[str, Agent], route: str
+) -> None:
+    market.routing.pin([agents[PROVIDER_A].offer(1_000_000, 1_000_000)])
+    text = '"cut \\ud83d inside an emoji"'
+    field = {
+        "chat/completions": f'"messages":[{{"role":"user","content":{text}}}]',
+        "completions": f'"prompt":{text}',
+    }[route]
+    response = httpx.post(
+        f"{market.url}/{route}",
+        content=f'{{"model":"{MODEL}",{field},"max_tokens":4}}'.encode(),
+        headers=_headers(market.api_key),
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["type"] == "invalid_request_error"
+    with session_scope(market.sessions) as session:
+        assert ledger.statement(session, market.buyer).available == DEPOSIT
+
+
 def test_another_buyers_job_is_not_found(market: Market, agents: dict[str, Agent]) -> None:
     market.routing.pin([agents[PROVIDER_A].offer(1_000_000, 1_000_000)])
     client = openai.OpenAI(base_url=market.url, api_key=market.api_key)
