@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 import time
 from decimal import Decimal, InvalidOperation
@@ -48,7 +49,13 @@ from provider_agent.calibrate import (
 )
 from provider_agent.config import AgentSettings, ConfigError, load_settings
 from provider_agent.doctor import Check, failed, run_doctor
-from provider_agent.energy import EnergyMeter, MeterConfig, select_meter, window_energy
+from provider_agent.energy import (
+    EnergyMeter,
+    MeterConfig,
+    gpus_to_meter,
+    select_meter,
+    window_energy,
+)
 from provider_agent.jobs.outbox import ReceiptOutbox
 from provider_agent.onchain import ChainSetupError, network_tokens, open_settlement, payment_tokens
 from provider_agent.pricing import PricingError, suggest, with_resolved_prices
@@ -118,7 +125,8 @@ def _identity(settings: AgentSettings) -> ProviderIdentity:
 
 
 def _meter(settings: AgentSettings) -> EnergyMeter:
-    return select_meter(MeterConfig(declared_power_w=settings.offer.declared_power_w))
+    gpus = gpus_to_meter(settings.energy.gpus, os.environ)
+    return select_meter(MeterConfig(declared_power_w=settings.offer.declared_power_w, gpus=gpus))
 
 
 @app.callback()

@@ -135,6 +135,14 @@ class OfferSettings(_Group):
         return _http_url(value)
 
 
+class EnergySettings(_Group):
+    """What the energy meter reads."""
+
+    gpus: list[str] | None = None
+    """The GPUs the engine runs on, by NVML index (`"0"`) or UUID (`"GPU-..."`); unset:
+    those `CUDA_VISIBLE_DEVICES` names, else every GPU."""
+
+
 class ListenSettings(_Group):
     """Where the agent's job endpoint listens."""
 
@@ -170,6 +178,7 @@ class AgentSettings(BaseSettings):
     chain_rpc_url: str | None = None
     deployment_file: Path | None = None
     offer: OfferSettings = OfferSettings()
+    energy: EnergySettings = EnergySettings()
     listen: ListenSettings = ListenSettings()
     run: RunSettings = RunSettings()
 

@@ -31,7 +31,7 @@ from provider_agent.energy.meter import (
     Method,
 )
 from provider_agent.energy.nvml import NvmlApi, NvmlMeter
-from provider_agent.energy.select import MeterConfig, select_meter
+from provider_agent.energy.select import MeterConfig, gpus_to_meter, select_meter
 from provider_agent.energy.unmeasured import UnmeasuredMeter
 from provider_agent.energy.window import GpuWindowEnergy, WindowEnergy, window_energy
 
@@ -61,6 +61,7 @@ __all__ = [
     "WindowEnergy",
     "attribute_window",
     "combine_shares",
+    "gpus_to_meter",
     "largest_remainder",
     "select_meter",
     "system_clock",

@@ -1,9 +1,11 @@
-"""NVML energy meter: the total-energy counter of every NVIDIA GPU (Volta and newer).
+"""NVML energy meter: the total-energy counter of the NVIDIA GPUs that serve (Volta and newer).
 
 Talks to NVML through nvidia-ml-py (`pynvml`), injected so tests can drive it with a
 double where no GPU exists. Every `NVMLError` is translated into an
-`EnergyMeterError` here; a GPU without the energy counter (pre-Volta) makes opening
-fail with `MeterNotSupportedError`, so this meter never claims "measured" falsely.
+`EnergyMeterError` here. The meter reads the GPUs it is given (`gpus`: NVML indices or
+UUIDs, as `CUDA_VISIBLE_DEVICES` names them), or every GPU when given none; a selected GPU
+without the energy counter (pre-Volta) makes opening fail with `MeterNotSupportedError`, so
+this meter never claims "measured" falsely. A GPU outside the selection is never read.
 """
 
 # ruff: noqa: N802  (the protocol mirrors NVML's own camelCase names)
@@ -12,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Final, Literal, Protocol
 
 from provider_agent.energy.clock import Clock, system_clock
@@ -73,6 +75,29 @@ def translate_nvml_error(exc: BaseException, doing: str) -> EnergyMeterError:
     return error_class(f"NVML {doing}: {exc} (code {code})")
 
 
+def selected_gpus(selection: Sequence[str] | None, uuids: Sequence[str]) -> list[int]:
+    """The NVML indices `selection` names, in its order (`None`: all of `uuids`).
+
+    Each entry is an index or a UUID (a unique prefix is enough), as in
+    `CUDA_VISIBLE_DEVICES`; `NoGpuFoundError` for an entry that names no GPU, or none at all.
+    """
+    if selection is None:
+        return list(range(len(uuids)))
+    indices: list[int] = []
+    for entry in (entry.strip() for entry in selection):
+        matches = [i for i, uuid in enumerate(uuids) if entry and uuid.startswith(entry)]
+        if entry.isdigit() and int(entry) < len(uuids):
+            matches = [int(entry)]
+        if len(matches) != 1:
+            listed = ", ".join(f"{i}: {uuid}" for i, uuid in enumerate(uuids))
+            raise NoGpuFoundError(f"GPU selection {entry!r} names no single GPU ({listed})")
+        if matches[0] not in indices:
+            indices.append(matches[0])
+    if not indices:
+        raise NoGpuFoundError("the GPU selection is empty")
+    return indices
+
+
 def _text(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -90,10 +115,20 @@ class NvmlMeter:
 
     kind: Final = "nvml"
 
-    def __init__(self, nvml: NvmlApi | None = None, clock: Clock = system_clock) -> None:
-        """Initialise NVML and check that every GPU has an energy counter."""
+    def __init__(
+        self,
+        nvml: NvmlApi | None = None,
+        clock: Clock = system_clock,
+        gpus: Sequence[str] | None = None,
+    ) -> None:
+        """Initialise NVML and check that every selected GPU has an energy counter.
+
+        `gpus` selects the GPUs to meter by NVML index (`"0"`) or UUID (`"GPU-..."`, a
+        unique prefix is enough); `None` meters every GPU.
+        """
         self._nvml = nvml if nvml is not None else _load_pynvml()
         self._clock = clock
+        self._selection = None if gpus is None else tuple(gpus)
         self._call("initialising", self._nvml.nvmlInit)
         try:
             self._driver = _text(
@@ -119,19 +154,22 @@ class NvmlMeter:
         count = int(self._call("counting GPUs", self._nvml.nvmlDeviceGetCount))
         if count == 0:
             raise NoGpuFoundError("NVML reports no GPU")
+        handles = [
+            self._call(f"opening GPU {index}", self._nvml.nvmlDeviceGetHandleByIndex, index)
+            for index in range(count)
+        ]
+        uuids = [
+            _text(self._call(f"reading GPU {index} UUID", self._nvml.nvmlDeviceGetUUID, handle))
+            for index, handle in enumerate(handles)
+        ]
         devices = []
-        for index in range(count):
-            handle = self._call(
-                f"opening GPU {index}", self._nvml.nvmlDeviceGetHandleByIndex, index
-            )
-            uuid = _text(
-                self._call(f"reading GPU {index} UUID", self._nvml.nvmlDeviceGetUUID, handle)
-            )
+        for index in selected_gpus(self._selection, uuids):
+            handle = handles[index]
             name = _text(
                 self._call(f"reading GPU {index} name", self._nvml.nvmlDeviceGetName, handle)
             )
             self._energy(handle, f"reading GPU {index} ({name}) energy counter (Volta or newer)")
-            devices.append((handle, uuid, name))
+            devices.append((handle, uuids[index], name))
         return devices
 
     def _energy(self, handle: Any, doing: str) -> int:

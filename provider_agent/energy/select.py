@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from provider_agent.energy.clock import Clock, system_clock
@@ -20,11 +22,27 @@ class MeterConfig:
     """The provider's metering settings.
 
     `declared_power_w` (watts) enables the estimated fallback; without it a machine
-    with no working counter is "unmeasured". `use_nvml=False` skips NVML entirely.
+    with no working counter is "unmeasured". `use_nvml=False` skips NVML entirely. `gpus`
+    (NVML indices or UUIDs) are the GPUs the engine runs on; `None` meters every GPU.
     """
 
     declared_power_w: float | None = None
     use_nvml: bool = True
+    gpus: tuple[str, ...] | None = None
+
+
+def gpus_to_meter(
+    configured: list[str] | None, environ: Mapping[str, str]
+) -> tuple[str, ...] | None:
+    """The GPUs to meter: `configured` (`energy.gpus`), else `CUDA_VISIBLE_DEVICES` as CUDA
+    reads it (comma-separated, up to the first blank entry), else `None` (every GPU)."""
+    if configured is not None:
+        return tuple(configured)
+    visible = environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        return None
+    entries = [entry.strip() for entry in visible.split(",")]
+    return tuple(itertools.takewhile(bool, entries))
 
 
 def select_meter(
@@ -37,7 +55,7 @@ def select_meter(
     """
     if config.use_nvml:
         try:
-            return NvmlMeter(nvml, clock=clock)
+            return NvmlMeter(nvml, clock=clock, gpus=config.gpus)
         except EnergyMeterError as exc:
             reason = f"NVML unavailable ({exc.code}): {exc}"
     else:

@@ -1,0 +1,86 @@
+"""Metering only the GPUs the engine runs on: `energy.gpus` or `CUDA_VISIBLE_DEVICES`."""
+
+from __future__ import annotations
+
+import pynvml
+import pytest
+
+from provider_agent.energy import (
+    MeterConfig,
+    MeterNotSupportedError,
+    NoGpuFoundError,
+    NvmlMeter,
+    gpus_to_meter,
+    select_meter,
+    window_energy,
+)
+from provider_agent.jobs.energy import RequestEnergyTracker
+from tests.provider_agent.nvml_double import FakeGpu, FakeNvml
+
+
+def eight_gpus() -> FakeNvml:
+    """GPU 0 draws 350 W; GPUs 1..7 run someone else's work at 600 W."""
+    return FakeNvml(
+        [
+            FakeGpu(uuid=f"GPU-{i}000000-aaaa", power_mw=350_000 if i == 0 else 600_000)
+            for i in range(8)
+        ]
+    )
+
+
+def test_a_request_on_the_visible_gpu_is_charged_that_gpu_only() -> None:
+    nvml = eight_gpus()
+    gpus = gpus_to_meter(None, {"CUDA_VISIBLE_DEVICES": "0"})
+    meter = select_meter(MeterConfig(gpus=gpus), nvml=nvml, clock=nvml.clock)
+    tracker = RequestEnergyTracker(meter)
+    tracker.begin("job")
+    nvml.advance(2_000_000_000)
+    energy = tracker.finish("job", prompt_tokens=10, output_tokens=100)
+    assert energy.method == "measured"
+    assert energy.millijoules == 2 * 350_000
+    assert [gpu.uuid for gpu in meter.describe().gpus] == ["GPU-0000000-aaaa"]
+
+
+def test_gpus_are_selected_by_index_or_uuid_prefix_in_the_order_given() -> None:
+    nvml = eight_gpus()
+    meter = NvmlMeter(nvml, clock=nvml.clock, gpus=["GPU-3", "5"])
+    start = meter.read()
+    nvml.advance(10**9)
+    window = window_energy(start, meter.read())
+    assert [gpu.uuid for gpu in start.gpus] == ["GPU-3000000-aaaa", "GPU-5000000-aaaa"]
+    assert window.total_mj == 2 * 600_000
+
+
+def test_a_pre_volta_gpu_outside_the_selection_leaves_the_meter_measured() -> None:
+    nvml = FakeNvml(
+        [
+            FakeGpu(uuid="GPU-a"),
+            FakeGpu(uuid="GPU-b", name="Tesla P100", energy_error=pynvml.NVML_ERROR_NOT_SUPPORTED),
+        ]
+    )
+    assert select_meter(MeterConfig(gpus=("0",)), nvml=nvml, clock=nvml.clock).method == "measured"
+    with pytest.raises(MeterNotSupportedError, match="Tesla P100"):
+        NvmlMeter(nvml, clock=nvml.clock, gpus=["1"])
+
+
+@pytest.mark.parametrize("selection", [["8"], ["GPU-9"], ["GPU-"], [], ["MIG-1"]])
+def test_a_selection_that_names_no_single_gpu_is_refused(selection: list[str]) -> None:
+    with pytest.raises(NoGpuFoundError):
+        NvmlMeter(eight_gpus(), gpus=selection)
+
+
+def test_the_setting_wins_over_cuda_visible_devices_read_as_cuda_reads_it() -> None:
+    assert gpus_to_meter(["GPU-1"], {"CUDA_VISIBLE_DEVICES": "0"}) == ("GPU-1",)
+    assert gpus_to_meter(None, {"CUDA_VISIBLE_DEVICES": "2, 3"}) == ("2", "3")
+    assert gpus_to_meter(None, {"CUDA_VISIBLE_DEVICES": "1,,2"}) == ("1",)
+    assert gpus_to_meter(None, {"CUDA_VISIBLE_DEVICES": ""}) == ()
+    assert gpus_to_meter(None, {}) is None
+
+
+def test_no_visible_gpu_makes_the_meter_unmeasured_with_the_reason() -> None:
+    nvml = eight_gpus()
+    meter = select_meter(
+        MeterConfig(gpus=gpus_to_meter(None, {"CUDA_VISIBLE_DEVICES": ""})), nvml=nvml
+    )
+    assert meter.method == "unmeasured"
+    assert "selection is empty" in (meter.describe().reason or "")
