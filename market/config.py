@@ -67,6 +67,13 @@ class Settings(BaseSettings):
         default=2, description="Blocks a deposit must be buried under before it is credited."
     )
     epoch_seconds: PositiveInt = Field(default=600, description="Length of a settlement epoch.")
+    epoch_max_parties: int = Field(
+        default=400,
+        ge=2,
+        description="Most buyers and providers together that one settlement batch names (fewer "
+        "if the chain's blocks hold less); the others' receipts settle in the next epoch, "
+        "closed at once.",
+    )
     protocol_fee_bps: NonNegativeInt = Field(
         default=500, le=10_000, description="Protocol fee in basis points of each charge."
     )

@@ -106,11 +106,20 @@ class SettlementRepository:
 
     # -- receipts ------------------------------------------------------------------------
 
-    def debits_where(self, where: list[ColumnElement[bool]]) -> dict[str, int]:
-        """Buyer address -> sum of charges of the receipts matching `where`."""
-        stmt = select(Receipt.buyer_address, func.sum(Receipt.charge)).where(*where)
-        rows = self.session.execute(stmt.group_by(Receipt.buyer_address))
-        return {buyer: int(total) for buyer, total in rows}
+    def pairs_where(self, where: list[ColumnElement[bool]]) -> list[tuple[str, str, int]]:
+        """(buyer, provider, sum of charges) of the receipts matching `where`, the pair with
+        the oldest receipt first."""
+        stmt = (
+            select(Receipt.buyer_address, Receipt.provider_address, func.sum(Receipt.charge))
+            .where(*where)
+            .group_by(Receipt.buyer_address, Receipt.provider_address)
+            .order_by(
+                func.min(Receipt.verified_at), Receipt.buyer_address, Receipt.provider_address
+            )
+        )
+        return [
+            (buyer, provider, int(total)) for buyer, provider, total in self.session.execute(stmt)
+        ]
 
     def discard_epoch(self, number: int) -> int:
         """Deletes epoch `number` with its lines and reward weights and puts its receipts back

@@ -9,7 +9,9 @@ row so that concurrent closers take turns (`market.settlement.tasks.close_epoch`
    checked, not void, and not of a provider whose payment is held by an open review
    (`market.reviews`), nor of a buyer whose escrow the chain may no longer cover
    (`market.settlement.coverage`); the others stay in no epoch, their charges unsettled in
-   the ledger.
+   the ledger. When the receipts name more buyers and providers than one batch may
+   (`market.settlement.batch_size`), it takes the pairs with the oldest receipts up to that
+   many, and the rest go into the next epoch.
    Leaf indexes follow the receipts' hashes; the receipts are then streamed in leaf order to
    build the Merkle tree and the per-buyer debits (sum of charges) and per-provider credits
    (sum of charge - fee).
@@ -75,6 +77,7 @@ from market.reviews.models import ReceiptCheckStatus
 from market.reviews.receipts import check_receipts
 from market.reviews.service import DEFAULT_HOLD_KINDS, open_reviews
 from market.rewards.service import decide_rewards
+from market.settlement.batch_size import select_parties
 from market.settlement.coverage import shortfalls
 from market.settlement.errors import (
     EpochNotFoundError,
@@ -140,9 +143,12 @@ def _hex(raw: bytes) -> str:
 # -- closing an epoch ---------------------------------------------------------------------
 
 
-def _settleable(unfunded: Collection[str] = ()) -> list[ColumnElement[bool]]:
-    """Receipts the next epoch takes: in no epoch, checked, not void, payment not held, and
-    not of a buyer in `unfunded` (`market.settlement.coverage`)."""
+def _settleable(
+    unfunded: Collection[str] = (), parties: tuple[set[str], set[str]] | None = None
+) -> list[ColumnElement[bool]]:
+    """Receipts the next epoch takes: in no epoch, checked, not void, payment not held, not
+    of a buyer in `unfunded` (`market.settlement.coverage`), and, when the epoch's parties
+    are capped (`market.settlement.batch_size`), between the (buyers, providers) `parties`."""
     where = [
         Receipt.epoch.is_(None),
         Receipt.check_status.is_not(None),
@@ -151,17 +157,19 @@ def _settleable(unfunded: Collection[str] = ()) -> list[ColumnElement[bool]]:
     ]
     if unfunded:
         where.append(Receipt.buyer_address.not_in(list(unfunded)))
+    if parties is not None:
+        buyers, providers = parties
+        where.append(Receipt.buyer_address.in_(sorted(buyers)))
+        where.append(Receipt.provider_address.in_(sorted(providers)))
     return where
 
 
-def _assign(session: Session, number: int, unfunded: Collection[str]) -> None:
-    """Puts every settleable receipt into epoch `number`, leaf indexes in receipt-hash order
-    (one UPDATE ... FROM)."""
+def _assign(session: Session, number: int, where: list[ColumnElement[bool]]) -> None:
+    """Puts every receipt matching `where` into epoch `number`, leaf indexes in receipt-hash
+    order (one UPDATE ... FROM)."""
     leaf = func.row_number().over(order_by=(Receipt.receipt_hash, Receipt.job_id)) - 1
     ordered = (
-        select(Receipt.job_id.label("job_id"), leaf.label("leaf"))
-        .where(*_settleable(unfunded))
-        .subquery("ordered")
+        select(Receipt.job_id.label("job_id"), leaf.label("leaf")).where(*where).subquery("ordered")
     )
     session.execute(
         update(Receipt)
@@ -172,19 +180,26 @@ def _assign(session: Session, number: int, unfunded: Collection[str]) -> None:
 
 
 def open_epoch(
-    session: Session, client: SettlementClient, hold_kinds: Collection[str] = DEFAULT_HOLD_KINDS
+    session: Session,
+    client: SettlementClient,
+    hold_kinds: Collection[str] = DEFAULT_HOLD_KINDS,
+    max_parties: int | None = None,
 ) -> Epoch | None:
     """The epoch to settle next (see the module doc), or None if there is nothing to settle.
 
     `hold_kinds`: the kinds of failed receipt check that hold payment
-    (`Settings.review_hold_kinds`)."""
+    (`Settings.review_hold_kinds`); `max_parties`: the most buyers and providers the epoch
+    may name together (`market.settlement.batch_size`; None: no limit)."""
     repo = SettlementRepository(session)
     cursor = repo.lock_cursor(EPOCH_CURSOR, 0)
     unsettled = repo.unsettled_epoch()
     if unsettled is not None:
         return unsettled
     check_receipts(session, hold_kinds)
-    owed = repo.debits_where(_settleable())
+    pairs = repo.pairs_where(_settleable())
+    owed: dict[str, int] = {}
+    for buyer, _, charged in pairs:
+        owed[buyer] = owed.get(buyer, 0) + charged
     unfunded = set()
     for short in shortfalls(client, owed):
         unfunded.add(short.buyer)
@@ -196,8 +211,19 @@ def open_epoch(
         )
     if unfunded >= owed.keys():  # nothing settleable, or no buyer the chain covers
         return None
+    parties = None
+    if max_parties is not None:
+        funded = ((b, p) for b, p, _ in pairs if b not in unfunded)
+        parties = select_parties(funded, max_parties)
+        if parties is not None:
+            log.info(
+                "epoch capped at %d parties: %d buyers, %d providers; the rest follow",
+                max_parties,
+                len(parties[0]),
+                len(parties[1]),
+            )
     number = max(client.last_settled_epoch(), repo.last_epoch_number()) + 1
-    _assign(session, number, unfunded)
+    _assign(session, number, _settleable(unfunded, parties))
 
     hashes: list[bytes] = []
     debits: dict[str, int] = {}
@@ -256,10 +282,15 @@ def batch_of(session: Session, epoch: Epoch) -> EpochBatch:
 
 
 def begin_submission(
-    session: Session, client: SettlementClient, number: int, reward_pool: int = 0
+    session: Session,
+    client: SettlementClient,
+    number: int,
+    reward_pool: int = 0,
+    confirmations: int = 0,
 ) -> EpochBatch | None:
     """The batch to send for epoch `number`, marked submitted; None if nothing is to be sent
-    (already settled, settled on-chain and now recorded, or a recent submission in flight).
+    (already settled, settled on-chain and now recorded once `confirmations` blocks bury it,
+    or a recent submission in flight).
 
     The epoch's network-token rewards (at most `reward_pool`) are decided here, just before
     each send, so that eligibility and `minRewardInterval` are judged against the chain as
@@ -270,7 +301,7 @@ def begin_submission(
     if epoch.status is EpochStatus.SETTLED:
         return None
     if client.last_settled_epoch() >= number:
-        record_settlement(session, client, number)
+        record_settlement(session, client, number, confirmations=confirmations)
         return None
     if (
         epoch.status is EpochStatus.SUBMITTED
@@ -291,9 +322,12 @@ def record_settlement(
     number: int,
     tx_hash: str | None = None,
     block: int | None = None,
+    confirmations: int = 0,
 ) -> Epoch:
-    """Records epoch `number` as settled once the chain holds its root, and books the
-    settlement in the ledger (module doc). Idempotent; a different root on-chain raises."""
+    """Records epoch `number` as settled once the chain holds its root under `confirmations`
+    blocks, and books the settlement in the ledger (module doc). Idempotent; a different root
+    on-chain raises. Settled but not yet that deep, the epoch is returned unchanged: a reorg
+    could still take the settlement away, and the ledger would then be ahead of the chain."""
     repo = SettlementRepository(session)
     repo.lock_cursor(EPOCH_CURSOR, 0)
     epoch = _epoch(repo, number)
@@ -301,6 +335,8 @@ def record_settlement(
         return epoch
     if client.last_settled_epoch() < number:
         raise EpochNotOnChainError(f"epoch {number} is not settled on-chain")
+    if confirmations and client.last_settled_epoch(client.confirmed_head(confirmations)) < number:
+        return epoch
     onchain = _hex(client.epoch_root(number))
     if onchain != epoch.receipts_root:
         raise EpochRootMismatchError(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -23,14 +24,23 @@ from market.jobs.tasks import RELEASE_INTERVAL_S, release_orphaned_jobs
 from market.reviews import receipts
 from market.runtime import Runtime
 from market.settlement import service
+from market.settlement.batch_size import party_cap
 from market.settlement.models import EpochStatus
 from market.settlement.repository import SettlementRepository
+from protocol.chain.connection import is_embedded
 from protocol.chain.errors import EpochAlreadySettled, InsufficientEscrow
 
 log = logging.getLogger(__name__)
 
 WATCH_INTERVAL_S = 2.0
 """How often the deposit watcher looks for new confirmed blocks."""
+
+CONFIRMATION_WAIT_S = 120.0
+"""How long a close waits for the blocks that must bury its settlement before booking it."""
+CONFIRMATION_POLL_S = 1.0
+
+MAX_EPOCHS_PER_CLOSE = 20
+"""Full epochs one close settles back to back before it leaves the rest to the next."""
 
 
 @dataclass(frozen=True)
@@ -60,30 +70,48 @@ def watch_deposits(ctx: TaskContext) -> int:
             return booked
 
 
-def close_epoch(ctx: TaskContext, *, rebuilt: bool = False) -> int | None:
-    """Settles the open epoch, opening one over the unassigned receipts if none is open.
+def close_epoch(ctx: TaskContext) -> int | None:
+    """Settles the open epoch, opening one over the unassigned receipts if none is open, and
+    goes on while the epochs it settles are full (`market.settlement.batch_size`), at most
+    `MAX_EPOCHS_PER_CLOSE` of them.
 
-    Returns the epoch number settled (or found settled), None if there was nothing to settle
-    or a recent submission is still in flight. An epoch the chain refuses because a buyer's
-    escrow no longer covers its debit is discarded and built again at once, without that
-    buyer (`service.discard_epoch`; `rebuilt`: this is that second try, which is not retried).
-    """
+    Returns the last epoch number settled (or found settled), None if there was nothing to
+    settle or a recent submission is still in flight."""
+    cap = party_cap(ctx.settings.epoch_max_parties, ctx.chain.client.block_gas_limit())
+    last = None
+    for _ in range(MAX_EPOCHS_PER_CLOSE):
+        number, parties = _close_one(ctx, cap)
+        if number is None:
+            break
+        last = number
+        if parties < cap - 1:  # a capped epoch leaves at most one place free
+            break
+    return last
+
+
+def _close_one(ctx: TaskContext, cap: int, *, rebuilt: bool = False) -> tuple[int | None, int]:
+    """Settles one epoch: its number (None as in `close_epoch`) and how many parties its
+    batch named (0 if none was sent). An epoch the chain refuses because a buyer's escrow no
+    longer covers its debit is discarded and built again at once, without that buyer
+    (`service.discard_epoch`; `rebuilt`: this is that second try, which is not retried)."""
     client, operator = ctx.chain.client, ctx.chain.operator
     with session_scope(ctx.sessions) as session:
-        epoch = service.open_epoch(session, client, ctx.settings.review_hold_kinds)
+        epoch = service.open_epoch(session, client, ctx.settings.review_hold_kinds, cap)
         if epoch is None:
-            return None
+            return None, 0
         number = epoch.number
+    confirmations = settlement_confirmations(ctx)
     with session_scope(ctx.sessions) as session:
         batch = service.begin_submission(
-            session, client, number, ctx.settings.reward_pool_per_epoch
+            session, client, number, ctx.settings.reward_pool_per_epoch, confirmations
         )
         if batch is None:
             settled = SettlementRepository(session).get_epoch(number)
             done = settled is not None and settled.status is EpochStatus.SETTLED
-            return number if done else None
+            return (number if done else None), 0
     tx_hash: str | None = None
     block: int | None = None
+    operator.resync()  # a resent epoch's first send may have been dropped or reorganised away
     try:
         receipt = client.settle_epoch(operator, batch)
         tx_hash = "0x" + bytes(receipt["transactionHash"]).hex()
@@ -94,10 +122,37 @@ def close_epoch(ctx: TaskContext, *, rebuilt: bool = False) -> int | None:
         log.warning("epoch %d refused by the chain (%s); it is built anew", number, exc)
         with session_scope(ctx.sessions) as session:
             service.discard_epoch(session, client, number)
-        return close_epoch(ctx, rebuilt=True) if not rebuilt else None
-    with session_scope(ctx.sessions) as session:
-        service.record_settlement(session, client, number, tx_hash, block)
-    return number
+        return _close_one(ctx, cap, rebuilt=True) if not rebuilt else (None, 0)
+    if not _record_when_confirmed(ctx, number, tx_hash, block, confirmations):
+        return None, 0
+    return number, len(batch.debits) + len(batch.credits)
+
+
+def settlement_confirmations(ctx: TaskContext) -> int:
+    """Blocks that must bury a settlement before the ledger books it: the deposits'
+    `confirmations`, or none on the in-process chain, which cannot reorganise."""
+    return 0 if is_embedded(ctx.chain.client.w3) else ctx.settings.confirmations
+
+
+def _record_when_confirmed(
+    ctx: TaskContext, number: int, tx_hash: str | None, block: int | None, confirmations: int
+) -> bool:
+    """Books epoch `number` once `confirmations` blocks bury its settlement, waiting up to
+    `CONFIRMATION_WAIT_S`; False if they did not come in time (the next close books it)."""
+    deadline = time.monotonic() + CONFIRMATION_WAIT_S
+    while True:
+        with session_scope(ctx.sessions) as session:
+            epoch = service.record_settlement(
+                session, ctx.chain.client, number, tx_hash, block, confirmations
+            )
+            if epoch.status is EpochStatus.SETTLED:
+                return True
+        if time.monotonic() >= deadline:
+            log.info(
+                "epoch %d is settled on-chain; booked once %d blocks bury it", number, confirmations
+            )
+            return False
+        time.sleep(CONFIRMATION_POLL_S)
 
 
 def check_receipts(ctx: TaskContext) -> int:

@@ -189,9 +189,14 @@ class SettlementClient:
         except Exception as exc:
             raise translate(exc) from exc
 
-    def last_settled_epoch(self) -> int:
-        """The last settled epoch (0 before the first)."""
-        return int(self._call(self.settlement, "lastSettledEpoch"))
+    def last_settled_epoch(self, block: int | None = None) -> int:
+        """The last settled epoch (0 before the first), as of `block` (None: the newest)."""
+        if block is None:
+            return int(self._call(self.settlement, "lastSettledEpoch"))
+        try:
+            return int(self.settlement.functions.lastSettledEpoch().call(block_identifier=block))
+        except Exception as exc:
+            raise translate(exc) from exc
 
     def epoch_root(self, epoch: int) -> bytes:
         """The receipts Merkle root recorded for `epoch` (zeros if not settled)."""

@@ -86,6 +86,13 @@ class Transactor:
         """The sender's checksummed address."""
         return str(self.account.address)
 
+    def resync(self) -> None:
+        """Reads the nonce from the node again at the next send: for a transaction resent
+        because the first is not on-chain (dropped, or taken away by a reorganisation, which
+        frees its nonce)."""
+        with self._lock:
+            self._next_nonce = None
+
     def _nonce(self) -> int:
         if self._next_nonce is None:
             self._next_nonce = self.w3.eth.get_transaction_count(self.account.address, "pending")
@@ -126,8 +133,7 @@ class Transactor:
         try:
             return self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=self.receipt_timeout_s)
         except TimeExhausted:
-            with self._lock:
-                self._next_nonce = None
+            self.resync()
             raise
 
     def _failure(self, tx: TxParams, receipt: TxReceipt) -> ChainError:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 from eth_account.signers.local import LocalAccount
@@ -38,9 +39,11 @@ class Market:
     def client(self) -> SettlementClient:
         return self.chain.client
 
-    def ctx(self, confirmations: int = 0, client: SettlementClient | None = None) -> TaskContext:
+    def ctx(
+        self, confirmations: int = 0, client: SettlementClient | None = None, **settings: Any
+    ) -> TaskContext:
         chain = self.chain if client is None else MarketChain(client, self.chain.operator)
-        return TaskContext(Settings(confirmations=confirmations), self.sessions, chain)
+        return TaskContext(Settings(confirmations=confirmations, **settings), self.sessions, chain)
 
     def account(self) -> Transactor:
         account: LocalAccount = new_account()

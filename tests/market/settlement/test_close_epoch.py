@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -10,10 +11,11 @@ from sqlalchemy import select
 from market.db import session_scope
 from market.jobs.models import Receipt
 from market.ledger import service as ledger
-from market.settlement import service
+from market.settlement import service, tasks
 from market.settlement.errors import EpochRootMismatchError
 from market.settlement.models import Epoch, EpochStatus
 from market.settlement.tasks import close_epoch
+from protocol.chain.connection import is_embedded
 from protocol.chain.settlement import EpochBatch, SettlementClient
 from protocol.chain.transactor import Transactor
 from protocol.merkle import verify
@@ -141,3 +143,40 @@ def test_other_root_on_chain_is_a_loud_error(market: Market) -> None:
     with pytest.raises(EpochRootMismatchError):
         close_epoch(market.ctx())
     assert _epoch(market, 1).status is not EpochStatus.SETTLED
+
+
+def test_a_settlement_is_booked_only_once_buried_and_a_reorg_before_that_is_resent(
+    market: Market, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    w3 = market.client.w3
+    if is_embedded(w3):
+        pytest.skip("the in-process chain cannot reorganise; it books at once")
+    monkeypatch.setattr(tasks, "CONFIRMATION_WAIT_S", 0.0)
+    _, providers, _ = _settle_scene(market)
+    ctx = market.ctx(confirmations=2)
+    before = w3.provider.make_request("evm_snapshot", [])["result"]  # type: ignore[arg-type]
+
+    # mined, but no block on top yet: the ledger does not book it
+    assert close_epoch(ctx) is None
+    assert market.client.last_settled_epoch() == 1
+    assert _epoch(market, 1).status is EpochStatus.SUBMITTED
+    with session_scope(market.sessions) as session:
+        assert ledger.balance(session, service.provider_settled(providers[0])) == 0
+
+    # the chain reorganises the settlement away: the epoch is sent again, not skipped
+    w3.provider.make_request("evm_revert", [before])  # type: ignore[arg-type]
+    assert market.client.last_settled_epoch() == 0
+    monkeypatch.setattr(service, "RESUBMIT_AFTER", timedelta(0))
+    assert close_epoch(ctx) is None
+    assert market.client.last_settled_epoch() == 1
+
+    # two blocks later the next close books it
+    for _ in range(2):
+        w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
+    assert close_epoch(ctx) == 1
+    assert _epoch(market, 1).status is EpochStatus.SETTLED
+    with session_scope(market.sessions) as session:
+        ledger.check_ledger(session)
+        for provider in providers:
+            settled = ledger.balance(session, service.provider_settled(provider))
+            assert market.client.earnings(provider) == settled > 0
