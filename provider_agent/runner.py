@@ -42,6 +42,7 @@ from provider_agent.config import AgentSettings, ConfigError
 from provider_agent.energy import EnergyMeter
 from provider_agent.engine.metrics import EngineCounters, afetch_engine_counters
 from provider_agent.jobs import JobsConfig, ReceiptOutbox, create_app
+from provider_agent.jobs.app import JobService
 from provider_agent.market_client import MarketClient, MarketError, fetch_market_domain
 from provider_agent.pricing import PricingError, with_resolved_prices
 from provider_agent.receipt_sync import sync_receipts
@@ -169,6 +170,7 @@ class AgentRunner:
         self.receipt_sync_error: str | None = None
         self._stop = asyncio.Event()
         self.server: _Server | None = None
+        self.jobs: JobService | None = None
 
     async def _counters(self) -> EngineCounters:
         return await afetch_engine_counters(self.engine_http, self.plan.served_model)
@@ -180,7 +182,9 @@ class AgentRunner:
     def status(self) -> dict[str, Any]:
         """What `GET /agent/status` shows."""
         head = self.store.last()
+        outbox_error = None if self.jobs is None else self.jobs.outbox.write_error
         return {
+            "healthy": self.supervisor.state is EngineState.healthy and outbox_error is None,
             "engine": {
                 "state": str(self.supervisor.state),
                 "restarts": self.supervisor.restarts,
@@ -199,6 +203,7 @@ class AgentRunner:
             "receipts": {
                 "answered": dict(self.receipts_answered),
                 "last_error": self.receipt_sync_error,
+                "outbox_error": outbox_error,
             },
             "stopping": self._stop.is_set(),
         }
@@ -216,6 +221,7 @@ class AgentRunner:
             max_concurrency=self.settings.offer.max_concurrency,
         )
         app = create_app(config, self.identity.signing_key, self.meter)
+        self.jobs = app.state.jobs
 
         async def agent_status(_: Request) -> JSONResponse:
             return JSONResponse(self.status())

@@ -22,7 +22,7 @@ from provider_agent.jobs.energy import RequestEnergyTracker
 from provider_agent.jobs.engine_client import EngineClient
 from provider_agent.jobs.errors import JobError
 from provider_agent.jobs.outbox import ReceiptOutbox
-from provider_agent.jobs.receipts import ReceiptIssuer
+from provider_agent.jobs.receipts import ReceiptIssuer, outbox_unavailable
 from provider_agent.jobs.relay import (
     StreamCancel,
     open_upstream,
@@ -162,6 +162,8 @@ class JobService:
         try:
             body = await read_capped(request, self.max_body_bytes)
             job = self.checker.check(request.headers.get(TICKET_HEADER), body)
+            if not self.outbox.writable():
+                raise outbox_unavailable(self.outbox)
             slot = self.slots.acquire()
         except JobError as exc:
             return _refusal(exc)

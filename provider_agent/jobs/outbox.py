@@ -101,6 +101,8 @@ class ReceiptOutbox:
         self._day_path = self.days_dir
         self._day_marker = self.days_dir
         self._day_fd: int | None = None
+        self.write_error: str | None = None
+        """Why the last receipt could not be stored (a full disk), until one is again."""
 
     def _append(self, path: Path, lines: list[str]) -> None:
         """Append whole lines to `path` in one write, after ending a torn last line."""
@@ -148,14 +150,40 @@ class ReceiptOutbox:
         return self._day_path
 
     def add(self, envelope: Signed[Receipt]) -> None:
-        """Store a signed receipt (before it is sent) in today's file."""
-        fd = self._day_file()
-        _write_all(fd, envelope.model_dump_json().encode("utf-8") + b"\n")
-        if self._fsync:
-            os.fsync(fd)
+        """Store a signed receipt (before it is sent) in today's file; `OSError` (and
+        `write_error` set) when it cannot be written."""
+        line = envelope.model_dump_json().encode("utf-8") + b"\n"
+        if self.write_error is not None:  # end the torn line the failed write may have left
+            line = b"\n" + line
+        self._write(line)
         # A day sealed by a sync (another instance, as a rule) gets a receipt only if the
         # clock went back; the line is written first, so a seal made meanwhile is undone too.
         self._day_marker.unlink(missing_ok=True)
+
+    def _write(self, data: bytes) -> None:
+        """Append `data` to today's file; on failure the file is closed (the next write opens
+        the path again) and `write_error` says why."""
+        try:
+            fd = self._day_file()
+            _write_all(fd, data)
+            if self._fsync:
+                os.fsync(fd)
+        except OSError as exc:
+            self.close()
+            self.write_error = f"{self._day_path}: {exc}"
+            raise
+        self.write_error = None
+
+    def writable(self) -> bool:
+        """Whether receipts can be stored. After a failed write, an end of line is appended to
+        today's file to find out (it also ends a torn line; readers skip blank lines)."""
+        if self.write_error is None:
+            return True
+        try:
+            self._write(b"\n")
+        except OSError:
+            return False
+        return True
 
     def mark_sent(self, job_ids: list[str]) -> None:
         """Record that the market acknowledged these jobs' receipts."""

@@ -146,5 +146,16 @@ class ReceiptIssuer:
             domain=job.ticket.domain,
         )
         envelope = sign(receipt, self._key)
-        self._outbox.add(envelope)
+        try:
+            self._outbox.add(envelope)
+        except OSError as exc:
+            logger.error("job %s: receipt not stored, so not sent: %s", job_id, exc)
+            raise outbox_unavailable(self._outbox) from exc
         return envelope
+
+
+def outbox_unavailable(outbox: ReceiptOutbox) -> JobError:
+    """503 `outbox_unavailable`: receipts cannot be stored, so none can be sent."""
+    return JobError(
+        503, "outbox_unavailable", f"the agent cannot store receipts: {outbox.write_error}"
+    )
