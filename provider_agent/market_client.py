@@ -51,15 +51,15 @@ def heartbeat_envelope(
 
 
 async def fetch_market_domain(http: httpx.AsyncClient, market_url: str) -> Domain:
-    """The market's chain id and Settlement contract, from its `GET /health` chain check."""
+    """The market's chain id and Settlement contract, from `GET /market` (its deployment,
+    which it publishes whether or not its chain node answers right now)."""
+    url = f"{market_url}/market"
     try:
-        response = await http.get(f"{market_url}/health")
-        chain = response.json()["checks"]["chain"]
-        return Domain(chain_id=chain["chain_id"], settlement_contract=chain["settlement"])
+        body = (await http.get(url)).raise_for_status().json()
+        return Domain(chain_id=body["chain_id"], settlement_contract=body["settlement_contract"])
     except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
-        raise MarketError(
-            f"cannot read the market's chain from {market_url}/health: {exc}"
-        ) from exc
+        status = exc.response.status_code if isinstance(exc, httpx.HTTPStatusError) else None
+        raise MarketError(f"cannot read the market's domain from {url}: {exc}", status) from exc
 
 
 class MarketClient:

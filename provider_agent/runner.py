@@ -14,7 +14,7 @@ The market's ticket public key comes from `market_public_key` (`AGENT_MARKET_PUB
 market publishes it at `GET /market`, but the agent does not take it from there by itself: it
 is the key that authorises work on this rig, so the operator pins it in the config. The
 domain (chain id, Settlement contract) comes from `deployment_file` when set, else from the
-market's `GET /health` chain check.
+market's `GET /market`.
 """
 
 from __future__ import annotations

@@ -122,14 +122,18 @@ class MarketDouble:
             return {"address": last.provider, "latest_attestation": summary}
 
     def health(self) -> dict[str, Any]:
-        """The market's `GET /health` body with its chain check."""
-        chain = {
-            "ok": True,
+        """The market's `GET /health` body while its chain node does not answer."""
+        chain = {"ok": False, "error": "ConnectionError: the chain node does not answer"}
+        return {"ok": False, "checks": {"chain": chain}}
+
+    def deployment(self) -> dict[str, Any]:
+        """The market's `GET /market`: its deployment's static facts."""
+        return {
             "chain_id": self.domain.chain_id,
-            "settlement": self.domain.settlement_contract,
-            "block": 1,
+            "settlement_contract": self.domain.settlement_contract,
+            "payment_token": "0x" + "11" * 20,
+            "network_token": "0x" + "22" * 20,
         }
-        return {"ok": True, "checks": {"chain": chain}}
 
 
 def _handler(market: MarketDouble) -> type[BaseHTTPRequestHandler]:
@@ -144,7 +148,9 @@ def _handler(market: MarketDouble) -> type[BaseHTTPRequestHandler]:
 
         def do_GET(self) -> None:
             if self.path == "/health":
-                self._answer(200, market.health())
+                self._answer(503, market.health())
+            elif self.path == "/market":
+                self._answer(200, market.deployment())
             elif self.path.startswith("/providers/"):
                 self._answer(200, market.provider())
             else:

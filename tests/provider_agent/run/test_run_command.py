@@ -108,6 +108,7 @@ def test_run_serves_jobs_reports_to_the_market_and_exits_cleanly_on_sigterm(
 def test_run_attaches_to_a_running_engine_and_takes_the_domain_from_the_market(
     tmp_path: Path,
 ) -> None:
+    """From `GET /market`: the market double's `GET /health` says its chain node is down."""
     from tests.support.openai_upstream import start_upstream
 
     upstream = start_upstream()
