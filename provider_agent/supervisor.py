@@ -1,7 +1,8 @@
 """vLLM supervision: start the engine (or attach to one), wait until it serves, restart it.
 
 With a command the supervisor starts it in its own process group (stdout and stderr to
-`data_dir/vllm.log`), waits for `GET {url}/health` with exponential backoff up to a
+`data_dir/vllm.log`; the agent's environment less its `AGENT_*` variables, so the keystore
+passphrase stays with the agent), waits for `GET {url}/health` with exponential backoff up to a
 deadline, checks that `GET {url}/v1/models` lists the configured model, and restarts the
 process with backoff whenever it exits (counting restarts). Without a command it attaches
 to `url` and keeps polling its health. `state` says where it stands.
@@ -15,6 +16,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -57,6 +59,15 @@ class SupervisorConfig:
     env: tuple[tuple[str, str], ...] = ()
 
 
+AGENT_VARIABLES = "AGENT_"
+
+
+def engine_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The engine's environment: the agent's, less its own `AGENT_*` settings, among them
+    the keystore passphrase (`AGENT_PASSPHRASE`), which the engine must never see."""
+    return {name: value for name, value in environ.items() if not name.startswith(AGENT_VARIABLES)}
+
+
 def _next_delay(delay: float, maximum: float) -> float:
     return min(delay * 2, maximum)
 
@@ -88,7 +99,7 @@ class EngineSupervisor:
         command = self.config.command
         assert command is not None
         log_path = self.config.log_path
-        env = {**os.environ, **dict(self.config.env)}
+        env = {**engine_environment(os.environ), **dict(self.config.env)}
         if log_path is not None:
             log_path.parent.mkdir(parents=True, exist_ok=True)
             with log_path.open("ab") as out:

@@ -54,6 +54,9 @@ def test_run_serves_jobs_reports_to_the_market_and_exits_cleanly_on_sigterm(
         status = agent.wait_healthy()
         engine_pid = status["engine"]["pid"]
         assert engine_pid is not None
+        engine_environ = Path(f"/proc/{engine_pid}/environ").read_bytes().split(b"\0")
+        assert not [name for name in engine_environ if name.startswith(b"AGENT_")]
+        assert any(name.startswith(b"PATH=") for name in engine_environ)
         assert (agent.data_dir / "vllm.log").exists()
 
         def sync_failed() -> bool:
