@@ -448,7 +448,7 @@ def run(ctx: typer.Context) -> None:
     import asyncio
     import logging
 
-    from provider_agent.runner import run_agent
+    from provider_agent.runner import ListenError, run_agent
     from provider_agent.supervisor import EngineStartError
 
     settings = _settings(ctx)
@@ -463,6 +463,8 @@ def run(ctx: typer.Context) -> None:
         fail(str(exc), code=2)
     except EngineStartError as exc:
         fail(str(exc), "check vllm.command, vllm.url and data_dir/vllm.log")
+    except ListenError as exc:
+        fail(str(exc), "stop what listens there, or set listen.host / listen.port")
     finally:
         selected.close()
     raise typer.Exit(code)

@@ -1,6 +1,7 @@
 """`provider-agent run`: the engine, the job endpoint, heartbeats and attestations in one loop.
 
-Order at start: supervise vLLM until it serves the configured model; serve the job
+Order at start: bind the job endpoint's address (a port in use stops `run` before the engine
+starts); supervise vLLM until it serves the configured model; serve the job
 endpoint (uvicorn in this event loop); announce the offer to the market (best effort);
 then heartbeats, attestations and the receipt sync (`provider_agent.receipt_sync`) run until
 SIGTERM or SIGINT. Shutdown: stop accepting
@@ -23,6 +24,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 from collections import Counter
 from collections.abc import Generator
 from dataclasses import dataclass
@@ -50,6 +52,24 @@ from provider_agent.registration import signed_registration
 from provider_agent.supervisor import EngineState, EngineSupervisor, SupervisorConfig
 
 log = logging.getLogger(__name__)
+
+
+class ListenError(Exception):
+    """The job endpoint's address cannot be bound (in use, or not this machine's)."""
+
+
+def bind_listener(host: str, port: int) -> socket.socket:
+    """The job endpoint's socket, bound before the engine starts so that a port in use is
+    found at once; `ListenError` saying why when it cannot be bound."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((host, port))
+    except OSError as exc:
+        listener.close()
+        raise ListenError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    return listener
 
 
 class _Server(uvicorn.Server):
@@ -278,6 +298,8 @@ class AgentRunner:
                 loop.add_signal_handler(sig, self.request_stop)
         if self.market is None and (unsent := ReceiptOutbox(self.data_dir).count_unsent()):
             log.info("%d receipts in the outbox never answered by a market", unsent)
+        listen = self.settings.listen
+        listener = bind_listener(listen.host, listen.port)
         tasks: list[asyncio.Task[Any]] = []
         try:
             start = asyncio.create_task(self.supervisor.start())
@@ -290,7 +312,6 @@ class AgentRunner:
                 return 0
             stop_wait.cancel()
             start.result()
-            listen = self.settings.listen
             grace = round(self.settings.run.shutdown_grace_s)
             config = uvicorn.Config(
                 self.build_app(),
@@ -301,7 +322,7 @@ class AgentRunner:
                 timeout_graceful_shutdown=grace,
             )
             self.server = _Server(config)
-            server_task = asyncio.create_task(self.server.serve())
+            server_task = asyncio.create_task(self.server.serve(sockets=[listener]))
             tasks.append(asyncio.create_task(self.supervisor.watch()))
             tasks.append(asyncio.create_task(self.attestations.run()))
             if self.market is not None:
@@ -324,6 +345,7 @@ class AgentRunner:
                 log.warning("jobs still running after the grace period were cut off")
             return 1 if failed else 0
         finally:
+            listener.close()
             for task in tasks:
                 task.cancel()
             for task in tasks:

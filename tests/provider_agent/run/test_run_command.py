@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import sys
 import threading
 import time
@@ -188,3 +189,28 @@ def test_sigterm_while_the_engine_starts_exits_0_and_stops_the_engine(tmp_path: 
         agent.engine_pids.append(engine_pid)
         assert agent.terminate(timeout_s=30) == 0, agent.log()
         assert not alive(engine_pid)
+
+
+def test_a_port_in_use_stops_run_before_the_engine_starts(tmp_path: Path) -> None:
+    marker = tmp_path / "engine-started"
+    script = f"open({str(marker)!r}, 'w').close()"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with running_agent(
+            tmp_path,
+            engine_command=[sys.executable, "-c", script],
+            engine_url=f"http://127.0.0.1:{free_port()}",
+            model=MODEL,
+            model_digest=DIGEST,
+            market_url=None,
+            domain=DOMAIN,
+            extra_env={"AGENT_LISTEN__PORT": str(port)},
+        ) as agent:
+            code = agent.process.wait(timeout=60)
+            log = agent.log()
+    assert code == 1, log
+    assert f"error: cannot listen on 127.0.0.1:{port}: Address already in use" in log
+    assert "Traceback" not in log
+    assert not marker.exists()
