@@ -35,6 +35,7 @@ from typing import Any, Protocol
 
 from nacl.signing import SigningKey
 
+from protocol.errors import MalformedMessageError
 from protocol.messages import (
     ZERO_HASH,
     Attestation,
@@ -141,11 +142,29 @@ class AttestationLog:
         self.refused_path = data_dir / "attestations-refused.jsonl"
         self.anchor_path = data_dir / "attestations-anchor.json"
         self._fsync = fsync
-        self._all: list[Signed[Attestation]] = []
-        for line in self._lines(self.path):
-            self._all.append(parse_signed(line, Attestation))
-        self._sent = {int(line) for line in self._lines(self.sent_path)}
+        self.unreadable_path = data_dir / "attestations-unreadable.jsonl"
+        self._all = self._read_chain()
+        self._sent = {int(line) for line in self._lines(self.sent_path) if line.strip().isdigit()}
         self.anchor = self._read_anchor()
+
+    def _read_chain(self) -> list[Signed[Attestation]]:
+        """The chain file's attestations; a line that does not parse (the disk or a hand edit
+        changed it) is moved to `attestations-unreadable.jsonl` instead of stopping the agent.
+        The market then refuses what followed it, and `resume_from` takes over."""
+        chain, unreadable = [], []
+        for line in self._lines(self.path):
+            try:
+                chain.append(parse_signed(line, Attestation))
+            except MalformedMessageError as exc:
+                log.warning("attestation log line set aside, it does not parse: %s", exc)
+                unreadable.append(line)
+        if unreadable:
+            for line in unreadable:
+                self._append(self.unreadable_path, line)
+            kept = self.path.with_name(self.path.name + ".tmp")
+            kept.write_text("".join(envelope.model_dump_json() + "\n" for envelope in chain))
+            os.replace(kept, self.path)
+        return chain
 
     def _read_anchor(self) -> ChainHead | None:
         if not self.anchor_path.exists():
@@ -193,7 +212,7 @@ class AttestationLog:
         if data and not data.endswith(b"\n"):  # torn write: drop the fragment
             data = data[: data.rfind(b"\n") + 1]
             path.write_bytes(data)
-        return [line for line in data.decode("utf-8").splitlines() if line.strip()]
+        return [line for line in data.decode("utf-8", "replace").splitlines() if line.strip()]
 
     def _append(self, path: Path, line: str) -> None:
         _end_torn_line(path)

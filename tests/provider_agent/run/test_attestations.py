@@ -485,3 +485,31 @@ def test_an_agent_that_lost_its_data_dir_resumes_its_chain_from_the_market(
         head = AttestationLog(tmp_path / "fresh").head()
         assert head is not None
         assert head.seq == market.attestations[-1].seq  # a restart goes on from there
+
+
+def test_a_damaged_line_in_the_logs_is_set_aside_and_the_chain_goes_on(tmp_path: Path) -> None:
+    identity = ProviderIdentity.generate()
+    with running_market() as market:
+
+        async def until(count: int) -> None:
+            loop, store, client = make_loop(tmp_path, identity, market, Counters())
+            await run_for(loop, lambda: len(market.attestations) >= count and not store.unsent())
+            assert client is not None
+            await client.aclose()
+
+        arun(until(4))
+        path = tmp_path / "attestations.jsonl"
+        lines = path.read_text().splitlines(keepends=True)
+        lines[1] = lines[1].replace('"seq":1', '"seq":1x')
+        path.write_text("".join(lines))
+        (tmp_path / "attestations-sent.jsonl").write_text("0\n\x00\x00\n")
+
+        store = AttestationLog(tmp_path)
+        assert [e.message.seq for e in store.all()][:2] == [0, 2]
+        unreadable = (tmp_path / "attestations-unreadable.jsonl").read_text()
+        assert '"seq":1x' in unreadable
+        held = len(market.attestations)
+        arun(until(held + 2))  # the unsent are sent again (acknowledged), then new ones
+    assert market.refused == []
+    assert_chain(market.attestations)
+    assert '"seq":1x' not in path.read_text()
