@@ -13,6 +13,7 @@ from typing import Any
 from protocol.canonical import JsonValue, signing_input, to_hex
 from protocol.chain.deploy import Deployment
 from protocol.keys import ProviderIdentity
+from protocol.messages import Domain
 from provider_agent.config import AgentSettings
 
 TYPE_TAG = "provider_registration"
@@ -20,9 +21,13 @@ VALIDITY_MS = 5 * 60 * 1000
 
 
 def registration_message(
-    settings: AgentSettings, identity: ProviderIdentity, deployment: Deployment, now_ms: int
+    settings: AgentSettings,
+    identity: ProviderIdentity,
+    deployment: Deployment | Domain,
+    now_ms: int,
 ) -> dict[str, JsonValue]:
-    """The registration message (no floats: fractions travel as integer milli-units)."""
+    """The registration message (no floats: fractions travel as integer milli-units) for the
+    deployment the key is bound on, or its domain."""
     offer = settings.offer
     tariff: JsonValue = None
     if offer.tariff is not None:
@@ -47,8 +52,16 @@ def registration_message(
         "declared_power_mw": declared_mw,
         "issued_at": now_ms,
         "expires_at": now_ms + VALIDITY_MS,
-        "domain": {"chain_id": deployment.chain_id, "settlement_contract": deployment.settlement},
+        "domain": _domain(deployment),
     }
+
+
+def _domain(deployment: Deployment | Domain) -> dict[str, JsonValue]:
+    if isinstance(deployment, Domain):
+        settlement = deployment.settlement_contract
+    else:
+        settlement = deployment.settlement
+    return {"chain_id": deployment.chain_id, "settlement_contract": settlement}
 
 
 def _price(value: int | str) -> JsonValue:
@@ -59,7 +72,7 @@ def _price(value: int | str) -> JsonValue:
 def signed_registration(
     settings: AgentSettings,
     identity: ProviderIdentity,
-    deployment: Deployment,
+    deployment: Deployment | Domain,
     now_ms: int | None = None,
 ) -> dict[str, Any]:
     """The envelope `{"message", "signer", "signature"}` ready to post."""

@@ -2,7 +2,8 @@
 
 Order at start: bind the job endpoint's address (a port in use stops `run` before the engine
 starts); supervise vLLM until it serves the configured model; serve the job
-endpoint (uvicorn in this event loop); announce the offer to the market (best effort);
+endpoint (uvicorn in this event loop); announce the offer to the market (retried with backoff
+while it does not answer);
 then heartbeats, attestations and the receipt sync (`provider_agent.receipt_sync`) run until
 SIGTERM or SIGINT. Shutdown: stop accepting
 jobs, let in-flight jobs finish (up to `run.shutdown_grace_s`), flush queued attestations
@@ -54,6 +55,12 @@ from provider_agent.supervisor import EngineState, EngineSupervisor, SupervisorC
 log = logging.getLogger(__name__)
 
 
+REGISTRATION_FINAL = frozenset({400, 401, 404, 410, 422})
+"""Registration refusals that trying again cannot change (malformed, bad signature, a market
+without the route, expired, an invalid offer); others (no answer, 5xx, 403 for a key not yet
+bound or a stake not yet enough, 409) are retried."""
+
+
 class ListenError(Exception):
     """The job endpoint's address cannot be bound (in use, or not this machine's)."""
 
@@ -88,7 +95,6 @@ class RunPlan:
     model_digest: str
     market_public_key: str
     domain: Domain
-    deployment: Deployment | None
 
 
 async def resolve_plan(settings: AgentSettings, http: httpx.AsyncClient) -> RunPlan:
@@ -110,7 +116,6 @@ async def resolve_plan(settings: AgentSettings, http: httpx.AsyncClient) -> RunP
     assert settings.vllm.served_model is not None
     assert settings.vllm.model_digest is not None
     assert settings.market_public_key is not None
-    deployment = None
     if settings.deployment_file is not None:
         try:
             deployment = Deployment.load(settings.deployment_file)
@@ -128,7 +133,6 @@ async def resolve_plan(settings: AgentSettings, http: httpx.AsyncClient) -> RunP
         model_digest=settings.vllm.model_digest,
         market_public_key=settings.market_public_key,
         domain=domain,
-        deployment=deployment,
     )
 
 
@@ -184,6 +188,8 @@ class AgentRunner:
             window_s=run.attestation_window_s,
             sample_s=sample_s,
         )
+        self.registered = False
+        self.registration_error: str | None = None
         self.heartbeats_sent = 0
         self.heartbeat_error: str | None = None
         self.receipts_answered: Counter[str] = Counter()
@@ -219,6 +225,10 @@ class AgentRunner:
                 "set_aside": self.attestations.set_aside,
                 "last_refusal": self.attestations.last_refusal,
             },
+            "registration": {
+                "registered": self.registered,
+                "last_error": self.registration_error,
+            },
             "heartbeats": {"sent": self.heartbeats_sent, "last_error": self.heartbeat_error},
             "receipts": {
                 "answered": dict(self.receipts_answered),
@@ -250,19 +260,33 @@ class AgentRunner:
         return app
 
     async def _register(self) -> None:
-        if self.market is None or self.plan.deployment is None:
-            return
+        """Announce the offer, retrying with backoff (1 s doubling to 60 s) while the market
+        does not answer or answers with a refusal that may pass (`REGISTRATION_FINAL`)."""
+        assert self.market is not None
         try:  # the market takes integer prices only: "auto" becomes the measured floor
             settings = with_resolved_prices(self.settings)
         except PricingError as exc:
-            log.warning("not registering the offer: %s", exc)
+            self.registration_error = f"not registering the offer: {exc}"
+            log.warning("%s", self.registration_error)
             return
-        envelope = signed_registration(settings, self.identity, self.plan.deployment)
-        try:
-            await self.market.register(envelope)
+        delay = 1.0
+        while True:
+            try:
+                await self.market.register(
+                    signed_registration(settings, self.identity, self.plan.domain)
+                )
+            except MarketError as exc:
+                self.registration_error = str(exc)
+                if exc.status in REGISTRATION_FINAL:
+                    log.error("the market refused the registration: %s", exc)
+                    return
+                log.warning("could not register with the market, again in %.0f s: %s", delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 60.0)
+                continue
+            self.registered, self.registration_error = True, None
             log.info("registered the offer with the market")
-        except MarketError as exc:
-            log.warning("could not register with the market (heartbeats go on): %s", exc)
+            return
 
     async def _heartbeats(self) -> None:
         assert self.market is not None
@@ -301,6 +325,7 @@ class AgentRunner:
         listen = self.settings.listen
         listener = bind_listener(listen.host, listen.port)
         tasks: list[asyncio.Task[Any]] = []
+        registration: asyncio.Task[None] | None = None
         try:
             start = asyncio.create_task(self.supervisor.start())
             stop_wait = asyncio.create_task(self._stop.wait())
@@ -326,7 +351,7 @@ class AgentRunner:
             tasks.append(asyncio.create_task(self.supervisor.watch()))
             tasks.append(asyncio.create_task(self.attestations.run()))
             if self.market is not None:
-                await self._register()
+                registration = asyncio.create_task(self._register())  # may end: not a part
                 tasks.append(asyncio.create_task(self._heartbeats()))
                 tasks.append(asyncio.create_task(self._receipt_syncs()))
             log.info("provider agent running: jobs on http://%s:%d", listen.host, listen.port)
@@ -346,6 +371,8 @@ class AgentRunner:
             return 1 if failed else 0
         finally:
             listener.close()
+            if registration is not None:
+                tasks.append(registration)
             for task in tasks:
                 task.cancel()
             for task in tasks:

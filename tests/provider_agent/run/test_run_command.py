@@ -133,7 +133,12 @@ def test_run_attaches_to_a_running_engine_and_takes_the_domain_from_the_market(
             status = agent.wait_healthy()
             assert status["engine"]["pid"] is None
             agent.wait_until(lambda: len(market.attestations) >= 1, 20, "an attestation")
-            assert market.registrations == []  # no deployment file: no registration
+            agent.wait_until(lambda: len(market.registrations) == 1, 20, "a registration")
+            domain = market.registrations[0]["message"]["domain"]
+            assert domain == {
+                "chain_id": DOMAIN.chain_id,
+                "settlement_contract": DOMAIN.settlement_contract,
+            }
             assert agent.terminate(timeout_s=30) == 0, agent.log()
             assert upstream.process.poll() is None  # an attached engine is left running
     finally:
@@ -214,3 +219,36 @@ def test_a_port_in_use_stops_run_before_the_engine_starts(tmp_path: Path) -> Non
     assert f"error: cannot listen on 127.0.0.1:{port}: Address already in use" in log
     assert "Traceback" not in log
     assert not marker.exists()
+
+
+def test_a_registration_the_market_could_not_take_at_start_is_retried(tmp_path: Path) -> None:
+    from tests.support.openai_upstream import start_upstream
+
+    upstream = start_upstream()
+    try:
+        with running_market() as market:
+            market.fail_all = True  # the market is down when the agent starts
+            with running_agent(
+                tmp_path,
+                engine_command=None,
+                engine_url=f"http://127.0.0.1:{upstream.port}",
+                model=MODEL,
+                model_digest=DIGEST,
+                market_url=market.url,
+                domain=DOMAIN,
+            ) as agent:
+                agent.wait_healthy()
+
+                def refused() -> bool:
+                    error = (agent.status() or {}).get("registration", {}).get("last_error")
+                    return error is not None and "503" in error
+
+                agent.wait_until(refused, 20, "a failed registration")
+                market.fail_all = False
+                agent.wait_until(lambda: len(market.registrations) == 1, 30, "a registration")
+                status = agent.status()
+                assert status is not None
+                assert status["registration"] == {"registered": True, "last_error": None}
+                assert agent.terminate(timeout_s=30) == 0, agent.log()
+    finally:
+        upstream.stop()

@@ -51,7 +51,7 @@ def make_runner(data_dir: Path, engine_port: int, meter: EnergyMeter) -> AgentRu
         listen={"port": free_port()},
         run={"attestation_window_s": 0.2, "shutdown_grace_s": 1, "flush_timeout_s": 1},
     )
-    plan = RunPlan(MODEL, DIGEST, public_key_hex(MARKET_KEY), DOMAIN, None)
+    plan = RunPlan(MODEL, DIGEST, public_key_hex(MARKET_KEY), DOMAIN)
     return AgentRunner(settings, ProviderIdentity.generate(), meter, plan, sample_s=0.05)
 
 
