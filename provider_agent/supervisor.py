@@ -5,7 +5,8 @@ With a command the supervisor starts it in its own process group (stdout and std
 passphrase stays with the agent), waits for `GET {url}/health` with exponential backoff up to a
 deadline, checks that `GET {url}/v1/models` lists the configured model, and restarts the
 process with backoff whenever it exits (counting restarts). Without a command it attaches
-to `url` and keeps polling its health. `state` says where it stands.
+to `url` and keeps polling its health. It refuses to start a command while a server already
+answers on `url`. `state` says where it stands.
 """
 
 from __future__ import annotations
@@ -170,6 +171,7 @@ class EngineSupervisor:
         self._stopping = False
         self.state = EngineState.starting
         if self.config.command is not None:
+            await self._refuse_a_running_engine()
             await self._spawn()
         try:
             await self.wait_ready()
@@ -177,6 +179,21 @@ class EngineSupervisor:
             await self._terminate()
             self.state = EngineState.stopped
             raise
+
+    async def _refuse_a_running_engine(self) -> None:
+        """`EngineStartError` when a server already answers on the engine's URL (one left
+        running by an agent that was killed, as a rule): a second engine could not bind it,
+        and the agent would serve with an engine it does not control."""
+        try:
+            await self._http.get(f"{self.config.url}/health")
+        except httpx.HTTPError:
+            return
+        self.state = EngineState.stopped
+        raise EngineStartError(
+            f"a server already answers on {self.config.url}, so the engine cannot be started"
+            " there: stop it (an engine left by an agent that was killed keeps running), or"
+            " leave vllm.command unset to attach to it"
+        )
 
     async def watch(self) -> None:
         """Run until cancelled or stopped: restart a dead engine, track health."""

@@ -252,3 +252,28 @@ def test_a_registration_the_market_could_not_take_at_start_is_retried(tmp_path: 
                 assert agent.terminate(timeout_s=30) == 0, agent.log()
     finally:
         upstream.stop()
+
+
+def test_run_refuses_to_start_an_engine_where_one_already_answers(tmp_path: Path) -> None:
+    from tests.support.openai_upstream import start_upstream
+
+    left_running = start_upstream()
+    marker = tmp_path / "engine-started"
+    try:
+        with running_agent(
+            tmp_path,
+            engine_command=[sys.executable, "-c", f"open({str(marker)!r}, 'w').close()"],
+            engine_url=f"http://127.0.0.1:{left_running.port}",
+            model=MODEL,
+            model_digest=DIGEST,
+            market_url=None,
+            domain=DOMAIN,
+        ) as agent:
+            code = agent.process.wait(timeout=60)
+            log = agent.log()
+        assert code == 1, log
+        assert f"a server already answers on http://127.0.0.1:{left_running.port}" in log
+        assert not marker.exists()
+        assert left_running.process.poll() is None  # not ours: left alone
+    finally:
+        left_running.stop()
