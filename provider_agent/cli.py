@@ -152,12 +152,18 @@ def init(ctx: typer.Context, kdf_cost: KdfCostOption = KdfCost.production) -> No
     if path.exists():
         fail(f"{path} exists; refusing to overwrite a keystore", "move it away to start afresh")
     passphrase = _passphrase(settings, confirm=True)
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     cost = TEST_KDF if kdf_cost is KdfCost.fast else PRODUCTION_KDF
     try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         identity = create_keystore(path, passphrase, kdf_cost=cost)
     except KeystoreError as exc:
         fail(str(exc))
+    except OSError as exc:  # a read-only or full disk
+        fail(
+            f"cannot write the keystore {path}: {exc}",
+            "set data_dir (AGENT_DATA_DIR) or keystore (AGENT_KEYSTORE) to a writable place"
+            " with free space",
+        )
     body = (
         f"keystore    {path}\npublic key  {identity.public_key_hex}\naddress     {identity.address}"
     )

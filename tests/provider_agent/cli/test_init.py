@@ -95,3 +95,16 @@ def test_the_embedded_chain_is_refused(
     assert result.exit_code == 2
     assert "chain_rpc_url" in result.stderr
     assert "cannot use the embedded chain" in result.stderr
+
+
+def test_init_where_the_keystore_cannot_be_written_says_so_in_one_line(
+    runner: CliRunner, agent_env: Path
+) -> None:
+    agent_env.write_text("a file where the data dir should be")
+
+    result = runner.invoke(cli.app, ["init", "--kdf-cost", "fast"])
+
+    assert result.exit_code == 1
+    assert f"error: cannot write the keystore {agent_env / 'keystore.json'}" in result.stderr
+    assert "fix: set data_dir (AGENT_DATA_DIR)" in result.stderr
+    assert result.exception is None or isinstance(result.exception, SystemExit)
