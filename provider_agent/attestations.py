@@ -47,6 +47,7 @@ from protocol.messages import (
     parse_signed,
     sign,
 )
+from provider_agent.appending import end_torn_line
 from provider_agent.energy import (
     Clock,
     EnergyMeter,
@@ -89,18 +90,6 @@ def _text(value: str | None) -> str | None:
     if not value:
         return None
     return value if len(value) <= MAX_TEXT else value[: MAX_TEXT - 3] + "..."
-
-
-def _end_torn_line(path: Path) -> None:
-    """End the torn last line a failed append left (disk full mid-write), so the next line
-    starts on its own; the torn one is cut off when the log is next loaded."""
-    try:
-        with path.open("rb+") as out:
-            out.seek(-1, os.SEEK_END)
-            if out.read(1) != b"\n":
-                out.write(b"\n")
-    except OSError:  # no file yet, or an empty one
-        return
 
 
 @dataclass(frozen=True)
@@ -215,7 +204,7 @@ class AttestationLog:
         return [line for line in data.decode("utf-8", "replace").splitlines() if line.strip()]
 
     def _append(self, path: Path, line: str) -> None:
-        _end_torn_line(path)
+        end_torn_line(path)
         with path.open("a", encoding="utf-8") as out:
             out.write(line + "\n")
             out.flush()

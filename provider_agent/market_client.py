@@ -80,10 +80,10 @@ class MarketClient:
         self._own_http = http is None
         self._last_heartbeat_ms = 0
 
-    async def _post(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
-        url = f"{self.market_url}{path}"
+    async def _send(self, method: str, url: str, payload: Any = None) -> httpx.Response:
+        """The market's successful answer; `MarketError` (with the status) otherwise."""
         try:
-            response = await self._http.post(url, json=payload)
+            response = await self._http.request(method, url, json=payload)
         except httpx.HTTPError as exc:
             raise MarketError(f"market unreachable at {url}: {exc!r}") from exc
         if not response.is_success:
@@ -91,6 +91,10 @@ class MarketClient:
                 f"{url} answered {response.status_code}: {response.text[:500]}",
                 response.status_code,
             )
+        return response
+
+    async def _post(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
+        response = await self._send("POST", f"{self.market_url}{path}", payload)
         try:
             body = response.json()
         except ValueError:
@@ -116,15 +120,7 @@ class MarketClient:
         """The market's last stored attestation of this provider (`GET /providers/{address}`'s
         `latest_attestation`: `seq`, `digest`, `window_end_ms`, ...), `None` if it holds none."""
         url = f"{self.market_url}/providers/{self.identity.address}"
-        try:
-            response = await self._http.get(url)
-        except httpx.HTTPError as exc:
-            raise MarketError(f"market unreachable at {url}: {exc!r}") from exc
-        if not response.is_success:
-            raise MarketError(
-                f"{url} answered {response.status_code}: {response.text[:500]}",
-                response.status_code,
-            )
+        response = await self._send("GET", url)
         try:
             latest = response.json()["latest_attestation"]
         except (ValueError, KeyError, TypeError) as exc:

@@ -47,6 +47,7 @@ from pathlib import Path
 
 from protocol.errors import MalformedMessageError
 from protocol.messages import Receipt, Signed, parse_signed
+from provider_agent.appending import end_torn_line
 
 log = logging.getLogger(__name__)
 
@@ -66,18 +67,6 @@ def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
-
-
-def _end_torn_line(path: Path) -> None:
-    """Ends the torn last line an interrupted append left in `path` (agent killed mid-write),
-    so that the next receipt starts a line of its own and only the torn one is skipped."""
-    try:
-        with path.open("rb+") as out:
-            out.seek(-1, os.SEEK_END)
-            if out.read(1) != b"\n":
-                out.write(b"\n")
-    except OSError:  # no file yet, or an empty one
-        return
 
 
 class ReceiptOutbox:
@@ -108,7 +97,7 @@ class ReceiptOutbox:
         """Append whole lines to `path` in one write, after ending a torn last line."""
         if not lines:
             return
-        _end_torn_line(path)
+        end_torn_line(path)
         with path.open("a", encoding="utf-8") as out:
             out.write("".join(line + "\n" for line in lines))
             out.flush()
@@ -145,7 +134,7 @@ class ReceiptOutbox:
             self._day_path = self._path_of(day)
             self._day = day
             self.close()
-            _end_torn_line(self._day_path)
+            end_torn_line(self._day_path)
             self._day_marker = _answered_marker(self._day_path)
         return self._day_path
 
