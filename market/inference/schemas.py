@@ -4,16 +4,28 @@ The market reads only what it needs (model, stream, token limits, the prompt's s
 `provider` routing object) and passes every other OpenAI or vLLM parameter through to the
 engine unchanged, so sampling, stop, seed, logprobs, response_format and tools behave exactly
 as vLLM defines them.
+
+As in OpenAI's API, `null` for any optional parameter means "use the default": the market's
+own fields take their defaults, and other parameters that are null are left out of the body
+sent on to the engine. A value of the wrong type is refused (400 naming the parameter).
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    model_validator,
+)
 
-from market.routing.schemas import ProviderPreferences
+from market.routing.schemas import ProviderPreferences, null_is
 
 DEFAULT_MAX_TOKENS = 1_024
 MAX_TOKENS_LIMIT = 131_072
@@ -21,12 +33,17 @@ MAX_TOKENS_LIMIT = 131_072
 RESERVED = frozenset({"return_token_ids"})
 
 
+def _no_preferences(value: Any) -> Any:
+    """`"provider": null` routes as an absent `provider` does."""
+    return ProviderPreferences() if value is None else value
+
+
 class StreamOptions(BaseModel):
     """OpenAI's `stream_options`."""
 
     model_config = ConfigDict(extra="allow")
 
-    include_usage: StrictBool = False
+    include_usage: Annotated[StrictBool, null_is(False)] = False
 
 
 class CompletionRequestBase(BaseModel):
@@ -35,11 +52,14 @@ class CompletionRequestBase(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     model: str = Field(min_length=1, max_length=256)
-    stream: StrictBool = False
+    stream: Annotated[StrictBool, null_is(False)] = False
     stream_options: StreamOptions | None = None
     max_tokens: StrictInt | None = Field(default=None, ge=1, le=MAX_TOKENS_LIMIT)
-    n: StrictInt = Field(default=1, ge=1, le=1)
-    provider: ProviderPreferences = Field(default_factory=ProviderPreferences)
+    n: Annotated[StrictInt, null_is(1)] = Field(default=1, ge=1, le=1)
+    provider: Annotated[
+        ProviderPreferences,
+        BeforeValidator(_no_preferences, json_schema_input_type=ProviderPreferences | None),
+    ] = Field(default_factory=ProviderPreferences)
 
     @model_validator(mode="after")
     def _no_reserved(self) -> CompletionRequestBase:

@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, model_validator
+
+
+def null_is(default: Any) -> BeforeValidator:
+    """For an optional field that is never None: `null` in the request means `default`, as
+    OpenAI's API reads a null optional parameter (the schema shows the field as nullable)."""
+    return BeforeValidator(
+        lambda value: default if value is None else value,
+        json_schema_input_type=type(default) | None,
+    )
+
 
 SortKey = Literal["price", "latency", "throughput", "energy", "carbon", "energy_cost"]
 
@@ -27,7 +37,7 @@ class ProviderPreferences(BaseModel):
     max_price: MaxPrice | None = None
     only: list[str] | None = Field(default=None, max_length=1_000)
     ignore: list[str] | None = Field(default=None, max_length=1_000)
-    allow_fallbacks: bool = True
+    allow_fallbacks: Annotated[bool, null_is(True)] = True
     regions: list[str] | None = Field(default=None, max_length=100)
     max_gco2_per_mtok: float | None = Field(default=None, ge=0)
     max_joules_per_token: float | None = Field(default=None, ge=0)

@@ -83,6 +83,22 @@ CASES: list[tuple[str, str, bytes, dict[str, str]]] = [
         json.dumps({**CHAT, "logit_bias": None, "stop": "x"}).encode(),
         JSON_AUTH,
     ),
+    (
+        "nulls",
+        "chat",
+        json.dumps(
+            {**CHAT, "stream": None, "n": None, "max_tokens": None, "provider": None}
+        ).encode(),
+        JSON_AUTH,
+    ),
+    (
+        "nested nulls",
+        "completions",
+        b'{"model": "m", "prompt": "a", "stream_options": {"include_usage": null}, '
+        b'"provider": {"allow_fallbacks": null}, "temperature": null}',
+        JSON_AUTH,
+    ),
+    ("null model", "chat", json.dumps({**CHAT, "model": None}).encode(), JSON_AUTH),
     ("missing", "chat", b'{"model": "m"}', JSON_AUTH),
     ("array", "chat", b"[1, 2]", JSON_AUTH),
     ("string", "chat", b'"text"', JSON_AUTH),
