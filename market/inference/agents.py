@@ -19,6 +19,7 @@ import logging
 import aiohttp
 
 from market.agent_client import AgentClient
+from market.inference.errors import EngineError, engine_error
 from protocol.http_session import TRANSPORT_ERRORS
 from protocol.messages import JobTicket, Signed
 
@@ -44,13 +45,21 @@ class AgentFailure(Exception):
     """The agent did not accept or answer the job; `retryable` if another provider may."""
 
     def __init__(
-        self, message: str, *, retryable: bool, status: int = 502, code: str | None = None
+        self,
+        message: str,
+        *,
+        retryable: bool,
+        status: int = 502,
+        code: str | None = None,
+        engine: EngineError | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.retryable = retryable
         self.status = status
         self.code = code
+        self.engine = engine
+        """The engine's own error, when the agent passed one on."""
 
     @property
     def at_capacity(self) -> bool:
@@ -58,12 +67,19 @@ class AgentFailure(Exception):
         return self.status == 429
 
 
-def _agent_error(raw: bytes) -> tuple[str | None, str]:
+def _agent_error(raw: bytes) -> tuple[str | None, str, EngineError | None]:
+    """The agent's error code and message, and the engine's error the message carries (the
+    message then names it by its own message, not its JSON body)."""
     try:
         error = json.loads(raw)["error"]
-        return error.get("code"), str(error.get("message", ""))[:500]
+        code, message = error.get("code"), str(error.get("message", ""))
     except (ValueError, KeyError, TypeError, AttributeError):
-        return None, raw[:500].decode("utf-8", "replace")
+        return None, raw[:500].decode("utf-8", "replace"), None
+    found = engine_error(message)
+    if found is None:
+        return code, message[:500], None
+    prefix, engine = found
+    return code, prefix + engine.message, engine
 
 
 async def send_job(
@@ -84,9 +100,9 @@ async def send_job(
         raw = b""
     finally:
         response.release()
-    code, message = _agent_error(raw)
+    code, message, engine = _agent_error(raw)
     if code == "upstream_rejected" and response.status < 500:
-        raise AgentFailure(message, retryable=False, status=response.status)
+        raise AgentFailure(message, retryable=False, status=response.status, engine=engine)
     raise AgentFailure(
         f"provider answered {response.status} {code or ''}: {message}".strip(),
         retryable=True,
@@ -107,5 +123,5 @@ async def cancel_job(client: AgentClient, job_url: str, ticket: str) -> None:
         logger.warning("cancel of a job at %s failed: %r", url, exc)
         return
     if response.status != 200:
-        code, message = _agent_error(raw)
+        code, message, _ = _agent_error(raw)
         logger.info("agent at %s did not cancel: %s %s %s", url, response.status, code, message)

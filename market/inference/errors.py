@@ -7,6 +7,9 @@ every provider tried at capacity, with `Retry-After`).
 
 from __future__ import annotations
 
+import json
+import re
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Request
@@ -82,7 +85,72 @@ async def market_error(request: Request, exc: Exception) -> JSONResponse:
     param = getattr(exc, "param", None)
     headers = getattr(exc, "headers", None)
     status = exc.status_code
-    return envelope(status, exc.message, openai_type(status), exc.code, param, headers)
+    type_ = getattr(exc, "error_type", None) or openai_type(status)
+    return envelope(status, exc.message, type_, exc.code, param, headers)
+
+
+# -- the engine's own errors ---------------------------------------------------------------
+
+#: OpenAI's error types: an engine's `type` passes on only if it is one of them (vLLM's
+#: `BadRequestError` is a class name, not a type OpenAI's clients know).
+OPENAI_TYPES = frozenset(
+    {*_TYPES.values(), "invalid_request_error", "not_found_error", "server_error", "api_error"}
+)
+#: The `"message": "..."` of an error body the agent cut short (it keeps the engine's first
+#: 2,000 bytes), when the whole body is no longer JSON.
+_MESSAGE = re.compile(r'"message"\s*:\s*("(?:[^"\\]|\\.)*")')
+MESSAGE_CHARS = 2_000
+
+
+@dataclass(frozen=True)
+class EngineError:
+    """An OpenAI-compatible engine's error as the buyer is told it: its own message, and its
+    `type`, `code` (a string; vLLM's numeric code is only the status) and `param` when the
+    engine gave them in OpenAI's terms."""
+
+    message: str
+    type: str | None = None
+    code: str | None = None
+    param: str | None = None
+
+    @classmethod
+    def of(cls, body: dict[str, Any]) -> EngineError | None:
+        """From `{"error": {...}}` or vLLM's flat `{"object": "error", "message", ...}`."""
+        if isinstance(body.get("error"), dict):
+            body = body["error"]
+        message = body.get("message")
+        if not isinstance(message, str) or not message:
+            return None
+        type_, code, param = body.get("type"), body.get("code"), body.get("param")
+        return cls(
+            message[:MESSAGE_CHARS],
+            type_ if type_ in OPENAI_TYPES else None,
+            code if isinstance(code, str) and code else None,
+            param if isinstance(param, str) and param else None,
+        )
+
+
+def engine_error(text: str) -> tuple[str, EngineError] | None:
+    """The engine's error inside a message of the agent's, which carries the engine's JSON
+    body as it came (`upstream_rejected`), after a prefix (`engine answered 500: {...}`,
+    `engine error: {...}`), or cut short: (the prefix, the error), or None when there is no
+    engine error body in it."""
+    start = text.find("{")
+    if start < 0:
+        return None
+    prefix, raw = text[:start], text[start:]
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        found = _MESSAGE.search(raw)
+        if found is None:
+            return None
+        try:
+            body = {"message": json.loads(found.group(1))}
+        except ValueError:
+            return None
+    error = EngineError.of(body) if isinstance(body, dict) else None
+    return None if error is None else (prefix, error)
 
 
 # -- errors of the request path -----------------------------------------------------------
@@ -130,7 +198,16 @@ class QuotaExceededError(MarketError):
 
 
 class UpstreamRejectedError(MarketError):
-    """The provider's engine refused the request itself (e.g. the prompt is too long)."""
+    """The provider's engine refused the request itself (e.g. the prompt is too long): its
+    status, its message, and its OpenAI `type`, `code` and `param` when it gave them."""
 
     status_code = 400
     code = "upstream_rejected"
+
+    def __init__(self, message: str, *, status_code: int, engine: EngineError | None) -> None:
+        if engine is None:
+            super().__init__(message, status_code=status_code)
+            self.error_type, self.param = None, None
+            return
+        super().__init__(engine.message, status_code=status_code, code=engine.code)
+        self.error_type, self.param = engine.type, engine.param

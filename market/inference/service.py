@@ -157,7 +157,9 @@ async def complete(
         except AgentFailure as exc:
             await attempt.close(exc.message)
             if not exc.retryable:
-                raise UpstreamRejectedError(exc.message, status_code=exc.status) from exc
+                raise UpstreamRejectedError(
+                    exc.message, status_code=exc.status, engine=exc.engine
+                ) from exc
             failures.append(f"{offer.provider}: {exc.message}")
             if exc.at_capacity:
                 busy += 1

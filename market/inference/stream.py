@@ -34,6 +34,7 @@ from starlette.types import Message, Receive, Scope, Send
 from market.errors import MarketError
 from market.inference.agents import cancel_job
 from market.inference.attempt import Attempt, Settled
+from market.inference.errors import engine_error
 from protocol.http_session import TRANSPORT_ERRORS
 from protocol.sse import event_batches
 
@@ -53,19 +54,34 @@ JOB_ID_HEADER = "x-job-id"
 """Response header naming the job, for `GET /jobs/{job_id}`."""
 
 
-def error_event(message: str, code: str) -> bytes:
+def error_event(
+    message: str, code: str | None, type_: str = "server_error", param: str | None = None
+) -> bytes:
     """OpenAI's in-stream error, which the official clients raise as `APIError`."""
-    body = {"error": {"message": message, "type": "server_error", "param": None, "code": code}}
+    body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
     return b"data: " + json.dumps(body).encode() + b"\n\n"
 
 
-def _agent_error(event: bytes) -> str:
+def _agent_error(event: bytes) -> tuple[str, bytes]:
+    """The agent's `event: error`: the job's failure reason, and the buyer's error event,
+    which passes on the engine's own error (its message, and its OpenAI type, code and
+    param if it gave them) when the agent's carries one."""
     data = event.split(_DATA, 1)[-1]
     try:
         error = json.loads(data)["error"]
-        return f"provider stream failed: {error.get('code')}: {error.get('message')}"
+        code, message = error.get("code"), error.get("message")
     except (ValueError, KeyError, TypeError, AttributeError):
-        return "provider stream failed"
+        reason = "provider stream failed"
+        return reason, error_event(reason, "provider_stream_failed")
+    reason = f"provider stream failed: {code}: {message}"
+    found = engine_error(message) if isinstance(message, str) else None
+    if found is None:
+        return reason, error_event(reason, "provider_stream_failed")
+    engine = found[1]
+    buyer_code = engine.code or "upstream_error"
+    return reason, error_event(
+        engine.message, buyer_code, engine.type or "server_error", engine.param
+    )
 
 
 def _status(envelope: bytes) -> str | None:
@@ -140,9 +156,9 @@ class StreamRelay:
             )
             self.interrupted = interrupted
         elif event.startswith(_ERROR):
-            reason = _agent_error(event)
+            reason, buyer_event = _agent_error(event)
             await self.attempt.fail(reason)
-            out.append(error_event(reason, "provider_stream_failed"))
+            out.append(buyer_event)
             return True
         return False
 

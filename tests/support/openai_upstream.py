@@ -6,13 +6,14 @@ per 4 bytes of its text (at least 1). It honours `max_tokens`, `stream`,
 `stream_options.include_usage` and `return_token_ids` the way vLLM 0.32 spells them.
 `POST /_control` changes behaviour at run time (JSON, every field optional):
 `completion_tokens` (default 8), `delay_ms` between chunks, `status` (answer every
-request with this HTTP status), `die_after_chunks` (drop the connection after that many
-stream chunks), `stream_chunks` (a list of strings: answer every streamed request with
-exactly these as its body, each its own HTTP chunk, with no `[DONE]` added). `GET /_last`
-returns the last request body, `GET /health` answers 200,
-`GET /v1/models` lists the served model (`--served-model`, default `tiny-llama`) and
-`GET /metrics` exports vLLM's token counters and request gauges for it (prompt and
-completion tokens of every answered request, requests in progress, 0 waiting).
+request with this HTTP status, with `error_body` as its JSON body if given),
+`die_after_chunks` (drop the connection after that many stream chunks), `stream_chunks`
+(a list of strings: answer every streamed request with exactly these as its body, each its
+own HTTP chunk, with no `[DONE]` added). `GET /_last` returns the last request body,
+`GET /health` answers 200, `GET /v1/models` lists the served model (`--served-model`,
+default `tiny-llama`) and `GET /metrics` exports vLLM's token counters and request gauges
+for it (prompt and completion tokens of every answered request, requests in progress, 0
+waiting).
 
 Run it: `python -m tests.support.openai_upstream --port 8001`; in tests, `start_upstream()`.
 """
@@ -42,6 +43,7 @@ DEFAULTS: dict[str, Any] = {
     "completion_tokens": 8,
     "delay_ms": 0,
     "status": None,
+    "error_body": None,
     "die_after_chunks": None,
     "stream_chunks": None,
 }
@@ -115,7 +117,8 @@ class FakeEngine:
         self.last_body = request
         status = self.settings["status"]
         if status is not None:
-            await _json(send, int(status), {"error": {"message": f"forced {status}"}})
+            error = self.settings["error_body"] or {"error": {"message": f"forced {status}"}}
+            await _json(send, int(status), error)
             return
         limit = request.get("max_tokens") or request.get("max_completion_tokens") or 16
         count = min(int(self.settings["completion_tokens"]), int(limit))

@@ -13,6 +13,7 @@ from sqlalchemy import select
 
 from market.db import session_scope
 from market.demo.ports import free_port
+from market.inference.errors import EngineError, engine_error
 from market.jobs import service as jobs
 from market.jobs.models import Job, JobStatus, Receipt
 from market.ledger import service as ledger
@@ -245,3 +246,98 @@ def test_every_agent_at_capacity_is_a_503_with_retry_after(
         statement = ledger.statement(session, market.buyer)
         assert (statement.available, statement.held, statement.charged) == (DEPOSIT, 0, 0)
     assert market.routing.pinned[0].in_flight == 0
+
+
+TOO_LONG = (
+    "This model's maximum context length is 2048 tokens. However, you requested 4096 tokens "
+    "(2048 in the messages, 2048 in the completion). Please reduce the length of the messages "
+    "or completion."
+)
+#: vLLM's error bodies: the current `{"error": {...}}` and the older flat `ErrorResponse`.
+VLLM_ERRORS: list[dict[str, Any]] = [
+    {"error": {"message": TOO_LONG, "type": "BadRequestError", "param": None, "code": 400}},
+    {"object": "error", "message": TOO_LONG, "type": "BadRequestError", "param": None, "code": 400},
+]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+@pytest.mark.parametrize("body", VLLM_ERRORS, ids=["error object", "flat"])
+def test_an_engine_refusal_is_passed_on_as_its_message(
+    market: Market,
+    agents: dict[str, Agent],
+    upstream: UpstreamProcess,
+    body: dict[str, Any],
+    stream: bool,
+) -> None:
+    market.routing.pin([agents[PROVIDER_A].offer(1_000_000, 1_000_000)])
+    upstream.control(status=400, error_body=body)
+    client = openai.OpenAI(base_url=market.url, api_key=market.api_key, max_retries=0)
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=16, stream=stream)
+    error = refused.value
+    assert error.status_code == 400
+    assert error.body == {
+        "message": TOO_LONG,
+        "type": "invalid_request_error",
+        "param": None,
+        "code": "upstream_rejected",
+    }
+    (job,) = _jobs(market)
+    assert job.status is JobStatus.FAILED
+    with session_scope(market.sessions) as session:
+        assert ledger.get_hold(session, job.id).status.value == "released"
+
+
+def test_an_engine_refusal_keeps_its_param_and_openai_type(
+    market: Market, agents: dict[str, Agent], upstream: UpstreamProcess
+) -> None:
+    market.routing.pin([agents[PROVIDER_A].offer(1_000_000, 1_000_000)])
+    error: dict[str, Any] = {"message": "temperature must be non-negative"}
+    error |= {"type": "invalid_request_error"}
+    error |= {"param": "temperature", "code": "invalid_value"}
+    upstream.control(status=422, error_body={"error": error})
+    response = _post(
+        market, {"model": MODEL, "messages": MESSAGES, "temperature": -1}, market.api_key
+    )
+    assert response.status_code == 422
+    assert response.json() == {"error": error}
+
+
+def test_an_engine_error_inside_the_stream_is_passed_on_as_its_message(
+    market: Market, agents: dict[str, Agent], upstream: UpstreamProcess
+) -> None:
+    market.routing.pin([agents[PROVIDER_A].offer(1_000_000, 1_000_000)])
+    role: dict[str, Any] = {"id": "c", "object": "chat.completion.chunk", "model": MODEL}
+    role["choices"] = [{"index": 0, "delta": {"role": "assistant", "content": ""}}]
+    failure: dict[str, Any] = {"message": "The engine ran out of KV cache."}
+    failure |= {"type": "InternalServerError", "param": None, "code": 500}
+    chunks = [f"data: {json.dumps(role)}\n\n", f"data: {json.dumps({'error': failure})}\n\n"]
+    upstream.control(stream_chunks=chunks)
+    client = openai.OpenAI(base_url=market.url, api_key=market.api_key, max_retries=0)
+    stream = client.chat.completions.create(
+        model=MODEL, messages=MESSAGES, max_tokens=16, stream=True
+    )
+    with pytest.raises(openai.APIError) as failed:
+        list(stream)
+    assert failed.value.message == "The engine ran out of KV cache."
+    assert failed.value.body == {
+        "message": "The engine ran out of KV cache.",
+        "type": "server_error",
+        "param": None,
+        "code": "upstream_error",
+    }
+    (job,) = _jobs(market)
+    assert job.status is JobStatus.FAILED
+    assert "KV cache" in (job.error or "")
+
+
+def test_an_engine_error_is_found_after_a_prefix_and_in_a_body_cut_short() -> None:
+    body = json.dumps({"error": {"message": "CUDA out of memory", "code": 500}})
+    assert engine_error(f"engine answered 500: {body}") == (
+        "engine answered 500: ",
+        EngineError("CUDA out of memory"),
+    )
+    cut = json.dumps(VLLM_ERRORS[1])[:-30]  # the agent keeps the engine's first bytes only
+    assert engine_error(cut) == ("", EngineError(TOO_LONG))
+    assert engine_error("engine unreachable: ClientConnectorError()") is None
+    assert engine_error('{"detail": "Not Found"}') is None
