@@ -13,9 +13,11 @@ import {ISettlement} from "./interfaces/ISettlement.sol";
 /// @title Settlement of an energy-metered inference market
 /// @notice See {ISettlement}. Every function checks, then changes state, then emits, then calls
 ///         out (checks-effects-interactions); the tokens it calls are the deployment's own.
-///         Pausing stops deposits, registration, staking, settlement and buyers' withdrawals
-///         (usage in flight must settle before escrow leaves); providers' earnings and unstakes
-///         stay open, and slashing keeps working.
+///         Pausing stops deposits, registration, staking, settlement, buyers' withdrawals and
+///         providers' unstakes (usage in flight must settle before escrow leaves, and stake stays
+///         slashable until then); providers' earnings stay open, and slashing keeps working.
+///         After an unpause an exit waits a full delay again, so a pause cannot use up the time
+///         the delay leaves to settle or slash.
 contract Settlement is ISettlement, AccessControl, Pausable, ReentrancyGuardTransient {
     using SafeERC20 for IERC20;
 
@@ -46,6 +48,13 @@ contract Settlement is ISettlement, AccessControl, Pausable, ReentrancyGuardTran
     /// @notice Rewards are minted at most once per this many seconds, so the per-epoch cap is
     ///         also a cap per unit of time however often epochs settle.
     uint64 public immutable minRewardInterval;
+
+    /// @notice When the contract was last unpaused (0: never). A pending withdrawal or unstake
+    ///         can be taken only a full `withdrawalDelay` or `unstakeDelay` after this, however
+    ///         early its own `availableAt`.
+    /// @dev Declared first so it shares a storage slot with Pausable's flag: `withdraw` and
+    ///      `completeUnstake` read that slot for `whenNotPaused` anyway, and `unpause` writes both.
+    uint64 public lastUnpausedAt;
 
     /// @notice Payment tokens each buyer holds in escrow.
     mapping(address buyer => uint256 amount) public escrow;
@@ -155,7 +164,7 @@ contract Settlement is ISettlement, AccessControl, Pausable, ReentrancyGuardTran
 
     /// @inheritdoc ISettlement
     function withdraw() external whenNotPaused nonReentrant {
-        uint256 amount = _takeReadyExit(pendingWithdrawal, escrow[msg.sender]);
+        uint256 amount = _takeReadyExit(pendingWithdrawal, escrow[msg.sender], withdrawalDelay);
         escrow[msg.sender] -= amount;
         _held.escrow -= _toUint128(amount);
         emit Withdrawn(msg.sender, amount);
@@ -207,8 +216,8 @@ contract Settlement is ISettlement, AccessControl, Pausable, ReentrancyGuardTran
     }
 
     /// @inheritdoc ISettlement
-    function completeUnstake() external nonReentrant {
-        uint256 amount = _takeReadyExit(pendingUnstake, stakeOf[msg.sender]);
+    function completeUnstake() external whenNotPaused nonReentrant {
+        uint256 amount = _takeReadyExit(pendingUnstake, stakeOf[msg.sender], unstakeDelay);
         stakeOf[msg.sender] -= amount;
         totalStaked -= amount;
         emit Unstaked(msg.sender, amount);
@@ -284,13 +293,16 @@ contract Settlement is ISettlement, AccessControl, Pausable, ReentrancyGuardTran
         paymentToken.safeTransfer(to, amount);
     }
 
-    /// @notice Stops deposits, registration, staking and settlement.
+    /// @notice Stops deposits, registration, staking, settlement, withdrawals and unstakes.
     function pause() external onlyRole(PAUSER_ROLE) {
         _pause();
     }
 
-    /// @notice Resumes what `pause` stopped.
-    function unpause() external onlyRole(PAUSER_ROLE) {
+    /// @notice Resumes what `pause` stopped. Pending withdrawals and unstakes then wait a full
+    ///         delay from now (see `lastUnpausedAt`), so the epochs the pause held up can settle,
+    ///         and stake be slashed, before any exit is taken.
+    function unpause() external onlyRole(PAUSER_ROLE) whenPaused {
+        lastUnpausedAt = uint64(block.timestamp);
         _unpause();
     }
 
@@ -353,9 +365,13 @@ contract Settlement is ISettlement, AccessControl, Pausable, ReentrancyGuardTran
     {
         escrows = new uint256[](buyers.length);
         withdrawals = new PendingExit[](buyers.length);
+        uint64 notBefore = _exitsNotBefore(withdrawalDelay);
+        if (paused()) notBefore = _max(notBefore, uint64(block.timestamp) + withdrawalDelay);
         for (uint256 i; i < buyers.length; ++i) {
             escrows[i] = escrow[buyers[i]];
-            withdrawals[i] = pendingWithdrawal[buyers[i]];
+            PendingExit memory exit = pendingWithdrawal[buyers[i]];
+            if (exit.availableAt != 0) exit.availableAt = _max(exit.availableAt, notBefore);
+            withdrawals[i] = exit;
         }
     }
 
@@ -402,16 +418,29 @@ contract Settlement is ISettlement, AccessControl, Pausable, ReentrancyGuardTran
     }
 
     /// @dev Clears the caller's ready pending exit and returns what is left of it within `held`.
-    function _takeReadyExit(mapping(address => PendingExit) storage exits, uint256 held)
+    ///      An exit is ready once its own `availableAt` and a full `delay` since the last
+    ///      unpause have both passed.
+    function _takeReadyExit(mapping(address => PendingExit) storage exits, uint256 held, uint64 delay)
         private
         returns (uint256 amount)
     {
         PendingExit memory exit = exits[msg.sender];
         if (exit.availableAt == 0) revert NoPendingExit(msg.sender);
-        if (block.timestamp < exit.availableAt) revert ExitNotReady(msg.sender, exit.availableAt);
+        uint64 readyAt = _max(exit.availableAt, _exitsNotBefore(delay));
+        if (block.timestamp < readyAt) revert ExitNotReady(msg.sender, readyAt);
         amount = _pendingWithin(exit, held);
         if (amount == 0) revert NothingToWithdraw(msg.sender);
         delete exits[msg.sender];
+    }
+
+    /// @dev The earliest time any exit with this `delay` can be taken: a full delay after the
+    ///      last unpause (just `delay` if never unpaused, which every real clock has passed).
+    function _exitsNotBefore(uint64 delay) private view returns (uint64) {
+        return lastUnpausedAt + delay;
+    }
+
+    function _max(uint64 a, uint64 b) private pure returns (uint64) {
+        return a > b ? a : b;
     }
 
     /// @dev Stake not leaving covers the minimum (registration is checked by the caller).

@@ -234,6 +234,12 @@ contract SettlementTest is Base {
         settlement.withdraw();
         vm.prank(pauser);
         settlement.unpause();
+        // nor the moment the pause ends: the epochs it held up settle first
+        uint64 readyAt = uint64(block.timestamp) + WITHDRAWAL_DELAY;
+        vm.prank(alice);
+        vm.expectRevert(abi.encodeWithSelector(ISettlement.ExitNotReady.selector, alice, readyAt));
+        settlement.withdraw();
+        vm.warp(readyAt);
         vm.prank(alice);
         settlement.withdraw();
         assertEq(usd.balanceOf(alice), BUYER_FUNDS);
@@ -694,13 +700,20 @@ contract SettlementTest is Base {
         _assertSolvent();
     }
 
-    function test_completeUnstake_allowedWhenPaused() public {
+    function test_completeUnstake_revertsWhenPaused() public {
         _register(prov1, KEY_1);
         _stake(prov1, MIN_STAKE);
         vm.prank(prov1);
         settlement.requestUnstake(MIN_STAKE);
         vm.prank(pauser);
         settlement.pause();
+        vm.warp(block.timestamp + UNSTAKE_DELAY);
+        // the work the pause holds up may still prove a slash, so stake stays
+        vm.prank(prov1);
+        vm.expectRevert(Pausable.EnforcedPause.selector);
+        settlement.completeUnstake();
+        vm.prank(pauser);
+        settlement.unpause();
         vm.warp(block.timestamp + UNSTAKE_DELAY);
         vm.prank(prov1);
         settlement.completeUnstake();

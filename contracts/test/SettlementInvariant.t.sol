@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 pragma solidity ^0.8.28;
 
+import {Pausable} from "@openzeppelin/contracts/utils/Pausable.sol";
 import {NetworkToken} from "../src/NetworkToken.sol";
 import {PaymentToken} from "../src/PaymentToken.sol";
 import {Settlement} from "../src/Settlement.sol";
@@ -45,6 +46,8 @@ contract SettlementHandler is TestBase {
     uint256 public ghostSlashed;
     uint256 public ghostRewards;
     uint64 public ghostSettles;
+    /// When the handler last unpaused (0: never); exits wait a full delay after it.
+    uint64 public ghostUnpausedAt;
     uint256 public ghostRejectedBatches;
     /// The key each provider last bound, by registration or rotation (zero: never registered).
     mapping(address provider => bytes32 key) public ghostKey;
@@ -54,6 +57,7 @@ contract SettlementHandler is TestBase {
     uint256 public paidEarnings;
     uint256 public debitingSettles;
     uint256 public rotations;
+    uint256 public pauses;
 
     /// Outcomes that differed from the model; must stay zero.
     uint256 public unexpected;
@@ -182,7 +186,8 @@ contract SettlementHandler is TestBase {
         (uint192 pending, uint64 availableAt) = s.pendingWithdrawal(buyer);
         uint256 escrowed = s.escrow(buyer);
         uint256 expected = pending < escrowed ? pending : escrowed;
-        bool shouldPay = availableAt != 0 && block.timestamp >= availableAt && expected > 0;
+        bool shouldPay = availableAt != 0 && block.timestamp >= availableAt
+            && block.timestamp >= uint256(ghostUnpausedAt) + withdrawalDelay && expected > 0;
         uint256 before = usd.balanceOf(buyer);
         vm.prank(buyer);
         try s.withdraw() {
@@ -269,7 +274,8 @@ contract SettlementHandler is TestBase {
         (uint192 pending, uint64 availableAt) = s.pendingUnstake(provider);
         uint256 staked = s.stakeOf(provider);
         uint256 expected = pending < staked ? pending : staked;
-        bool shouldPay = availableAt != 0 && block.timestamp >= availableAt && expected > 0;
+        bool shouldPay = availableAt != 0 && block.timestamp >= availableAt
+            && block.timestamp >= uint256(ghostUnpausedAt) + unstakeDelay && expected > 0;
         uint256 before = net.balanceOf(provider);
         vm.prank(provider);
         try s.completeUnstake() {
@@ -413,6 +419,39 @@ contract SettlementHandler is TestBase {
         } catch {
             if (accrued != 0) _flag("fee withdrawal failed");
         }
+    }
+
+    /// Pauses for a while and unpauses in one action (so every other action runs unpaused):
+    /// while paused no exit is taken, and the handler's model then holds every exit a full delay
+    /// after the unpause.
+    function pauseFor(uint256 actorSeed, uint256 pauseSeconds, uint256 amount) external clocked("pauseFor") {
+        s.pause();
+        address buyer = _buyerWithExit(actorSeed);
+        vm.prank(buyer);
+        try s.withdraw() {
+            _flag("withdraw paid while paused");
+        } catch (bytes memory reason) {
+            // forge-lint: disable-next-line(unsafe-typecast)
+            if (bytes4(reason) != Pausable.EnforcedPause.selector) _flag("paused withdraw failed otherwise");
+        }
+        address provider = _providerWith(actorSeed, 2);
+        vm.prank(provider);
+        try s.completeUnstake() {
+            _flag("unstake paid while paused");
+        } catch (bytes memory reason) {
+            // forge-lint: disable-next-line(unsafe-typecast)
+            if (bytes4(reason) != Pausable.EnforcedPause.selector) _flag("paused unstake failed otherwise");
+        }
+        // Exits may still be requested while paused.
+        uint256 escrowed = s.escrow(buyer);
+        if (amount % 2 == 0 && escrowed != 0) {
+            vm.prank(buyer);
+            s.requestWithdrawal(bound(amount, 1, escrowed));
+        }
+        _advance(bound(pauseSeconds, 0, 2 * uint256(unstakeDelay)));
+        s.unpause();
+        ghostUnpausedAt = uint64(block.timestamp);
+        pauses += 1;
     }
 
     // --- batch building -------------------------------------------------------------------------
@@ -559,6 +598,7 @@ contract SettlementHandler is TestBase {
         console.log("settleInvalid", calls["settleInvalid"]);
         console.log("slash", calls["slash"]);
         console.log("withdrawFees", calls["withdrawFees"]);
+        console.log("pauseFor", calls["pauseFor"]);
         console.log("epochs settled", ghostSettles);
         console.log("epochs with debits", debitingSettles);
         console.log("withdrawals paid", paidWithdrawals);
@@ -600,8 +640,10 @@ contract SettlementInvariantTest is Base {
 
         handler = new SettlementHandler(settlement, operator, verifier, admin, treasury, buyerList, providerList);
         vm.label(address(handler), "Handler");
+        vm.prank(admin);
+        settlement.grantRole(PAUSER_ROLE, address(handler));
 
-        bytes4[] memory selectors = new bytes4[](14);
+        bytes4[] memory selectors = new bytes4[](15);
         selectors[0] = SettlementHandler.deposit.selector;
         selectors[1] = SettlementHandler.requestWithdrawal.selector;
         selectors[2] = SettlementHandler.withdraw.selector;
@@ -616,6 +658,7 @@ contract SettlementInvariantTest is Base {
         selectors[11] = SettlementHandler.slash.selector;
         selectors[12] = SettlementHandler.withdrawFees.selector;
         selectors[13] = SettlementHandler.rotateKey.selector;
+        selectors[14] = SettlementHandler.pauseFor.selector;
         targetContract(address(handler));
         targetSelector(FuzzSelector({addr: address(handler), selectors: selectors}));
     }

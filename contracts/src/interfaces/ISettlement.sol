@@ -31,7 +31,8 @@ interface ISettlement {
         Credit[] rewards;
     }
 
-    /// @notice A pending withdrawal of escrow or unstake of stake, usable from `availableAt`.
+    /// @notice A pending withdrawal of escrow or unstake of stake, usable from `availableAt`,
+    ///         and not before a full delay has passed since the contract was last unpaused.
     struct PendingExit {
         uint192 amount;
         uint64 availableAt;
@@ -51,7 +52,8 @@ interface ISettlement {
     error InsufficientEscrow(address buyer, uint256 available, uint256 requested);
     /// @notice `account` has no pending withdrawal or unstake to complete.
     error NoPendingExit(address account);
-    /// @notice The pending exit of `account` is usable only from `availableAt`.
+    /// @notice The pending exit of `account` is usable only from `availableAt`: its own time,
+    ///         or a full delay after the last unpause where that is later.
     error ExitNotReady(address account, uint64 availableAt);
     /// @notice Nothing is left to pay out to `account`.
     error NothingToWithdraw(address account);
@@ -91,7 +93,8 @@ interface ISettlement {
 
     /// @notice `buyer`'s escrow grew by `amount`, paid by `payer`.
     event Deposited(address indexed buyer, address indexed payer, uint256 amount, uint256 escrow);
-    /// @notice `buyer` asked to withdraw `amount` from `availableAt`.
+    /// @notice `buyer` asked to withdraw `amount` from `availableAt` (later if a pause comes
+    ///         between: the withdrawal then waits a full delay after the unpause).
     event WithdrawalRequested(address indexed buyer, uint256 amount, uint64 availableAt);
     /// @notice `buyer` took `amount` out of escrow.
     event Withdrawn(address indexed buyer, uint256 amount);
@@ -101,7 +104,8 @@ interface ISettlement {
     event ProviderKeyRotated(address indexed provider, bytes32 oldKey, bytes32 newKey);
     /// @notice `provider` staked `amount`, now holding `stake`.
     event Staked(address indexed provider, uint256 amount, uint256 stake);
-    /// @notice `provider` asked to unstake `amount` from `availableAt`.
+    /// @notice `provider` asked to unstake `amount` from `availableAt` (later if a pause comes
+    ///         between: the unstake then waits a full delay after the unpause).
     event UnstakeRequested(address indexed provider, uint256 amount, uint64 availableAt);
     /// @notice `provider` took `amount` of stake back.
     event Unstaked(address indexed provider, uint256 amount);
@@ -127,10 +131,13 @@ interface ISettlement {
     function depositFor(address buyer, uint256 amount) external;
 
     /// @notice Starts a withdrawal of `amount`; it stays debitable until the delay passes.
+    ///         Allowed while paused, but the delay then runs to a full delay after the unpause.
     function requestWithdrawal(uint256 amount) external;
 
     /// @notice Completes the caller's pending withdrawal (what is left of it after settlement);
-    ///         not while paused, since settlement of usage in flight is paused too.
+    ///         not while paused, since settlement of usage in flight is paused too, and not
+    ///         until a full withdrawal delay after the last unpause, so those epochs can settle
+    ///         first (`ExitNotReady`).
     function withdraw() external;
 
     // ----------------------------------------------------------------------------------------
@@ -148,9 +155,12 @@ interface ISettlement {
     function stake(uint256 amount) external;
 
     /// @notice Starts an unstake of `amount`; it stays slashable until the delay passes.
+    ///         Allowed while paused, but the delay then runs to a full delay after the unpause.
     function requestUnstake(uint256 amount) external;
 
-    /// @notice Completes the caller's pending unstake (what is left of it after slashing).
+    /// @notice Completes the caller's pending unstake (what is left of it after slashing); not
+    ///         while paused, and not until a full unstake delay after the last unpause, so the
+    ///         work the pause held up can still be judged and slashed (`ExitNotReady`).
     function completeUnstake() external;
 
     /// @notice Pays the caller its settled earnings.
@@ -180,7 +190,9 @@ interface ISettlement {
     function isActiveProvider(address provider) external view returns (bool);
 
     /// @notice Each of `buyers`' escrow and pending withdrawal, in the order given: what an
-    /// epoch may debit, read in one call for every buyer of the epoch.
+    /// epoch may debit, read in one call for every buyer of the epoch. A withdrawal's
+    /// `availableAt` here is the earliest it can be taken: its own time, a full delay after the
+    /// last unpause, and while paused a full delay from now, whichever is latest.
     function escrowsOf(address[] calldata buyers)
         external
         view

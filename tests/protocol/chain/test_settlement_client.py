@@ -259,6 +259,10 @@ def test_pause_stops_deposits_settlement_and_escrow_exits(chain: Chain) -> None:
     with pytest.raises(errors.EnforcedPause):  # usage in flight cannot settle, so escrow stays
         chain.client.withdraw(buyer)
     chain.client.set_paused(chain.admin, False)
+    # the pause used none of the delay: the epochs it held up settle before escrow leaves
+    with pytest.raises(errors.ExitNotReady):
+        chain.client.withdraw(buyer)
+    advance_time(chain.w3, PARAMS.withdrawal_delay_s + 1)
     chain.client.withdraw(buyer)
     assert chain.client.payment_balance(buyer.address) == 500
 
