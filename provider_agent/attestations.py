@@ -10,6 +10,17 @@ did not take is retried with backoff, unless the market refused it for good
 (`PERMANENT_REFUSALS`): then the unsent ones are set aside and the chain goes on from the
 market's head (`AttestationLog.resume_from`).
 
+The chain file holds what is still needed: the unsent attestations and the chain's head. Once
+`archive_after` acknowledged ones precede the head (`AttestationLog.archive_sent`), they are
+moved, in one gzip file named by the UTC day and seq of the first, to
+`<data_dir>/attestations-archive/`, and their seqs leave the sent file; so neither file grows
+with the agent's age, and a start reads only what it needs. Each step writes a new file,
+flushes it and renames it over the old (`replace_durably`): the archive first, then the chain
+file, then the sent file, so a crash between any two loses nothing (an archived attestation
+stays in the chain file, still marked sent, until the next archiving rewrites the same archive
+file and drops it) and sends nothing twice. Nothing is deleted; an operator may remove archive
+files the market has settled.
+
 A window whose token counters cannot be read, or went backwards (vLLM restarted), is
 not attested: the next window starts from the next good reading. A window whose energy
 is invalid (counter reset, GPU set changed), or whose meter read failed at either end
@@ -24,12 +35,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import json
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -47,7 +60,7 @@ from protocol.messages import (
     parse_signed,
     sign,
 )
-from provider_agent.appending import end_torn_line
+from provider_agent.appending import end_torn_line, replace_durably
 from provider_agent.energy import (
     Clock,
     EnergyMeter,
@@ -66,6 +79,8 @@ log = logging.getLogger(__name__)
 DECLARED_GPU_UUID = "declared-power"
 MAX_TEXT = 256
 CountersFetch = Callable[[], Awaitable[EngineCounters]]
+ARCHIVE_AFTER = 1000
+"""Acknowledged attestations the chain file holds before they are moved to the archive."""
 PERMANENT_REFUSALS = frozenset({400, 401, 403, 409})
 """The market's answers that sending again cannot change: a malformed envelope, a signature
 by a key it no longer trusts (after `rotate-key`), a wrong domain, a broken chain (a fork
@@ -119,7 +134,8 @@ class AttestationLog:
     """Append-only store of signed attestations and of which seqs the market has.
 
     When the market refuses the queue for good, `resume_from` sets the unsent attestations
-    aside and starts a new chain file that follows the market's head (`anchor`).
+    aside and starts a new chain file that follows the market's head (`anchor`). Acknowledged
+    attestations leave the chain file for the archive (`archive_sent`).
     """
 
     def __init__(self, data_dir: Path, *, fsync: bool = True) -> None:
@@ -132,6 +148,7 @@ class AttestationLog:
         self.anchor_path = data_dir / "attestations-anchor.json"
         self._fsync = fsync
         self.unreadable_path = data_dir / "attestations-unreadable.jsonl"
+        self.archive_dir = data_dir / "attestations-archive"
         self._all = self._read_chain()
         self._sent = {int(line) for line in self._lines(self.sent_path) if line.strip().isdigit()}
         self.anchor = self._read_anchor()
@@ -231,12 +248,60 @@ class AttestationLog:
             self._sent.add(seq)
 
     def all(self) -> list[Signed[Attestation]]:
-        """Every stored attestation, in chain order."""
+        """Every attestation of the chain file (not archived), in chain order."""
         return list(self._all)
+
+    def _replace(self, path: Path, data: bytes) -> None:
+        """One step of archiving: `path` now holds `data`, or (on a crash) still the old."""
+        replace_durably(path, data, fsync=self._fsync)
+
+    def archive_sent(self, at_least: int = 1) -> int:
+        """Move the acknowledged attestations at the start of the chain file, all but the
+        chain's head, to a gzip file of `archive_dir`, once there are `at_least`; how many.
+
+        The archive file is named by the UTC day of the first one's window end, its seq and
+        its digest, so that archiving again after a crash (the chain file then still starts
+        with the same attestation) rewrites the same file, with no copy left behind.
+        """
+        count = 0
+        for envelope in self._all[:-1]:
+            if envelope.message.seq not in self._sent:
+                break
+            count += 1
+        if count == 0 or count < at_least:
+            return 0
+        moved, kept = self._all[:count], self._all[count:]
+        first = moved[0].message
+        day = datetime.fromtimestamp(first.window_end / 1000, UTC).date().isoformat()
+        name = f"{day}-seq-{first.seq:012d}-{message_digest(first)[2:14]}.jsonl.gz"
+        self.archive_dir.mkdir(exist_ok=True)
+        self._replace(self.archive_dir / name, gzip.compress(_jsonl(moved), mtime=0))
+        self._replace(self.path, _jsonl(kept))
+        sent = self._sent & {envelope.message.seq for envelope in kept}
+        self._replace(self.sent_path, "".join(f"{seq}\n" for seq in sorted(sent)).encode())
+        self._all, self._sent = kept, sent
+        log.info("%d acknowledged attestations archived in %s", count, self.archive_dir / name)
+        return count
+
+    def archive_paths(self) -> list[Path]:
+        """The archive files, by name (UTC day, then seq)."""
+        return sorted(self.archive_dir.glob("*.jsonl.gz"))
+
+    def archived(self) -> Iterator[Signed[Attestation]]:
+        """Every archived attestation, file by file (`archive_paths`)."""
+        for path in self.archive_paths():
+            with gzip.open(path, "rt", encoding="utf-8") as lines:
+                for line in lines:
+                    if line.strip():
+                        yield parse_signed(line, Attestation)
 
     def unsent(self) -> list[Signed[Attestation]]:
         """Stored attestations the market has not acknowledged, in chain order."""
         return [env for env in self._all if env.message.seq not in self._sent]
+
+
+def _jsonl(envelopes: list[Signed[Attestation]]) -> bytes:
+    return "".join(envelope.model_dump_json() + "\n" for envelope in envelopes).encode()
 
 
 @dataclass
@@ -390,8 +455,10 @@ class AttestationLoop:
         retry_initial_s: float = 1.0,
         retry_max_s: float = 60.0,
         clock: Clock = system_clock,
+        archive_after: int = ARCHIVE_AFTER,
     ) -> None:
-        """`market` takes the attestations; `None` only stores them.
+        """`market` takes the attestations; `None` only stores them. Once `archive_after`
+        acknowledged ones are in the chain file, they are moved to the archive.
 
         `clock` stamps a reading the meter failed to take (the meter's own clock, as a rule).
         """
@@ -404,6 +471,7 @@ class AttestationLoop:
         self.retry_initial_s = retry_initial_s
         self.retry_max_s = retry_max_s
         self.clock = clock
+        self.archive_after = archive_after
         self.produced = 0
         self.send_failures = 0
         self.write_error: str | None = None
@@ -496,7 +564,16 @@ class AttestationLoop:
             except Exception as exc:  # any other failure: keep it queued and retry later
                 return self._failed(envelope, exc)
             self.builder.store.mark_sent(envelope.message.seq)
+        self._archive()
         return True
+
+    def _archive(self) -> None:
+        """Archive the acknowledged attestations if enough are; a failure (a full disk)
+        leaves them where they are, and the next send tries again."""
+        try:
+            self.builder.store.archive_sent(self.archive_after)
+        except OSError as exc:
+            log.warning("acknowledged attestations not archived (tried again later): %s", exc)
 
     def _failed(self, envelope: Signed[Attestation], exc: Exception) -> bool:
         self.send_failures += 1

@@ -155,6 +155,9 @@ class RunSettings(_Group):
 
     heartbeat_interval_s: float = Field(default=15.0, gt=0, le=3600)
     attestation_window_s: float = Field(default=30.0, gt=0, le=3600)
+    attestation_archive_after: int = Field(default=1000, ge=1)
+    """Acknowledged attestations `attestations.jsonl` holds before they are moved, gzipped,
+    to `attestations-archive/`."""
     engine_startup_timeout_s: float = Field(default=900.0, gt=0)
     engine_stop_grace_s: float = Field(default=20.0, ge=0)
     shutdown_grace_s: float = Field(default=30.0, ge=0)

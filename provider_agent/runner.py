@@ -187,6 +187,7 @@ class AgentRunner:
             market=self.market,
             window_s=run.attestation_window_s,
             sample_s=sample_s,
+            archive_after=run.attestation_archive_after,
         )
         self.registered = False
         self.registration_error: str | None = None

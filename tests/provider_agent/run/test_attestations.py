@@ -6,16 +6,18 @@ import asyncio
 import contextlib
 import itertools
 import json
+import shutil
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
 import pynvml
+import pytest
 from nacl.signing import SigningKey
 
 from protocol.keys import ProviderIdentity
-from protocol.messages import ZERO_HASH, Attestation, check_chain, message_digest
+from protocol.messages import ZERO_HASH, Attestation, Signed, check_chain, message_digest
 from provider_agent.attestations import (
     DECLARED_GPU_UUID,
     AttestationBuilder,
@@ -513,3 +515,154 @@ def test_a_damaged_line_in_the_logs_is_set_aside_and_the_chain_goes_on(tmp_path:
     assert market.refused == []
     assert_chain(market.attestations)
     assert '"seq":1x' not in path.read_text()
+
+
+class ChainMarket:
+    """An in-process market that checks the chain of what it is sent: a gap, a fork or an
+    attestation sent twice fails the post."""
+
+    def __init__(self, held: list[Attestation] | None = None) -> None:
+        self.attestations: list[Attestation] = list(held or [])
+
+    async def post_attestation(self, envelope: Signed[Attestation]) -> object:
+        previous = self.attestations[-1] if self.attestations else None
+        check_chain(previous, envelope.message)
+        self.attestations.append(envelope.message)
+        return {"seq": envelope.message.seq}
+
+    async def latest_attestation(self) -> dict[str, Any] | None:
+        raise AssertionError("the chain is never refused here")
+
+
+def direct_loop(
+    data_dir: Path, identity: ProviderIdentity, market: ChainMarket, archive_after: int
+) -> tuple[AttestationLoop, AttestationLog]:
+    """A loop whose windows the test builds itself (`build_windows`), without timers."""
+    store = AttestationLog(data_dir, fsync=False)
+    builder = AttestationBuilder(
+        provider=identity.address, domain=DOMAIN, signing_key=identity.signing_key, log_store=store
+    )
+    loop = AttestationLoop(
+        builder=builder,
+        meter=UnmeasuredMeter("test"),
+        counters=Counters(),
+        market=market,
+        archive_after=archive_after,
+    )
+    return loop, store
+
+
+def build_windows(loop: AttestationLoop, count: int) -> None:
+    """Sign `count` one-second windows after the chain's head."""
+    head = loop.builder.store.head()
+    start_ms = 1_790_000_000_000 if head is None else head.window_end
+    tokens = EngineCounters(0, 0, 0, 0)
+    for n in range(count):
+        begin = EnergyReading("unmeasured", n * 10**9, start_ms + 1000 * n, reason="test")
+        end = EnergyReading("unmeasured", (n + 1) * 10**9, start_ms + 1000 * (n + 1), reason="t")
+        assert loop.builder.build(begin, end, tokens, tokens, [0], [0]) is not None
+
+
+def stored_seqs(store: AttestationLog) -> list[int]:
+    """The seqs of the archive and of the chain file, archive first."""
+    return [e.message.seq for e in [*store.archived(), *store.all()]]
+
+
+def test_the_chain_file_stays_bounded_over_many_windows_and_goes_on_after_a_restart(
+    tmp_path: Path,
+) -> None:
+    identity = ProviderIdentity.generate()
+    market = ChainMarket()
+
+    async def windows(count: int) -> None:
+        loop, store = direct_loop(tmp_path, identity, market, archive_after=10)
+        for _ in range(count):
+            build_windows(loop, 1)
+            assert await loop.send_pending()
+            assert len(store.all()) <= 10 + 1  # the acknowledged ones, and the head
+            assert len((tmp_path / "attestations-sent.jsonl").read_text().split()) <= 10 + 1
+
+    arun(windows(250))
+    restarted = AttestationLog(tmp_path)
+    assert len(restarted.all()) <= 11  # a start reads what is left, not the whole history
+    head = restarted.head()
+    assert head is not None
+    assert head.seq == 249
+    assert stored_seqs(restarted) == list(range(250))
+    assert len(restarted.archive_paths()) >= 20
+
+    arun(windows(30))  # the chain goes on after the restart
+    assert_chain(market.attestations)
+    assert [a.seq for a in market.attestations] == list(range(280))
+    store = AttestationLog(tmp_path)
+    assert stored_seqs(store) == list(range(280))
+    assert [e.message for e in [*store.archived(), *store.all()]] == market.attestations
+
+
+Replace = Callable[[Path, bytes], None]
+
+
+def crash_at_step(real: Replace, step: int, after_rename: bool) -> Replace:
+    """`real`, except that its call number `step` (0 first) raises, before or after it has
+    put the new file in place: the agent killed between two steps of archiving."""
+    done: list[Path] = []
+
+    def crashing(path: Path, data: bytes) -> None:
+        if len(done) == step:
+            if after_rename:
+                real(path, data)
+            raise OSError("killed mid-archiving")
+        real(path, data)
+        done.append(path)
+
+    return crashing
+
+
+def test_a_crash_at_any_step_of_archiving_loses_nothing_and_sends_nothing_twice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    identity = ProviderIdentity.generate()
+    market = ChainMarket()
+    source = tmp_path / "source"
+
+    async def prepare() -> None:
+        loop, store = direct_loop(source, identity, market, archive_after=10_000)
+        build_windows(loop, 30)
+        assert await loop.send_pending()
+        build_windows(loop, 4)  # queued: the market is down
+        assert [e.message.seq for e in store.unsent()] == [30, 31, 32, 33]
+
+    arun(prepare())
+    held = list(market.attestations)
+    steps = 3  # the archive file, the chain file, the sent file
+    for crash_at in range(steps):
+        for after_rename in (False, True):
+            data_dir = tmp_path / f"crash-{crash_at}-{after_rename}"
+            shutil.copytree(source, data_dir)
+            store = AttestationLog(data_dir, fsync=False)
+            crashing = crash_at_step(store._replace, crash_at, after_rename)
+            monkeypatch.setattr(store, "_replace", crashing)
+            with pytest.raises(OSError, match="killed mid-archiving"):
+                store.archive_sent()
+
+            restarted = AttestationLog(data_dir, fsync=False)  # the agent starts again
+            assert [e.message.seq for e in restarted.unsent()] == [30, 31, 32, 33]
+            assert set(stored_seqs(restarted)) == set(range(34))
+            head = restarted.head()
+            assert head is not None
+            assert head.seq == 33
+
+            market = ChainMarket(held)  # sending one it already has would fail the chain
+
+            async def restart(data_dir: Path = data_dir, market: ChainMarket = market) -> None:
+                loop, store = direct_loop(data_dir, identity, market, archive_after=1)
+                assert await loop.send_pending()  # sends the queue, then archives
+                build_windows(loop, 2)
+                assert await loop.send_pending()
+                assert store.unsent() == []
+
+            arun(restart())
+            assert [a.seq for a in market.attestations] == list(range(36))
+            final = AttestationLog(data_dir)
+            assert stored_seqs(final) == list(range(36))  # each exactly once
+            assert [e.message for e in [*final.archived(), *final.all()]] == market.attestations
