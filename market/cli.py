@@ -17,7 +17,9 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
 app = typer.Typer(help="The energy-metered inference market.", no_args_is_help=True)
-chain_app = typer.Typer(help="Contracts on a chain: deploy and inspect.", no_args_is_help=True)
+chain_app = typer.Typer(
+    help="Contracts on a chain: deploy, and check the ledger against them.", no_args_is_help=True
+)
 app.add_typer(chain_app, name="chain")
 db_app = typer.Typer(help="The market's database.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
@@ -224,6 +226,57 @@ def chain_deploy(
     deployment.save(out)
     console.print(f"deployed on chain {deployment.chain_id}: {deployment}")
     console.print(f"wrote {out}")
+
+
+@chain_app.command("reconcile")
+def chain_reconcile() -> None:
+    """Check the ledger against the contract (MARKET_DATABASE_URL, MARKET_CHAIN_RPC_URL,
+    MARKET_DEPLOYMENT_FILE); exit 1 if anything disagrees. The worker runs this every few
+    minutes; its results are on /metrics."""
+    from market.config import get_settings
+    from market.db import create_engine, make_session_factory, session_scope
+    from market.settlement.reconcile import reconcile
+    from protocol.chain.connection import connect
+    from protocol.chain.deploy import Deployment
+    from protocol.chain.settlement import SettlementClient
+
+    settings = get_settings()
+    if settings.embedded_chain or settings.deployment_file is None:
+        console.print(
+            "[red]the embedded chain lives inside the API process:[/] its reconciliation "
+            "runs there and shows on /metrics (market_reconciliation_differences)"
+        )
+        raise typer.Exit(1)
+    client = SettlementClient(
+        connect(settings.chain_rpc_url), Deployment.load(settings.deployment_file)
+    )
+    engine = create_engine(settings.database_url)
+    try:
+        with session_scope(make_session_factory(engine)) as session:
+            result = reconcile(session, client)
+    finally:
+        engine.dispose()
+    if result is None:
+        console.print("the chain watcher has booked no block yet: nothing to compare")
+        return
+    scope = "every account" if result.accounts_compared else "totals only (a settlement in flight)"
+    console.print(
+        f"block {result.block}: chain epoch {result.chain_epoch}, ledger epoch "
+        f"{result.ledger_epoch}; {result.buyers} buyers, {result.providers} providers; "
+        f"compared {scope}; the contract holds {result.holdings} "
+        f"(+{result.token_surplus} tokens sent to it directly)",
+        highlight=False,
+    )
+    if result.agrees:
+        console.print("[green]the ledger agrees with the chain[/]")
+        return
+    table = Table("what", "chain (or receipts)", "ledger")
+    for d in result.differences:
+        table.add_row(d.what, str(d.expected), str(d.booked))
+    console.print(table)
+    if result.ledger_error is not None:
+        console.print(f"[red]ledger books:[/] {result.ledger_error}", highlight=False)
+    raise typer.Exit(1)
 
 
 @app.command()

@@ -19,6 +19,12 @@ scrape's database reads never hold up the event loop that relays requests.
   outlives its request only if its process stopped; the release of orphaned jobs ends it
   within `MARKET_ORPHANED_JOB_AFTER_S` (`market.jobs.orphans`), so an age that keeps growing
   past that says the release is not running.
+- `market_reconciliation_differences`: figures on which the ledger and the chain disagreed at
+  the last check (`market.settlement.reconcile`; anything above 0 is an incident);
+  `market_reconciliation_age_seconds`: since that check (it runs every few minutes: an age
+  that keeps growing says it stopped); `market_reconciliation_accounts_compared`: 1 if that
+  check compared every account, 0 if a settlement in flight limited it to the totals.
+  Absent before the first check.
 """
 
 from __future__ import annotations
@@ -41,7 +47,7 @@ from sqlalchemy import func, select
 from market.db import session_scope, utcnow
 from market.jobs.models import Job, JobStatus, Receipt
 from market.runtime import Runtime
-from market.settlement.models import Epoch, EpochStatus
+from market.settlement.models import ChainReconciliation, Epoch, EpochStatus
 
 
 class MarketCollector(Collector):
@@ -93,6 +99,15 @@ def _settlement(runtime: Runtime) -> Iterator[GaugeMetricFamily]:
         open_jobs, oldest_job = session.execute(
             select(func.count(), func.min(Job.created_at)).where(Job.status == JobStatus.ROUTED)
         ).one()
+        check = session.execute(
+            select(
+                ChainReconciliation.checked_at,
+                ChainReconciliation.differences,
+                ChainReconciliation.accounts_compared,
+            )
+            .order_by(ChainReconciliation.id.desc())
+            .limit(1)
+        ).first()
     epochs = GaugeMetricFamily("market_epochs", "Epochs by status.", labels=["status"])
     for status in EpochStatus:
         epochs.add_metric([status.value], counts.get(status, 0))
@@ -118,6 +133,23 @@ def _settlement(runtime: Runtime) -> Iterator[GaugeMetricFamily]:
         "Seconds since the oldest job not yet ended was routed (0: none).",
         value=job_age,
     )
+    if check is not None:
+        checked_at, differences, compared = check
+        yield GaugeMetricFamily(
+            "market_reconciliation_differences",
+            "Figures on which the ledger and the chain disagreed at the last check.",
+            value=differences,
+        )
+        yield GaugeMetricFamily(
+            "market_reconciliation_age_seconds",
+            "Seconds since the ledger was last checked against the chain.",
+            value=(utcnow() - checked_at).total_seconds(),
+        )
+        yield GaugeMetricFamily(
+            "market_reconciliation_accounts_compared",
+            "1 if the last check compared every account, 0 if only the totals.",
+            value=int(compared),
+        )
 
 
 def registry_for(runtime: Callable[[], Runtime | None]) -> CollectorRegistry:

@@ -1,5 +1,6 @@
-"""The Celery application: the settlement tasks, the receipt-check pass and the release of
-jobs whose API process stopped, and beat's schedule of them.
+"""The Celery application: the settlement tasks, the receipt-check pass, the release of
+jobs whose API process stopped, the reconciliation of the ledger with the chain, and beat's
+schedule of them.
 
 Configured from the settings: the broker is `MARKET_BROKER_URL` (Redis); with `memory://`
 (embedded mode) tasks run eagerly in the caller. Start a worker with `market worker` and the
@@ -20,12 +21,13 @@ from market.db import create_engine, make_session_factory
 from market.jobs import tasks as job_tasks
 from market.reviews.receipts import INTERVAL_S as CHECK_INTERVAL_S
 from market.settlement import tasks
-from market.settlement.tasks import WATCH_INTERVAL_S, TaskContext
+from market.settlement.tasks import RECONCILE_INTERVAL_S, WATCH_INTERVAL_S, TaskContext
 
 WATCH_DEPOSITS = "market.settlement.watch_deposits"
 CLOSE_EPOCH = "market.settlement.close_epoch"
 CHECK_RECEIPTS = "market.reviews.check_receipts"
 RELEASE_ORPHANED_JOBS = "market.jobs.release_orphaned_jobs"
+RECONCILE_CHAIN = "market.settlement.reconcile_chain"
 
 
 def create_celery(settings: Settings) -> Celery:
@@ -62,6 +64,11 @@ def create_celery(settings: Settings) -> Celery:
                 "schedule": float(settings.epoch_seconds),
                 "options": {"expires": float(settings.epoch_seconds)},
             },
+            "reconcile-chain": {
+                "task": RECONCILE_CHAIN,
+                "schedule": RECONCILE_INTERVAL_S,
+                "options": {"expires": RECONCILE_INTERVAL_S},
+            },
         },
     )
 
@@ -81,6 +88,11 @@ def create_celery(settings: Settings) -> Celery:
     @app.task(name=CLOSE_EPOCH)  # type: ignore[untyped-decorator]
     def close_epoch() -> int | None:
         return tasks.close_epoch(task_context())
+
+    @app.task(name=RECONCILE_CHAIN)  # type: ignore[untyped-decorator]
+    def reconcile_chain() -> int | None:
+        result = tasks.reconcile_chain(task_context())
+        return None if result is None else result.count
 
     return app
 

@@ -403,6 +403,14 @@ class LedgerRepository:
             name: bal for name, bal in self.session.execute(select(Account.name, Account.balance))
         }
 
+    def owned_balances(self) -> list[tuple[OwnerKind, str | None, str, int]]:
+        """(owner kind, owner, bucket, balance) of every account."""
+        stmt = select(Account.owner_kind, Account.owner, Account.bucket, Account.balance)
+        return [
+            (kind, owner, bucket, int(bal))
+            for kind, owner, bucket, bal in self.session.execute(stmt)
+        ]
+
     def derived_balances(self) -> dict[str, int]:
         """Every account's balance recomputed from its postings, by name.
 

@@ -1,4 +1,5 @@
-"""Epochs, their settlement lines, and the chain watcher's cursors: tables.
+"""Epochs, their settlement lines, the chain watcher's cursors, and the checks of the ledger
+against the chain: tables.
 
 An epoch is opened by assigning every verified receipt not yet in an epoch to it; its Merkle
 root, counts and totals are fixed then (status `pending`). It is `submitted` once the operator
@@ -11,7 +12,7 @@ from __future__ import annotations
 import enum
 from datetime import datetime
 
-from sqlalchemy import BigInteger, ForeignKey, Integer, String, UniqueConstraint
+from sqlalchemy import BigInteger, Boolean, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from market.db import Amount, Base, BigIntPK, UTCDateTime, enum_column, utcnow
@@ -104,3 +105,21 @@ class EpochRewardWeight(Base):
     weight: Mapped[int] = mapped_column(BigInteger())
     reason: Mapped[str] = mapped_column(String(300))
     excluded: Mapped[str | None] = mapped_column(String(300))
+
+
+class ChainReconciliation(Base):
+    """One check of the ledger against the contract at `block`
+    (`market.settlement.reconcile`): how many figures disagreed, and which (`detail`, JSON,
+    the first ones). `accounts_compared`: False when a settlement stood between the chain and
+    the ledger, so that only what the contract holds in all was compared."""
+
+    __tablename__ = "chain_reconciliations"
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    checked_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+    block: Mapped[int] = mapped_column(BigInteger())
+    chain_epoch: Mapped[int] = mapped_column(Integer())
+    ledger_epoch: Mapped[int] = mapped_column(Integer())
+    accounts_compared: Mapped[bool] = mapped_column(Boolean())
+    differences: Mapped[int] = mapped_column(Integer())
+    detail: Mapped[str] = mapped_column(Text())

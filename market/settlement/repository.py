@@ -5,13 +5,14 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, Row, delete, func, select, update
+from sqlalchemy import ColumnElement, Row, delete, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from market.db import utcnow
 from market.jobs.models import Receipt
+from market.reviews.models import ReceiptCheckStatus
 from market.settlement.models import (
     ChainCursor,
     Epoch,
@@ -19,6 +20,8 @@ from market.settlement.models import (
     EpochRewardWeight,
     EpochStatus,
 )
+
+_VOID = ReceiptCheckStatus.VOID.value
 
 STREAM_CHUNK = 5_000
 """Receipts fetched per round trip when an epoch's receipts are streamed."""
@@ -120,6 +123,33 @@ class SettlementRepository:
         return [
             (buyer, provider, int(total)) for buyer, provider, total in self.session.execute(stmt)
         ]
+
+    def cursor_position(self, name: str) -> int | None:
+        """Where the cursor `name` stands (None: never used), without locking it."""
+        return self.session.scalar(select(ChainCursor.position).where(ChainCursor.name == name))
+
+    def last_settled_number(self) -> int:
+        """The newest epoch the ledger has booked as settled (0: none)."""
+        number = self.session.scalar(
+            select(func.max(Epoch.number)).where(Epoch.status == EpochStatus.SETTLED)
+        )
+        return int(number or 0)
+
+    def unsettled_charges(self, settled: int) -> dict[tuple[str, str], tuple[int, int]]:
+        """(sum of charges, sum of fees) by (buyer, provider) of the charged receipts that no
+        epoch up to `settled` holds; void receipts (their charge reversed) are left out.
+        Summed in Python: amounts are text on SQLite."""
+        stmt = select(
+            Receipt.buyer_address, Receipt.provider_address, Receipt.charge, Receipt.fee
+        ).where(
+            or_(Receipt.epoch.is_(None), Receipt.epoch > settled),
+            or_(Receipt.check_status.is_(None), Receipt.check_status != _VOID),
+        )
+        sums: dict[tuple[str, str], tuple[int, int]] = {}
+        for buyer, provider, charge, fee in self.session.execute(stmt):
+            total, fees = sums.get((buyer, provider), (0, 0))
+            sums[buyer, provider] = (total + charge, fees + fee)
+        return sums
 
     def discard_epoch(self, number: int) -> int:
         """Deletes epoch `number` with its lines and reward weights and puts its receipts back

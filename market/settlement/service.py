@@ -31,7 +31,7 @@ to `provider:<addr>:settled` (on-chain earnings), and the epoch fee from `protoc
 `protocol:fees_settled` (the contract's accrued fees). Buyers' accounts do not move: their
 held balance was reduced at charge time, and the contract's escrow catches up now. Hence after
 settlement, on-chain `escrow(b)` = available + held + withdrawing of b, and `earnings(p)` =
-settled of p, to the base unit (while no earnings have been withdrawn).
+settled of p, to the base unit (`market.settlement.reconcile` checks this and more).
 
 Withdrawals (the chain watcher): a `WithdrawalRequested` moves the requested amount (the
 contract keeps one pending request per buyer, the newest replacing the older) from
@@ -40,6 +40,9 @@ contract keeps one pending request per buyer, the newest replacing the older) fr
 transfers, idempotent on the log's (tx_hash, log_index). What a `Withdrawn` takes beyond
 `withdrawing` and `available` (escrow the market had charged and not yet settled) goes to
 `chain:<buyer>:overdrawn`, which the buyer's next deposits repay before anything else.
+An `EarningsWithdrawn` moves the amount from `provider:<addr>:settled`, a `FeesWithdrawn`
+from `protocol:fees_settled`, to the chain's contra account (`withdrawal` transfers keyed
+`payout:<tx>:<log>`), so the ledger follows what the contract still holds.
 
 Key rotations (the chain watcher): a `ProviderKeyRotated` voids the provider's old Ed25519 key
 at the market at once, unless it already registered with a newer one
@@ -402,26 +405,43 @@ def _epoch(repo: SettlementRepository, number: int) -> Epoch:
 
 # -- the chain watcher --------------------------------------------------------------------
 
-WATCHED_EVENTS = ("Deposited", "WithdrawalRequested", "Withdrawn", "ProviderKeyRotated")
+WATCHED_EVENTS = (
+    "Deposited",
+    "WithdrawalRequested",
+    "Withdrawn",
+    "EarningsWithdrawn",
+    "FeesWithdrawn",
+    "ProviderKeyRotated",
+)
 
 
 @dataclass(frozen=True)
 class WatchRound:
-    """What one watcher transaction did."""
+    """What one watcher transaction did. `waiting`: it stopped before the block of a
+    withdrawal of settled funds whose settlement the ledger has not booked yet (the next
+    epoch close books it)."""
 
     from_block: int
     to_block: int
     events: int
     caught_up: bool
+    waiting: bool = False
 
 
 def watch_chain(
     session: Session, client: SettlementClient, confirmations: int, max_blocks: int = WATCH_BLOCKS
 ) -> WatchRound:
-    """Books the confirmed buyer events and key rotations after the cursor (at most
-    `max_blocks` blocks) and moves the cursor past them, in the caller's transaction. Safe
-    to run twice or at once: the cursor row is locked, every posting is idempotent on its
-    log, and a rotation already followed changes nothing."""
+    """Books the confirmed buyer events, withdrawals of settled earnings and fees, and key
+    rotations after the cursor (at most `max_blocks` blocks) and moves the cursor past them,
+    in the caller's transaction. Safe to run twice or at once: the cursor row is locked,
+    every posting is idempotent on its log, and a rotation already followed changes nothing.
+
+    A provider (or the protocol) can withdraw what an epoch paid it as soon as the settlement
+    is mined, while the ledger books the settlement only once it is buried
+    (`record_settlement`). A withdrawal of more than the ledger has booked as settled ends
+    the round before that withdrawal's block (`waiting`), so that the cursor always means
+    "every block before it is booked, none after"; the round after the settlement is booked
+    goes on from there."""
     repo = SettlementRepository(session)
     cursor = repo.lock_cursor(CHAIN_CURSOR, client.deployment.block)
     head = client.confirmed_head(confirmations)
@@ -433,23 +453,70 @@ def watch_chain(
     for name in WATCHED_EVENTS:
         events += client.events(name, start, end)
     events.sort(key=lambda e: (e.block, e.log_index))
+    stop = _first_early_payout(session, events)
+    if stop is not None:
+        log.warning(
+            "%s in block %d takes more than the ledger has booked as settled: the watcher "
+            "waits before that block until the epoch close books the settlement",
+            stop.name,
+            stop.block,
+        )
+        end = stop.block - 1
+        events = [e for e in events if e.block <= end]
     for event in events:
         _apply(session, event)
     cursor.position = end + 1
     cursor.updated_at = utcnow()
     session.flush()
-    return WatchRound(start, end, len(events), end == head)
+    return WatchRound(start, end, len(events), stop is not None or end == head, stop is not None)
+
+
+def _payout_account(event: ChainEvent) -> AccountRef | None:
+    """The settled account a withdrawal of settled funds takes from (None: another event)."""
+    if event.name == "EarningsWithdrawn":
+        return provider_settled(str(event.args["provider"]))
+    if event.name == "FeesWithdrawn":
+        return PROTOCOL_SETTLED_FEES
+    return None
+
+
+def _first_early_payout(session: Session, events: list[ChainEvent]) -> ChainEvent | None:
+    """The first withdrawal of settled funds that, with the ones before it, takes more than
+    the ledger has booked as settled in its account (None: all are covered)."""
+    taken: dict[str, int] = {}
+    for event in events:
+        account = _payout_account(event)
+        if account is None or _booked(session, _payout_key(event)):
+            continue
+        taken[account.name] = taken.get(account.name, 0) + int(event.args["amount"])
+        if balance(session, account) < taken[account.name]:
+            return event
+    return None
+
+
+def _payout_key(event: ChainEvent) -> str:
+    return f"payout:{event.tx_hash}:{event.log_index}"
+
+
+def _booked(session: Session, key: str) -> bool:
+    return LedgerRepository(session).get_transfer_by_key(key) is not None
 
 
 def _apply(session: Session, event: ChainEvent) -> None:
+    args = event.args
     if event.name == "ProviderKeyRotated":
-        args = event.args
         old, new = "0x" + bytes(args["oldKey"]).hex(), "0x" + bytes(args["newKey"]).hex()
         if key_rotated(session, str(args["provider"]), old, new):
             log.warning("provider %s rotated its key on-chain: %s is void", args["provider"], old)
         return
-    buyer = checksum_address(str(event.args["buyer"]))
-    amount = int(event.args["amount"])
+    amount = int(args["amount"])
+    payout = _payout_account(event)
+    if payout is not None:
+        # settled funds leaving the contract: the account -> the chain's contra account
+        legs = [Leg(payout, -amount), Leg(CHAIN_ESCROW, amount)]
+        _post_event(session, TransferKind.WITHDRAWAL, _payout_key(event), legs, event)
+        return
+    buyer = checksum_address(str(args["buyer"]))
     if event.name == "Deposited":
         get_or_create_buyer(session, buyer)
         credit_deposit(session, buyer, amount, event.tx_hash, event.log_index)

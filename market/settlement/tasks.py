@@ -1,5 +1,5 @@
-"""Background work of the settlement package: the deposit watcher, the receipt-check pass
-and epoch closing.
+"""Background work of the settlement package: the deposit watcher, the receipt-check pass,
+epoch closing, and the reconciliation of the ledger with the chain.
 
 Each task owns its transactions (one per watcher round, three per epoch close: see
 `market.settlement.service`), takes no objects, and can run twice, or twice at once, without
@@ -10,6 +10,7 @@ harm. The Celery worker (`market.worker`) and, in the embedded mode, the API pro
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -25,7 +26,8 @@ from market.reviews import receipts
 from market.runtime import Runtime
 from market.settlement import service
 from market.settlement.batch_size import party_cap
-from market.settlement.models import EpochStatus
+from market.settlement.models import ChainReconciliation, EpochStatus
+from market.settlement.reconcile import Reconciliation, reconcile
 from market.settlement.repository import SettlementRepository
 from protocol.chain.connection import is_embedded
 from protocol.chain.errors import EpochAlreadySettled, InsufficientEscrow
@@ -41,6 +43,11 @@ CONFIRMATION_POLL_S = 1.0
 
 MAX_EPOCHS_PER_CLOSE = 20
 """Full epochs one close settles back to back before it leaves the rest to the next."""
+
+RECONCILE_INTERVAL_S = 300.0
+"""How often the ledger is checked against the chain."""
+RECONCILE_DETAIL = 50
+"""Differences kept in a stored check's `detail` (its count keeps them all)."""
 
 
 @dataclass(frozen=True)
@@ -58,7 +65,8 @@ class TaskContext:
 
 
 def watch_deposits(ctx: TaskContext) -> int:
-    """Books confirmed deposits, withdrawals and key rotations up to the confirmed head;
+    """Books confirmed deposits, withdrawals (of escrow, earnings and fees) and key rotations
+    up to the confirmed head (or to a payout that waits for its settlement to be booked);
     returns how many events it booked. One transaction per round of blocks, so progress
     survives a crash."""
     booked = 0
@@ -173,6 +181,40 @@ def check_receipts(ctx: TaskContext) -> int:
     return round_.checked
 
 
+def reconcile_chain(ctx: TaskContext) -> Reconciliation | None:
+    """Checks the ledger against the chain (`market.settlement.reconcile`) and keeps the
+    result; logs an error naming what disagrees. None if the watcher has booked nothing."""
+    with session_scope(ctx.sessions) as session:
+        result = reconcile(session, ctx.chain.client)
+    if result is None:
+        return None
+    detail = [
+        {"what": d.what, "expected": str(d.expected), "booked": str(d.booked)}
+        for d in result.differences[:RECONCILE_DETAIL]
+    ]
+    if result.ledger_error is not None:
+        detail.append({"what": "ledger books", "error": result.ledger_error})
+    with session_scope(ctx.sessions) as session:
+        session.add(
+            ChainReconciliation(
+                block=result.block,
+                chain_epoch=result.chain_epoch,
+                ledger_epoch=result.ledger_epoch,
+                accounts_compared=result.accounts_compared,
+                differences=result.count,
+                detail=json.dumps(detail),
+            )
+        )
+    if not result.agrees:
+        log.error(
+            "the ledger disagrees with the chain at block %d on %d figures: %s",
+            result.block,
+            result.count,
+            detail[:5],
+        )
+    return result
+
+
 def embedded_schedule(runtime: Runtime) -> list[Periodic]:
     """The periodic tasks the API runs itself in the embedded mode (no worker, no beat)."""
     ctx = TaskContext.of(runtime)
@@ -189,9 +231,13 @@ def embedded_schedule(runtime: Runtime) -> list[Periodic]:
     async def orphans(_: Runtime) -> None:
         await asyncio.to_thread(release_orphaned_jobs, ctx.sessions, ctx.settings)
 
+    async def check_books(_: Runtime) -> None:
+        await asyncio.to_thread(reconcile_chain, ctx)
+
     return [
         Periodic("watch_deposits", WATCH_INTERVAL_S, watch),
         Periodic("check_receipts", receipts.INTERVAL_S, check),
         Periodic("release_orphaned_jobs", RELEASE_INTERVAL_S, orphans),
         Periodic("close_epoch", float(runtime.settings.epoch_seconds), close, wait_first=True),
+        Periodic("reconcile_chain", RECONCILE_INTERVAL_S, check_books, wait_first=True),
     ]

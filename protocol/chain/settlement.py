@@ -105,9 +105,10 @@ class SettlementClient:
     def _contract(self, name: str, address: str) -> Contract:
         return self.w3.eth.contract(address=address, abi=load_artifact(name).abi)  # type: ignore[call-overload,no-any-return]
 
-    def _call(self, contract: Contract, fn: str, *args: Any) -> Any:
+    def _call(self, contract: Contract, fn: str, *args: Any, block: int | None = None) -> Any:
+        """`fn(*args)` as of `block` (None: the newest)."""
         try:
-            return getattr(contract.functions, fn)(*args).call()
+            return getattr(contract.functions, fn)(*args).call(block_identifier=block)
         except Exception as exc:
             raise translate(exc) from exc
 
@@ -122,13 +123,16 @@ class SettlementClient:
         amount, available_at = self._call(self.settlement, "pendingWithdrawal", buyer)
         return int(amount), int(available_at)
 
-    def escrows_of(self, buyers: Sequence[str]) -> list[tuple[int, int, int]]:
+    def escrows_of(
+        self, buyers: Sequence[str], block: int | None = None
+    ) -> list[tuple[int, int, int]]:
         """(escrow, pending withdrawal, its available-at unix seconds) of each buyer, in the
-        order given, in one call per `ESCROWS_PER_CALL` buyers."""
+        order given, in one call per `ESCROWS_PER_CALL` buyers, as of `block` (None: the
+        newest)."""
         out: list[tuple[int, int, int]] = []
         for start in range(0, len(buyers), ESCROWS_PER_CALL):
             chunk = list(buyers[start : start + ESCROWS_PER_CALL])
-            escrows, withdrawals = self._call(self.settlement, "escrowsOf", chunk)
+            escrows, withdrawals = self._call(self.settlement, "escrowsOf", chunk, block=block)
             out.extend(
                 (int(escrow), int(amount), int(available_at))
                 for escrow, (amount, available_at) in zip(escrows, withdrawals, strict=True)
@@ -139,9 +143,10 @@ class SettlementClient:
         """The provider's stake in network-token base units (pending unstakes included)."""
         return int(self._call(self.settlement, "stakeOf", provider))
 
-    def earnings(self, provider: str) -> int:
-        """The provider's settled, unwithdrawn earnings in payment-token base units."""
-        return int(self._call(self.settlement, "earnings", provider))
+    def earnings(self, provider: str, block: int | None = None) -> int:
+        """The provider's settled, unwithdrawn earnings in payment-token base units, as of
+        `block` (None: the newest)."""
+        return int(self._call(self.settlement, "earnings", provider, block=block))
 
     def provider_key(self, provider: str) -> bytes:
         """The Ed25519 public key bound to `provider` (32 zero bytes if none)."""
@@ -191,12 +196,7 @@ class SettlementClient:
 
     def last_settled_epoch(self, block: int | None = None) -> int:
         """The last settled epoch (0 before the first), as of `block` (None: the newest)."""
-        if block is None:
-            return int(self._call(self.settlement, "lastSettledEpoch"))
-        try:
-            return int(self.settlement.functions.lastSettledEpoch().call(block_identifier=block))
-        except Exception as exc:
-            raise translate(exc) from exc
+        return int(self._call(self.settlement, "lastSettledEpoch", block=block))
 
     def epoch_root(self, epoch: int) -> bytes:
         """The receipts Merkle root recorded for `epoch` (zeros if not settled)."""
@@ -206,28 +206,33 @@ class SettlementClient:
         """Asks the contract whether the receipt is in the epoch's tree."""
         return bool(self._call(self.settlement, "verifyReceipt", epoch, receipt_hash, proof))
 
-    def payment_balance(self, account: str) -> int:
-        """Payment tokens held by `account`."""
-        return int(self._call(self.payment, "balanceOf", account))
+    def payment_balance(self, account: str, block: int | None = None) -> int:
+        """Payment tokens held by `account`, as of `block` (None: the newest)."""
+        return int(self._call(self.payment, "balanceOf", account, block=block))
 
-    def network_balance(self, account: str) -> int:
-        """Network tokens held by `account`."""
-        return int(self._call(self.network, "balanceOf", account))
+    def network_balance(self, account: str, block: int | None = None) -> int:
+        """Network tokens held by `account`, as of `block` (None: the newest)."""
+        return int(self._call(self.network, "balanceOf", account, block=block))
 
-    def totals(self) -> SettlementTotals:
-        """The contract's running totals and its token balances."""
+    def totals(self, block: int | None = None) -> SettlementTotals:
+        """The contract's running totals and its token balances, as of `block` (None: the
+        newest)."""
         s = self.settlement.address
+
+        def total(fn: str) -> int:
+            return int(self._call(self.settlement, fn, block=block))
+
         return SettlementTotals(
-            escrow=int(self._call(self.settlement, "totalEscrow")),
-            earnings=int(self._call(self.settlement, "totalEarnings")),
-            staked=int(self._call(self.settlement, "totalStaked")),
-            accrued_fees=int(self._call(self.settlement, "accruedFees")),
-            debited=int(self._call(self.settlement, "totalDebited")),
-            credited=int(self._call(self.settlement, "totalCredited")),
-            fees=int(self._call(self.settlement, "totalFees")),
-            last_settled_epoch=self.last_settled_epoch(),
-            payment_balance=self.payment_balance(s),
-            network_balance=self.network_balance(s),
+            escrow=total("totalEscrow"),
+            earnings=total("totalEarnings"),
+            staked=total("totalStaked"),
+            accrued_fees=total("accruedFees"),
+            debited=total("totalDebited"),
+            credited=total("totalCredited"),
+            fees=total("totalFees"),
+            last_settled_epoch=self.last_settled_epoch(block),
+            payment_balance=self.payment_balance(s, block),
+            network_balance=self.network_balance(s, block),
         )
 
     # -- buyers --------------------------------------------------------------------------

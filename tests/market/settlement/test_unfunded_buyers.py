@@ -181,8 +181,10 @@ def test_an_epoch_the_chain_refuses_is_discarded_and_built_again(market: Market)
 class _Blind(SettlementClient):
     """Sees no pending withdrawal (an epoch built before the request was made)."""
 
-    def escrows_of(self, buyers: Sequence[str]) -> list[tuple[int, int, int]]:
-        return [(escrow, 0, 0) for escrow, _, _ in super().escrows_of(buyers)]
+    def escrows_of(
+        self, buyers: Sequence[str], block: int | None = None
+    ) -> list[tuple[int, int, int]]:
+        return [(escrow, 0, 0) for escrow, _, _ in super().escrows_of(buyers, block)]
 
 
 def test_discarding_a_settled_epoch_changes_nothing(market: Market) -> None:
