@@ -16,6 +16,7 @@ from market.errors import MarketError
 from market.health import router as health_router
 from market.inference import errors as openai_errors
 from market.inference.endpoints import router as inference_router
+from market.inference.request_id import RequestIdMiddleware
 from market.jobs.endpoints import router as jobs_router
 from market.metrics import registry_for
 from market.metrics import router as metrics_router
@@ -42,6 +43,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.add_exception_handler(RequestValidationError, openai_errors.validation_error)
     app.add_exception_handler(MarketError, openai_errors.market_error)
     app.add_exception_handler(StarletteHTTPException, openai_errors.http_error)
+    app.add_middleware(RequestIdMiddleware)  # `x-request-id` on the OpenAI routes' answers
     app.include_router(inference_router)  # first: routes are matched in order
     app.include_router(health_router)
     app.include_router(providers_router)

@@ -19,6 +19,9 @@ class MarketError(Exception):
 
     status_code: int = 500
     code: str = "market_error"
+    job_id: str | None = None
+    """The job the error ended, when one had been opened for the request (the OpenAI
+    routes then name it in `x-job-id` and `x-request-id`)."""
 
     def __init__(
         self,

@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from market.errors import MarketError
+from market.inference.request_id import JOB_ID_HEADER
 
 
 def envelope(
@@ -84,6 +85,8 @@ async def market_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, MarketError)
     param = getattr(exc, "param", None)
     headers = getattr(exc, "headers", None)
+    if exc.job_id is not None:
+        headers = {**(headers or {}), JOB_ID_HEADER: exc.job_id}
     status = exc.status_code
     type_ = getattr(exc, "error_type", None) or openai_type(status)
     return envelope(status, exc.message, type_, exc.code, param, headers)

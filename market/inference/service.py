@@ -23,6 +23,7 @@ import aiohttp
 from fastapi.responses import Response
 
 from market.buyers import budgets
+from market.errors import MarketError
 from market.inference.agents import AgentFailure, job_endpoint, send_job
 from market.inference.attempt import Attempt, KeyContext, authenticate_buyer, offer_site
 from market.inference.errors import (
@@ -32,8 +33,9 @@ from market.inference.errors import (
     ProvidersAtCapacityError,
     UpstreamRejectedError,
 )
+from market.inference.request_id import JOB_ID_HEADER
 from market.inference.schemas import CompletionRequestBase
-from market.inference.stream import JOB_ID_HEADER, RelayResponse, StreamRelay
+from market.inference.stream import RelayResponse, StreamRelay
 from market.jobs.errors import ReceiptRejectedError, RejectReason
 from market.jobs.service import JobOrder, cost
 from market.routing.service import RouteRequest, choose
@@ -119,7 +121,24 @@ def model_energy(offers: list[LiveOffer]) -> dict[str, Any]:
 async def complete(
     runtime: Runtime, raw_key: str, request: CompletionRequestBase, route: Route
 ) -> Response:
-    """Serves one completion request end to end; raises `MarketError`s for the buyer."""
+    """Serves one completion request end to end; raises `MarketError`s for the buyer, which
+    name the last job opened for it (`MarketError.job_id`), if any."""
+    opened: list[str] = []
+    try:
+        return await _complete(runtime, raw_key, request, route, opened)
+    except MarketError as exc:
+        if opened and exc.job_id is None:
+            exc.job_id = opened[-1]
+        raise
+
+
+async def _complete(
+    runtime: Runtime,
+    raw_key: str,
+    request: CompletionRequestBase,
+    route: Route,
+    opened: list[str],
+) -> Response:
     offers = choose(runtime.routing, RouteRequest(request.model, request.provider))
     if not offers:
         await authenticate_buyer(runtime, raw_key)  # an unknown key is a 401 before all else
@@ -150,6 +169,7 @@ async def complete(
                 measured_only = True  # choose again among measured offers only
                 queue = [o for o in _measured(runtime, request) if o is not offer]
             continue
+        opened.append(attempt.order.job_id)
         try:
             response = await send_job(
                 runtime.agents, job_endpoint(offer.job_url, route), body, header

@@ -35,6 +35,7 @@ from market.errors import MarketError
 from market.inference.agents import cancel_job
 from market.inference.attempt import Attempt, Settled
 from market.inference.errors import engine_error
+from market.inference.request_id import JOB_ID_HEADER
 from protocol.http_session import TRANSPORT_ERRORS
 from protocol.sse import event_batches
 
@@ -50,8 +51,6 @@ _OUTPUT_IDS = re.compile(rb'(?<!prompt_)token_ids"\s*:\s*\[([0-9,\s]*)\]')
 #: finds both what to collect and what to cut.
 _ONE_OUTPUT_IDS = re.compile(rb',\s*"token_ids"\s*:\s*\[([0-9,\s]*)\]')
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
-JOB_ID_HEADER = "x-job-id"
-"""Response header naming the job, for `GET /jobs/{job_id}`."""
 
 
 def error_event(

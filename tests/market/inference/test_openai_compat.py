@@ -1,18 +1,24 @@
 """What OpenAI's own API accepts and answers, as its clients rely on it: `null` for any
-optional parameter."""
+optional parameter, and an `x-request-id` header on every answer."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import httpx
+import openai
+import pytest
+from openai.types.chat import ChatCompletionMessageParam
+from sqlalchemy import select
 
+from market.db import session_scope
 from market.inference.schemas import DEFAULT_MAX_TOKENS
+from market.jobs.models import Job, JobStatus
 from tests.market.inference.conftest import PROVIDER_A, Market
 from tests.market.inference.servers import MODEL, Agent
 from tests.support.openai_upstream import UpstreamProcess
 
-MESSAGES = [{"role": "user", "content": "Say something."}]
+MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Say something."}]
 CHAT: dict[str, Any] = {"model": MODEL, "messages": MESSAGES, "max_tokens": 4}
 COMPLETION: dict[str, Any] = {"model": MODEL, "prompt": "Once upon", "max_tokens": 4}
 
@@ -79,6 +85,11 @@ WRONG_TYPES: list[tuple[dict[str, Any], str]] = [
 ]
 
 
+def _jobs(market: Market) -> list[Job]:
+    with session_scope(market.sessions) as session:
+        return list(session.scalars(select(Job)))
+
+
 def _post(market: Market, route: str, body: dict[str, Any]) -> httpx.Response:
     headers = {"Authorization": f"Bearer {market.api_key}"}
     return httpx.post(f"{market.url}/{route}", json=body, headers=headers, timeout=30)
@@ -127,3 +138,78 @@ def test_a_wrong_type_is_a_400_naming_the_parameter(
             "invalid_parameter",
         ), change
         assert error["message"].startswith(f"{param}: "), error
+
+
+def test_every_answer_carries_a_request_id_naming_its_job(
+    market: Market, agents: dict[str, Agent], upstream: UpstreamProcess
+) -> None:
+    market.routing.pin([agents[PROVIDER_A].offer(1_000_000, 1_000_000)])
+    client = openai.OpenAI(base_url=market.url, api_key=market.api_key, max_retries=0)
+    raw = client.chat.completions.with_raw_response.create(
+        model=MODEL, messages=MESSAGES, max_tokens=4
+    )
+    completion = raw.parse()
+    assert completion._request_id == raw.headers["x-job-id"]
+    assert completion._request_id in {job.id for job in _jobs(market)}
+    text = client.completions.create(model=MODEL, prompt="Once", max_tokens=4)
+    assert text._request_id in {job.id for job in _jobs(market)}
+    with client.chat.completions.with_streaming_response.create(
+        model=MODEL, messages=MESSAGES, max_tokens=4, stream=True
+    ) as streamed:
+        assert streamed.headers["x-request-id"] == streamed.headers["x-job-id"]
+        assert len(list(streamed.iter_lines())) > 1
+    upstream.control(status=400)  # the engine refuses: the failed job is the request's id
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=4)
+    (failed,) = [job for job in _jobs(market) if job.status is JobStatus.FAILED]
+    assert refused.value.request_id == failed.id
+    assert refused.value.response.headers["x-job-id"] == failed.id
+
+
+def test_answers_without_a_job_carry_a_fresh_request_id(
+    market: Market, agents: dict[str, Agent]
+) -> None:
+    market.routing.pin([agents[PROVIDER_A].offer(1_000_000, 1_000_000)])
+    wrong = openai.OpenAI(base_url=market.url, api_key="sk-jm-wrong", max_retries=0)
+    ids = set()
+    for _ in range(2):
+        with pytest.raises(openai.AuthenticationError) as refused:
+            wrong.chat.completions.create(model=MODEL, messages=MESSAGES)
+        assert refused.value.request_id is not None
+        ids.add(refused.value.request_id)
+    assert len(ids) == 2
+    client = openai.OpenAI(base_url=market.url, api_key=market.api_key, max_retries=0)
+    with pytest.raises(openai.NotFoundError) as unknown:
+        client.chat.completions.create(model="nope", messages=MESSAGES)
+    assert unknown.value.request_id
+    assert client.models.list()._request_id
+    assert client.models.retrieve(MODEL)._request_id
+    headers = {"Authorization": f"Bearer {market.api_key}"}
+    for response in (
+        httpx.post(f"{market.url}/chat/completions", json={**CHAT, "n": 2}, headers=headers),
+        httpx.post(f"{market.url}/embeddings", json={}, headers=headers),
+        httpx.get(f"{market.url}/chat/completions", headers=headers),
+    ):
+        assert response.headers["x-request-id"].startswith("req_"), response
+    assert _jobs(market) == []
+
+
+def test_a_client_request_id_is_echoed_and_never_taken_as_the_request_id(
+    market: Market, agents: dict[str, Agent]
+) -> None:
+    market.routing.pin([agents[PROVIDER_A].offer(1_000_000, 1_000_000)])
+    headers = {
+        "Authorization": f"Bearer {market.api_key}",
+        "X-Request-Id": "req_chosen_by_the_client",
+        "X-Client-Request-Id": "trace-42",
+    }
+    response = httpx.post(f"{market.url}/chat/completions", json=CHAT, headers=headers)
+    assert response.status_code == 200
+    assert response.headers["x-request-id"] == response.headers["x-job-id"]
+    assert response.headers["x-client-request-id"] == "trace-42"
+    assert response.headers.get_list("x-request-id") == [response.headers["x-job-id"]]
+    long = {**headers, "X-Client-Request-Id": "x" * 513}
+    refused = httpx.post(f"{market.url}/chat/completions", json={}, headers=long)
+    assert refused.status_code == 400
+    assert "x-client-request-id" not in refused.headers
+    assert refused.headers["x-request-id"] != "req_chosen_by_the_client"
