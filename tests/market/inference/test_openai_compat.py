@@ -1,8 +1,10 @@
 """What OpenAI's own API accepts and answers, as its clients rely on it: `null` for any
-optional parameter, and an `x-request-id` header on every answer."""
+optional parameter, an `x-request-id` header on every answer, and the default completion limit
+of a request without one, as docs/buyer-api.md gives it."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -12,8 +14,10 @@ from openai.types.chat import ChatCompletionMessageParam
 from sqlalchemy import select
 
 from market.db import session_scope
-from market.inference.schemas import DEFAULT_MAX_TOKENS
+from market.inference.schemas import DEFAULT_MAX_TOKENS, ChatCompletionRequest
 from market.jobs.models import Job, JobStatus
+from market.jobs.service import cost
+from market.ledger import service as ledger
 from tests.market.inference.conftest import PROVIDER_A, Market
 from tests.market.inference.servers import MODEL, Agent
 from tests.support.openai_upstream import UpstreamProcess
@@ -213,3 +217,20 @@ def test_a_client_request_id_is_echoed_and_never_taken_as_the_request_id(
     assert refused.status_code == 400
     assert "x-client-request-id" not in refused.headers
     assert refused.headers["x-request-id"] != "req_chosen_by_the_client"
+
+
+def test_without_max_tokens_the_documented_default_limits_and_holds(
+    market: Market, agents: dict[str, Agent], upstream: UpstreamProcess
+) -> None:
+    market.routing.pin([agents[PROVIDER_A].offer(1_000_000, 3_000_000)])
+    body = {"model": MODEL, "messages": MESSAGES}
+    response = _post(market, "chat/completions", body)
+    assert response.status_code == 200
+    assert upstream.last_body()["max_tokens"] == DEFAULT_MAX_TOKENS
+    prompt_bound = ChatCompletionRequest.model_validate(body).prompt_bound()
+    with session_scope(market.sessions) as session:
+        hold = ledger.get_hold(session, response.headers["x-job-id"])
+        assert hold.amount == cost(prompt_bound, DEFAULT_MAX_TOKENS, 1_000_000, 3_000_000)
+    docs = (Path(__file__).parents[3] / "docs" / "buyer-api.md").read_text()
+    assert f"{DEFAULT_MAX_TOKENS:,}" in docs
+    assert "DEFAULT_MAX_TOKENS" in docs
