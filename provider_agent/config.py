@@ -173,6 +173,10 @@ class AgentSettings(BaseSettings):
     )
 
     data_dir: Path = Field(default_factory=default_data_dir)
+    data_dir_min_free_mib: int = Field(default=64, ge=0)
+    """Free space (MiB) the data dir's disk must keep: with less, `run` reports itself
+    unhealthy and refuses new jobs (503 `outbox_unavailable`) until there is more; 0: no
+    check."""
     keystore: Path | None = None
     passphrase: SecretStr | None = None
     vllm: VllmSettings = VllmSettings()

@@ -209,7 +209,10 @@ class AgentRunner:
     def status(self) -> dict[str, Any]:
         """What `GET /agent/status` shows."""
         head = self.store.last()
-        outbox_error = None if self.jobs is None else self.jobs.outbox.write_error
+        outbox_error = None
+        if self.jobs is not None:
+            self.jobs.outbox.check_space()
+            outbox_error = self.jobs.outbox.error
         return {
             "healthy": self.supervisor.state is EngineState.healthy and outbox_error is None,
             "engine": {
@@ -250,6 +253,7 @@ class AgentRunner:
             model_digest=self.plan.model_digest,
             data_dir=self.data_dir,
             max_concurrency=self.settings.offer.max_concurrency,
+            outbox_min_free_bytes=self.settings.data_dir_min_free_mib * 1024 * 1024,
         )
         app = create_app(config, self.identity.signing_key, self.meter)
         self.jobs = app.state.jobs

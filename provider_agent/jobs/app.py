@@ -150,7 +150,11 @@ class JobService:
         self.checker = TicketChecker(config, now_ms)
         self.slots = Slots(config.max_concurrency, config.retry_after_s)
         self.tracker = RequestEnergyTracker(meter)
-        self.outbox = ReceiptOutbox(config.data_dir, fsync=config.outbox_fsync)
+        self.outbox = ReceiptOutbox(
+            config.data_dir,
+            fsync=config.outbox_fsync,
+            min_free_bytes=config.outbox_min_free_bytes,
+        )
         self.issuer = ReceiptIssuer(config, signing_key, self.tracker, self.outbox)
         self.streams: dict[str, StreamCancel] = {}
         """The streams in progress, by job id: how each is cancelled."""

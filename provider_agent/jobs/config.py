@@ -17,7 +17,9 @@ class JobsConfig:
     `served_model` the model name vLLM serves and tickets must name; `model_digest`
     identifies the served weights (32-byte 0x hex); `data_dir` holds the receipt outbox.
     `max_concurrency` caps the jobs in progress at once (None: no cap); a job beyond it is
-    refused with 429 `at_capacity` and `Retry-After: retry_after_s`.
+    refused with 429 `at_capacity` and `Retry-After: retry_after_s`. While the data dir's
+    disk has less than `outbox_min_free_bytes` free, new jobs are refused with 503
+    `outbox_unavailable` (0: no such check).
     """
 
     upstream_url: str
@@ -33,6 +35,7 @@ class JobsConfig:
     max_connections: int = 512
     replay_cache_max_entries: int = 1_000_000
     outbox_fsync: bool = False
+    outbox_min_free_bytes: int = 64 * 1024 * 1024
     max_concurrency: int | None = None
     retry_after_s: int = 1
     max_body_bytes: int = 4 * 1024 * 1024

@@ -28,6 +28,14 @@ Today's file stays open for appends (`O_APPEND`, one `write` per receipt): openi
 closing it for each receipt cost four times as much. It is reopened when the UTC day
 changes, and when it was removed while open (an append to a removed file would be lost).
 
+The disk must also keep `min_free_bytes` free (the agent's `data_dir_min_free_mib`, 64 MiB by
+default): with less, `writable()` is false and says why (`error`), so new jobs are refused
+before they reach the engine, instead of a receipt failing once the GPU work is done (a disk
+with a few bytes left passes a one-byte write). The free space is read (`free_bytes`, a
+`statvfs` of the data dir: the bytes an unprivileged process may still use) at most once every
+`space_check_s`, so a job costs a clock read; it is read again on the next check, so the
+agent takes jobs once space comes back.
+
 The readers stream the files, oldest first, one line at a time, so a large outbox is
 never held in memory; `unsent()` lists receipts not yet acknowledged, so none is lost
 if the connection to the market drops before the receipt reaches it.
@@ -40,6 +48,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -60,6 +69,14 @@ _LINE_ID = "line-"
 """The prefix of the id given to a line whose job id cannot be read (never a job id's)."""
 _DAY_S = 86_400
 """Seconds in a UTC day: unix time counts no leap seconds, so `t // _DAY_S` is the day."""
+MIB = 1024 * 1024
+SPACE_CHECK_S = 1.0
+"""How long a reading of the disk's free space is kept before it is read again."""
+
+
+def free_bytes(path: Path) -> int:
+    """The bytes an unprivileged process may still write on the file system of `path`."""
+    return shutil.disk_usage(path).free
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -73,13 +90,30 @@ class ReceiptOutbox:
     """Append-only store of signed receipts and of which ones the market has."""
 
     def __init__(
-        self, data_dir: Path, *, fsync: bool = False, clock: Callable[[], float] = time.time
+        self,
+        data_dir: Path,
+        *,
+        fsync: bool = False,
+        clock: Callable[[], float] = time.time,
+        min_free_bytes: int = 0,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         """Create `data_dir` if needed; `fsync` makes each append durable across power loss.
 
         `clock` gives unix seconds, whose UTC day picks the day file (a test can move it).
+        `writable()` is false while the disk has less than `min_free_bytes` free (0: no
+        check), as `free_bytes` reads it (a test can replace it) at most once every
+        `space_check_s` of `monotonic`.
         """
         data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir = data_dir
+        self.min_free_bytes = min_free_bytes
+        self.free_bytes: Callable[[Path], int] = free_bytes
+        self.space_check_s = SPACE_CHECK_S
+        self._monotonic = monotonic
+        self._space_checked_at: float | None = None
+        self.space_error: str | None = None
+        """Why the disk has too little free space, as of the last reading."""
         self.legacy_path = data_dir / "receipts.jsonl"
         self.days_dir = data_dir / "receipts"
         self.sent_path = data_dir / "receipts-sent.jsonl"
@@ -163,9 +197,46 @@ class ReceiptOutbox:
             raise
         self.write_error = None
 
+    @property
+    def error(self) -> str | None:
+        """Why receipts cannot be stored: the last write failed, or the disk is short of
+        space; `None` when they can."""
+        return self.write_error or self.space_error
+
+    def check_space(self) -> str | None:
+        """`space_error`, the disk's free space read again if the last reading is older than
+        `space_check_s` (a reading that fails is no verdict: the writes then tell)."""
+        if self.min_free_bytes <= 0:
+            return None
+        now = self._monotonic()
+        checked = self._space_checked_at
+        if checked is not None and now - checked < self.space_check_s:
+            return self.space_error
+        self._space_checked_at = now
+        try:
+            free = self.free_bytes(self.data_dir)
+        except OSError as exc:
+            log.warning("cannot read the free space of %s: %s", self.data_dir, exc)
+            free = self.min_free_bytes
+        if free >= self.min_free_bytes:
+            if self.space_error is not None:
+                log.info("%s has free space again: receipts can be stored", self.data_dir)
+            self.space_error = None
+        else:
+            if self.space_error is None:
+                log.error("%s: disk almost full, new jobs are refused", self.data_dir)
+            self.space_error = (
+                f"{self.data_dir}: {free} bytes free on its disk, less than the"
+                f" {self.min_free_bytes / MIB:g} MiB kept free (data_dir_min_free_mib)"
+            )
+        return self.space_error
+
     def writable(self) -> bool:
-        """Whether receipts can be stored. After a failed write, an end of line is appended to
-        today's file to find out (it also ends a torn line; readers skip blank lines)."""
+        """Whether receipts can be stored: the disk has `min_free_bytes` free
+        (`check_space`), and after a failed write, an end of line appended to today's file
+        (it also ends a torn line; readers skip blank lines) succeeds."""
+        if self.check_space() is not None:
+            return False
         if self.write_error is None:
             return True
         try:

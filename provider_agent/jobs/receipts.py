@@ -156,6 +156,4 @@ class ReceiptIssuer:
 
 def outbox_unavailable(outbox: ReceiptOutbox) -> JobError:
     """503 `outbox_unavailable`: receipts cannot be stored, so none can be sent."""
-    return JobError(
-        503, "outbox_unavailable", f"the agent cannot store receipts: {outbox.write_error}"
-    )
+    return JobError(503, "outbox_unavailable", f"the agent cannot store receipts: {outbox.error}")

@@ -155,3 +155,34 @@ def test_an_outbox_that_cannot_be_written_makes_the_agent_unhealthy(
         return await asyncio.wait_for(task, 20)
 
     assert asyncio.run(scenario()) == 0
+
+
+def test_a_nearly_full_disk_makes_the_agent_unhealthy_until_space_returns(
+    tmp_path: Path, upstream: UpstreamProcess
+) -> None:
+    runner = make_runner(tmp_path, upstream.port, UnmeasuredMeter("test"))
+    free = [1024 * 1024]  # 1 MiB, below the 64 MiB kept free by default
+
+    async def scenario() -> int:
+        task = asyncio.create_task(runner.run(install_signals=False))
+        await wait_for(task, lambda: runner.jobs is not None, "the job server")
+        assert runner.jobs is not None
+        runner.jobs.outbox.free_bytes = lambda _: free[0]
+        runner.jobs.outbox.space_check_s = 0.0
+        status = await asyncio.to_thread(agent_status, runner)
+        assert status is not None
+        assert status["healthy"] is False  # without a job: the status looks itself
+        assert "1048576 bytes free" in status["receipts"]["outbox_error"]
+        response = await asyncio.to_thread(send_job, runner)
+        assert response.status_code == 503
+        assert response.json()["error"]["code"] == "outbox_unavailable"
+        free[0] = 1 << 40
+        assert (await asyncio.to_thread(send_job, runner)).status_code == 200
+        status = await asyncio.to_thread(agent_status, runner)
+        assert status is not None
+        assert status["healthy"] is True
+        assert status["receipts"]["outbox_error"] is None
+        runner.request_stop()
+        return await asyncio.wait_for(task, 20)
+
+    assert asyncio.run(scenario()) == 0
