@@ -119,7 +119,6 @@ def _close_one(ctx: TaskContext, cap: int, *, rebuilt: bool = False) -> tuple[in
             return (number if done else None), 0
     tx_hash: str | None = None
     block: int | None = None
-    operator.resync()  # a resent epoch's first send may have been dropped or reorganised away
     try:
         receipt = client.settle_epoch(operator, batch)
         tx_hash = "0x" + bytes(receipt["transactionHash"]).hex()

@@ -295,8 +295,14 @@ class SettlementClient:
     # -- operator, verifier, admin -------------------------------------------------------
 
     def settle_epoch(self, sender: Transactor, batch: EpochBatch) -> TxReceipt:
-        """Settles `batch` whole, or raises the contract's named error and changes nothing."""
-        return sender.transact(self.settlement.functions.settleEpoch(batch.as_abi()))
+        """Settles `batch` whole, or raises the contract's named error and changes nothing.
+
+        Sent in place of the sender's oldest transaction not yet mined, at higher fees
+        (`Transactor.transact(replace_pending=True)`): the operator sends only settlements,
+        one epoch at a time, so a waiting one is an earlier send of this epoch, stuck below
+        the base fee or dropped, and a settlement queued behind it would wait as long."""
+        call = self.settlement.functions.settleEpoch(batch.as_abi())
+        return sender.transact(call, replace_pending=True)
 
     def slash(
         self, sender: Transactor, provider: str, amount: int, evidence_hash: bytes

@@ -2,13 +2,20 @@
 
 Keeps its own nonce (so several transactions can be in flight), estimates gas with a margin,
 waits for the receipt, and turns every revert into the named exception from `errors`.
+
+A send with `replace_pending` takes the first nonce not yet mined, so it replaces a
+transaction of this account still waiting in the mempool (one priced below the base fee
+since, say) instead of queueing behind it. A node accepts a replacement only at higher fees:
+at least `FEE_BUMP_PERCENT` over the fees the waiting one offered (remembered per nonce, or
+found by trying again, higher, when this process does not know them) and never below what
+the node suggests now.
 """
 
 from __future__ import annotations
 
 import ast
 import threading
-from typing import Any
+from typing import Any, cast
 
 import requests
 from eth_account.signers.local import LocalAccount
@@ -27,6 +34,14 @@ from web3.types import Nonce, TxParams, TxReceipt
 from protocol.chain.errors import ChainError, ChainUnavailable, TransactionFailed, decode_revert
 
 GAS_MARGIN_PERCENT = 20
+
+FEE_BUMP_PERCENT = 25
+"""How much higher a replacement's fees are than those of the transaction it replaces (nodes
+ask for 10 %, geth's default; more leaves room for the suggestion to have moved)."""
+REPLACEMENT_TRIES = 6
+"""Sends of one replacement, each `FEE_BUMP_PERCENT` higher, while the node calls it
+underpriced (the waiting transaction's fees are unknown here)."""
+_FEE_FIELDS = ("maxFeePerGas", "maxPriorityFeePerGas", "gasPrice")
 
 
 def _eth_tester_revert_data(exc: Exception) -> str | None:
@@ -80,6 +95,8 @@ class Transactor:
         self.receipt_timeout_s = receipt_timeout_s
         self._lock = threading.Lock()
         self._next_nonce: int | None = None
+        self._fees: dict[int, dict[str, int]] = {}
+        """The fees offered at each nonce this process sent and has not seen mined."""
 
     @property
     def address(self) -> str:
@@ -100,8 +117,16 @@ class Transactor:
         self._next_nonce += 1
         return nonce
 
-    def transact(self, call: ContractFunction | ContractConstructor, value: int = 0) -> TxReceipt:
-        """Estimates, signs, sends and waits for `call`; raises a named error on revert."""
+    def transact(
+        self,
+        call: ContractFunction | ContractConstructor,
+        value: int = 0,
+        *,
+        replace_pending: bool = False,
+    ) -> TxReceipt:
+        """Estimates, signs, sends and waits for `call`; raises a named error on revert.
+        `replace_pending`: takes the place of this account's oldest transaction still
+        waiting to be mined, if any (module doc)."""
         try:
             with self._lock:
                 params: TxParams = {
@@ -111,20 +136,42 @@ class Transactor:
                 }
                 estimate = call.estimate_gas(params)
                 params["gas"] = estimate + estimate * GAS_MARGIN_PERCENT // 100
-                params["nonce"] = Nonce(self._nonce())
+                nonce: int
+                if replace_pending:
+                    nonce = self.w3.eth.get_transaction_count(self.account.address, "latest")
+                    self._next_nonce = None  # others may wait behind it: read them afresh
+                else:
+                    nonce = self._nonce()
+                params["nonce"] = Nonce(nonce)
                 tx = call.build_transaction(params)
-                signed = self.account.sign_transaction(tx)  # type: ignore[arg-type]
-                try:
-                    tx_hash = self.w3.eth.send_raw_transaction(signed.raw_transaction)
-                except Exception:
-                    self._next_nonce = None  # resync from the node on the next send
-                    raise
+                tx_hash = self._send(tx, nonce)
             receipt = self._wait(tx_hash)
+            self._fees.pop(nonce, None)
         except Exception as exc:
             raise translate(exc) from exc
         if receipt["status"] != 1:
             raise self._failure(tx, receipt)
         return receipt
+
+    def _send(self, tx: TxParams, nonce: int) -> HexBytes:
+        """Signs and sends `tx` at `nonce`, above the fees of an earlier send at that nonce
+        and, while the node calls it underpriced, higher each time."""
+        waiting = self._fees.get(nonce)
+        for attempt in range(REPLACEMENT_TRIES):
+            if waiting is not None:
+                _outbid(tx, waiting)
+            signed = self.account.sign_transaction(tx)  # type: ignore[arg-type]
+            try:
+                tx_hash = self.w3.eth.send_raw_transaction(signed.raw_transaction)
+            except Exception as exc:
+                if _underpriced(exc) and attempt + 1 < REPLACEMENT_TRIES:
+                    waiting = _fees_of(tx)
+                    continue
+                self._next_nonce = None  # resync from the node on the next send
+                raise
+            self._fees[nonce] = _fees_of(tx)
+            return tx_hash
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _wait(self, tx_hash: HexBytes) -> TxReceipt:
         """The receipt of `tx_hash`. If it is not mined in time, the next send reads the nonce
@@ -146,3 +193,23 @@ class Transactor:
         return TransactionFailed(
             f"transaction {HexBytes(receipt['transactionHash']).hex()} reverted"
         )
+
+
+def _fees_of(tx: TxParams) -> dict[str, int]:
+    fields = cast(dict[str, Any], tx)
+    return {k: int(fields[k]) for k in _FEE_FIELDS if k in fields}
+
+
+def _outbid(tx: TxParams, waiting: dict[str, int]) -> None:
+    """Raises `tx`'s fees to `FEE_BUMP_PERCENT` above `waiting`'s where they are not already."""
+    fields = cast(dict[str, Any], tx)
+    for field in _FEE_FIELDS:
+        if field in fields and field in waiting:
+            floor = waiting[field] + (waiting[field] * FEE_BUMP_PERCENT + 99) // 100
+            fields[field] = max(int(fields[field]), floor)
+
+
+def _underpriced(exc: Exception) -> bool:
+    """The node refused a replacement for offering too little over the transaction it would
+    replace (geth: "replacement transaction underpriced"; anvil: "... underpriced")."""
+    return "underpriced" in str(exc).lower()

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import pytest
 
@@ -309,3 +312,75 @@ def test_a_transaction_the_node_dropped_leaves_no_nonce_gap(chain: Chain) -> Non
     chain.client.faucet(sender, sender.address, 2)
     chain.client.faucet(sender, sender.address, 3)
     assert chain.client.payment_balance(sender.address) == 5
+
+
+def _rpc(chain: Chain, method: str, *params: object) -> Any:
+    return chain.w3.provider.make_request(method, list(params))  # type: ignore[arg-type]
+
+
+def _pool(chain: Chain, address: str) -> list[dict[str, Any]]:
+    pool = _rpc(chain, "txpool_content")["result"]["pending"]
+    return list({k.lower(): v for k, v in pool.items()}.get(address.lower(), {}).values())
+
+
+@contextmanager
+def _waiting(chain: Chain, sender: Transactor) -> Iterator[dict[str, Any]]:
+    """A mint of 1 from `sender` waits in the node's pool, not mined (as one priced below the
+    base fee would) while the block runs; the next block is mined only once the pool holds
+    something else from `sender` (a replacement, or a second transaction behind it)."""
+    _rpc(chain, "evm_setAutomine", False)
+    try:
+        with pytest.raises(errors.TransactionFailed, match="not mined in time"):
+            chain.client.faucet(sender, sender.address, 1)
+        (waiting,) = _pool(chain, sender.address)
+        assert chain.w3.eth.get_transaction_count(sender.account.address) == 0
+        assert chain.w3.eth.get_transaction_count(sender.account.address, "pending") == 1
+        stop = threading.Event()
+
+        def mine_after_the_next_send() -> None:
+            while not stop.wait(0.05):
+                if [t["hash"] for t in _pool(chain, sender.address)] != [waiting["hash"]]:
+                    _rpc(chain, "evm_mine")
+                    return
+
+        miner = threading.Thread(target=mine_after_the_next_send)
+        miner.start()
+        try:
+            yield waiting
+        finally:
+            stop.set()
+            miner.join()
+    finally:
+        _rpc(chain, "evm_setAutomine", True)
+
+
+def test_a_replacing_send_takes_the_place_of_a_transaction_still_waiting(chain: Chain) -> None:
+    if is_embedded(chain.w3):
+        pytest.skip("the in-process chain mines every transaction at once")
+    account = chain.account()
+    sender = Transactor(chain.w3, account.account, receipt_timeout_s=1)
+    with _waiting(chain, sender) as waiting:
+        sender.receipt_timeout_s = 10
+        minted = sender.transact(
+            chain.client.payment.functions.faucet(sender.address, 2), replace_pending=True
+        )
+    tx = chain.w3.eth.get_transaction(minted["transactionHash"])
+    assert tx["nonce"] == 0  # in the waiting one's place
+    assert tx["maxFeePerGas"] >= int(waiting["maxFeePerGas"], 16) * 125 // 100
+    assert chain.client.payment_balance(sender.address) == 2  # the waiting mint never ran
+    chain.client.faucet(sender, sender.address, 3)  # later sends go on from there
+    assert chain.client.payment_balance(sender.address) == 5
+
+
+def test_a_replacement_outbids_fees_it_does_not_know(chain: Chain) -> None:
+    if is_embedded(chain.w3):
+        pytest.skip("the in-process chain mines every transaction at once")
+    account = chain.account()
+    first = Transactor(chain.w3, account.account, receipt_timeout_s=1)
+    with _waiting(chain, first):
+        restarted = Transactor(chain.w3, account.account, receipt_timeout_s=10)  # knows nothing
+        restarted.transact(
+            chain.client.payment.functions.faucet(account.address, 7), replace_pending=True
+        )
+    assert chain.client.payment_balance(account.address) == 7
+    assert chain.w3.eth.get_transaction_count(account.account.address) == 1
