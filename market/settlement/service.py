@@ -449,10 +449,7 @@ def watch_chain(
     if head < start:
         return WatchRound(start, start - 1, 0, True)
     end = min(head, start + max_blocks - 1)
-    events: list[ChainEvent] = []
-    for name in WATCHED_EVENTS:
-        events += client.events(name, start, end)
-    events.sort(key=lambda e: (e.block, e.log_index))
+    events = client.events_of(WATCHED_EVENTS, start, end)
     stop = _first_early_payout(session, events)
     if stop is not None:
         log.warning(

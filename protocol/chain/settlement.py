@@ -10,13 +10,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from hexbytes import HexBytes
 from web3 import Web3
 from web3.contract import Contract
 from web3.types import TxReceipt
 
 from protocol.chain.artifacts import load_artifact
 from protocol.chain.deploy import Deployment
-from protocol.chain.errors import ChainError
 from protocol.chain.transactor import Transactor, translate
 
 ESCROWS_PER_CALL = 500
@@ -334,26 +334,43 @@ class SettlementClient:
 
     def events(self, name: str, from_block: int, to_block: int) -> list[ChainEvent]:
         """The settlement contract's `name` events mined in [from_block, to_block]."""
+        return self.events_of((name,), from_block, to_block)
+
+    def events_of(self, names: Sequence[str], from_block: int, to_block: int) -> list[ChainEvent]:
+        """The settlement contract's events of the kinds `names` mined in [from_block,
+        to_block], in chain order, from one `eth_getLogs` (one round trip to the node)."""
         if to_block < from_block:
             return []
+        kinds: dict[bytes, tuple[str, Any]] = {}
+        for name in names:
+            kind = getattr(self.settlement.events, name)()
+            kinds[bytes(HexBytes(kind.topic))] = (name, kind)
         try:
-            logs = getattr(self.settlement.events, name)().get_logs(
-                from_block=from_block, to_block=to_block
+            logs = self.w3.eth.get_logs(
+                {
+                    "address": self.settlement.address,
+                    "fromBlock": from_block,
+                    "toBlock": to_block,
+                    "topics": [["0x" + topic.hex() for topic in kinds]],
+                }
             )
-        except ChainError:
-            raise
         except Exception as exc:
             raise translate(exc) from exc
-        return [
-            ChainEvent(
-                name=name,
-                args=dict(log["args"]),
-                block=int(log["blockNumber"]),
-                tx_hash="0x" + bytes(log["transactionHash"]).hex(),
-                log_index=int(log["logIndex"]),
+        out: list[ChainEvent] = []
+        for raw in logs:
+            name, kind = kinds[bytes(raw["topics"][0])]
+            log = kind.process_log(raw)
+            out.append(
+                ChainEvent(
+                    name=name,
+                    args=dict(log["args"]),
+                    block=int(log["blockNumber"]),
+                    tx_hash="0x" + bytes(log["transactionHash"]).hex(),
+                    log_index=int(log["logIndex"]),
+                )
             )
-            for log in logs
-        ]
+        out.sort(key=lambda e: (e.block, e.log_index))
+        return out
 
     def deposits(self, from_block: int, to_block: int) -> list[ChainEvent]:
         """`Deposited` events in the range, oldest first."""
