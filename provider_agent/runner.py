@@ -46,6 +46,7 @@ from provider_agent.energy import EnergyMeter
 from provider_agent.engine.metrics import EngineCounters, afetch_engine_counters
 from provider_agent.jobs import JobsConfig, ReceiptOutbox, create_app
 from provider_agent.jobs.app import JobService
+from provider_agent.jobs.outbox import MIB
 from provider_agent.market_client import MarketClient, MarketError, fetch_market_domain
 from provider_agent.pricing import PricingError, with_resolved_prices
 from provider_agent.receipt_sync import sync_receipts
@@ -253,7 +254,7 @@ class AgentRunner:
             model_digest=self.plan.model_digest,
             data_dir=self.data_dir,
             max_concurrency=self.settings.offer.max_concurrency,
-            outbox_min_free_bytes=self.settings.data_dir_min_free_mib * 1024 * 1024,
+            outbox_min_free_bytes=self.settings.data_dir_min_free_mib * MIB,
         )
         app = create_app(config, self.identity.signing_key, self.meter)
         self.jobs = app.state.jobs

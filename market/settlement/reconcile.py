@@ -100,15 +100,14 @@ class Reconciliation:
 class _Books:
     """The ledger's side, read from one snapshot."""
 
-    escrow_of: dict[str, int]
-    settled_of: dict[str, int]
-    earned_of: dict[str, int]
-    fees: int
-    fees_settled: int
-    contra: int
-    unsettled_of_buyer: dict[str, int]
-    unsettled_of_provider: dict[str, int]
-    unsettled_fees: int
+    escrow_of: dict[str, int] = field(default_factory=dict)
+    settled_of: dict[str, int] = field(default_factory=dict)
+    earned_of: dict[str, int] = field(default_factory=dict)
+    fees: int = 0
+    fees_settled: int = 0
+    contra: int = 0
+    unsettled_of_provider: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
+    unsettled_fees: int = 0
 
 
 def reconcile(session: Session, client: SettlementClient) -> Reconciliation | None:
@@ -159,8 +158,9 @@ def reconcile(session: Session, client: SettlementClient) -> Reconciliation | No
 
 
 def _read_books(session: Session, settlement: SettlementRepository, epoch: int) -> _Books:
-    books = _Books({}, {}, {}, 0, 0, 0, defaultdict(int), defaultdict(int), 0)
+    books = _Books()
     escrow_of: dict[str, int] = defaultdict(int)
+    unsettled_of_buyer: dict[str, int] = defaultdict(int)
     unowned: dict[tuple[OwnerKind, str], int] = {}
     for kind, owner, bucket, amount in LedgerRepository(session).owned_balances():
         if owner is None:
@@ -178,12 +178,12 @@ def _read_books(session: Session, settlement: SettlementRepository, epoch: int) 
     books.fees, books.fees_settled = of(PROTOCOL_FEES), of(PROTOCOL_SETTLED_FEES)
     books.contra = -of(CHAIN_ESCROW)
     for (buyer, provider), (charge, fee) in settlement.unsettled_charges(epoch).items():
-        books.unsettled_of_buyer[checksum_address(buyer)] += charge
+        unsettled_of_buyer[checksum_address(buyer)] += charge
         books.unsettled_of_provider[checksum_address(provider)] += charge - fee
         books.unsettled_fees += fee
     books.escrow_of = {
-        buyer: escrow_of.get(buyer, 0) + books.unsettled_of_buyer.get(buyer, 0)
-        for buyer in escrow_of.keys() | books.unsettled_of_buyer.keys()
+        buyer: escrow_of.get(buyer, 0) + unsettled_of_buyer.get(buyer, 0)
+        for buyer in escrow_of.keys() | unsettled_of_buyer.keys()
     }
     return books
 

@@ -533,7 +533,7 @@ def _balances(session: Session, *refs: AccountRef) -> list[int]:
 
 def _withdrawal_requested(session: Session, buyer: str, amount: int, event: ChainEvent) -> None:
     key = f"withdrawal-request:{event.tx_hash}:{event.log_index}"
-    if LedgerRepository(session).get_transfer_by_key(key) is not None:
+    if _booked(session, key):
         return
     available, withdrawing = buyer_available(buyer), buyer_withdrawing(buyer)
     free, pending = _balances(session, available, withdrawing)
@@ -555,7 +555,7 @@ def _repay_overdraft(session: Session, buyer: str, event: ChainEvent) -> None:
     if balance(session, overdrawn) >= 0:
         return
     key = f"repay:{event.tx_hash}:{event.log_index}"
-    if LedgerRepository(session).get_transfer_by_key(key) is not None:
+    if _booked(session, key):
         return
     free, owed = _balances(session, available, overdrawn)
     repaid = min(free, -owed)
@@ -566,7 +566,7 @@ def _repay_overdraft(session: Session, buyer: str, event: ChainEvent) -> None:
 
 def _withdrawn(session: Session, buyer: str, amount: int, event: ChainEvent) -> None:
     key = f"withdrawal:{event.tx_hash}:{event.log_index}"
-    if LedgerRepository(session).get_transfer_by_key(key) is not None:
+    if _booked(session, key):
         return
     available, withdrawing = buyer_available(buyer), buyer_withdrawing(buyer)
     free, pending = _balances(session, available, withdrawing)

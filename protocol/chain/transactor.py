@@ -156,22 +156,21 @@ class Transactor:
     def _send(self, tx: TxParams, nonce: int) -> HexBytes:
         """Signs and sends `tx` at `nonce`, above the fees of an earlier send at that nonce
         and, while the node calls it underpriced, higher each time."""
-        waiting = self._fees.get(nonce)
-        for attempt in range(REPLACEMENT_TRIES):
+        waiting, tries = self._fees.get(nonce), 1
+        while True:
             if waiting is not None:
                 _outbid(tx, waiting)
             signed = self.account.sign_transaction(tx)  # type: ignore[arg-type]
             try:
                 tx_hash = self.w3.eth.send_raw_transaction(signed.raw_transaction)
             except Exception as exc:
-                if _underpriced(exc) and attempt + 1 < REPLACEMENT_TRIES:
-                    waiting = _fees_of(tx)
+                if _underpriced(exc) and tries < REPLACEMENT_TRIES:
+                    waiting, tries = _fees_of(tx), tries + 1
                     continue
                 self._next_nonce = None  # resync from the node on the next send
                 raise
             self._fees[nonce] = _fees_of(tx)
             return tx_hash
-        raise AssertionError("unreachable")  # pragma: no cover
 
     def _wait(self, tx_hash: HexBytes) -> TxReceipt:
         """The receipt of `tx_hash`. If it is not mined in time, the next send reads the nonce

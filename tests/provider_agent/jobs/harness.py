@@ -18,6 +18,7 @@ from protocol.messages import Domain, JobTicket, new_job_id, request_digest, sig
 from provider_agent.energy import EnergyMeter, UnmeasuredMeter
 from provider_agent.jobs import JobsConfig, create_app
 from provider_agent.jobs.app import JobService
+from provider_agent.jobs.outbox import ReceiptOutbox
 from provider_agent.jobs.tickets import TICKET_HEADER, encode_ticket_header
 
 T = TypeVar("T")
@@ -141,3 +142,16 @@ def sse_events(text: str) -> list[tuple[str, str]]:
                 data = line[len("data: ") :]
         events.append((name, data))
     return events
+
+
+def serves_again(harness: Harness) -> list[int]:
+    """Sends a streamed job once the outbox can store receipts again: it is served, with its
+    receipt, and the outbox reports no error; the completion tokens of every stored receipt."""
+    body = chat_body(stream=True, max_tokens=4)
+    (recovered,) = harness.send(
+        [("/jobs/chat/completions", body, harness.header(harness.ticket(body)))]
+    )
+    assert recovered.status_code == 200
+    assert [name for name, _ in sse_events(recovered.text)][-2:] == ["receipt", "message"]
+    assert harness.service.outbox.error is None
+    return [r.message.completion_tokens for r in ReceiptOutbox(harness.data_dir).all()]

@@ -5,16 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from provider_agent.jobs.outbox import ReceiptOutbox
-from tests.provider_agent.jobs.harness import Harness, chat_body, sse_events
+from provider_agent.jobs.outbox import MIB, ReceiptOutbox
+from tests.provider_agent.jobs.harness import Harness, chat_body, serves_again
 from tests.support.openai_upstream import UpstreamProcess
-
-MIB = 1024 * 1024
-
-
-def outbox_error(harness: Harness) -> str | None:
-    """Why the endpoint's outbox cannot store receipts, if it cannot."""
-    return harness.service.outbox.error
 
 
 def test_a_nearly_full_disk_refuses_new_jobs_before_the_engine_until_space_returns(
@@ -52,20 +45,12 @@ def test_a_nearly_full_disk_refuses_new_jobs_before_the_engine_until_space_retur
         assert error["code"] == "outbox_unavailable"
         assert "4096 bytes free" in error["message"]
     assert upstream.last_body()["max_tokens"] == 5  # the refused jobs never reached the engine
-    assert outbox_error(harness) is not None
+    assert harness.service.outbox.error is not None
     assert asked
     assert all(path == harness.data_dir for path in asked)
 
     free[0] = 10 * 1024 * MIB  # space again
-    body = chat_body(stream=True, max_tokens=4)
-    (recovered,) = harness.send(
-        [("/jobs/chat/completions", body, harness.header(harness.ticket(body)))]
-    )
-    assert recovered.status_code == 200
-    assert [name for name, _ in sse_events(recovered.text)][-2:] == ["receipt", "message"]
-    assert outbox_error(harness) is None
-    receipts = list(ReceiptOutbox(harness.data_dir).all())
-    assert [r.message.completion_tokens for r in receipts] == [5, 4]
+    assert serves_again(harness) == [5, 4]
 
 
 def test_free_space_is_read_at_most_once_per_interval(tmp_path: Path) -> None:
