@@ -1,11 +1,14 @@
 """The request path: route, hold, ticket, relay, verify, charge (or release), answer.
 
 Each provider tried gets its own job (new id, hold, ticket). A provider that fails before
-answering (unreachable, 5xx, at capacity (429), refused the ticket) is replaced by the next
-fallback, its hold released; when every provider tried was at capacity the buyer gets 503
-`providers_at_capacity` with `Retry-After`. Once an answer has started, a failure is the
-buyer's error and the hold is released, except that an interrupted receipt (the stream broke
-off after tokens reached the buyer) is charged for exactly those tokens.
+answering (unreachable, 5xx, at capacity (429), refused the ticket, or a stream that failed
+before its first output token) is replaced by the next fallback, its hold released; when
+every provider tried was at capacity the buyer gets 503 `providers_at_capacity` with
+`Retry-After`. A stream's answer starts (its status and headers go to the buyer) with the
+events up to its first token, so a stream that fails before then is an HTTP error, not a 200.
+Once an answer has started, a failure is the buyer's error and the hold is released, except
+that an interrupted receipt (the stream broke off after tokens reached the buyer) is charged
+for exactly those tokens.
 
 Before each hold the API key's budgets are checked for that offer (`market.buyers.budgets`):
 402 `budget_exceeded` when the money, energy or carbon budget would be exceeded; a key with
@@ -189,7 +192,17 @@ async def _complete(
             raise
         if request.stream:
             include_usage = bool(request.stream_options and request.stream_options.include_usage)
-            return RelayResponse(StreamRelay(response, attempt, include_usage))
+            relay = StreamRelay(response, attempt, include_usage)
+            try:
+                failure = await relay.first_token()
+            except BaseException:
+                await relay.close("request cancelled before the provider's first token")
+                raise
+            if failure is None:
+                return RelayResponse(relay)
+            await relay.close(failure)
+            failures.append(f"{offer.provider}: {failure}")
+            continue
         try:
             return await _answer_json(response, attempt)
         finally:

@@ -11,6 +11,10 @@ those (the stream still ends with the error event). Events before a receipt are 
 the buyer before the receipt is charged, so only tokens the buyer was sent are paid for
 (unless the buyer left, below).
 
+The relay starts once the agent has sent its first output token (`StreamRelay.first_token`):
+a stream that fails before then has sent the buyer nothing and costs nothing, so the job goes
+to the next provider as one that failed to answer would.
+
 A buyer who disconnects mid-stream does not cut the relay off (`RelayResponse`): the job is
 cancelled at the agent (`POST /jobs/cancel`), which stops the engine and ends the stream
 with an interrupted receipt (`cancelled`) for the tokens it had sent. The relay reads on,
@@ -23,7 +27,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -83,6 +87,14 @@ def _agent_error(event: bytes) -> tuple[str, bytes]:
     )
 
 
+def _tokenless(event: bytes) -> bool:
+    """A data event without output tokens (the role chunk that opens a chat stream): a
+    stream that fails after it has still delivered nothing."""
+    if not event.startswith(_DATA) or event == DONE:
+        return False
+    return not any(ids.strip() for ids in _OUTPUT_IDS.findall(event))
+
+
 def _status(envelope: bytes) -> str | None:
     """The status a receipt envelope claims (checked, with its signature, on settlement)."""
     try:
@@ -106,12 +118,40 @@ class StreamRelay:
         self.settled: Settled | None = None
         self.interrupted = False
         self.buyer_gone = False
+        self._batches = event_batches(response.content.iter_any())
+        self._first: list[bytes] = []
+        """Events read by `first_token`, not yet relayed."""
+
+    async def first_token(self) -> str | None:
+        """Reads the agent's events up to the first that carries an output token (or is not
+        a data event), keeping them for the buyer. Returns why the stream failed if it did
+        before that: the buyer has been sent nothing and no token is paid for, so the job
+        may go to another provider."""
+        try:
+            async for batch in self._batches:
+                for index, event in enumerate(batch):
+                    if event.startswith(_ERROR):
+                        return _agent_error(event)[0]
+                    if not _tokenless(event):
+                        self._first.extend(batch[index:])
+                        return None
+                    self._first.append(event)
+        except TRANSPORT_ERRORS as exc:
+            return f"provider stream broke off before its first token: {exc!r}"
+        return "provider stream ended before its first token"
+
+    async def _read(self) -> AsyncGenerator[list[bytes], None]:
+        """The agent's event batches, starting with those `first_token` read."""
+        if self._first:
+            yield self._first
+        async for batch in self._batches:
+            yield batch
 
     async def events(self) -> AsyncIterator[bytes]:
         """The buyer's SSE bytes, one write per batch of events read from the agent at once
         (`protocol.sse.event_batches`): an event that arrives alone is written at once."""
         out: list[bytes] = []
-        batches = event_batches(self.response.content.iter_any())
+        batches = self._read()
         try:
             async for batch in batches:
                 for event in batch:
@@ -134,6 +174,7 @@ class StreamRelay:
             out.append(error_event(exc.message, exc.code))
         finally:
             await batches.aclose()  # now, not when collected
+            await self._batches.aclose()
         yield b"".join(out)
 
     async def _handle(self, event: bytes, out: list[bytes]) -> bool:
@@ -211,13 +252,17 @@ class StreamRelay:
             agents = attempt.runtime.agents
             await cancel_job(agents, attempt.offer.job_url, attempt.ticket_header)
 
-    async def close(self) -> None:
-        """Releases the hold unless the receipt was charged, and the agent's response: its
-        connection goes back to the pool if the body was read to its end, else is closed."""
+    async def close(self, reason: str | None = None) -> None:
+        """Releases the hold unless the receipt was charged (the job failed for `reason`, if
+        given), and the agent's response: its connection goes back to the pool if the body
+        was read to its end, else is closed."""
         try:
+            await self._batches.aclose()
             self.response.release()
         finally:
-            if self.buyer_gone:
+            if reason is not None:
+                await self.attempt.close(reason)
+            elif self.buyer_gone:
                 await self.attempt.close("the buyer left and the stream did not end in time")
             else:
                 await self.attempt.close()

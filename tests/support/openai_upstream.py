@@ -9,11 +9,12 @@ per 4 bytes of its text (at least 1). It honours `max_tokens`, `stream`,
 request with this HTTP status, with `error_body` as its JSON body if given),
 `die_after_chunks` (drop the connection after that many stream chunks), `stream_chunks`
 (a list of strings: answer every streamed request with exactly these as its body, each its
-own HTTP chunk, with no `[DONE]` added). `GET /_last` returns the last request body,
-`GET /health` answers 200, `GET /v1/models` lists the served model (`--served-model`,
-default `tiny-llama`) and `GET /metrics` exports vLLM's token counters and request gauges
-for it (prompt and completion tokens of every answered request, requests in progress, 0
-waiting).
+own HTTP chunk, with no `[DONE]` added), `times` (the settings hold for that many completion
+requests, then the defaults return; unset, until the next control). `GET /_last` returns
+the last request body, `GET /health` answers 200, `GET /v1/models` lists the served model
+(`--served-model`, default `tiny-llama`) and `GET /metrics` exports vLLM's token counters
+and request gauges for it (prompt and completion tokens of every answered request, requests
+in progress, 0 waiting).
 
 Run it: `python -m tests.support.openai_upstream --port 8001`; in tests, `start_upstream()`.
 """
@@ -46,6 +47,7 @@ DEFAULTS: dict[str, Any] = {
     "error_body": None,
     "die_after_chunks": None,
     "stream_chunks": None,
+    "times": None,
 }
 
 
@@ -113,15 +115,24 @@ class FakeEngine:
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
+    def _settings_for_one(self) -> dict[str, Any]:
+        """The settings this completion request is served with (counting down `times`)."""
+        settings = self.settings
+        times = settings["times"]
+        if times is not None:
+            self.settings = dict(DEFAULTS) if times <= 1 else {**settings, "times": times - 1}
+        return settings
+
     async def _complete(self, chat: bool, request: dict[str, Any], send: Send) -> None:
         self.last_body = request
-        status = self.settings["status"]
+        settings = self._settings_for_one()
+        status = settings["status"]
         if status is not None:
-            error = self.settings["error_body"] or {"error": {"message": f"forced {status}"}}
+            error = settings["error_body"] or {"error": {"message": f"forced {status}"}}
             await _json(send, int(status), error)
             return
         limit = request.get("max_tokens") or request.get("max_completion_tokens") or 16
-        count = min(int(self.settings["completion_tokens"]), int(limit))
+        count = min(int(settings["completion_tokens"]), int(limit))
         prompt = json.dumps(request.get("messages") if chat else request.get("prompt"))
         usage = {
             "prompt_tokens": max(1, len(prompt) // 4),
@@ -134,7 +145,7 @@ class FakeEngine:
         ids = request.get("return_token_ids") is True
         if request.get("stream"):
             events = self._stream_events(chat, request, count, finish, usage, ids)
-            await self._stream(events, send)
+            await _stream(events, send, settings)
             return
         text = "".join(f"t{i} " for i in range(count))
         choice: dict[str, Any] = {"index": 0, "finish_reason": finish, "logprobs": None}
@@ -146,28 +157,6 @@ class FakeEngine:
             choice["token_ids"] = [1000 + i for i in range(count)]
         kind = "chat.completion" if chat else "text_completion"
         await _json(send, 200, _envelope(kind, request, [choice], usage))
-
-    async def _stream(self, events: Iterator[bytes], send: Send) -> None:
-        """Sends `events` (lazy; not read when the `stream_chunks` control replaces them)."""
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [(b"content-type", b"text/event-stream")],
-            }
-        )
-        die_after = self.settings["die_after_chunks"]
-        delay = int(self.settings["delay_ms"]) / 1000
-        raw = self.settings["stream_chunks"]
-        chunks: Iterable[bytes] = events if raw is None else [str(c).encode() for c in raw]
-        for sent, chunk in enumerate(chunks):
-            if die_after is not None and sent >= int(die_after):
-                raise UpstreamDiedError("told to die mid-stream")
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            if delay:
-                await asyncio.sleep(delay)
-        last = b"data: [DONE]\n\n" if raw is None else b""
-        await send({"type": "http.response.body", "body": last})
 
     def _stream_events(
         self,
@@ -192,6 +181,29 @@ class FakeEngine:
             events.append(_envelope(kind, request, [], usage))
         for event in events:
             yield b"data: " + json.dumps(event, separators=(",", ":")).encode() + b"\n\n"
+
+
+async def _stream(events: Iterator[bytes], send: Send, settings: dict[str, Any]) -> None:
+    """Sends `events` (lazy; not read when the `stream_chunks` control replaces them)."""
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"text/event-stream")],
+        }
+    )
+    die_after = settings["die_after_chunks"]
+    delay = int(settings["delay_ms"]) / 1000
+    raw = settings["stream_chunks"]
+    chunks: Iterable[bytes] = events if raw is None else [str(c).encode() for c in raw]
+    for sent, chunk in enumerate(chunks):
+        if die_after is not None and sent >= int(die_after):
+            raise UpstreamDiedError("told to die mid-stream")
+        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        if delay:
+            await asyncio.sleep(delay)
+    last = b"data: [DONE]\n\n" if raw is None else b""
+    await send({"type": "http.response.body", "body": last})
 
 
 def _delta(chat: bool, text: str, token_ids: list[int] | None, finish: str | None) -> Any:

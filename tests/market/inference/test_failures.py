@@ -159,19 +159,82 @@ def test_stream_that_dies_midway_is_charged_for_the_delivered_tokens(
     assert market.routing.pinned[0].in_flight == 0
 
 
-def test_stream_that_dies_before_a_token_is_not_charged(
-    market: Market, agents: dict[str, Agent], upstream: UpstreamProcess
+def _chunk(delta: dict[str, Any], token_ids: list[int] | None = None) -> str:
+    """One engine stream event of a chat completion, as vLLM writes it."""
+    choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": None}
+    if token_ids is not None:
+        choice["token_ids"] = token_ids
+    body = {"id": "c", "object": "chat.completion.chunk", "model": MODEL, "choices": [choice]}
+    return f"data: {json.dumps(body)}\n\n"
+
+
+ROLE = _chunk({"role": "assistant", "content": ""})
+KV_CACHE: dict[str, Any] = {"message": "The engine ran out of KV cache."}
+KV_CACHE |= {"type": "InternalServerError", "param": None, "code": 500}
+#: Engine streams that fail after the role chunk, before any token reached the buyer.
+BEFORE_A_TOKEN: dict[str, dict[str, Any]] = {
+    "dies": {"die_after_chunks": 1},
+    "errs": {"stream_chunks": [ROLE, f"data: {json.dumps({'error': KV_CACHE})}\n\n"]},
+}
+
+
+@pytest.mark.parametrize("failure", BEFORE_A_TOKEN.values(), ids=BEFORE_A_TOKEN.keys())
+def test_stream_that_fails_before_a_token_goes_to_the_next_provider(
+    market: Market, agents: dict[str, Agent], upstream: UpstreamProcess, failure: dict[str, Any]
+) -> None:
+    market.routing.pin(
+        [
+            agents[PROVIDER_A].offer(1_000_000, 1_000_000),
+            agents[PROVIDER_B].offer(2_000_000, 2_000_000),
+        ]
+    )
+    upstream.control(**failure, times=1)  # the first provider's engine fails, then all is well
+    client = openai.OpenAI(base_url=market.url, api_key=market.api_key, max_retries=0)
+    stream = client.chat.completions.create(
+        model=MODEL, messages=MESSAGES, max_tokens=4, stream=True
+    )
+    chunks = list(stream)
+    assert [c.choices[0].delta.content for c in chunks] == ["", "t0 ", "t1 ", "t2 ", "t3 "]
+    assert (chunks[0].model_extra or {}) == {}  # no trace of the failed attempt
+    failed, served = _jobs(market)
+    assert (failed.provider_address, failed.status) == (PROVIDER_A, JobStatus.FAILED)
+    assert (failed.error or "").startswith("provider stream failed: upstream_")
+    assert (served.provider_address, served.status) == (PROVIDER_B, JobStatus.COMPLETED)
+    assert stream.response.headers["x-request-id"] == served.id
+    with session_scope(market.sessions) as session:
+        assert ledger.get_hold(session, failed.id).status.value == "released"
+        assert session.get(Receipt, failed.id) is None
+        receipt = session.get(Receipt, served.id)
+        assert receipt is not None
+        assert receipt.completion_tokens == 4
+        statement = ledger.statement(session, market.buyer)
+        assert (statement.available, statement.held) == (DEPOSIT - receipt.charge, 0)
+        ledger.check_ledger(session)
+    assert [offer.in_flight for offer in market.routing.pinned] == [0, 0]
+
+
+@pytest.mark.parametrize("failure", BEFORE_A_TOKEN.values(), ids=BEFORE_A_TOKEN.keys())
+def test_stream_that_fails_before_a_token_everywhere_is_a_502_and_not_charged(
+    market: Market, agents: dict[str, Agent], upstream: UpstreamProcess, failure: dict[str, Any]
 ) -> None:
     market.routing.pin([agents[PROVIDER_A].offer(1_000_000, 1_000_000)])
-    upstream.control(die_after_chunks=1)  # only the role chunk: no token delivered
-    assert len(_die_midway(market)) == 1
+    upstream.control(**failure)
+    client = openai.OpenAI(base_url=market.url, api_key=market.api_key, max_retries=0)
+    with pytest.raises(openai.InternalServerError) as failed:
+        client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=16, stream=True)
     (job,) = _jobs(market)
+    error = failed.value
+    assert (error.status_code, error.request_id) == (502, job.id)
+    assert isinstance(error.body, dict)
+    assert error.body["code"] == "provider_unavailable"
+    assert PROVIDER_A in error.body["message"]
     assert job.status is JobStatus.FAILED
     with session_scope(market.sessions) as session:
         assert ledger.get_hold(session, job.id).status.value == "released"
         assert session.get(Receipt, job.id) is None
         statement = ledger.statement(session, market.buyer)
         assert (statement.available, statement.held, statement.charged) == (DEPOSIT, 0, 0)
+    assert market.routing.pinned[0].in_flight == 0
 
 
 def test_interrupted_receipt_for_other_tokens_is_rejected(
@@ -307,18 +370,17 @@ def test_an_engine_error_inside_the_stream_is_passed_on_as_its_message(
     market: Market, agents: dict[str, Agent], upstream: UpstreamProcess
 ) -> None:
     market.routing.pin([agents[PROVIDER_A].offer(1_000_000, 1_000_000)])
-    role: dict[str, Any] = {"id": "c", "object": "chat.completion.chunk", "model": MODEL}
-    role["choices"] = [{"index": 0, "delta": {"role": "assistant", "content": ""}}]
-    failure: dict[str, Any] = {"message": "The engine ran out of KV cache."}
-    failure |= {"type": "InternalServerError", "param": None, "code": 500}
-    chunks = [f"data: {json.dumps(role)}\n\n", f"data: {json.dumps({'error': failure})}\n\n"]
+    token = _chunk({"content": "t0 "}, [1000])
+    chunks = [ROLE, token, f"data: {json.dumps({'error': KV_CACHE})}\n\n"]
     upstream.control(stream_chunks=chunks)
     client = openai.OpenAI(base_url=market.url, api_key=market.api_key, max_retries=0)
     stream = client.chat.completions.create(
         model=MODEL, messages=MESSAGES, max_tokens=16, stream=True
     )
+    seen: list[ChatCompletionChunk] = []
     with pytest.raises(openai.APIError) as failed:
-        list(stream)
+        seen.extend(stream)
+    assert [c.choices[0].delta.content for c in seen] == ["", "t0 "]
     assert failed.value.message == "The engine ran out of KV cache."
     assert failed.value.body == {
         "message": "The engine ran out of KV cache.",
@@ -327,8 +389,11 @@ def test_an_engine_error_inside_the_stream_is_passed_on_as_its_message(
         "code": "upstream_error",
     }
     (job,) = _jobs(market)
-    assert job.status is JobStatus.FAILED
-    assert "KV cache" in (job.error or "")
+    assert (job.status, job.error) == (JobStatus.COMPLETED, "interrupted (engine_error)")
+    with session_scope(market.sessions) as session:
+        receipt = session.get(Receipt, job.id)
+        assert receipt is not None
+        assert receipt.completion_tokens == 1  # the token the buyer got is paid for
 
 
 def test_an_engine_error_is_found_after_a_prefix_and_in_a_body_cut_short() -> None:
