@@ -43,6 +43,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.add_exception_handler(RequestValidationError, openai_errors.validation_error)
     app.add_exception_handler(MarketError, openai_errors.market_error)
     app.add_exception_handler(StarletteHTTPException, openai_errors.http_error)
+    app.add_exception_handler(Exception, openai_errors.unhandled_error)  # a bug: still a 500
     app.add_middleware(RequestIdMiddleware)  # `x-request-id` on the OpenAI routes' answers
     app.include_router(inference_router)  # first: routes are matched in order
     app.include_router(health_router)

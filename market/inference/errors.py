@@ -8,6 +8,7 @@ every provider tried at capacity, with `Retry-After`).
 from __future__ import annotations
 
 import json
+import logging
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +19,9 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from market.errors import MarketError
-from market.inference.request_id import JOB_ID_HEADER
+from market.inference.request_id import JOB_ID_HEADER, PREFIX, REQUEST_ID_HEADER, with_request_id
+
+logger = logging.getLogger(__name__)
 
 
 def envelope(
@@ -90,6 +93,20 @@ async def market_error(request: Request, exc: Exception) -> JSONResponse:
     status = exc.status_code
     type_ = getattr(exc, "error_type", None) or openai_type(status)
     return envelope(status, exc.message, type_, exc.code, param, headers)
+
+
+async def unhandled_error(request: Request, exc: Exception) -> JSONResponse:
+    """A bug: 500 in OpenAI's envelope and words, not Starlette's plain text. It answers from
+    outside the request id middleware, so it sets `x-request-id` itself on the `/v1` routes
+    and logs it beside the method and path (the server logs the traceback)."""
+    message = "The server had an error while processing your request. Sorry about that!"
+    response = envelope(500, message, "server_error", "internal_error")
+    if request.url.path.startswith(PREFIX):
+        headers = with_request_id(response.raw_headers, request.scope["headers"])
+        response.raw_headers = headers
+        request_id = dict(headers)[REQUEST_ID_HEADER.encode()].decode()
+        logger.error("%s %s failed as %s: %r", request.method, request.url.path, request_id, exc)
+    return response
 
 
 # -- the engine's own errors ---------------------------------------------------------------

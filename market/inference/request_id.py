@@ -10,7 +10,8 @@ ASCII characters) is echoed back as `x-client-request-id`.
 Set as the response starts, by a pure ASGI wrapper (no `BaseHTTPMiddleware`): per request
 one closure and a scan of the few response headers. Answers of the routes, of FastAPI's
 validation and of the app's error handlers (401, 404 unknown URL, 405, 413) all pass
-through it.
+through it; the 500 of an unhandled error is answered outside it, by
+`market.inference.errors.unhandled_error`, which sets the headers itself.
 """
 
 from __future__ import annotations

@@ -234,3 +234,29 @@ def test_without_max_tokens_the_documented_default_limits_and_holds(
     docs = (Path(__file__).parents[3] / "docs" / "buyer-api.md").read_text()
     assert f"{DEFAULT_MAX_TOKENS:,}" in docs
     assert "DEFAULT_MAX_TOKENS" in docs
+
+
+def test_an_unhandled_error_is_a_500_in_openais_envelope_with_a_request_id(
+    market: Market, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(runtime: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr("market.inference.service.list_models", broken)
+    client = openai.OpenAI(base_url=market.url, api_key=market.api_key, max_retries=0)
+    with pytest.raises(openai.InternalServerError) as failed:
+        client.models.list(extra_headers={"X-Client-Request-Id": "trace-7"})
+    error = failed.value
+    assert error.status_code == 500
+    assert error.body == {
+        "message": "The server had an error while processing your request. Sorry about that!",
+        "type": "server_error",
+        "param": None,
+        "code": "internal_error",
+    }
+    request_id = error.request_id
+    assert request_id is not None
+    assert request_id.startswith("req_")
+    assert error.response.headers["x-client-request-id"] == "trace-7"
+    logged = [r.getMessage() for r in caplog.records if r.name == "market.inference.errors"]
+    assert logged == [f"GET /v1/models failed as {request_id}: RuntimeError('a bug')"]
