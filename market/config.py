@@ -22,6 +22,10 @@ _HEX_KEY = re.compile(r"^(0x)?[0-9a-fA-F]{64}$")
 _SQLITE = ("sqlite://",)
 _POSTGRES_ALIASES = ("postgres://", "postgresql://", "postgresql+psycopg://")
 
+MEDIA_PART_TOKEN_BOUND = 16_384
+"""Default `media_part_token_bound`: Qwen2.5-VL in vLLM makes up to 16,384 prompt tokens of
+one image (its default max_pixels 12,845,056 / (28 x 28) pixels per token)."""
+
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
 CheckKindName = Literal["physics", "data", "consistency", "hygiene"]
@@ -105,6 +109,14 @@ class Settings(BaseSettings):
             "A job still open whose API process has not renewed its heartbeat (every 5 s) "
             "for this long is failed and its hold released: the process crashed or was "
             "killed mid-request."
+        ),
+    )
+    media_part_token_bound: PositiveInt = Field(
+        default=MEDIA_PART_TOKEN_BOUND,
+        description=(
+            "Prompt tokens the hold counts for each chat content part that is not text (an "
+            "image, audio, video or file), in place of its bytes: a URL's bytes say nothing "
+            "of the tokens the engine makes of it."
         ),
     )
     review_hold_kinds: frozenset[CheckKindName] = Field(

@@ -25,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+from market.config import MEDIA_PART_TOKEN_BOUND
 from market.routing.schemas import ProviderPreferences, null_is
 
 DEFAULT_MAX_TOKENS = 1_024
@@ -86,8 +87,10 @@ class CompletionRequestBase(BaseModel):
         """The most completion tokens this request may produce (the hold is sized on it)."""
         return self.max_tokens or DEFAULT_MAX_TOKENS
 
-    def prompt_bound(self) -> int:
-        """An upper bound on prompt tokens: a byte-level tokenizer makes at most one per byte."""
+    def prompt_bound(self, media_part_tokens: int = MEDIA_PART_TOKEN_BOUND) -> int:
+        """An upper bound on prompt tokens: a byte-level tokenizer makes at most one per byte.
+
+        `media_part_tokens`: the bound of a chat content part that is not text."""
         raise NotImplementedError
 
     def engine_body(self) -> dict[str, Any]:
@@ -110,10 +113,18 @@ class ChatCompletionRequest(CompletionRequestBase):
         """OpenAI's newer `max_completion_tokens` wins over `max_tokens`."""
         return self.max_completion_tokens or self.max_tokens or DEFAULT_MAX_TOKENS
 
-    def prompt_bound(self) -> int:
-        """UTF-8 bytes of the messages and tools, plus template overhead per message."""
-        payload = {"messages": self.messages, "tools": (self.model_extra or {}).get("tools")}
-        return len(json.dumps(payload, ensure_ascii=False).encode()) + 16 * len(self.messages)
+    def prompt_bound(self, media_part_tokens: int = MEDIA_PART_TOKEN_BOUND) -> int:
+        """UTF-8 bytes of the messages and tools, plus template overhead per message; each
+        content part whose `type` is not `text` counts `media_part_tokens` instead of its
+        bytes (left out of the JSON measured)."""
+        messages, media = self.messages, 0
+        for message in messages:
+            if type(message.get("content")) is list:  # else plain text: the common case
+                messages, media = _without_media(messages)
+                break
+        payload = {"messages": messages, "tools": (self.model_extra or {}).get("tools")}
+        size = len(json.dumps(payload, ensure_ascii=False).encode())
+        return size + 16 * len(messages) + media * media_part_tokens
 
     def engine_body(self) -> dict[str, Any]:
         body = super().engine_body()
@@ -121,11 +132,26 @@ class ChatCompletionRequest(CompletionRequestBase):
         return body
 
 
+def _without_media(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
+    """The messages with only the text parts of their `content` lists, and how many parts
+    were left out (a part without a `type` too: vLLM reads `{"image_url": ...}` as an image)."""
+    kept, media = [], 0
+    for message in messages:
+        content = message.get("content")
+        if type(content) is list:
+            text = [p for p in content if not isinstance(p, dict) or p.get("type") == "text"]
+            if len(text) < len(content):
+                media += len(content) - len(text)
+                message = {**message, "content": text}
+        kept.append(message)
+    return kept, media
+
+
 class CompletionRequest(CompletionRequestBase):
     """`POST /v1/completions` (a single prompt string)."""
 
     prompt: str = Field(min_length=1)
 
-    def prompt_bound(self) -> int:
+    def prompt_bound(self, media_part_tokens: int = MEDIA_PART_TOKEN_BOUND) -> int:
         """UTF-8 bytes of the prompt plus a small allowance for special tokens."""
         return len(self.prompt.encode()) + 8

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -60,6 +61,8 @@ MTOK = 1_000_000
 BPS = 10_000
 _SIGNED = ("envelope", "status", "interrupted_reason")
 """`ReceiptRead` fields read from the stored envelope (`Receipt.signed`), not a column."""
+
+log = logging.getLogger(__name__)
 
 
 def cost(tokens_in: int, tokens_out: int, price_in: int, price_out: int) -> int:
@@ -336,7 +339,17 @@ def complete_job(
         job.price_in_per_mtok,
         job.price_out_per_mtok,
     )
-    charge = min(charge, job.hold_amount)
+    if charge > job.hold_amount:  # the prompt outgrew its bound: the rest goes unpaid
+        log.warning(
+            "job %s: its receipt (%d prompt, %d completion tokens) costs %d, more than its "
+            "hold %d; charged the hold",
+            job_id,
+            receipt.prompt_tokens,
+            receipt.completion_tokens,
+            charge,
+            job.hold_amount,
+        )
+        charge = job.hold_amount
     fee = charge * fee_bps // BPS
     ledger.settle_hold(session, job_id, charge, job.provider_address, fee)
     now = utcnow()
