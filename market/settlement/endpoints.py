@@ -29,13 +29,14 @@ def list_epochs(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     before: Annotated[int | None, Query(ge=1)] = None,
 ) -> list[EpochRead]:
-    """Epochs, newest first."""
+    """Epochs, newest first; a submitted one with the settlement tx it waits on."""
     return service.list_epochs(session, limit, before)
 
 
 @router.get("/epochs/{number}", response_model=EpochDetail)
 def get_epoch(number: int, session: DB) -> EpochDetail:
-    """One epoch: status, root, tx, totals, debit and credit lines."""
+    """One epoch: status, root, tx (or, while submitted, the tx it waits on), totals, debit
+    and credit lines."""
     return service.get_epoch(session, number)
 
 

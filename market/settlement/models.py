@@ -4,7 +4,9 @@ against the chain: tables.
 An epoch is opened by assigning every verified receipt not yet in an epoch to it; its Merkle
 root, counts and totals are fixed then (status `pending`). It is `submitted` once the operator
 is about to send `settleEpoch`, and `settled` once the chain has recorded its root and the
-ledger has booked the settlement, in the same database transaction.
+ledger has booked the settlement, in the same database transaction. Each send of
+`settleEpoch` is recorded on the epoch (`sent_*`) as soon as the node accepts it, so that a
+submitted epoch names the transaction it waits on; `tx_hash` is the one that was mined.
 """
 
 from __future__ import annotations
@@ -46,7 +48,8 @@ class ChainCursor(Base):
 
 
 class Epoch(Base):
-    """One settlement epoch: its receipts' root, totals, and the transaction that settled it."""
+    """One settlement epoch: its receipts' root, totals, the settlement transaction last sent,
+    and the one that settled it."""
 
     __tablename__ = "epochs"
 
@@ -66,7 +69,16 @@ class Epoch(Base):
     reward_note: Mapped[str | None] = mapped_column(String(300))
     """How the rewards were decided: pool, cap, or why there are none."""
     tx_hash: Mapped[str | None] = mapped_column(String(66))
+    """The settlement transaction that was mined (set when the settlement is booked)."""
     block: Mapped[int | None] = mapped_column(BigInteger())
+    sent_tx_hash: Mapped[str | None] = mapped_column(String(66))
+    """The last settlement transaction sent: the one the epoch waits on while `submitted` (a
+    later send replaces an earlier one at the same nonce, at higher fees)."""
+    sent_nonce: Mapped[int | None] = mapped_column(BigInteger())
+    sent_max_fee_per_gas: Mapped[int | None] = mapped_column(Amount())
+    """wei, as are `sent_max_priority_fee_per_gas`."""
+    sent_max_priority_fee_per_gas: Mapped[int | None] = mapped_column(Amount())
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     submitted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     settled_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

@@ -9,8 +9,28 @@ from pydantic import BaseModel, ConfigDict, Field
 from market.settlement.models import EpochStatus, LineKind
 
 
+class PendingTransaction(BaseModel):
+    """The settlement transaction a submitted epoch waits on: the last one sent (a later send
+    replaces an earlier one still waiting, at the same nonce and higher fees). Read from the
+    epoch's `sent_*` columns."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    tx_hash: str = Field(validation_alias="sent_tx_hash")
+    nonce: int = Field(validation_alias="sent_nonce")
+    max_fee_per_gas: int = Field(
+        validation_alias="sent_max_fee_per_gas", description="maxFeePerGas offered, wei."
+    )
+    max_priority_fee_per_gas: int = Field(
+        validation_alias="sent_max_priority_fee_per_gas",
+        description="maxPriorityFeePerGas offered, wei.",
+    )
+    sent_at: datetime
+
+
 class EpochRead(BaseModel):
-    """An epoch: its root, counts and totals (base units), and the tx that settled it."""
+    """An epoch: its root, counts and totals (base units), the tx that settled it, and while
+    it is submitted, the tx it waits on."""
 
     model_config = ConfigDict(from_attributes=True)
 
@@ -27,8 +47,12 @@ class EpochRead(BaseModel):
     reward_note: str | None = Field(
         default=None, description="How the rewards were decided, or why there are none."
     )
-    tx_hash: str | None
+    tx_hash: str | None = Field(description="The settlement transaction mined (once settled).")
     block: int | None
+    pending_tx: PendingTransaction | None = Field(
+        default=None,
+        description="While submitted: the settlement transaction last sent, not yet booked.",
+    )
     created_at: datetime
     submitted_at: datetime | None
     settled_at: datetime | None

@@ -20,9 +20,14 @@ row so that concurrent closers take turns (`market.settlement.tasks.close_epoch`
    returned for the operator to send.
    If the chain refuses the batch with `InsufficientEscrow` (a buyer withdrew in between),
    `discard_epoch` puts its receipts back in no epoch and the close builds it again.
+   Each send the node accepts (a replacement of a waiting one at higher fees included) is
+   recorded on the epoch at once, in a transaction of its own, before the wait for it to be
+   mined (`record_sent`): a submitted epoch names the transaction it waits on, after a crash
+   too, and `list_epochs` / `get_epoch` show it (`pending_tx`).
 3. `record_settlement`: checks the root the chain recorded against ours (a different root
    raises `EpochRootMismatchError`), books the settlement in the ledger and marks the epoch
-   settled, in one transaction.
+   settled, with the transaction that was mined (which may be a replacement of the one
+   sent first), in one transaction.
 
 Ledger at settlement (transfer kind `settle`, key `settle:<epoch>`): the charges were booked
 when each receipt was verified (buyer held -> provider earned + protocol fees). Settlement
@@ -94,10 +99,12 @@ from market.settlement.schemas import (
     EpochDetail,
     EpochRead,
     LineRead,
+    PendingTransaction,
     ReceiptProof,
     RewardWeightRead,
 )
 from protocol.chain.settlement import ChainEvent, Credit, Debit, EpochBatch, SettlementClient
+from protocol.chain.transactor import SentTransaction
 from protocol.merkle import MerkleTree
 
 log = logging.getLogger(__name__)
@@ -317,6 +324,18 @@ def begin_submission(
     epoch.submitted_at = utcnow()
     session.flush()
     return batch_of(session, epoch)
+
+
+def record_sent(session: Session, number: int, sent: SentTransaction) -> None:
+    """Records on epoch `number` the settlement transaction the node just accepted: the one
+    the epoch now waits on (module doc)."""
+    epoch = _epoch(SettlementRepository(session), number)
+    epoch.sent_tx_hash, epoch.sent_nonce = sent.tx_hash, sent.nonce
+    epoch.sent_max_fee_per_gas = sent.max_fee_per_gas
+    epoch.sent_max_priority_fee_per_gas = sent.max_priority_fee_per_gas
+    epoch.sent_at = utcnow()
+    session.flush()
+    log.info("epoch %d waits on %s (nonce %d)", number, sent.tx_hash, sent.nonce)
 
 
 def record_settlement(
@@ -610,10 +629,16 @@ def _post_event(
 
 def list_epochs(session: Session, limit: int = 50, before: int | None = None) -> list[EpochRead]:
     """Epochs, newest first."""
-    return [
-        EpochRead.model_validate(e)
-        for e in SettlementRepository(session).list_epochs(limit, before)
-    ]
+    return [_epoch_read(e) for e in SettlementRepository(session).list_epochs(limit, before)]
+
+
+def _epoch_read(epoch: Epoch) -> EpochRead:
+    """What an epoch shows: with the transaction it waits on while submitted."""
+    read = EpochRead.model_validate(epoch)
+    if epoch.status is not EpochStatus.SUBMITTED or epoch.sent_tx_hash is None:
+        return read
+    read.pending_tx = PendingTransaction.model_validate(epoch)
+    return read
 
 
 def get_epoch(session: Session, number: int) -> EpochDetail:
@@ -624,9 +649,7 @@ def get_epoch(session: Session, number: int) -> EpochDetail:
         raise EpochNotFoundError(f"no epoch {number}")
     lines = [LineRead.model_validate(line) for line in repo.lines_of(number)]
     weights = [RewardWeightRead.model_validate(w) for w in repo.reward_weights_of(number)]
-    return EpochDetail(
-        **EpochRead.model_validate(epoch).model_dump(), lines=lines, reward_weights=weights
-    )
+    return EpochDetail(**dict(_epoch_read(epoch)), lines=lines, reward_weights=weights)
 
 
 _TREES: dict[tuple[int, str], MerkleTree] = {}

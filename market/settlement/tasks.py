@@ -1,10 +1,10 @@
 """Background work of the settlement package: the deposit watcher, the receipt-check pass,
 epoch closing, and the reconciliation of the ledger with the chain.
 
-Each task owns its transactions (one per watcher round, three per epoch close: see
-`market.settlement.service`), takes no objects, and can run twice, or twice at once, without
-harm. The Celery worker (`market.worker`) and, in the embedded mode, the API process
-(`embedded_schedule`) call them.
+Each task owns its transactions (one per watcher round, three per epoch close and one per
+settlement sent: see `market.settlement.service`), takes no objects, and can run twice, or
+twice at once, without harm. The Celery worker (`market.worker`) and, in the embedded mode,
+the API process (`embedded_schedule`) call them.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
+from functools import partial
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -31,6 +32,7 @@ from market.settlement.reconcile import Reconciliation, reconcile
 from market.settlement.repository import SettlementRepository
 from protocol.chain.connection import is_embedded
 from protocol.chain.errors import EpochAlreadySettled, InsufficientEscrow
+from protocol.chain.transactor import SentTransaction
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +122,7 @@ def _close_one(ctx: TaskContext, cap: int, *, rebuilt: bool = False) -> tuple[in
     tx_hash: str | None = None
     block: int | None = None
     try:
-        receipt = client.settle_epoch(operator, batch)
+        receipt = client.settle_epoch(operator, batch, partial(_record_sent, ctx, number))
         tx_hash = "0x" + bytes(receipt["transactionHash"]).hex()
         block = int(receipt["blockNumber"])
     except EpochAlreadySettled:
@@ -133,6 +135,13 @@ def _close_one(ctx: TaskContext, cap: int, *, rebuilt: bool = False) -> tuple[in
     if not _record_when_confirmed(ctx, number, tx_hash, block, confirmations):
         return None, 0
     return number, len(batch.debits) + len(batch.credits)
+
+
+def _record_sent(ctx: TaskContext, number: int, sent: SentTransaction) -> None:
+    """Commits on epoch `number` the settlement transaction just sent, before the wait for
+    it (`service.record_sent`)."""
+    with session_scope(ctx.sessions) as session:
+        service.record_sent(session, number, sent)
 
 
 def settlement_confirmations(ctx: TaskContext) -> int:

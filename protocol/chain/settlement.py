@@ -17,7 +17,7 @@ from web3.types import TxReceipt
 
 from protocol.chain.artifacts import load_artifact
 from protocol.chain.deploy import Deployment
-from protocol.chain.transactor import Transactor, translate
+from protocol.chain.transactor import OnSent, Transactor, translate
 
 ESCROWS_PER_CALL = 500
 """Buyers read by one `escrowsOf` call: two cold storage reads each, about 2.2M gas of an
@@ -294,15 +294,18 @@ class SettlementClient:
 
     # -- operator, verifier, admin -------------------------------------------------------
 
-    def settle_epoch(self, sender: Transactor, batch: EpochBatch) -> TxReceipt:
+    def settle_epoch(
+        self, sender: Transactor, batch: EpochBatch, on_sent: OnSent | None = None
+    ) -> TxReceipt:
         """Settles `batch` whole, or raises the contract's named error and changes nothing.
 
         Sent in place of the sender's oldest transaction not yet mined, at higher fees
         (`Transactor.transact(replace_pending=True)`): the operator sends only settlements,
         one epoch at a time, so a waiting one is an earlier send of this epoch, stuck below
-        the base fee or dropped, and a settlement queued behind it would wait as long."""
+        the base fee or dropped, and a settlement queued behind it would wait as long.
+        `on_sent` is told of the transaction sent, before the wait for it to be mined."""
         call = self.settlement.functions.settleEpoch(batch.as_abi())
-        return sender.transact(call, replace_pending=True)
+        return sender.transact(call, replace_pending=True, on_sent=on_sent)
 
     def slash(
         self, sender: Transactor, provider: str, amount: int, evidence_hash: bytes

@@ -9,13 +9,19 @@ since, say) instead of queueing behind it. A node accepts a replacement only at 
 at least `FEE_BUMP_PERCENT` over the fees the waiting one offered (remembered per nonce, or
 found by trying again, higher, when this process does not know them) and never below what
 the node suggests now.
+
+A caller that must know which transaction it waits on (the market records each settlement
+send on its epoch) passes `on_sent`: it is called with the hash, nonce and fees of each
+transaction the node accepted, before the wait for its receipt.
 """
 
 from __future__ import annotations
 
 import ast
 import threading
-from typing import Any, cast
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ParamSpec, TypeVar, cast
 
 import requests
 from eth_account.signers.local import LocalAccount
@@ -42,6 +48,30 @@ REPLACEMENT_TRIES = 6
 """Sends of one replacement, each `FEE_BUMP_PERCENT` higher, while the node calls it
 underpriced (the waiting transaction's fees are unknown here)."""
 _FEE_FIELDS = ("maxFeePerGas", "maxPriorityFeePerGas", "gasPrice")
+
+_T = TypeVar("_T")
+_P = ParamSpec("_P")
+
+
+@dataclass(frozen=True)
+class SentTransaction:
+    """A transaction the node accepted and has not mined yet: its hash (`0x`-hex), nonce and
+    fees (wei). A legacy transaction's `gasPrice` is both its fees, as EIP-1559 reads it."""
+
+    tx_hash: str
+    nonce: int
+    max_fee_per_gas: int
+    max_priority_fee_per_gas: int
+
+    @classmethod
+    def of(cls, tx_hash: HexBytes, nonce: int, fees: dict[str, int]) -> SentTransaction:
+        """The send of `tx_hash` at `nonce` offering `fees` (`_fees_of`)."""
+        max_fee = fees["maxFeePerGas"] if "maxFeePerGas" in fees else fees["gasPrice"]
+        tip = fees["maxPriorityFeePerGas"] if "maxPriorityFeePerGas" in fees else fees["gasPrice"]
+        return cls("0x" + bytes(tx_hash).hex(), nonce, max_fee, tip)
+
+
+OnSent = Callable[[SentTransaction], None]
 
 
 def _eth_tester_revert_data(exc: Exception) -> str | None:
@@ -123,37 +153,43 @@ class Transactor:
         value: int = 0,
         *,
         replace_pending: bool = False,
+        on_sent: OnSent | None = None,
     ) -> TxReceipt:
         """Estimates, signs, sends and waits for `call`; raises a named error on revert.
         `replace_pending`: takes the place of this account's oldest transaction still
-        waiting to be mined, if any (module doc)."""
-        try:
-            with self._lock:
-                params: TxParams = {
-                    "from": self.account.address,
-                    "value": value,  # type: ignore[typeddict-item]
-                    "chainId": self.w3.eth.chain_id,
-                }
-                estimate = call.estimate_gas(params)
-                params["gas"] = estimate + estimate * GAS_MARGIN_PERCENT // 100
-                nonce: int
-                if replace_pending:
-                    nonce = self.w3.eth.get_transaction_count(self.account.address, "latest")
-                    self._next_nonce = None  # others may wait behind it: read them afresh
-                else:
-                    nonce = self._nonce()
-                params["nonce"] = Nonce(nonce)
-                tx = call.build_transaction(params)
-                tx_hash = self._send(tx, nonce)
-            receipt = self._wait(tx_hash)
-            self._fees.pop(nonce, None)
-        except Exception as exc:
-            raise translate(exc) from exc
+        waiting to be mined, if any; `on_sent`: told of the transaction the node accepted,
+        before the wait (module doc). What `on_sent` raises is raised as it is."""
+        tx, sent = _translated(self._sign_and_send, call, value, replace_pending)
+        if on_sent is not None:
+            on_sent(sent)
+        receipt = _translated(self._wait, sent)
         if receipt["status"] != 1:
             raise self._failure(tx, receipt)
         return receipt
 
-    def _send(self, tx: TxParams, nonce: int) -> HexBytes:
+    def _sign_and_send(
+        self, call: ContractFunction | ContractConstructor, value: int, replace_pending: bool
+    ) -> tuple[TxParams, SentTransaction]:
+        """Builds `call` with its gas and nonce and sends it (`_send`), under the nonce lock."""
+        with self._lock:
+            params: TxParams = {
+                "from": self.account.address,
+                "value": value,  # type: ignore[typeddict-item]
+                "chainId": self.w3.eth.chain_id,
+            }
+            estimate = call.estimate_gas(params)
+            params["gas"] = estimate + estimate * GAS_MARGIN_PERCENT // 100
+            nonce: int
+            if replace_pending:
+                nonce = self.w3.eth.get_transaction_count(self.account.address, "latest")
+                self._next_nonce = None  # others may wait behind it: read them afresh
+            else:
+                nonce = self._nonce()
+            params["nonce"] = Nonce(nonce)
+            tx = call.build_transaction(params)
+            return tx, self._send(tx, nonce)
+
+    def _send(self, tx: TxParams, nonce: int) -> SentTransaction:
         """Signs and sends `tx` at `nonce`, above the fees of an earlier send at that nonce
         and, while the node calls it underpriced, higher each time."""
         waiting, tries = self._fees.get(nonce), 1
@@ -170,17 +206,21 @@ class Transactor:
                 self._next_nonce = None  # resync from the node on the next send
                 raise
             self._fees[nonce] = _fees_of(tx)
-            return tx_hash
+            return SentTransaction.of(tx_hash, nonce, self._fees[nonce])
 
-    def _wait(self, tx_hash: HexBytes) -> TxReceipt:
-        """The receipt of `tx_hash`. If it is not mined in time, the next send reads the nonce
+    def _wait(self, sent: SentTransaction) -> TxReceipt:
+        """The receipt of `sent`. If it is not mined in time, the next send reads the nonce
         from the node again: a transaction the node dropped leaves its nonce free, and one
         still pending is counted there, so later sends neither leave a gap nor collide."""
         try:
-            return self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=self.receipt_timeout_s)
+            receipt = self.w3.eth.wait_for_transaction_receipt(
+                HexBytes(sent.tx_hash), timeout=self.receipt_timeout_s
+            )
         except TimeExhausted:
             self.resync()
             raise
+        self._fees.pop(sent.nonce, None)
+        return receipt
 
     def _failure(self, tx: TxParams, receipt: TxReceipt) -> ChainError:
         """Replays a reverted transaction at its block to recover the revert reason."""
@@ -192,6 +232,15 @@ class Transactor:
         return TransactionFailed(
             f"transaction {HexBytes(receipt['transactionHash']).hex()} reverted"
         )
+
+
+def _translated(fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
+    """`fn(*args, **kwargs)`, raising what it raises as the project's chain errors
+    (`translate`)."""
+    try:
+        return fn(*args, **kwargs)
+    except Exception as exc:
+        raise translate(exc) from exc
 
 
 def _fees_of(tx: TxParams) -> dict[str, int]:

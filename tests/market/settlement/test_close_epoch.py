@@ -17,7 +17,7 @@ from market.settlement.models import Epoch, EpochStatus
 from market.settlement.tasks import close_epoch
 from protocol.chain.connection import is_embedded
 from protocol.chain.settlement import EpochBatch, SettlementClient
-from protocol.chain.transactor import Transactor
+from protocol.chain.transactor import OnSent, Transactor
 from protocol.merkle import verify
 from tests.market.settlement.conftest import Market
 
@@ -25,8 +25,10 @@ from tests.market.settlement.conftest import Market
 class CrashAfterSubmit(SettlementClient):
     """A client whose process 'dies' right after the settlement tx is mined."""
 
-    def settle_epoch(self, sender: Transactor, batch: EpochBatch) -> Any:
-        super().settle_epoch(sender, batch)
+    def settle_epoch(
+        self, sender: Transactor, batch: EpochBatch, on_sent: OnSent | None = None
+    ) -> Any:
+        super().settle_epoch(sender, batch, on_sent)
         raise RuntimeError("crashed after submitting")
 
 

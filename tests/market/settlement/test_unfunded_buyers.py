@@ -31,7 +31,7 @@ from market.settlement.tasks import close_epoch, watch_deposits
 from protocol.chain.connection import advance_time
 from protocol.chain.deploy import TESTNET
 from protocol.chain.settlement import EpochBatch, SettlementClient
-from protocol.chain.transactor import Transactor
+from protocol.chain.transactor import OnSent, Transactor
 from tests.market.settlement.conftest import PARAMS, Market
 
 DEPOSIT = 10_000
@@ -143,11 +143,13 @@ class WithdrawsBeforeTheBatch(SettlementClient):
     leaving: Transactor
     raced = False
 
-    def settle_epoch(self, sender: Transactor, batch: EpochBatch) -> Any:
+    def settle_epoch(
+        self, sender: Transactor, batch: EpochBatch, on_sent: OnSent | None = None
+    ) -> Any:
         if not self.raced:
             self.raced = True
             super().withdraw(self.leaving)
-        return super().settle_epoch(sender, batch)
+        return super().settle_epoch(sender, batch, on_sent)
 
 
 def test_an_epoch_the_chain_refuses_is_discarded_and_built_again(market: Market) -> None:

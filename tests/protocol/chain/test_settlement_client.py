@@ -16,6 +16,7 @@ from protocol.chain.settlement import Credit, Debit, EpochBatch
 from protocol.chain.transactor import Transactor
 from protocol.merkle import MerkleTree
 from tests.protocol.chain.conftest import PARAMS, Chain
+from tests.support.chain import automine_off, mining_once_replaced, pooled
 
 KEY_A = bytes.fromhex("11" * 32)
 KEY_B = bytes.fromhex("22" * 32)
@@ -314,44 +315,19 @@ def test_a_transaction_the_node_dropped_leaves_no_nonce_gap(chain: Chain) -> Non
     assert chain.client.payment_balance(sender.address) == 5
 
 
-def _rpc(chain: Chain, method: str, *params: object) -> Any:
-    return chain.w3.provider.make_request(method, list(params))  # type: ignore[arg-type]
-
-
-def _pool(chain: Chain, address: str) -> list[dict[str, Any]]:
-    pool = _rpc(chain, "txpool_content")["result"]["pending"]
-    return list({k.lower(): v for k, v in pool.items()}.get(address.lower(), {}).values())
-
-
 @contextmanager
 def _waiting(chain: Chain, sender: Transactor) -> Iterator[dict[str, Any]]:
     """A mint of 1 from `sender` waits in the node's pool, not mined (as one priced below the
     base fee would) while the block runs; the next block is mined only once the pool holds
     something else from `sender` (a replacement, or a second transaction behind it)."""
-    _rpc(chain, "evm_setAutomine", False)
-    try:
+    with automine_off(chain.w3):
         with pytest.raises(errors.TransactionFailed, match="not mined in time"):
             chain.client.faucet(sender, sender.address, 1)
-        (waiting,) = _pool(chain, sender.address)
+        (waiting,) = pooled(chain.w3, sender.address)
         assert chain.w3.eth.get_transaction_count(sender.account.address) == 0
         assert chain.w3.eth.get_transaction_count(sender.account.address, "pending") == 1
-        stop = threading.Event()
-
-        def mine_after_the_next_send() -> None:
-            while not stop.wait(0.05):
-                if [t["hash"] for t in _pool(chain, sender.address)] != [waiting["hash"]]:
-                    _rpc(chain, "evm_mine")
-                    return
-
-        miner = threading.Thread(target=mine_after_the_next_send)
-        miner.start()
-        try:
+        with mining_once_replaced(chain.w3, sender.address, waiting["hash"]):
             yield waiting
-        finally:
-            stop.set()
-            miner.join()
-    finally:
-        _rpc(chain, "evm_setAutomine", True)
 
 
 def test_a_replacing_send_takes_the_place_of_a_transaction_still_waiting(chain: Chain) -> None:
