@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from pydantic import SecretStr
-from sqlalchemy import select
+from sqlalchemy import event, select
 from sqlalchemy.orm import Session
 
 from market.addresses import checksum_address
@@ -140,7 +140,7 @@ def revoke_api_key(session: Session, buyer: Buyer, key_id: int) -> ApiKeyRead:
     if key.revoked_at is None:
         key.revoked_at = utcnow()
         session.flush()
-    forget_key(key.id)
+    _forget_on_commit(session, key.id)
     return ApiKeyRead.model_validate(key)
 
 
@@ -154,7 +154,7 @@ def update_api_key(session: Session, buyer: Buyer, key_id: int, update: ApiKeyUp
     for name in update.model_fields_set & set(_BUDGETS):
         setattr(key, name, getattr(update, name))
     session.flush()
-    forget_key(key.id)
+    _forget_on_commit(session, key.id)
     return ApiKeyRead.model_validate(key)
 
 
@@ -212,6 +212,10 @@ _LIVE_KEYS: dict[str, tuple[float, LiveKey]] = {}
 the database."""
 
 
+_KEY_CHANGES = [0]
+"""How many times a key was forgotten: a lookup during which this moved is not cached."""
+
+
 def cached_key(session: Session, raw_key: str) -> LiveKey:
     """`authenticate_key` for the request path, remembered for `KEY_CACHE_TTL_S` seconds.
 
@@ -227,15 +231,28 @@ def cached_key(session: Session, raw_key: str) -> LiveKey:
     found = _LIVE_KEYS.get(digest)
     if found is not None and found[0] > now:
         return found[1]
+    changes = _KEY_CHANGES[0]
     live = LiveKey.of(authenticate_key(session, raw_key))
+    if _KEY_CHANGES[0] != changes:
+        return live  # read while a key changed: it may predate the change, so not kept
     if len(_LIVE_KEYS) >= KEY_CACHE_SIZE:
         _LIVE_KEYS.clear()
     _LIVE_KEYS[digest] = (now + KEY_CACHE_TTL_S, live)
     return live
 
 
+def _forget_on_commit(session: Session, key_id: int) -> None:
+    """Drops a changed key from the cache now, and again once the change is committed: a
+    request that read the old row in between (or was waiting on its lock) would otherwise
+    keep it for `KEY_CACHE_TTL_S`."""
+    forget_key(key_id)
+    event.listen(session, "after_commit", lambda _: forget_key(key_id), once=True)
+
+
 def forget_key(key_id: int) -> None:
-    """Drops a key from the request path's cache (after it was revoked or re-budgeted)."""
+    """Drops a key from the request path's cache (after it was revoked or re-budgeted), and
+    keeps lookups in flight from caching what they read."""
+    _KEY_CHANGES[0] += 1
     for digest, (_, live) in list(_LIVE_KEYS.items()):
         if live.key_id == key_id:
             _LIVE_KEYS.pop(digest, None)
