@@ -152,7 +152,8 @@ async def _complete(
         )
     body = forwarded_body(request)
     digest = request_digest(body)
-    prompt_bound, limit = request.prompt_bound(), request.completion_limit
+    prompt_bound = request.prompt_bound(runtime.settings.media_part_token_bound)
+    limit = request.completion_limit
     key: KeyContext | None = None
     failures: list[str] = []
     busy = routed_out = 0

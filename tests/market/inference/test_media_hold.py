@@ -73,14 +73,17 @@ def test_the_media_bound_is_a_setting() -> None:
     assert "MARKET_MEDIA_PART_TOKEN_BOUND" in docs
 
 
+@pytest.mark.parametrize("media_bound", [MEDIA_PART_TOKEN_BOUND, 100])
 def test_the_hold_of_an_image_request_covers_the_media_bound(
-    market: Market, agents: dict[str, Agent]
+    market: Market, agents: dict[str, Agent], monkeypatch: pytest.MonkeyPatch, media_bound: int
 ) -> None:
+    settings = market.runtime.settings.model_copy(update={"media_part_token_bound": media_bound})
+    monkeypatch.setattr(market.runtime, "settings", settings)
     market.routing.pin([agents[PROVIDER_A].offer(1_000_000, 3_000_000)])
     messages = [{"role": "user", "content": [QUESTION, IMAGE]}]
     response = _chat(market, messages)
     assert response.status_code == 200, response.text
-    bound = _bound(_text_only(messages)) + MEDIA_PART_TOKEN_BOUND
+    bound = _bound(_text_only(messages)) + media_bound
     with session_scope(market.sessions) as session:
         hold = ledger.get_hold(session, response.headers["x-job-id"])
         assert hold.amount == cost(bound, 8, 1_000_000, 3_000_000)
