@@ -8,10 +8,12 @@ has passed, take it. An epoch that debits such a buyer beyond its escrow reverts
 
 So before an epoch is built, each buyer's debit is compared with what the chain will surely
 still hold for that buyer when the batch lands: its escrow, less a pending withdrawal that
-may be taken first (one usable within `WITHDRAWAL_MARGIN_S` of the chain's clock). A buyer
-whose debit is not covered is left out of the epoch (`Shortfall`): the buyer's receipts stay
-in no epoch, charged in the ledger, and a later epoch settles them once the escrow covers
-them again (a new deposit, or a withdrawal request replaced by a smaller one).
+may be taken first (one usable within `WITHDRAWAL_MARGIN_S` of the chain's clock). Of a
+buyer whose debit is not covered (`Shortfall`) the epoch takes only the oldest receipts whose
+charges together fit in what is covered (none if the oldest does not fit), so its providers
+are paid what the escrow still holds; the buyer's other receipts stay in no epoch, charged
+in the ledger, and a later epoch settles them once the escrow covers them again (a new
+deposit, or a withdrawal request replaced by a smaller one).
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, Row, delete, func, or_, select, update
@@ -123,6 +124,26 @@ class SettlementRepository:
         return [
             (buyer, provider, int(total)) for buyer, provider, total in self.session.execute(stmt)
         ]
+
+    def last_covered(
+        self, where: list[ColumnElement[bool]], buyer: str, covered: int
+    ) -> tuple[datetime, str] | None:
+        """(verified_at, job_id) of the newest of the buyer's receipts matching `where`
+        such that it and all older ones (in (verified_at, job_id) order) charge at most
+        `covered` together; None if even the oldest charges more. Summed here, not in SQL
+        (amounts are text on SQLite)."""
+        stmt = (
+            select(Receipt.verified_at, Receipt.job_id, Receipt.charge)
+            .where(*where, Receipt.buyer_address == buyer)
+            .order_by(Receipt.verified_at, Receipt.job_id)
+        )
+        last, total = None, 0
+        for verified_at, job_id, charge in self.session.execute(stmt):
+            total += charge
+            if total > covered:
+                break
+            last = verified_at, job_id
+        return last
 
     def cursor_position(self, name: str) -> int | None:
         """Where the cursor `name` stands (None: never used), without locking it."""

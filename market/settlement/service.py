@@ -7,9 +7,10 @@ row so that concurrent closers take turns (`market.settlement.tasks.close_epoch`
    settled epoch + 1). It first checks the claims of every receipt not checked yet
    (`market.reviews.receipts`), then takes every receipt in no epoch that is settleable:
    checked, not void, and not of a provider whose payment is held by an open review
-   (`market.reviews`), nor of a buyer whose escrow the chain may no longer cover
-   (`market.settlement.coverage`); the others stay in no epoch, their charges unsettled in
-   the ledger. When the receipts name more buyers and providers than one batch may
+   (`market.reviews`), nor beyond what the chain surely still holds of its buyer's escrow
+   (`market.settlement.coverage`: a buyer it cannot cover whole settles its oldest receipts
+   that fit); the others stay in no epoch, their charges unsettled in the ledger. When the
+   receipts name more buyers and providers than one batch may
    (`market.settlement.batch_size`), it takes the pairs with the oldest receipts up to that
    many, and the rest go into the next epoch.
    Leaf indexes follow the receipts' hashes; the receipts are then streamed in leaf order to
@@ -57,11 +58,11 @@ at the market at once, unless it already registered with a newer one
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, func, select, update
+from sqlalchemy import ColumnElement, and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from market.addresses import checksum_address
@@ -153,25 +154,63 @@ def _hex(raw: bytes) -> str:
 # -- closing an epoch ---------------------------------------------------------------------
 
 
+Cutoff = tuple[datetime, str]
+"""(verified_at, job_id) of a short buyer's newest receipt the chain covers."""
+
+
 def _settleable(
-    unfunded: Collection[str] = (), parties: tuple[set[str], set[str]] | None = None
+    short: Mapping[str, Cutoff | None] | None = None,
+    parties: tuple[set[str], set[str]] | None = None,
 ) -> list[ColumnElement[bool]]:
-    """Receipts the next epoch takes: in no epoch, checked, not void, payment not held, not
-    of a buyer in `unfunded` (`market.settlement.coverage`), and, when the epoch's parties
-    are capped (`market.settlement.batch_size`), between the (buyers, providers) `parties`."""
+    """Receipts the next epoch takes: in no epoch, checked, not void, payment not held; of a
+    buyer in `short` (`market.settlement.coverage`) only those up to its cutoff (none
+    without one); and, when the epoch's parties are capped (`market.settlement.batch_size`),
+    between the (buyers, providers) `parties`."""
     where = [
         Receipt.epoch.is_(None),
         Receipt.check_status.is_not(None),
         Receipt.check_status != ReceiptCheckStatus.VOID.value,
         Receipt.provider_address.not_in(open_reviews()),
     ]
-    if unfunded:
-        where.append(Receipt.buyer_address.not_in(list(unfunded)))
+    if short:
+        covered = [
+            and_(Receipt.buyer_address == buyer, _up_to(cutoff))
+            for buyer, cutoff in short.items()
+            if cutoff is not None
+        ]
+        where.append(or_(Receipt.buyer_address.not_in(list(short)), *covered))
     if parties is not None:
         buyers, providers = parties
         where.append(Receipt.buyer_address.in_(sorted(buyers)))
         where.append(Receipt.provider_address.in_(sorted(providers)))
     return where
+
+
+def _up_to(cutoff: Cutoff) -> ColumnElement[bool]:
+    """Receipts up to the cutoff, itself included, in (verified_at, job_id) order."""
+    verified_at, job_id = cutoff
+    return or_(
+        Receipt.verified_at < verified_at,
+        and_(Receipt.verified_at == verified_at, Receipt.job_id <= job_id),
+    )
+
+
+def _short_buyers(
+    repo: SettlementRepository, client: SettlementClient, owed: dict[str, int]
+) -> dict[str, Cutoff | None]:
+    """The buyers whose whole debit the chain may not cover, with the cutoff of what it does."""
+    short: dict[str, Cutoff | None] = {}
+    for shortfall in shortfalls(client, owed):
+        cutoff = repo.last_covered(_settleable(), shortfall.buyer, shortfall.covered)
+        short[shortfall.buyer] = cutoff
+        log.warning(
+            "buyer %s: %d charged, the chain surely covers only %d; %s",
+            shortfall.buyer,
+            shortfall.debit,
+            shortfall.covered,
+            "its oldest receipts that fit settle" if cutoff else "left out of the epoch",
+        )
+    return short
 
 
 def _assign(session: Session, number: int, where: list[ColumnElement[bool]]) -> None:
@@ -210,16 +249,9 @@ def open_epoch(
     owed: dict[str, int] = {}
     for buyer, _, charged in pairs:
         owed[buyer] = owed.get(buyer, 0) + charged
-    unfunded = set()
-    for short in shortfalls(client, owed):
-        unfunded.add(short.buyer)
-        log.warning(
-            "buyer %s left out of the epoch: %d charged, the chain surely covers only %d",
-            short.buyer,
-            short.debit,
-            short.covered,
-        )
-    if unfunded >= owed.keys():  # nothing settleable, or no buyer the chain covers
+    short = _short_buyers(repo, client, owed)
+    unfunded = {buyer for buyer, cutoff in short.items() if cutoff is None}
+    if unfunded >= owed.keys():  # nothing settleable, or no buyer the chain covers at all
         return None
     parties = None
     if max_parties is not None:
@@ -233,7 +265,7 @@ def open_epoch(
                 len(parties[1]),
             )
     number = max(client.last_settled_epoch(), repo.last_epoch_number()) + 1
-    _assign(session, number, _settleable(unfunded, parties))
+    _assign(session, number, _settleable(short, parties))
 
     hashes: list[bytes] = []
     debits: dict[str, int] = {}

@@ -119,6 +119,50 @@ def test_a_buyer_who_took_charged_escrow_is_left_out_and_the_rest_settle(
         ledger.check_ledger(session)
 
 
+def test_a_buyer_the_chain_covers_in_part_settles_its_oldest_receipts_that_fit(
+    market: Market,
+) -> None:
+    honest, leaving, provider, kept, held = _scene(market)
+    newest = market.receipt(leaving.address, provider, 500, 25)  # would fit, but is newer
+    market.client.request_withdrawal(leaving, 6_000)  # leaves 4,000 of the 6,500 charged
+    advance_time(market.client.w3, 61)
+    market.client.withdraw(leaving)
+    watch_deposits(market.ctx())
+
+    assert close_epoch(market.ctx()) == 1
+
+    assert _epochs_of(market, [*kept, held[0]]) == {1}
+    assert _epochs_of(market, [held[1], newest]) == {None}  # oldest first: no skipping ahead
+    assert market.client.escrow(leaving.address) == 4_000 - 3_000
+    assert market.client.earnings(provider) == 2 * 950 + 2_850
+    with session_scope(market.sessions) as session:
+        lines = session.execute(
+            select(EpochLine.address, EpochLine.amount).where(
+                EpochLine.epoch == 1, EpochLine.kind == LineKind.DEBIT
+            )
+        ).all()
+        assert sorted(lines) == sorted([(honest.address, 2_000), (leaving.address, 3_000)])
+        assert buyer_statement(session, leaving.address).owed == 2_500
+        assert market.client.escrow(leaving.address) == (
+            _escrow_in_ledger(session, leaving.address)
+            + ledger.balance(session, service.buyer_overdrawn(leaving.address))
+            + 3_000
+            + 500
+        )
+        ledger.check_ledger(session)
+
+    # nothing more fits until the buyer deposits again
+    assert close_epoch(market.ctx()) is None
+    market.client.faucet(leaving, leaving.address, DEPOSIT)
+    market.client.deposit(leaving, DEPOSIT)
+    watch_deposits(market.ctx())
+    assert close_epoch(market.ctx()) == 2
+    assert _epochs_of(market, [held[1], newest]) == {2}
+    with session_scope(market.sessions) as session:
+        assert market.client.escrow(leaving.address) == _escrow_in_ledger(session, leaving.address)
+        ledger.check_ledger(session)
+
+
 def _escrow_in_ledger(session: Session, buyer: str) -> int:
     buckets = (ledger.buyer_available, ledger.buyer_held, service.buyer_withdrawing)
     return sum(ledger.balance(session, bucket(buyer)) for bucket in buckets)
