@@ -7,6 +7,7 @@ import json
 import os
 import socket
 import time
+from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from pathlib import Path
@@ -51,8 +52,7 @@ from provider_agent.config import AgentSettings, ConfigError, load_settings
 from provider_agent.doctor import Check, failed, run_doctor
 from provider_agent.energy import (
     EnergyMeter,
-    MeterConfig,
-    gpus_to_meter,
+    meter_config,
     select_meter,
     window_energy,
 )
@@ -65,6 +65,7 @@ from provider_agent.provisioning import (
     rotate_bound_key,
     stake_to,
 )
+from provider_agent.supervisor import engine_environment
 
 app = typer.Typer(
     help="The provider agent: serve jobs beside vLLM, meter energy, sign receipts.",
@@ -124,9 +125,16 @@ def _identity(settings: AgentSettings) -> ProviderIdentity:
         fail(str(exc), "check AGENT_PASSPHRASE (or what you typed at the prompt)")
 
 
+def _engine_environ(settings: AgentSettings) -> Mapping[str, str]:
+    """The environment vLLM runs with: the one the agent gives it when it starts it, else
+    (attached to a running vLLM) the agent's own, which should match it."""
+    return engine_environment(os.environ) if settings.vllm.command else os.environ
+
+
 def _meter(settings: AgentSettings) -> EnergyMeter:
-    gpus = gpus_to_meter(settings.energy.gpus, os.environ)
-    return select_meter(MeterConfig(declared_power_w=settings.offer.declared_power_w, gpus=gpus))
+    environ = _engine_environ(settings)
+    config = meter_config(settings.energy.gpus, settings.offer.declared_power_w, environ)
+    return select_meter(config)
 
 
 @app.callback()
@@ -179,7 +187,7 @@ def doctor(ctx: typer.Context) -> None:
     if settings.keystore_path.exists():
         passphrase = _passphrase(settings)
     with httpx.Client(timeout=HTTP_TIMEOUT_S) as http:
-        checks = run_doctor(settings, passphrase, http, _meter(settings))
+        checks = run_doctor(settings, passphrase, http, _meter(settings), _engine_environ(settings))
     console.print(_checks_table(checks))
     if failed(checks):
         raise typer.Exit(1)

@@ -139,8 +139,9 @@ class EnergySettings(_Group):
     """What the energy meter reads."""
 
     gpus: list[str] | None = None
-    """The GPUs the engine runs on, by NVML index (`"0"`) or UUID (`"GPU-..."`); unset:
-    those `CUDA_VISIBLE_DEVICES` names, else every GPU."""
+    """The GPUs the engine runs on, by NVML index (`"0"`: PCI bus order, as `nvidia-smi`
+    counts, whatever `CUDA_DEVICE_ORDER` says) or UUID (`"GPU-..."`); unset: those
+    `CUDA_VISIBLE_DEVICES` names in vLLM's environment, else every GPU."""
 
 
 class ListenSettings(_Group):

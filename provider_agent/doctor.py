@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -16,7 +16,8 @@ from protocol.chain.settlement import SettlementClient
 from protocol.errors import KeystoreError
 from protocol.keys import ProviderIdentity, load_keystore
 from provider_agent.config import AgentSettings, VllmSettings
-from provider_agent.energy import EnergyMeter
+from provider_agent.energy import EnergyMeter, gpus_to_meter, indices_follow_nvml
+from provider_agent.energy.nvml import index_entries
 from provider_agent.engine.errors import EngineError
 from provider_agent.engine.metrics import fetch_engine_counters
 from provider_agent.onchain import (
@@ -119,6 +120,37 @@ def check_energy_meter(meter: EnergyMeter) -> Check:
     return Check("energy meter", "warn", f"unmeasured: receipts will say so ({info.reason})", fix)
 
 
+def check_gpu_order(
+    configured: list[str] | None, environ: Mapping[str, str], meter: EnergyMeter
+) -> Check:
+    """The GPUs metered are those vLLM runs on: all of them, named by UUID, by NVML index, by
+    CUDA index in PCI bus order, or by CUDA index fastest first among GPUs of one model.
+
+    `environ` is vLLM's environment (the agent's own when it does not start vLLM)."""
+    name = "GPU order"
+    gpus = gpus_to_meter(configured, environ)
+    indices = index_entries(gpus)
+    if gpus is None:
+        return Check(name, "pass", "every GPU is metered: their order does not matter")
+    if not indices:
+        return Check(name, "pass", f"GPUs named by UUID: {', '.join(gpus)}")
+    if configured is not None:
+        return Check(name, "pass", "energy.gpus counts GPUs as NVML and nvidia-smi do")
+    if indices_follow_nvml(configured, environ):
+        return Check(name, "pass", "CUDA_DEVICE_ORDER=PCI_BUS_ID: CUDA counts GPUs as NVML does")
+    counted = f"CUDA index {', '.join(indices)} counts GPUs fastest first"
+    info = meter.describe()
+    if info.method == "measured":
+        models = ", ".join(sorted({gpu.name for gpu in info.gpus}))
+        return Check(name, "pass", f"{counted}, but all GPUs are {models}: NVML's order")
+    fix = (
+        "set CUDA_DEVICE_ORDER=PCI_BUS_ID for vLLM and the agent, or name the GPUs by UUID"
+        " (GPU-...) in energy.gpus"
+    )
+    detail = f"{counted}, and NVML did not show the GPUs to be one model (see energy meter)"
+    return Check(name, "warn", detail, fix)
+
+
 def check_chain(settings: AgentSettings) -> tuple[Check, SettlementClient | None]:
     """The RPC answers, its chain id matches the deployment file, and the contract is there."""
     name = "chain"
@@ -208,9 +240,15 @@ def _skew(response: httpx.Response, sent: float, received: float) -> Check:
 
 
 def run_doctor(
-    settings: AgentSettings, passphrase: str | None, http: httpx.Client, meter: EnergyMeter
+    settings: AgentSettings,
+    passphrase: str | None,
+    http: httpx.Client,
+    meter: EnergyMeter,
+    environ: Mapping[str, str],
 ) -> list[Check]:
-    """Every check, in order; chain checks that need an earlier success are skipped without it."""
+    """Every check, in order; chain checks that need an earlier success are skipped without it.
+
+    `environ` is vLLM's environment (the agent's own when it does not start vLLM)."""
     keystore, identity = check_keystore(settings.keystore_path, passphrase)
     checks = [
         keystore,
@@ -218,6 +256,7 @@ def run_doctor(
         check_vllm_model(http, settings.vllm),
         check_vllm_metrics(http, settings.vllm),
         check_energy_meter(meter),
+        check_gpu_order(settings.energy.gpus, environ, meter),
     ]
     chain, client = check_chain(settings)
     checks.append(chain)

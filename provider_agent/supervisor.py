@@ -2,11 +2,12 @@
 
 With a command the supervisor starts it in its own process group (stdout and stderr to
 `data_dir/vllm.log`; the agent's environment less its `AGENT_*` variables, so the keystore
-passphrase stays with the agent), waits for `GET {url}/health` with exponential backoff up to a
-deadline, checks that `GET {url}/v1/models` lists the configured model, and restarts the
-process with backoff whenever it exits (counting restarts). Without a command it attaches
-to `url` and keeps polling its health. It refuses to start a command while a server already
-answers on `url`. `state` says where it stands.
+passphrase stays with the agent, and with `CUDA_DEVICE_ORDER=PCI_BUS_ID` unless the owner set
+it, so that CUDA numbers GPUs as NVML and the energy meter do), waits for `GET {url}/health`
+with exponential backoff up to a deadline, checks that `GET {url}/v1/models` lists the
+configured model, and restarts the process with backoff whenever it exits (counting restarts).
+Without a command it attaches to `url` and keeps polling its health. It refuses to start a
+command while a server already answers on `url`. `state` says where it stands.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from enum import StrEnum
 from pathlib import Path
 
 import httpx
+
+from provider_agent.energy.select import PCI_BUS_ORDER
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +68,12 @@ AGENT_VARIABLES = "AGENT_"
 
 def engine_environment(environ: Mapping[str, str]) -> dict[str, str]:
     """The engine's environment: the agent's, less its own `AGENT_*` settings, among them
-    the keystore passphrase (`AGENT_PASSPHRASE`), which the engine must never see."""
-    return {name: value for name, value in environ.items() if not name.startswith(AGENT_VARIABLES)}
+    the keystore passphrase (`AGENT_PASSPHRASE`), which the engine must never see; with
+    `CUDA_DEVICE_ORDER=PCI_BUS_ID` unless set, so that the indices in `CUDA_VISIBLE_DEVICES`
+    name the same GPUs for the engine as for NVML (CUDA's default puts the fastest first)."""
+    env = {name: value for name, value in environ.items() if not name.startswith(AGENT_VARIABLES)}
+    env.setdefault("CUDA_DEVICE_ORDER", PCI_BUS_ORDER)
+    return env
 
 
 def _next_delay(delay: float, maximum: float) -> float:

@@ -13,6 +13,7 @@ from provider_agent.energy.attribution import (
 )
 from provider_agent.energy.clock import Clock, system_clock
 from provider_agent.energy.errors import (
+    AmbiguousGpuOrderError,
     EnergyMeterError,
     GpuLostError,
     MeterDriverError,
@@ -31,11 +32,18 @@ from provider_agent.energy.meter import (
     Method,
 )
 from provider_agent.energy.nvml import NvmlApi, NvmlMeter
-from provider_agent.energy.select import MeterConfig, gpus_to_meter, select_meter
+from provider_agent.energy.select import (
+    MeterConfig,
+    gpus_to_meter,
+    indices_follow_nvml,
+    meter_config,
+    select_meter,
+)
 from provider_agent.energy.unmeasured import UnmeasuredMeter
 from provider_agent.energy.window import GpuWindowEnergy, WindowEnergy, window_energy
 
 __all__ = [
+    "AmbiguousGpuOrderError",
     "Clock",
     "EnergyMeter",
     "EnergyMeterError",
@@ -62,7 +70,9 @@ __all__ = [
     "attribute_window",
     "combine_shares",
     "gpus_to_meter",
+    "indices_follow_nvml",
     "largest_remainder",
+    "meter_config",
     "select_meter",
     "system_clock",
     "window_energy",

@@ -32,6 +32,13 @@ class NoGpuFoundError(EnergyMeterError):
     code = "no_gpu"
 
 
+class AmbiguousGpuOrderError(EnergyMeterError):
+    """GPUs are named by CUDA index in an order NVML cannot reproduce, so which GPUs they are
+    is unknown (CUDA's default order puts the fastest first; NVML counts by PCI bus)."""
+
+    code = "ambiguous_gpu_order"
+
+
 class MeterNotSupportedError(EnergyMeterError):
     """The GPU cannot report what the meter needs (e.g. no energy counter before Volta)."""
 

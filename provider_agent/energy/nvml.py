@@ -2,10 +2,13 @@
 
 Talks to NVML through nvidia-ml-py (`pynvml`), injected so tests can drive it with a
 double where no GPU exists. Every `NVMLError` is translated into an
-`EnergyMeterError` here. The meter reads the GPUs it is given (`gpus`: NVML indices or
-UUIDs, as `CUDA_VISIBLE_DEVICES` names them), or every GPU when given none; a selected GPU
+`EnergyMeterError` here. The meter reads the GPUs it is given (`gpus`: indices or UUIDs,
+as `CUDA_VISIBLE_DEVICES` names them), or every GPU when given none; a selected GPU
 without the energy counter (pre-Volta) makes opening fail with `MeterNotSupportedError`, so
-this meter never claims "measured" falsely. A GPU outside the selection is never read.
+this meter never claims "measured" falsely. The energy of a GPU outside the selection is
+never read. Indices count GPUs as NVML does (PCI bus order); when they are CUDA indices
+counted another way (CUDA's default, fastest first) and the GPUs are not all one model,
+opening fails with `AmbiguousGpuOrderError` rather than meter a GPU that may be another.
 """
 
 # ruff: noqa: N802  (the protocol mirrors NVML's own camelCase names)
@@ -19,6 +22,7 @@ from typing import Any, Final, Literal, Protocol
 
 from provider_agent.energy.clock import Clock, system_clock
 from provider_agent.energy.errors import (
+    AmbiguousGpuOrderError,
     EnergyMeterError,
     GpuLostError,
     MeterDriverError,
@@ -98,6 +102,27 @@ def selected_gpus(selection: Sequence[str] | None, uuids: Sequence[str]) -> list
     return indices
 
 
+def index_entries(selection: Sequence[str] | None) -> list[str]:
+    """The entries of `selection` that name GPUs by index rather than UUID."""
+    return [entry.strip() for entry in selection or () if entry.strip().isdigit()]
+
+
+def check_index_order(selection: Sequence[str] | None, names: Sequence[str]) -> None:
+    """`AmbiguousGpuOrderError` when `selection` names GPUs by CUDA index counted fastest
+    first (any `CUDA_DEVICE_ORDER` but `PCI_BUS_ID`) while the GPUs (`names`, all of them)
+    are not all one model: which GPU CUDA calls N then rests on CUDA's speed heuristic, which
+    NVML cannot reproduce. GPUs of one model tie, and ties go in PCI bus order, as in NVML."""
+    indices = index_entries(selection)
+    models = sorted(set(names))
+    if indices and len(models) > 1:
+        raise AmbiguousGpuOrderError(
+            f"CUDA index {', '.join(indices)} counts GPUs fastest first (CUDA_DEVICE_ORDER is"
+            f" not PCI_BUS_ID) and these GPUs differ ({'; '.join(models)}), so NVML cannot"
+            " tell which GPU CUDA means: set CUDA_DEVICE_ORDER=PCI_BUS_ID for vLLM and the"
+            " agent, or name the GPUs by UUID (GPU-...) in energy.gpus"
+        )
+
+
 def _text(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -120,15 +145,19 @@ class NvmlMeter:
         nvml: NvmlApi | None = None,
         clock: Clock = system_clock,
         gpus: Sequence[str] | None = None,
+        indices_follow_nvml: bool = True,
     ) -> None:
         """Initialise NVML and check that every selected GPU has an energy counter.
 
-        `gpus` selects the GPUs to meter by NVML index (`"0"`) or UUID (`"GPU-..."`, a
-        unique prefix is enough); `None` meters every GPU.
+        `gpus` selects the GPUs to meter by index (`"0"`) or UUID (`"GPU-..."`, a unique
+        prefix is enough); `None` meters every GPU. `indices_follow_nvml=False` says the
+        indices are CUDA's, counted fastest first: they are then trusted only on GPUs of one
+        model (`check_index_order`).
         """
         self._nvml = nvml if nvml is not None else _load_pynvml()
         self._clock = clock
         self._selection = None if gpus is None else tuple(gpus)
+        self._indices_follow_nvml = indices_follow_nvml
         self._call("initialising", self._nvml.nvmlInit)
         try:
             self._driver = _text(
@@ -162,15 +191,19 @@ class NvmlMeter:
             _text(self._call(f"reading GPU {index} UUID", self._nvml.nvmlDeviceGetUUID, handle))
             for index, handle in enumerate(handles)
         ]
+        indices = selected_gpus(self._selection, uuids)
+        if not self._indices_follow_nvml:
+            check_index_order(self._selection, [self._name(*gpu) for gpu in enumerate(handles)])
         devices = []
-        for index in selected_gpus(self._selection, uuids):
+        for index in indices:
             handle = handles[index]
-            name = _text(
-                self._call(f"reading GPU {index} name", self._nvml.nvmlDeviceGetName, handle)
-            )
+            name = self._name(index, handle)
             self._energy(handle, f"reading GPU {index} ({name}) energy counter (Volta or newer)")
             devices.append((handle, uuids[index], name))
         return devices
+
+    def _name(self, index: int, handle: Any) -> str:
+        return _text(self._call(f"reading GPU {index} name", self._nvml.nvmlDeviceGetName, handle))
 
     def _energy(self, handle: Any, doing: str) -> int:
         return int(self._call(doing, self._nvml.nvmlDeviceGetTotalEnergyConsumption, handle))

@@ -15,6 +15,7 @@ from provider_agent.energy.nvml import NvmlApi, NvmlMeter
 from provider_agent.energy.unmeasured import UnmeasuredMeter
 
 logger = logging.getLogger(__name__)
+PCI_BUS_ORDER = "PCI_BUS_ID"
 
 
 @dataclass(frozen=True)
@@ -23,12 +24,15 @@ class MeterConfig:
 
     `declared_power_w` (watts) enables the estimated fallback; without it a machine
     with no working counter is "unmeasured". `use_nvml=False` skips NVML entirely. `gpus`
-    (NVML indices or UUIDs) are the GPUs the engine runs on; `None` meters every GPU.
+    (indices or UUIDs) are the GPUs the engine runs on; `None` meters every GPU.
+    `indices_follow_nvml` says whether those indices count GPUs as NVML does (PCI bus
+    order) or are CUDA's, counted fastest first.
     """
 
     declared_power_w: float | None = None
     use_nvml: bool = True
     gpus: tuple[str, ...] | None = None
+    indices_follow_nvml: bool = True
 
 
 def gpus_to_meter(
@@ -45,6 +49,26 @@ def gpus_to_meter(
     return tuple(itertools.takewhile(bool, entries))
 
 
+def indices_follow_nvml(configured: list[str] | None, environ: Mapping[str, str]) -> bool:
+    """Whether indices among the GPUs to meter count GPUs as NVML does (PCI bus order):
+    those of `energy.gpus` do by definition; those of `CUDA_VISIBLE_DEVICES` only with
+    `CUDA_DEVICE_ORDER=PCI_BUS_ID`, since CUDA's default (`FASTEST_FIRST`) puts the fastest
+    GPU first."""
+    return configured is not None or environ.get("CUDA_DEVICE_ORDER") == PCI_BUS_ORDER
+
+
+def meter_config(
+    configured: list[str] | None, declared_power_w: float | None, environ: Mapping[str, str]
+) -> MeterConfig:
+    """The meter settings for the engine's GPUs: `configured` (`energy.gpus`), else those
+    `environ` (the engine's environment) makes visible to CUDA."""
+    return MeterConfig(
+        declared_power_w=declared_power_w,
+        gpus=gpus_to_meter(configured, environ),
+        indices_follow_nvml=indices_follow_nvml(configured, environ),
+    )
+
+
 def select_meter(
     config: MeterConfig, nvml: NvmlApi | None = None, clock: Clock = system_clock
 ) -> EnergyMeter:
@@ -55,7 +79,9 @@ def select_meter(
     """
     if config.use_nvml:
         try:
-            return NvmlMeter(nvml, clock=clock, gpus=config.gpus)
+            return NvmlMeter(
+                nvml, clock=clock, gpus=config.gpus, indices_follow_nvml=config.indices_follow_nvml
+            )
         except EnergyMeterError as exc:
             reason = f"NVML unavailable ({exc.code}): {exc}"
     else:

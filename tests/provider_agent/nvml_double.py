@@ -121,3 +121,18 @@ def two_h100s() -> FakeNvml:
             ),
         ]
     )
+
+
+A4000 = "GPU-a4000000-0000"
+H100 = "GPU-h1000000-1111"
+
+
+def mixed_gpus() -> FakeNvml:
+    """In NVML's (PCI bus) order an RTX A4000 at 140 W, then an H100 at 350 W. CUDA's default
+    order counts the faster H100 first, so CUDA's GPU 0 is NVML's GPU 1."""
+    return FakeNvml(
+        [
+            FakeGpu(uuid=A4000, name="NVIDIA RTX A4000", power_mw=140_000),
+            FakeGpu(uuid=H100, power_mw=350_000),
+        ]
+    )

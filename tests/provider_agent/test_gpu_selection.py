@@ -6,16 +6,20 @@ import pynvml
 import pytest
 
 from provider_agent.energy import (
+    AmbiguousGpuOrderError,
+    EnergyMeter,
     MeterConfig,
     MeterNotSupportedError,
     NoGpuFoundError,
     NvmlMeter,
     gpus_to_meter,
+    indices_follow_nvml,
+    meter_config,
     select_meter,
     window_energy,
 )
 from provider_agent.jobs.energy import RequestEnergyTracker
-from tests.provider_agent.nvml_double import FakeGpu, FakeNvml
+from tests.provider_agent.nvml_double import A4000, H100, FakeGpu, FakeNvml, mixed_gpus
 
 
 def eight_gpus() -> FakeNvml:
@@ -84,3 +88,75 @@ def test_no_visible_gpu_makes_the_meter_unmeasured_with_the_reason() -> None:
     )
     assert meter.method == "unmeasured"
     assert "selection is empty" in (meter.describe().reason or "")
+
+
+def meter_for(
+    nvml: FakeNvml,
+    environ: dict[str, str],
+    configured: list[str] | None = None,
+    declared_power_w: float | None = None,
+) -> EnergyMeter:
+    """The meter the agent selects with `energy.gpus` = `configured` in vLLM's `environ`."""
+    config = meter_config(configured, declared_power_w, environ)
+    return select_meter(config, nvml=nvml, clock=nvml.clock)
+
+
+def metered_uuids(meter: EnergyMeter) -> list[str]:
+    assert meter.method == "measured", meter.describe().reason
+    return [gpu.uuid for gpu in meter.describe().gpus]
+
+
+def test_a_cuda_index_among_different_gpus_in_cuda_default_order_is_not_metered() -> None:
+    environ = {"CUDA_VISIBLE_DEVICES": "0"}
+    unmeasured = meter_for(mixed_gpus(), environ)
+    estimated = meter_for(mixed_gpus(), environ, declared_power_w=350.0)
+
+    assert (unmeasured.method, estimated.method) == ("unmeasured", "estimated")
+    for meter in (unmeasured, estimated):
+        reason = meter.describe().reason or ""
+        assert "(ambiguous_gpu_order)" in reason
+        assert "CUDA_DEVICE_ORDER=PCI_BUS_ID" in reason
+        assert "NVIDIA H100 80GB HBM3; NVIDIA RTX A4000" in reason
+        assert meter.read().reason == meter.describe().reason
+
+
+def test_fastest_first_named_explicitly_is_as_ambiguous() -> None:
+    environ = {"CUDA_VISIBLE_DEVICES": "1", "CUDA_DEVICE_ORDER": "FASTEST_FIRST"}
+    with pytest.raises(AmbiguousGpuOrderError, match="CUDA index 1"):
+        NvmlMeter(mixed_gpus(), gpus=["1"], indices_follow_nvml=indices_follow_nvml(None, environ))
+
+
+def test_cuda_indices_in_pci_bus_order_meter_the_gpu_they_name() -> None:
+    nvml = mixed_gpus()
+    meter = meter_for(nvml, {"CUDA_VISIBLE_DEVICES": "1", "CUDA_DEVICE_ORDER": "PCI_BUS_ID"})
+    start = meter.read()
+    nvml.advance(10**9)
+
+    assert metered_uuids(meter) == [H100]
+    assert window_energy(start, meter.read()).total_mj == 350_000
+
+
+def test_cuda_indices_among_identical_gpus_are_metered_in_cuda_default_order() -> None:
+    assert metered_uuids(meter_for(eight_gpus(), {"CUDA_VISIBLE_DEVICES": "2,0"})) == [
+        "GPU-2000000-aaaa",
+        "GPU-0000000-aaaa",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("configured", "environ"),
+    [
+        (None, {"CUDA_VISIBLE_DEVICES": "GPU-h1"}),
+        (["GPU-h1"], {"CUDA_VISIBLE_DEVICES": "0"}),
+        (["1"], {"CUDA_VISIBLE_DEVICES": "0"}),
+    ],
+    ids=["uuid-in-cuda-visible-devices", "uuid-in-energy-gpus", "nvml-index-in-energy-gpus"],
+)
+def test_uuids_and_nvml_indices_name_the_gpu_in_any_cuda_order(
+    configured: list[str] | None, environ: dict[str, str]
+) -> None:
+    assert metered_uuids(meter_for(mixed_gpus(), environ, configured)) == [H100]
+
+
+def test_every_gpu_is_metered_whatever_the_order() -> None:
+    assert metered_uuids(meter_for(mixed_gpus(), {})) == [A4000, H100]

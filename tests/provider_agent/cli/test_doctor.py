@@ -17,6 +17,7 @@ from provider_agent.config import VllmSettings
 from provider_agent.doctor import (
     Check,
     check_energy_meter,
+    check_gpu_order,
     check_market,
     check_vllm_health,
     check_vllm_model,
@@ -26,7 +27,7 @@ from provider_agent.engine.metrics import EngineCounters
 from provider_agent.jobs.outbox import ReceiptOutbox
 from tests.provider_agent.cli.conftest import MODEL, Services, init_agent
 from tests.provider_agent.jobs.test_outbox import envelope
-from tests.provider_agent.nvml_double import two_h100s
+from tests.provider_agent.nvml_double import H100, mixed_gpus, two_h100s
 from tests.provider_agent.run.market_double import DOMAIN
 
 
@@ -134,6 +135,66 @@ def test_the_meter_check_passes_only_when_measured() -> None:
     assert "NVIDIA H100" in measured.detail
     assert (estimated.status, unmeasured.status) == ("warn", "warn")
     assert unmeasured.detail.startswith("unmeasured: receipts will say so")
+
+
+@pytest.fixture
+def mixed_rig(monkeypatch: pytest.MonkeyPatch) -> None:
+    """NVML sees an RTX A4000 then an H100; vLLM is to run on CUDA's GPU 1."""
+    monkeypatch.setattr("provider_agent.energy.nvml._load_pynvml", mixed_gpus)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    monkeypatch.delenv("CUDA_DEVICE_ORDER", raising=False)
+
+
+@pytest.mark.usefixtures("mixed_rig")
+def test_a_cuda_index_vllm_may_read_another_way_leaves_energy_unmeasured(
+    runner: CliRunner, configured: Services
+) -> None:
+    init_agent(runner)
+
+    meter = runner.invoke(cli.app, ["meter", "--interval", "0.05"])
+    doctor = runner.invoke(cli.app, ["doctor"])
+
+    assert "method    unmeasured" in meter.stdout
+    assert "NVML unavailable (ambiguous_gpu_order): CUDA index 1" in meter.stdout
+    order = _rows(doctor.stdout)["GPU order"]
+    assert " warn " in order
+    assert "CUDA index 1 counts GPUs fastest first" in order
+    assert "set CUDA_DEVICE_ORDER=PCI_BUS_ID for vLLM and the agent" in order
+
+
+@pytest.mark.usefixtures("mixed_rig")
+def test_a_vllm_the_agent_starts_counts_gpus_as_nvml_so_they_are_metered(
+    runner: CliRunner, configured: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AGENT_VLLM__COMMAND", '["vllm", "serve", "model"]')
+    init_agent(runner)
+
+    meter = runner.invoke(cli.app, ["meter", "--interval", "0.05"])
+    doctor = runner.invoke(cli.app, ["doctor"])
+
+    assert "method    measured" in meter.stdout
+    assert f"gpu       NVIDIA H100 80GB HBM3 {H100}" in meter.stdout
+    assert "RTX A4000" not in meter.stdout
+    order = _rows(doctor.stdout)["GPU order"]
+    assert " pass " in order
+    assert "CUDA_DEVICE_ORDER=PCI_BUS_ID" in order
+
+
+def test_the_gpu_order_check_passes_where_indices_name_the_gpus_vllm_uses() -> None:
+    fake = two_h100s()
+    meter = NvmlMeter(fake, clock=fake.clock, gpus=["0"], indices_follow_nvml=False)
+    cuda_index = {"CUDA_VISIBLE_DEVICES": "0"}
+    checks = {
+        "all": check_gpu_order(None, {}, meter),
+        "uuid": check_gpu_order(None, {"CUDA_VISIBLE_DEVICES": "GPU-1"}, meter),
+        "nvml index": check_gpu_order(["0"], cuda_index, meter),
+        "one model": check_gpu_order(None, cuda_index, meter),
+    }
+
+    assert {name: check.status for name, check in checks.items()} == dict.fromkeys(checks, "pass")
+    assert "all GPUs are NVIDIA H100 80GB HBM3" in checks["one model"].detail
+    unknown = check_gpu_order(None, cuda_index, UnmeasuredMeter("NVML unavailable"))
+    assert (unknown.status, unknown.fix is not None) == ("warn", True)
 
 
 def test_meter_shows_two_readings_or_why_not(runner: CliRunner, agent_env: Path) -> None:

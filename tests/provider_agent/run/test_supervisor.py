@@ -19,6 +19,7 @@ from provider_agent.supervisor import (
     EngineState,
     EngineSupervisor,
     SupervisorConfig,
+    engine_environment,
 )
 from tests.support.openai_upstream import start_upstream
 
@@ -198,3 +199,15 @@ def test_attach_mode_keeps_the_engine_running_after_stop(tmp_path: Path) -> None
         assert upstream.process.poll() is None
     finally:
         upstream.stop()
+
+
+def test_the_engine_counts_gpus_in_pci_bus_order_unless_the_owner_chose_an_order() -> None:
+    agent = {"CUDA_VISIBLE_DEVICES": "1", "AGENT_PASSPHRASE": "secret", "PATH": "/usr/bin"}
+
+    assert engine_environment(agent) == {
+        "CUDA_VISIBLE_DEVICES": "1",
+        "PATH": "/usr/bin",
+        "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
+    }
+    chosen = engine_environment({**agent, "CUDA_DEVICE_ORDER": "FASTEST_FIRST"})
+    assert chosen["CUDA_DEVICE_ORDER"] == "FASTEST_FIRST"
