@@ -1,23 +1,54 @@
-"""Writing the agent's logs (the receipt outbox, the attestation log): appending a line,
-and replacing a whole file so that a crash at any point leaves the old or the new one."""
+"""Writing the agent's logs (the receipt outbox, the attestation log): appending lines, all
+of them or none, and replacing a whole file so that a crash at any point leaves the old or
+the new one."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
 
+def write_all(fd: int, data: bytes) -> None:
+    """`os.write` until every byte is written (a regular file takes all at once, as a rule)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 def end_torn_line(path: Path) -> None:
-    """Ends the torn last line an interrupted append left in `path` (agent killed or disk
-    full mid-write), so that the next line starts on its own and only the torn one is
-    skipped when the file is read."""
+    """Ends the torn last line an interrupted append left in `path` (agent killed mid-write),
+    so that the next line starts on its own and only the torn one is skipped when the file
+    is read. `OSError` when that end cannot be written (a full disk)."""
     try:
-        with path.open("rb+") as out:
+        out = path.open("rb+")
+    except FileNotFoundError:
+        return
+    with out:
+        if out.seek(0, os.SEEK_END) > 0:
             out.seek(-1, os.SEEK_END)
             if out.read(1) != b"\n":
                 out.write(b"\n")
-    except OSError:  # no file yet, or an empty one
-        return
+
+
+def append_durably(path: Path, data: bytes, *, fsync: bool = True) -> None:
+    """Append `data` (whole lines) to `path` after ending a torn last line, flushed to disk
+    (`fsync`). When a write or the flush fails (a full disk) the file is cut back to what it
+    held, so that it holds all of `data` or none of it, and the `OSError` is raised."""
+    end_torn_line(path)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        size = os.fstat(fd).st_size
+        try:
+            write_all(fd, data)
+            if fsync:
+                os.fsync(fd)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, size)
+            raise
+    finally:
+        os.close(fd)
 
 
 def replace_durably(path: Path, data: bytes, *, fsync: bool = True) -> None:

@@ -26,7 +26,10 @@ not attested: the next window starts from the next good reading. A window whose 
 is invalid (counter reset, GPU set changed), or whose meter read failed at either end
 (`EnergyMeterError`, e.g. a GPU lost), is attested as `unmeasured` with the reason. An
 attestation that cannot be written to the log (disk full) is not sent: the window goes
-on and the next attempt, one window later, covers both.
+on and the next attempt, one window later, covers both. A write that fails leaves each log
+file as it was (`append_durably`); an acknowledgement that cannot be recorded leaves the
+attestation queued (the market takes it again as a repeat), so a full disk stops neither
+loop.
 An estimated meter has no GPU counters, so its windows carry one `declared-power` entry
 whose counter is the running sum of the estimated energy over the chain.
 """
@@ -60,7 +63,7 @@ from protocol.messages import (
     parse_signed,
     sign,
 )
-from provider_agent.appending import end_torn_line, replace_durably
+from provider_agent.appending import append_durably, replace_durably
 from provider_agent.energy import (
     Clock,
     EnergyMeter,
@@ -221,12 +224,8 @@ class AttestationLog:
         return [line for line in data.decode("utf-8", "replace").splitlines() if line.strip()]
 
     def _append(self, path: Path, line: str) -> None:
-        end_torn_line(path)
-        with path.open("a", encoding="utf-8") as out:
-            out.write(line + "\n")
-            out.flush()
-            if self._fsync:
-                os.fsync(out.fileno())
+        """`line` at the end of `path`; on `OSError` (a full disk) `path` is as it was."""
+        append_durably(path, (line + "\n").encode(), fsync=self._fsync)
 
     def last(self) -> Signed[Attestation] | None:
         """The head of the chain, if any."""
@@ -563,8 +562,22 @@ class AttestationLoop:
                 return self._failed(envelope, exc)
             except Exception as exc:  # any other failure: keep it queued and retry later
                 return self._failed(envelope, exc)
-            self.builder.store.mark_sent(envelope.message.seq)
+            if not self._mark_sent(envelope):
+                return False
         self._archive()
+        return True
+
+    def _mark_sent(self, envelope: Signed[Attestation]) -> bool:
+        """Record that the market has `envelope`; `False` when that cannot be written (a full
+        disk): it stays queued, and the market takes it again as a repeat."""
+        try:
+            self.builder.store.mark_sent(envelope.message.seq)
+        except OSError as exc:
+            self.send_failures += 1
+            log.warning(
+                "attestation %d sent but not recorded (sent again): %s", envelope.message.seq, exc
+            )
+            return False
         return True
 
     def _archive(self) -> None:
@@ -596,7 +609,11 @@ class AttestationLoop:
             )
             return self._failed(refused, refusal)
         store = self.builder.store
-        count = store.resume_from(head, refusal.status, str(refusal))
+        try:
+            count = store.resume_from(head, refusal.status, str(refusal))
+        except OSError as exc:  # a full disk: the refused one is sent again, and refused again
+            log.error("the chain cannot resume from the market's head: %s", exc)
+            return self._failed(refused, refusal)
         self.set_aside += count
         follows = (
             "seq 0 (the market holds none)" if head is None else f"the market's seq {head.seq}"

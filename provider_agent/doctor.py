@@ -20,6 +20,7 @@ from provider_agent.energy import EnergyMeter, gpus_to_meter, indices_follow_nvm
 from provider_agent.energy.nvml import index_entries
 from provider_agent.engine.errors import EngineError
 from provider_agent.engine.metrics import fetch_engine_counters
+from provider_agent.jobs.outbox import MIB, free_bytes
 from provider_agent.onchain import (
     ZERO_KEY,
     ChainSetupError,
@@ -151,6 +152,24 @@ def check_gpu_order(
     return Check(name, "warn", detail, fix)
 
 
+def check_data_dir_space(
+    data_dir: Path, min_free_mib: int, free: Callable[[Path], int] = free_bytes
+) -> Check:
+    """The data dir's disk has `data_dir_min_free_mib` free: with less, `run` refuses new
+    jobs. A data dir not made yet is measured on the nearest folder above it that exists."""
+    name = "data dir space"
+    existing = next(folder for folder in (data_dir, *data_dir.parents) if folder.exists())
+    try:
+        free_space = free(existing)
+    except OSError as exc:
+        return Check(name, "warn", f"cannot read the free space of {existing}: {exc}")
+    detail = f"{free_space // MIB} MiB free on the disk of {data_dir}, {min_free_mib} MiB kept free"
+    if free_space < min_free_mib * MIB:
+        fix = "free space on that disk, or move data_dir to a larger one"
+        return Check(name, "fail", f"{detail}: run refuses new jobs", fix)
+    return Check(name, "pass", detail)
+
+
 def check_chain(settings: AgentSettings) -> tuple[Check, SettlementClient | None]:
     """The RPC answers, its chain id matches the deployment file, and the contract is there."""
     name = "chain"
@@ -257,6 +276,7 @@ def run_doctor(
         check_vllm_metrics(http, settings.vllm),
         check_energy_meter(meter),
         check_gpu_order(settings.energy.gpus, environ, meter),
+        check_data_dir_space(settings.data_dir, settings.data_dir_min_free_mib),
     ]
     chain, client = check_chain(settings)
     checks.append(chain)

@@ -56,7 +56,7 @@ from pathlib import Path
 
 from protocol.errors import MalformedMessageError
 from protocol.messages import Receipt, Signed, parse_signed
-from provider_agent.appending import end_torn_line
+from provider_agent.appending import append_durably, end_torn_line, write_all
 
 log = logging.getLogger(__name__)
 
@@ -77,13 +77,6 @@ SPACE_CHECK_S = 1.0
 def free_bytes(path: Path) -> int:
     """The bytes an unprivileged process may still write on the file system of `path`."""
     return shutil.disk_usage(path).free
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    """`os.write` until every byte is written (a regular file takes all at once, as a rule)."""
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 class ReceiptOutbox:
@@ -128,15 +121,11 @@ class ReceiptOutbox:
         """Why the last receipt could not be stored (a full disk), until one is again."""
 
     def _append(self, path: Path, lines: list[str]) -> None:
-        """Append whole lines to `path` in one write, after ending a torn last line."""
-        if not lines:
-            return
-        end_torn_line(path)
-        with path.open("a", encoding="utf-8") as out:
-            out.write("".join(line + "\n" for line in lines))
-            out.flush()
-            if self._fsync:
-                os.fsync(out.fileno())
+        """Append whole lines to `path` in one write, after ending a torn last line; all of
+        them or none (`append_durably`)."""
+        if lines:
+            data = "".join(line + "\n" for line in lines).encode()
+            append_durably(path, data, fsync=self._fsync)
 
     def _day_file(self) -> int:
         """The open descriptor of today's file: (re)opened when the day changed, or when the
@@ -188,7 +177,7 @@ class ReceiptOutbox:
         the path again) and `write_error` says why."""
         try:
             fd = self._day_file()
-            _write_all(fd, data)
+            write_all(fd, data)
             if self._fsync:
                 os.fsync(fd)
         except OSError as exc:

@@ -16,6 +16,7 @@ from provider_agent.attestations import AttestationBuilder, AttestationLog, Chai
 from provider_agent.config import VllmSettings
 from provider_agent.doctor import (
     Check,
+    check_data_dir_space,
     check_energy_meter,
     check_gpu_order,
     check_market,
@@ -24,7 +25,7 @@ from provider_agent.doctor import (
 )
 from provider_agent.energy import EnergyReading, EstimatedMeter, NvmlMeter, UnmeasuredMeter
 from provider_agent.engine.metrics import EngineCounters
-from provider_agent.jobs.outbox import ReceiptOutbox
+from provider_agent.jobs.outbox import MIB, ReceiptOutbox
 from tests.provider_agent.cli.conftest import MODEL, Services, init_agent
 from tests.provider_agent.jobs.test_outbox import envelope
 from tests.provider_agent.nvml_double import H100, mixed_gpus, two_h100s
@@ -59,7 +60,7 @@ def test_doctor_passes_the_local_checks_and_fails_without_a_chain(
 
     assert result.exit_code == 1
     rows = _rows(result.stdout)
-    for name in ("keystore", "vLLM health", "vLLM model", "market", "clock skew"):
+    for name in ("keystore", "vLLM health", "vLLM model", "market", "clock skew", "data dir space"):
         assert " pass " in rows[name], rows[name]
     assert "132 prompt / 481 generated tokens" in rows["vLLM metrics"]
     assert " warn " in rows["energy meter"]
@@ -195,6 +196,26 @@ def test_the_gpu_order_check_passes_where_indices_name_the_gpus_vllm_uses() -> N
     assert "all GPUs are NVIDIA H100 80GB HBM3" in checks["one model"].detail
     unknown = check_gpu_order(None, cuda_index, UnmeasuredMeter("NVML unavailable"))
     assert (unknown.status, unknown.fix is not None) == ("warn", True)
+
+
+def test_the_data_dir_space_check_fails_below_the_free_space_run_keeps(tmp_path: Path) -> None:
+    data_dir = tmp_path / "agent" / "not-made-yet"
+    measured: list[Path] = []
+
+    def free(path: Path) -> int:
+        measured.append(path)
+        return 63 * MIB + MIB // 2
+
+    short = check_data_dir_space(data_dir, 64, free)
+    enough = check_data_dir_space(data_dir, 63, free)
+
+    assert measured == [tmp_path, tmp_path]
+    assert (short.status, enough.status) == ("fail", "pass")
+    assert (
+        short.detail
+        == f"63 MiB free on the disk of {data_dir}, 64 MiB kept free: run refuses new jobs"
+    )
+    assert short.fix is not None
 
 
 def test_meter_shows_two_readings_or_why_not(runner: CliRunner, agent_env: Path) -> None:

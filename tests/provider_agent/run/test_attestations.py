@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import itertools
 import json
+import os
 import shutil
 import time
 from collections.abc import Callable, Coroutine
@@ -416,6 +418,49 @@ def test_an_attestation_the_log_cannot_store_is_retried_next_window(tmp_path: Pa
     windows = [(a.window_start, a.window_end) for a in market.attestations]
     for (_, end), (start, _) in itertools.pairwise(windows):
         assert start == end  # the window that could not be stored is in the next one
+
+
+@pytest.mark.parametrize("written", [0.5, 1.0], ids=["half-written", "written-then-refused"])
+def test_a_full_disk_skips_windows_and_acknowledgements_and_leaves_the_logs_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, written: float
+) -> None:
+    def full_disk(fd: int, data: bytes) -> None:
+        """A write that stores `written` of `data`, then fails as a full disk does."""
+        os.write(fd, data[: int(len(data) * written)])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    identity = ProviderIdentity.generate()
+    with running_market() as market:
+        market.fail_all = True
+
+        async def scenario() -> None:
+            loop, store, client = make_loop(tmp_path, identity, market, Counters())
+            task = asyncio.create_task(loop.run())
+            await wait_for(task, lambda: len(store.unsent()) >= 2)
+            with monkeypatch.context() as disk:
+                disk.setattr("provider_agent.appending.write_all", full_disk)
+                market.fail_all = False  # sent now, but the acknowledgements cannot be written
+                await wait_for(task, lambda: loop.write_error is not None)
+                await wait_for(task, lambda: len(market.attestations) == 1)
+                await asyncio.sleep(0.5)
+                assert len(store.unsent()) >= 2  # the first is the market's, yet still queued
+            await wait_for(task, lambda: loop.write_error is None and len(market.attestations) >= 4)
+            await wait_for(task, lambda: not store.unsent())
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            assert client is not None
+            await client.aclose()
+
+        arun(scenario())
+    assert market.refused == []
+    assert_chain(market.attestations)
+    windows = [(a.window_start, a.window_end) for a in market.attestations]
+    for (_, end), (start, _) in itertools.pairwise(windows):
+        assert start == end  # the windows that could not be stored are in the next one
+    reopened = AttestationLog(tmp_path)
+    assert [envelope.message for envelope in reopened.all()][: len(windows)] == market.attestations
+    assert not reopened.unreadable_path.exists()
 
 
 def test_attestations_signed_before_a_key_rotation_are_set_aside_and_the_chain_goes_on(
