@@ -91,28 +91,36 @@ def make_loop(
 async def run_for(loop: AttestationLoop, until: Callable[[], bool], timeout_s: float = 15) -> None:
     """Run the loop until `until()` holds, then cancel it."""
     task = asyncio.create_task(loop.run())
-    deadline = time.monotonic() + timeout_s
     try:
-        while not until():
-            if time.monotonic() > deadline:
-                raise AssertionError("condition not reached in time")
-            if task.done():
-                task.result()
-            await asyncio.sleep(0.02)
+        await wait_for(task, until, timeout_s)
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await stop(task)
 
 
-async def wait_for(task: asyncio.Task[None], until: Callable[[], bool]) -> None:
+async def wait_for(
+    task: asyncio.Task[None], until: Callable[[], bool], timeout_s: float = 15
+) -> None:
     """Wait until `until()` holds while `task` runs (its failure is raised)."""
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + timeout_s
     while not until():
         assert time.monotonic() < deadline, "condition not reached in time"
         if task.done():
             task.result()
         await asyncio.sleep(0.02)
+
+
+async def stop(task: asyncio.Task[None]) -> None:
+    """Cancel the loop's task and wait for it to end."""
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+def assert_contiguous(attestations: list[Attestation]) -> None:
+    """Each window starts where the one before ended: none is lost, even unstored ones."""
+    windows = [(a.window_start, a.window_end) for a in attestations]
+    for (_, end), (start, _) in itertools.pairwise(windows):
+        assert start == end
 
 
 def assert_chain(attestations: list[Attestation]) -> None:
@@ -406,18 +414,14 @@ def test_an_attestation_the_log_cannot_store_is_retried_next_window(tmp_path: Pa
             store.path.rmdir()
             kept.rename(store.path)
             await wait_for(task, lambda: loop.write_error is None and len(market.attestations) >= 4)
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await stop(task)
             assert client is not None
             await client.aclose()
 
         arun(scenario())
     assert market.refused == []
     assert_chain(market.attestations)
-    windows = [(a.window_start, a.window_end) for a in market.attestations]
-    for (_, end), (start, _) in itertools.pairwise(windows):
-        assert start == end  # the window that could not be stored is in the next one
+    assert_contiguous(market.attestations)  # the window that could not be stored is in the next
 
 
 @pytest.mark.parametrize("written", [0.5, 1.0], ids=["half-written", "written-then-refused"])
@@ -446,20 +450,17 @@ def test_a_full_disk_skips_windows_and_acknowledgements_and_leaves_the_logs_whol
                 assert len(store.unsent()) >= 2  # the first is the market's, yet still queued
             await wait_for(task, lambda: loop.write_error is None and len(market.attestations) >= 4)
             await wait_for(task, lambda: not store.unsent())
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await stop(task)
             assert client is not None
             await client.aclose()
 
         arun(scenario())
     assert market.refused == []
     assert_chain(market.attestations)
-    windows = [(a.window_start, a.window_end) for a in market.attestations]
-    for (_, end), (start, _) in itertools.pairwise(windows):
-        assert start == end  # the windows that could not be stored are in the next one
+    assert_contiguous(market.attestations)  # the windows not stored are in the next one
     reopened = AttestationLog(tmp_path)
-    assert [envelope.message for envelope in reopened.all()][: len(windows)] == market.attestations
+    sent = len(market.attestations)
+    assert [envelope.message for envelope in reopened.all()][:sent] == market.attestations
     assert not reopened.unreadable_path.exists()
 
 
