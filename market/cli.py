@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -28,6 +29,10 @@ review_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(review_app, name="review")
+epoch_app = typer.Typer(
+    help="Settlement epochs: what each settled or waits on.", no_args_is_help=True
+)
+app.add_typer(epoch_app, name="epoch")
 console = Console(width=None if sys.stdout.isatty() else 140)
 
 
@@ -386,6 +391,77 @@ def review_show(review_id: int = typer.Argument(..., help="The review's id")) ->
     for reason in review.reasons:
         where = reason.job_id if reason.job_id is not None else str(reason.attestation_seq)
         table.add_row(reason.source, where, reason.check, reason.kind, reason.reason)
+    console.print(table)
+
+
+# -- epochs -----------------------------------------------------------------------------------
+
+
+@epoch_app.command("list")
+def epoch_list(
+    limit: int = typer.Option(20, min=1, max=500, help="At most this many, newest first"),
+    before: int | None = typer.Option(None, min=1, help="Only epochs numbered below this"),
+) -> None:
+    """List epochs, newest first, with their amounts and settlement transaction.
+
+    Amounts are base units (rewards: of the network token); a submitted epoch shows the
+    transaction it waits on (the last one sent)."""
+    from market.settlement.service import list_epochs
+
+    with _database() as session:
+        epochs = list_epochs(session, limit, before)
+    table = Table(
+        "epoch", "status", "receipts", "debit", "credit", "fee", "reward", box=box.SIMPLE_HEAD
+    )
+    table.add_column("tx (mined, or waited on)", no_wrap=True)
+    for e in epochs:
+        table.add_row(
+            str(e.number),
+            e.status,
+            str(e.receipt_count),
+            str(e.total_debit),
+            str(e.total_credit),
+            str(e.fee),
+            str(e.total_reward),
+            e.tx_hash or (e.pending_tx.tx_hash if e.pending_tx else ""),
+        )
+    console.print(table)
+
+
+@epoch_app.command("show")
+def epoch_show(number: int = typer.Argument(..., help="The epoch's number")) -> None:
+    """Show an epoch: its root, transaction, and each buyer's debit and provider's credit."""
+    from market.settlement.service import get_epoch
+
+    with _database() as session:
+        epoch = get_epoch(session, number)
+    console.print(
+        f"epoch {epoch.number}: [bold]{epoch.status}[/], {epoch.receipt_count} receipts, "
+        f"root {epoch.receipts_root}",
+        highlight=False,
+    )
+    console.print(
+        f"debit {epoch.total_debit} = credit {epoch.total_credit} + fee {epoch.fee} base units;"
+        f" reward {epoch.total_reward}" + (f" ({epoch.reward_note})" if epoch.reward_note else ""),
+        highlight=False,
+    )
+    console.print(
+        f"created {_when(epoch.created_at)}, submitted {_when(epoch.submitted_at)}, "
+        f"settled {_when(epoch.settled_at)}",
+        highlight=False,
+    )
+    if epoch.tx_hash is not None:
+        console.print(f"settled by {epoch.tx_hash} in block {epoch.block}", highlight=False)
+    if (pending := epoch.pending_tx) is not None:
+        console.print(
+            f"waiting on {pending.tx_hash}: nonce {pending.nonce}, max fee "
+            f"{pending.max_fee_per_gas} wei/gas (priority {pending.max_priority_fee_per_gas}), "
+            f"sent {_when(pending.sent_at)}",
+            highlight=False,
+        )
+    table = Table("kind", "address", "amount")
+    for line in epoch.lines:
+        table.add_row(line.kind, line.address, str(line.amount))
     console.print(table)
 
 

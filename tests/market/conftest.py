@@ -23,7 +23,7 @@ import pytest
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from market.config import normalize_database_url
+from market.config import get_settings, normalize_database_url
 from market.db import create_engine, make_session_factory, migrate
 from market.models import Base
 from tests.support.postgres import (
@@ -135,6 +135,15 @@ def session(session_factory: sessionmaker[Session]) -> Iterator[Session]:
     finally:
         session.rollback()
         session.close()
+
+
+@pytest.fixture
+def cli_database(database_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The `market` command line's settings name the test's database (MARKET_DATABASE_URL)."""
+    monkeypatch.setenv("MARKET_DATABASE_URL", database_url)
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
 
 
 @pytest.fixture

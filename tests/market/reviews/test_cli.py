@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from typer.testing import CliRunner
 
 from market import cli
-from market.config import get_settings
 from market.db import session_scope
 from market.ledger.service import balance, buyer_available, credit_deposit
 from market.reviews.models import PaymentReview, ReviewStatus
@@ -22,14 +18,6 @@ PROVIDERS = (
     "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC",
     "0x90F79bf6EB2c4f870365E785982E1f101E93b906",
 )
-
-
-@pytest.fixture
-def configured(database_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setenv("MARKET_DATABASE_URL", database_url)
-    get_settings.cache_clear()
-    yield
-    get_settings.cache_clear()
 
 
 def _review(sessions: sessionmaker[Session], provider: str, job_id: str) -> int:
@@ -49,7 +37,7 @@ def _review(sessions: sessionmaker[Session], provider: str, job_id: str) -> int:
 
 
 def test_list_show_release_and_void(
-    configured: None, session_factory: sessionmaker[Session]
+    cli_database: None, session_factory: sessionmaker[Session]
 ) -> None:
     runner = CliRunner()
     with session_scope(session_factory) as session:

@@ -1,5 +1,6 @@
 """An epoch names the settlement transaction it waits on in the mempool, on anvil (automine
-off), on SQLite and PostgreSQL; once booked it names the transaction that was mined."""
+off), on SQLite and PostgreSQL; once booked it names the transaction that was mined. The API
+and `market epoch list/show` show both."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from typing import Any
 
 import pytest
 from eth_typing import HexStr
+from typer.testing import CliRunner
 
+from market import cli
 from market.db import session_scope, utcnow
 from market.settlement import service
 from market.settlement.models import EpochStatus
@@ -104,3 +107,44 @@ def test_a_replacement_is_what_the_epoch_waits_on_and_then_books(
     assert mined["nonce"] == first.nonce
     assert w3.eth.get_transaction_count(operator.account.address) == first.nonce + 1
     assert epoch.pending_tx is None
+
+
+def test_the_epoch_commands_show_the_waiting_then_the_mined_transaction(
+    scene: Market, cli_database: None
+) -> None:
+    runner = CliRunner()
+    w3 = scene.client.w3
+    with automine_off(w3):
+        pending = _close_in_vain(scene)
+        listed = runner.invoke(cli.app, ["epoch", "list"])
+        assert listed.exit_code == 0, listed.output
+        assert "submitted" in listed.output.splitlines()[3]
+        assert pending.tx_hash in listed.output
+        shown = runner.invoke(cli.app, ["epoch", "show", "1"])
+        assert shown.exit_code == 0, shown.output
+        assert f"waiting on {pending.tx_hash}: nonce {pending.nonce}, max fee" in shown.output
+        rpc(w3, "evm_mine")
+    assert close_epoch(scene.ctx()) == 1
+
+    shown = runner.invoke(cli.app, ["epoch", "show", "1"])
+    assert shown.exit_code == 0, shown.output
+    epoch = _epoch(scene)
+    assert f"epoch 1: settled, 1 receipts, root {epoch.receipts_root}" in shown.output
+    assert "debit 1000 = credit 950 + fee 50 base units" in shown.output
+    assert f"settled by {pending.tx_hash} in block {epoch.block}" in shown.output
+    assert "waiting" not in shown.output
+    for line in epoch.lines:
+        assert f"{line.kind}" in shown.output
+        assert line.address in shown.output
+    assert {line.kind for line in epoch.lines} >= {"debit", "credit"}
+
+    listed = runner.invoke(cli.app, ["epoch", "list"])
+    assert listed.exit_code == 0, listed.output
+    assert "settled" in listed.output
+    assert pending.tx_hash in listed.output
+    earlier = runner.invoke(cli.app, ["epoch", "list", "--before", "1"])
+    assert earlier.exit_code == 0, earlier.output
+    assert pending.tx_hash not in earlier.output
+    missing = runner.invoke(cli.app, ["epoch", "show", "2"])
+    assert missing.exit_code == 1
+    assert "epoch_not_found: no epoch 2" in missing.output
