@@ -38,17 +38,24 @@ def append_durably(path: Path, data: bytes, *, fsync: bool = True) -> None:
     end_torn_line(path)
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
     try:
-        size = os.fstat(fd).st_size
-        try:
-            write_all(fd, data)
-            if fsync:
-                os.fsync(fd)
-        except OSError:
-            with contextlib.suppress(OSError):
-                os.ftruncate(fd, size)
-            raise
+        append_whole(fd, data, os.fstat(fd).st_size, fsync=fsync)
     finally:
         os.close(fd)
+
+
+def append_whole(fd: int, data: bytes, size: int, *, fsync: bool = True) -> None:
+    """Append `data` over `fd` (opened `O_APPEND`, its file `size` bytes long), flushed to
+    disk (`fsync`). When a write or the flush fails (a full disk) the file is cut back to
+    `size`, so that it holds all of `data` or none of it, and the `OSError` is raised (if
+    even the cut fails, a torn line is left: `end_torn_line` ends it before the next)."""
+    try:
+        write_all(fd, data)
+        if fsync:
+            os.fsync(fd)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, size)
+        raise
 
 
 def replace_durably(path: Path, data: bytes, *, fsync: bool = True) -> None:

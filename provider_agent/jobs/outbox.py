@@ -27,6 +27,11 @@ deleted here; an operator may remove the day files of epochs the market has sett
 Today's file stays open for appends (`O_APPEND`, one `write` per receipt): opening and
 closing it for each receipt cost four times as much. It is reopened when the UTC day
 changes, and when it was removed while open (an append to a removed file would be lost).
+A write or flush that fails (a full disk, after part of the line) cuts the file back to the
+size it had before (`append_whole`), so that a failed receipt leaves no torn line behind;
+the size comes from the `fstat` each append makes anyway (was the file removed?), so a
+receipt still costs one `fstat` and one `write`. If even the cut fails, the torn line is
+ended when the file is next opened (`end_torn_line`).
 
 The disk must also keep `min_free_bytes` free (the agent's `data_dir_min_free_mib`, 64 MiB by
 default): with less, `writable()` is false and says why (`error`), so new jobs are refused
@@ -56,7 +61,7 @@ from pathlib import Path
 
 from protocol.errors import MalformedMessageError
 from protocol.messages import Receipt, Signed, parse_signed
-from provider_agent.appending import append_durably, end_torn_line, write_all
+from provider_agent.appending import append_durably, append_whole, end_torn_line
 
 log = logging.getLogger(__name__)
 
@@ -127,16 +132,19 @@ class ReceiptOutbox:
             data = "".join(line + "\n" for line in lines).encode()
             append_durably(path, data, fsync=self._fsync)
 
-    def _day_file(self) -> int:
-        """The open descriptor of today's file: (re)opened when the day changed, or when the
-        file was removed since it was opened (its link count is then 0)."""
+    def _day_file(self) -> tuple[int, int]:
+        """The open descriptor of today's file and the file's size: (re)opened when the day
+        changed, when the file was removed since it was opened (its link count is then 0),
+        or after a failed write, each time after ending a torn last line."""
         path, fd = self._current_path(), self._day_fd
-        if fd is not None and os.fstat(fd).st_nlink == 0:
+        if fd is not None:
+            stat = os.fstat(fd)
+            if stat.st_nlink > 0:
+                return fd, stat.st_size
             self.close()
-            fd = None
-        if fd is None:
-            fd = self._day_fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
-        return fd
+        end_torn_line(path)
+        fd = self._day_fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        return fd, os.fstat(fd).st_size
 
     def close(self) -> None:
         """Close today's file (the next `add` opens it again)."""
@@ -157,29 +165,26 @@ class ReceiptOutbox:
             self._day_path = self._path_of(day)
             self._day = day
             self.close()
-            end_torn_line(self._day_path)
             self._day_marker = _answered_marker(self._day_path)
         return self._day_path
 
     def add(self, envelope: Signed[Receipt]) -> None:
         """Store a signed receipt (before it is sent) in today's file; `OSError` (and
         `write_error` set) when it cannot be written."""
-        line = envelope.model_dump_json().encode("utf-8") + b"\n"
-        if self.write_error is not None:  # end the torn line the failed write may have left
-            line = b"\n" + line
-        self._write(line)
+        self._write(envelope.model_dump_json().encode("utf-8") + b"\n")
         # A day sealed by a sync (another instance, as a rule) gets a receipt only if the
         # clock went back; the line is written first, so a seal made meanwhile is undone too.
         self._day_marker.unlink(missing_ok=True)
 
-    def _write(self, data: bytes) -> None:
-        """Append `data` to today's file; on failure the file is closed (the next write opens
-        the path again) and `write_error` says why."""
+    def _write(self, data: bytes, *, keep: bool = True) -> None:
+        """Append `data` to today's file, all of it or none (`append_whole`), and cut it off
+        again unless `keep`; on failure the file is closed (the next write opens the path
+        again) and `write_error` says why."""
         try:
-            fd = self._day_file()
-            write_all(fd, data)
-            if self._fsync:
-                os.fsync(fd)
+            fd, size = self._day_file()
+            append_whole(fd, data, size, fsync=self._fsync)
+            if not keep:
+                os.ftruncate(fd, size)
         except OSError as exc:
             self.close()
             self.write_error = f"{self._day_path}: {exc}"
@@ -222,14 +227,14 @@ class ReceiptOutbox:
 
     def writable(self) -> bool:
         """Whether receipts can be stored: the disk has `min_free_bytes` free
-        (`check_space`), and after a failed write, an end of line appended to today's file
-        (it also ends a torn line; readers skip blank lines) succeeds."""
+        (`check_space`), and after a failed write, an end of line can be appended to today's
+        file (and is cut off again, so the file keeps only receipts)."""
         if self.check_space() is not None:
             return False
         if self.write_error is None:
             return True
         try:
-            self._write(b"\n")
+            self._write(b"\n", keep=False)
         except OSError:
             return False
         return True

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+
+import pytest
 
 from protocol.messages import EnergyAttribution, Receipt, Signed, sign
 from provider_agent.jobs.outbox import ReceiptOutbox
@@ -107,6 +111,67 @@ def test_a_restarted_agent_appends_after_a_torn_line_not_onto_it(tmp_path: Path)
     restarted.add(envelope(3))
     assert ids(restarted.all()) == [1, 3]
     assert restarted.count_unsent() == 2
+
+
+@pytest.mark.parametrize("failing", ["write", "fsync"])
+def test_a_receipt_that_fails_half_written_leaves_only_whole_lines(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: str
+) -> None:
+    outbox = ReceiptOutbox(tmp_path, clock=Clock(DAY_ONE), fsync=True)
+    outbox.add(envelope(1))
+    day_file = tmp_path / "receipts" / "2025-12-31.jsonl"
+    before = day_file.read_bytes()
+    write = os.write
+
+    def half_then_full(fd: int, data: bytes) -> int:
+        """Store half of `data`, then fail as a full disk does."""
+        write(fd, bytes(data[: len(data) // 2]))
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as disk:
+        if failing == "write":
+            disk.setattr(os, "write", half_then_full)
+        else:
+            disk.setattr(os, "fsync", full)
+        with pytest.raises(OSError, match="No space left"):
+            outbox.add(envelope(2))
+    assert "No space left" in str(outbox.error)
+    assert day_file.read_bytes() == before  # cut back: no torn line
+
+    assert outbox.writable()
+    assert day_file.read_bytes() == before  # the probe leaves nothing behind
+    outbox.add(envelope(3))
+    assert day_file.read_bytes() == before + envelope(3).model_dump_json().encode() + b"\n"
+    assert outbox.error is None
+    assert ids(outbox.unsent()) == [1, 3]
+    assert not outbox.unpaid_path.exists()  # nothing set aside as unreadable
+
+
+def test_a_torn_line_left_by_a_failed_cut_is_ended_before_the_next_receipt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    outbox = ReceiptOutbox(tmp_path, clock=Clock(DAY_ONE))
+    outbox.add(envelope(1))
+    write = os.write
+
+    def half_then_full(fd: int, data: bytes) -> int:
+        write(fd, bytes(data[: len(data) // 2]))
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def refused(fd: int, size: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    with monkeypatch.context() as disk:
+        disk.setattr(os, "write", half_then_full)
+        disk.setattr(os, "ftruncate", refused)
+        with pytest.raises(OSError, match="No space left"):
+            outbox.add(envelope(2))
+    outbox.add(envelope(3))
+    assert ids(outbox.unsent()) == [1, 3]
+    assert not outbox.unpaid_path.exists()
 
 
 def test_unsent_leaves_out_acknowledged_receipts_of_every_file(tmp_path: Path) -> None:
