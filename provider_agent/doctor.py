@@ -16,7 +16,7 @@ from protocol.chain.settlement import SettlementClient
 from protocol.errors import KeystoreError
 from protocol.keys import ProviderIdentity, load_keystore
 from provider_agent.config import AgentSettings, VllmSettings
-from provider_agent.energy import EnergyMeter, gpus_to_meter, indices_follow_nvml
+from provider_agent.energy import EnergyMeter, gpu_index_order, gpus_to_meter
 from provider_agent.energy.nvml import index_entries
 from provider_agent.engine.errors import EngineError
 from provider_agent.engine.metrics import fetch_engine_counters
@@ -137,13 +137,14 @@ def check_gpu_order(
         return Check(name, "pass", f"GPUs named by UUID: {', '.join(gpus)}")
     if configured is not None:
         return Check(name, "pass", "energy.gpus counts GPUs as NVML and nvidia-smi do")
-    if indices_follow_nvml(configured, environ):
-        return Check(name, "pass", "CUDA_DEVICE_ORDER=PCI_BUS_ID: CUDA counts GPUs as NVML does")
+    if gpu_index_order(configured, environ) == "pci_bus":
+        detail = "CUDA_DEVICE_ORDER=PCI_BUS_ID: CUDA's indices are matched to GPUs by PCI bus id"
+        return Check(name, "pass", detail)
     counted = f"CUDA index {', '.join(indices)} counts GPUs fastest first"
     info = meter.describe()
     if info.method == "measured":
         models = ", ".join(sorted({gpu.name for gpu in info.gpus}))
-        return Check(name, "pass", f"{counted}, but all GPUs are {models}: NVML's order")
+        return Check(name, "pass", f"{counted}, but all GPUs are {models}: PCI bus order")
     fix = (
         "set CUDA_DEVICE_ORDER=PCI_BUS_ID for vLLM and the agent, or name the GPUs by UUID"
         " (GPU-...) in energy.gpus"

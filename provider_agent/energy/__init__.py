@@ -31,11 +31,11 @@ from provider_agent.energy.meter import (
     MeterInfo,
     Method,
 )
-from provider_agent.energy.nvml import NvmlApi, NvmlMeter
+from provider_agent.energy.nvml import IndexOrder, NvmlApi, NvmlMeter
 from provider_agent.energy.select import (
     MeterConfig,
+    gpu_index_order,
     gpus_to_meter,
-    indices_follow_nvml,
     meter_config,
     select_meter,
 )
@@ -53,6 +53,7 @@ __all__ = [
     "GpuLostError",
     "GpuReading",
     "GpuWindowEnergy",
+    "IndexOrder",
     "MeterConfig",
     "MeterDriverError",
     "MeterInfo",
@@ -69,8 +70,8 @@ __all__ = [
     "WindowEnergy",
     "attribute_window",
     "combine_shares",
+    "gpu_index_order",
     "gpus_to_meter",
-    "indices_follow_nvml",
     "largest_remainder",
     "meter_config",
     "select_meter",

@@ -6,9 +6,11 @@ double where no GPU exists. Every `NVMLError` is translated into an
 as `CUDA_VISIBLE_DEVICES` names them), or every GPU when given none; a selected GPU
 without the energy counter (pre-Volta) makes opening fail with `MeterNotSupportedError`, so
 this meter never claims "measured" falsely. The energy of a GPU outside the selection is
-never read. Indices count GPUs as NVML does (PCI bus order); when they are CUDA indices
-counted another way (CUDA's default, fastest first) and the GPUs are not all one model,
-opening fails with `AmbiguousGpuOrderError` rather than meter a GPU that may be another.
+never read. Indices count GPUs as NVML does (`energy.gpus`, as `nvidia-smi` shows them), or
+as CUDA does (`CUDA_VISIBLE_DEVICES`): CUDA index i is then the i-th GPU by PCI bus id
+(`nvmlDeviceGetPciInfo`), which NVML's own index order is not promised to follow. When CUDA
+counts fastest first (its default) and the GPUs are not all one model, opening fails with
+`AmbiguousGpuOrderError` rather than meter a GPU that may be another.
 """
 
 # ruff: noqa: N802  (the protocol mirrors NVML's own camelCase names)
@@ -18,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 from collections.abc import Callable, Sequence
-from typing import Any, Final, Literal, Protocol
+from typing import Any, Final, Literal, Protocol, TypeAlias
 
 from provider_agent.energy.clock import Clock, system_clock
 from provider_agent.energy.errors import (
@@ -48,6 +50,11 @@ _NVML_ERRORS: Final[dict[int, type[EnergyMeterError]]] = {
 }
 NVML_ERROR_NOT_SUPPORTED: Final = 3
 
+IndexOrder: TypeAlias = Literal["nvml", "pci_bus", "fastest_first"]
+"""How the indices among the GPUs to meter count GPUs: "nvml" as NVML and `nvidia-smi` do;
+"pci_bus" as CUDA does with `CUDA_DEVICE_ORDER=PCI_BUS_ID`, by PCI bus id; "fastest_first" as
+CUDA does by default, fastest first, GPUs of one model tying and going by PCI bus id."""
+
 
 class NvmlApi(Protocol):
     """The part of nvidia-ml-py this meter uses (the `pynvml` module satisfies it)."""
@@ -61,6 +68,7 @@ class NvmlApi(Protocol):
     def nvmlDeviceGetHandleByIndex(self, index: int) -> Any: ...
     def nvmlDeviceGetUUID(self, handle: Any) -> str: ...
     def nvmlDeviceGetName(self, handle: Any) -> str: ...
+    def nvmlDeviceGetPciInfo(self, handle: Any) -> Any: ...
     def nvmlDeviceGetTotalEnergyConsumption(self, handle: Any) -> int: ...
     def nvmlDeviceGetPowerUsage(self, handle: Any) -> int: ...
     def nvmlDeviceGetEnforcedPowerLimit(self, handle: Any) -> int: ...
@@ -79,21 +87,25 @@ def translate_nvml_error(exc: BaseException, doing: str) -> EnergyMeterError:
     return error_class(f"NVML {doing}: {exc} (code {code})")
 
 
-def selected_gpus(selection: Sequence[str] | None, uuids: Sequence[str]) -> list[int]:
+def selected_gpus(
+    selection: Sequence[str] | None, uuids: Sequence[str], counted: Sequence[int] | None = None
+) -> list[int]:
     """The NVML indices `selection` names, in its order (`None`: all of `uuids`).
 
     Each entry is an index or a UUID (a unique prefix is enough), as in
-    `CUDA_VISIBLE_DEVICES`; `NoGpuFoundError` for an entry that names no GPU, or none at all.
+    `CUDA_VISIBLE_DEVICES`; index i names the GPU of NVML index `counted[i]` (`None`: NVML's
+    own order). `NoGpuFoundError` for an entry that names no GPU, or none at all.
     """
     if selection is None:
         return list(range(len(uuids)))
+    order = list(range(len(uuids))) if counted is None else list(counted)
     indices: list[int] = []
     for entry in (entry.strip() for entry in selection):
         matches = [i for i, uuid in enumerate(uuids) if entry and uuid.startswith(entry)]
-        if entry.isdigit() and int(entry) < len(uuids):
-            matches = [int(entry)]
+        if entry.isdigit() and int(entry) < len(order):
+            matches = [order[int(entry)]]
         if len(matches) != 1:
-            listed = ", ".join(f"{i}: {uuid}" for i, uuid in enumerate(uuids))
+            listed = ", ".join(f"{n}: {uuids[i]}" for n, i in enumerate(order))
             raise NoGpuFoundError(f"GPU selection {entry!r} names no single GPU ({listed})")
         if matches[0] not in indices:
             indices.append(matches[0])
@@ -111,7 +123,8 @@ def check_index_order(selection: Sequence[str] | None, names: Sequence[str]) -> 
     """`AmbiguousGpuOrderError` when `selection` names GPUs by CUDA index counted fastest
     first (any `CUDA_DEVICE_ORDER` but `PCI_BUS_ID`) while the GPUs (`names`, all of them)
     are not all one model: which GPU CUDA calls N then rests on CUDA's speed heuristic, which
-    NVML cannot reproduce. GPUs of one model tie, and ties go in PCI bus order, as in NVML."""
+    NVML cannot reproduce. GPUs of one model tie, and ties go by PCI bus id, as the meter
+    then maps them."""
     indices = index_entries(selection)
     models = sorted(set(names))
     if indices and len(models) > 1:
@@ -121,6 +134,22 @@ def check_index_order(selection: Sequence[str] | None, names: Sequence[str]) -> 
             " tell which GPU CUDA means: set CUDA_DEVICE_ORDER=PCI_BUS_ID for vLLM and the"
             " agent, or name the GPUs by UUID (GPU-...) in energy.gpus"
         )
+
+
+def pci_bus_key(bus_id: str | bytes) -> tuple[int, int, int, int]:
+    """A PCI bus id (`nvmlPciInfo_t.busId`, "00000000:3B:00.0"; any case, a 4- or 8-digit
+    domain) as (domain, bus, device, function), the order CUDA's `PCI_BUS_ID` counts in;
+    `AmbiguousGpuOrderError` for a text that is no PCI bus id."""
+    text = _text(bus_id).strip().rstrip("\x00")
+    try:
+        domain, bus, slot = text.split(":")
+        device, function = slot.split(".")
+        return int(domain, 16), int(bus, 16), int(device, 16), int(function, 16)
+    except ValueError:
+        raise AmbiguousGpuOrderError(
+            f"NVML gave {text!r} as a GPU's PCI bus id, so the GPUs cannot be put in the order"
+            " CUDA counts them: name the GPUs by UUID (GPU-...) in energy.gpus"
+        ) from None
 
 
 def _text(value: str | bytes) -> str:
@@ -145,19 +174,20 @@ class NvmlMeter:
         nvml: NvmlApi | None = None,
         clock: Clock = system_clock,
         gpus: Sequence[str] | None = None,
-        indices_follow_nvml: bool = True,
+        index_order: IndexOrder = "nvml",
     ) -> None:
         """Initialise NVML and check that every selected GPU has an energy counter.
 
         `gpus` selects the GPUs to meter by index (`"0"`) or UUID (`"GPU-..."`, a unique
-        prefix is enough); `None` meters every GPU. `indices_follow_nvml=False` says the
-        indices are CUDA's, counted fastest first: they are then trusted only on GPUs of one
-        model (`check_index_order`).
+        prefix is enough); `None` meters every GPU. `index_order` says how the indices count
+        GPUs: NVML's own indices ("nvml"), or CUDA's, which are mapped by PCI bus id
+        ("pci_bus"), and counted fastest first ("fastest_first") are trusted only on GPUs of
+        one model (`check_index_order`).
         """
         self._nvml = nvml if nvml is not None else _load_pynvml()
         self._clock = clock
         self._selection = None if gpus is None else tuple(gpus)
-        self._indices_follow_nvml = indices_follow_nvml
+        self._index_order = index_order
         self._call("initialising", self._nvml.nvmlInit)
         try:
             self._driver = _text(
@@ -191,9 +221,7 @@ class NvmlMeter:
             _text(self._call(f"reading GPU {index} UUID", self._nvml.nvmlDeviceGetUUID, handle))
             for index, handle in enumerate(handles)
         ]
-        indices = selected_gpus(self._selection, uuids)
-        if not self._indices_follow_nvml:
-            check_index_order(self._selection, [self._name(*gpu) for gpu in enumerate(handles)])
+        indices = selected_gpus(self._selection, uuids, self._cuda_order(handles))
         devices = []
         for index in indices:
             handle = handles[index]
@@ -201,6 +229,24 @@ class NvmlMeter:
             self._energy(handle, f"reading GPU {index} ({name}) energy counter (Volta or newer)")
             devices.append((handle, uuids[index], name))
         return devices
+
+    def _cuda_order(self, handles: Sequence[Any]) -> list[int] | None:
+        """The NVML indices in the order CUDA counts the GPUs (by PCI bus id), where the
+        selection names GPUs by CUDA index; `None` where its indices are NVML's, or where it
+        has none (only then is the GPUs' PCI information not read)."""
+        if self._index_order == "nvml" or not index_entries(self._selection):
+            return None
+        if self._index_order == "fastest_first":
+            check_index_order(self._selection, [self._name(*gpu) for gpu in enumerate(handles)])
+        buses = [
+            pci_bus_key(
+                self._call(
+                    f"reading GPU {index} PCI bus id", self._nvml.nvmlDeviceGetPciInfo, handle
+                ).busId
+            )
+            for index, handle in enumerate(handles)
+        ]
+        return sorted(range(len(handles)), key=buses.__getitem__)
 
     def _name(self, index: int, handle: Any) -> str:
         return _text(self._call(f"reading GPU {index} name", self._nvml.nvmlDeviceGetName, handle))

@@ -11,7 +11,7 @@ from provider_agent.energy.clock import Clock, system_clock
 from provider_agent.energy.errors import EnergyMeterError
 from provider_agent.energy.estimated import EstimatedMeter
 from provider_agent.energy.meter import EnergyMeter
-from provider_agent.energy.nvml import NvmlApi, NvmlMeter
+from provider_agent.energy.nvml import IndexOrder, NvmlApi, NvmlMeter
 from provider_agent.energy.unmeasured import UnmeasuredMeter
 
 logger = logging.getLogger(__name__)
@@ -25,14 +25,13 @@ class MeterConfig:
     `declared_power_w` (watts) enables the estimated fallback; without it a machine
     with no working counter is "unmeasured". `use_nvml=False` skips NVML entirely. `gpus`
     (indices or UUIDs) are the GPUs the engine runs on; `None` meters every GPU.
-    `indices_follow_nvml` says whether those indices count GPUs as NVML does (PCI bus
-    order) or are CUDA's, counted fastest first.
+    `index_order` says how those indices count GPUs (`gpu_index_order`).
     """
 
     declared_power_w: float | None = None
     use_nvml: bool = True
     gpus: tuple[str, ...] | None = None
-    indices_follow_nvml: bool = True
+    index_order: IndexOrder = "nvml"
 
 
 def gpus_to_meter(
@@ -49,12 +48,14 @@ def gpus_to_meter(
     return tuple(itertools.takewhile(bool, entries))
 
 
-def indices_follow_nvml(configured: list[str] | None, environ: Mapping[str, str]) -> bool:
-    """Whether indices among the GPUs to meter count GPUs as NVML does (PCI bus order):
-    those of `energy.gpus` do by definition; those of `CUDA_VISIBLE_DEVICES` only with
-    `CUDA_DEVICE_ORDER=PCI_BUS_ID`, since CUDA's default (`FASTEST_FIRST`) puts the fastest
-    GPU first."""
-    return configured is not None or environ.get("CUDA_DEVICE_ORDER") == PCI_BUS_ORDER
+def gpu_index_order(configured: list[str] | None, environ: Mapping[str, str]) -> IndexOrder:
+    """How indices among the GPUs to meter count GPUs: those of `energy.gpus` as NVML does
+    ("nvml", the indices `nvidia-smi` shows); those of `CUDA_VISIBLE_DEVICES` by PCI bus id
+    with `CUDA_DEVICE_ORDER=PCI_BUS_ID` ("pci_bus"), else fastest first ("fastest_first",
+    CUDA's default `FASTEST_FIRST`)."""
+    if configured is not None:
+        return "nvml"
+    return "pci_bus" if environ.get("CUDA_DEVICE_ORDER") == PCI_BUS_ORDER else "fastest_first"
 
 
 def meter_config(
@@ -65,7 +66,7 @@ def meter_config(
     return MeterConfig(
         declared_power_w=declared_power_w,
         gpus=gpus_to_meter(configured, environ),
-        indices_follow_nvml=indices_follow_nvml(configured, environ),
+        index_order=gpu_index_order(configured, environ),
     )
 
 
@@ -79,9 +80,7 @@ def select_meter(
     """
     if config.use_nvml:
         try:
-            return NvmlMeter(
-                nvml, clock=clock, gpus=config.gpus, indices_follow_nvml=config.indices_follow_nvml
-            )
+            return NvmlMeter(nvml, clock=clock, gpus=config.gpus, index_order=config.index_order)
         except EnergyMeterError as exc:
             reason = f"NVML unavailable ({exc.code}): {exc}"
     else:

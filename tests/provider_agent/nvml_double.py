@@ -4,7 +4,9 @@ It follows NVML's documented behaviour: calls before `nvmlInit` fail with
 NVML_ERROR_UNINITIALIZED; the total-energy counter is in millijoules since driver
 load and grows with power x time; power and limits are milliwatts; failures are
 raised as `pynvml.NVMLError(code)`, which pynvml turns into its per-code subclasses.
-Time advances only through `advance`, and `clock` reports it, so tests are exact.
+Time advances only through `advance`, and `clock` reports it, so tests are exact. A GPU's PCI
+bus id is NVML's text ("00000000:3B:00.0") as bytes, as pynvml's `nvmlPciInfo_t.busId` gives
+it; GPUs given none sit on the bus in the order they are listed.
 """
 
 # ruff: noqa: N802  (methods mirror NVML's camelCase names)
@@ -24,12 +26,21 @@ class FakeGpu:
 
     uuid: str
     name: str = "NVIDIA H100 80GB HBM3"
+    pci_bus_id: str | None = None
     power_mw: int = 350_000
     power_limit_mw: int = 700_000
     energy_mj: int = 1_000_000_000
     energy_error: int | None = None
     power_error: int | None = None
     limit_error: int | None = None
+    pci_error: int | None = None
+
+
+@dataclass
+class FakePciInfo:
+    """The field of pynvml's `nvmlPciInfo_t` the meter reads (a ctypes char array: bytes)."""
+
+    busId: bytes  # noqa: N815  (NVML's own field name)
 
 
 class FakeNvml:
@@ -96,6 +107,12 @@ class FakeNvml:
         self._check()
         return handle.name
 
+    def nvmlDeviceGetPciInfo(self, handle: FakeGpu) -> FakePciInfo:
+        self._check(handle.pci_error)
+        listed = next(i for i, gpu in enumerate(self.gpus) if gpu is handle)
+        bus_id = handle.pci_bus_id or f"00000000:{0x18 + 0x10 * listed:02X}:00.0"
+        return FakePciInfo(busId=bus_id.encode())
+
     def nvmlDeviceGetTotalEnergyConsumption(self, handle: FakeGpu) -> int:
         self._check(handle.energy_error)
         return handle.energy_mj
@@ -134,5 +151,21 @@ def mixed_gpus() -> FakeNvml:
         [
             FakeGpu(uuid=A4000, name="NVIDIA RTX A4000", power_mw=140_000),
             FakeGpu(uuid=H100, power_mw=350_000),
+        ]
+    )
+
+
+def mixed_gpus_out_of_bus_order() -> FakeNvml:
+    """NVML lists the H100 (at 350 W, PCI bus 0x3B) before the RTX A4000 (140 W, bus 0x18):
+    by PCI bus id, as CUDA counts with `CUDA_DEVICE_ORDER=PCI_BUS_ID`, the A4000 is GPU 0."""
+    return FakeNvml(
+        [
+            FakeGpu(uuid=H100, power_mw=350_000, pci_bus_id="00000000:3B:00.0"),
+            FakeGpu(
+                uuid=A4000,
+                name="NVIDIA RTX A4000",
+                power_mw=140_000,
+                pci_bus_id="00000000:18:00.0",
+            ),
         ]
     )

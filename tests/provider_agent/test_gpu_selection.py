@@ -12,14 +12,22 @@ from provider_agent.energy import (
     MeterNotSupportedError,
     NoGpuFoundError,
     NvmlMeter,
+    gpu_index_order,
     gpus_to_meter,
-    indices_follow_nvml,
     meter_config,
     select_meter,
     window_energy,
 )
+from provider_agent.energy.nvml import pci_bus_key
 from provider_agent.jobs.energy import RequestEnergyTracker
-from tests.provider_agent.nvml_double import A4000, H100, FakeGpu, FakeNvml, mixed_gpus
+from tests.provider_agent.nvml_double import (
+    A4000,
+    H100,
+    FakeGpu,
+    FakeNvml,
+    mixed_gpus,
+    mixed_gpus_out_of_bus_order,
+)
 
 
 def eight_gpus() -> FakeNvml:
@@ -123,7 +131,7 @@ def test_a_cuda_index_among_different_gpus_in_cuda_default_order_is_not_metered(
 def test_fastest_first_named_explicitly_is_as_ambiguous() -> None:
     environ = {"CUDA_VISIBLE_DEVICES": "1", "CUDA_DEVICE_ORDER": "FASTEST_FIRST"}
     with pytest.raises(AmbiguousGpuOrderError, match="CUDA index 1"):
-        NvmlMeter(mixed_gpus(), gpus=["1"], indices_follow_nvml=indices_follow_nvml(None, environ))
+        NvmlMeter(mixed_gpus(), gpus=["1"], index_order=gpu_index_order(None, environ))
 
 
 def test_cuda_indices_in_pci_bus_order_meter_the_gpu_they_name() -> None:
@@ -134,6 +142,55 @@ def test_cuda_indices_in_pci_bus_order_meter_the_gpu_they_name() -> None:
 
     assert metered_uuids(meter) == [H100]
     assert window_energy(start, meter.read()).total_mj == 350_000
+
+
+def test_cuda_indices_in_pci_bus_order_follow_the_bus_not_nvmls_index_order() -> None:
+    nvml = mixed_gpus_out_of_bus_order()
+    pci_bus = {"CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+    first = meter_for(nvml, {**pci_bus, "CUDA_VISIBLE_DEVICES": "0"})
+    second = meter_for(nvml, {**pci_bus, "CUDA_VISIBLE_DEVICES": "1"})
+    start = second.read()
+    nvml.advance(10**9)
+
+    assert metered_uuids(first) == [A4000]  # bus 0x18, though NVML lists it second
+    assert metered_uuids(second) == [H100]
+    assert window_energy(start, second.read()).total_mj == 350_000
+    both = meter_for(nvml, {**pci_bus, "CUDA_VISIBLE_DEVICES": "1,0"})
+    assert metered_uuids(both) == [H100, A4000]
+    # energy.gpus indices stay NVML's, as nvidia-smi shows them
+    assert metered_uuids(meter_for(nvml, pci_bus, configured=["0"])) == [H100]
+
+
+def test_cuda_indices_among_identical_gpus_in_default_order_follow_the_bus() -> None:
+    nvml = FakeNvml(
+        [
+            FakeGpu(uuid="GPU-b", pci_bus_id="00000000:C1:00.0"),
+            FakeGpu(uuid="GPU-a", pci_bus_id="00000000:41:00.0"),
+        ]
+    )
+    assert metered_uuids(meter_for(nvml, {"CUDA_VISIBLE_DEVICES": "0"})) == ["GPU-a"]
+
+
+def test_pci_bus_ids_compare_whatever_their_case_and_domain_width() -> None:
+    assert pci_bus_key(b"00000000:3B:00.0\x00") == pci_bus_key("0000:3b:00.0") == (0, 0x3B, 0, 0)
+    assert pci_bus_key("00000001:18:00.0") > pci_bus_key("00000000:C1:00.0")
+    with pytest.raises(AmbiguousGpuOrderError, match="PCI bus id"):
+        pci_bus_key("not a bus id")
+
+
+def test_the_pci_bus_is_read_only_for_cuda_indices_and_its_errors_are_mapped() -> None:
+    def unreadable_bus() -> FakeNvml:
+        nvml = mixed_gpus_out_of_bus_order()
+        nvml.gpus[1].pci_error = pynvml.NVML_ERROR_GPU_IS_LOST
+        return nvml
+
+    environ = {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": "0"}
+    assert metered_uuids(meter_for(unreadable_bus(), environ, configured=[A4000])) == [A4000]
+    assert metered_uuids(meter_for(unreadable_bus(), {"CUDA_VISIBLE_DEVICES": H100})) == [H100]
+    lost = meter_for(unreadable_bus(), environ)
+    assert lost.method == "unmeasured"
+    assert "(gpu_lost)" in (lost.describe().reason or "")
+    assert "reading GPU 1 PCI bus id" in (lost.describe().reason or "")
 
 
 def test_cuda_indices_among_identical_gpus_are_metered_in_cuda_default_order() -> None:

@@ -19,7 +19,7 @@ from provider_agent.energy import (
     NvmlMeter,
     window_energy,
 )
-from provider_agent.energy.nvml import translate_nvml_error
+from provider_agent.energy.nvml import pci_bus_key, translate_nvml_error
 from tests.provider_agent.nvml_double import FakeGpu, FakeNvml, two_h100s
 
 UUID_A = "GPU-11111111-2222-3333-4444-555555555555"
@@ -190,3 +190,17 @@ def test_real_pynvml_measures_on_a_gpu_machine() -> None:
     assert first.gpus
     assert all(g.energy_mj is not None for g in first.gpus)
     assert window_energy(first, second).valid
+
+
+@pytest.mark.skipif(not _libnvidia_ml_loads(), reason="no libnvidia-ml on this machine")
+def test_real_pynvml_matches_cuda_index_0_by_pci_bus_id() -> None:
+    pynvml.nvmlInit()
+    try:
+        count = pynvml.nvmlDeviceGetCount()
+        handles = [pynvml.nvmlDeviceGetHandleByIndex(index) for index in range(count)]
+        lowest = min(handles, key=lambda h: pci_bus_key(pynvml.nvmlDeviceGetPciInfo(h).busId))
+        expected = pynvml.nvmlDeviceGetUUID(lowest)
+    finally:
+        pynvml.nvmlShutdown()
+    with NvmlMeter(gpus=["0"], index_order="pci_bus") as first:
+        assert [gpu.uuid for gpu in first.describe().gpus] == [expected]

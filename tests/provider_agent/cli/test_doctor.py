@@ -183,7 +183,7 @@ def test_a_vllm_the_agent_starts_counts_gpus_as_nvml_so_they_are_metered(
 
 def test_the_gpu_order_check_passes_where_indices_name_the_gpus_vllm_uses() -> None:
     fake = two_h100s()
-    meter = NvmlMeter(fake, clock=fake.clock, gpus=["0"], indices_follow_nvml=False)
+    meter = NvmlMeter(fake, clock=fake.clock, gpus=["0"], index_order="fastest_first")
     cuda_index = {"CUDA_VISIBLE_DEVICES": "0"}
     checks = {
         "all": check_gpu_order(None, {}, meter),
