@@ -1,4 +1,5 @@
-"""HTTP routes of the jobs package."""
+"""HTTP routes of the jobs package: a buyer's own jobs, by its API key. Errors use the
+market's body, as the buyer account routes do (docs/buyer-api.md), not OpenAI's envelope."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
 
+from market.api_errors import MarketErrorRoute
 from market.buyers.service import authenticate
 from market.db import session_scope
 from market.inference.auth import bearer_key
@@ -13,7 +15,7 @@ from market.jobs import service
 from market.jobs.schemas import JobRead, JobSummary
 from market.runtime import Runtime, get_runtime
 
-router = APIRouter(tags=["jobs"])
+router = APIRouter(tags=["jobs"], route_class=MarketErrorRoute)
 
 
 @router.get("/jobs")

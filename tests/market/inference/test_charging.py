@@ -106,6 +106,18 @@ def _charged_chat(market: Market, agents: dict[str, Agent]) -> None:
     )
     assert row["charge"] == job["charge"] > 0
     assert row["energy"] == energy
+    # Their errors are the market's body, as docs/buyer-api.md gives it, not OpenAI's.
+    key = {"Authorization": f"Bearer {market.api_key}"}
+    errors = {
+        "/jobs/" + "0" * 32: (key, 404, "job_not_found"),
+        "/jobs?limit=0": (key, 422, "invalid_request"),
+        "/jobs": ({}, 401, "invalid_api_key"),
+    }
+    for path, (headers, status, code) in errors.items():
+        refused = httpx.get(f"{market.served.url}{path}", headers=headers)
+        assert refused.status_code == status, path
+        assert refused.json()["error"].keys() == {"code", "message"}, path
+        assert refused.json()["error"]["code"] == code, path
 
 
 def test_chat_completion_is_charged_on_its_verified_receipt(
