@@ -42,12 +42,26 @@ def _param(loc: tuple[Any, ...]) -> str | None:
     return ".".join(parts) or None
 
 
+_VALUE_ERROR = "Value error, "
+"""What pydantic puts before the message of a `ValueError` raised by a validator."""
+
+
 async def validation_error(request: Request, exc: Exception) -> JSONResponse:
-    """Invalid parameters: 400 with the first offending field named."""
+    """Invalid parameters: 400 with the first offending field named; a body that is not JSON
+    at all: 400 as OpenAI words it, with where the parser stopped."""
     assert isinstance(exc, RequestValidationError)
     first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
-    param = _param(tuple(first.get("loc", ())))
-    message = str(first.get("msg", "invalid request"))
+    loc = tuple(first.get("loc", ()))
+    if first.get("type") == "json_invalid":
+        where = f" at character {loc[-1]}" if loc and isinstance(loc[-1], int) else ""
+        ctx = first.get("ctx")
+        reason = ctx.get("error") if isinstance(ctx, dict) else None
+        message = (
+            f"We could not parse the JSON body of your request: {reason or 'not JSON'}{where}."
+        )
+        return envelope(400, message, "invalid_request_error", "invalid_json")
+    param = _param(loc)
+    message = str(first.get("msg", "invalid request")).removeprefix(_VALUE_ERROR)
     if param:
         message = f"{param}: {message}"
     return envelope(400, message, "invalid_request_error", "invalid_parameter", param)
@@ -126,12 +140,15 @@ MESSAGE_CHARS = 2_000
 class EngineError:
     """An OpenAI-compatible engine's error as the buyer is told it: its own message, and its
     `type`, `code` (a string; vLLM's numeric code is only the status) and `param` when the
-    engine gave them in OpenAI's terms."""
+    engine gave them in OpenAI's terms. `status`: the 4xx the error stands for when it says
+    so (vLLM's numeric `code`, or its `BadRequestError` type), which matters for an error
+    sent inside a stream, where the HTTP status was already 200."""
 
     message: str
     type: str | None = None
     code: str | None = None
     param: str | None = None
+    status: int | None = None
 
     @classmethod
     def of(cls, body: dict[str, Any]) -> EngineError | None:
@@ -147,7 +164,16 @@ class EngineError:
             type_ if type_ in OPENAI_TYPES else None,
             code if isinstance(code, str) and code else None,
             param if isinstance(param, str) and param else None,
+            _client_status(code, type_),
         )
+
+
+def _client_status(code: Any, type_: Any) -> int | None:
+    """The 4xx an engine's error names: a numeric `code` (vLLM) from 400 to 499, else 400
+    for a `BadRequestError` or `invalid_request_error` type; None for anything else."""
+    if type(code) is int and 400 <= code < 500:
+        return code
+    return 400 if type_ in ("BadRequestError", "invalid_request_error") else None
 
 
 def engine_error(text: str) -> tuple[str, EngineError] | None:

@@ -22,6 +22,7 @@ from pydantic import (
     Field,
     StrictBool,
     StrictInt,
+    field_validator,
     model_validator,
 )
 
@@ -56,11 +57,22 @@ class CompletionRequestBase(BaseModel):
     stream: Annotated[StrictBool, null_is(False)] = False
     stream_options: StreamOptions | None = None
     max_tokens: StrictInt | None = Field(default=None, ge=1, le=MAX_TOKENS_LIMIT)
-    n: Annotated[StrictInt, null_is(1)] = Field(default=1, ge=1, le=1)
+    max_completion_tokens: StrictInt | None = Field(default=None, ge=1, le=MAX_TOKENS_LIMIT)
+    n: Annotated[StrictInt, null_is(1)] = Field(default=1, ge=1)
     provider: Annotated[
         ProviderPreferences,
         BeforeValidator(_no_preferences, json_schema_input_type=ProviderPreferences | None),
     ] = Field(default_factory=ProviderPreferences)
+
+    @field_validator("n")
+    @classmethod
+    def _one_choice(cls, n: int) -> int:
+        if n != 1:
+            raise ValueError(
+                f"only n=1 is served (got {n}): each choice is its own job, signed and charged "
+                "by its provider; send n requests"
+            )
+        return n
 
     @model_validator(mode="after")
     def _no_reserved(self) -> CompletionRequestBase:
@@ -84,8 +96,9 @@ class CompletionRequestBase(BaseModel):
 
     @property
     def completion_limit(self) -> int:
-        """The most completion tokens this request may produce (the hold is sized on it)."""
-        return self.max_tokens or DEFAULT_MAX_TOKENS
+        """The most completion tokens this request may produce (the hold is sized on it):
+        OpenAI's newer `max_completion_tokens` wins over `max_tokens`."""
+        return self.max_completion_tokens or self.max_tokens or DEFAULT_MAX_TOKENS
 
     def prompt_bound(self, media_part_tokens: int = MEDIA_PART_TOKEN_BOUND) -> int:
         """An upper bound on prompt tokens: a byte-level tokenizer makes at most one per byte.
@@ -95,7 +108,9 @@ class CompletionRequestBase(BaseModel):
 
     def engine_body(self) -> dict[str, Any]:
         """The body sent on to the engine: the buyer's parameters minus routing, plus limits."""
-        body = self.model_dump(exclude={"provider"}, exclude_none=True, by_alias=True)
+        body = self.model_dump(
+            exclude={"provider", "max_completion_tokens"}, exclude_none=True, by_alias=True
+        )
         body["max_tokens"] = self.completion_limit
         if self.stream:
             body["stream_options"] = {**body.get("stream_options", {}), "include_usage": True}
@@ -106,12 +121,6 @@ class ChatCompletionRequest(CompletionRequestBase):
     """`POST /v1/chat/completions`."""
 
     messages: list[dict[str, Any]] = Field(min_length=1)
-    max_completion_tokens: StrictInt | None = Field(default=None, ge=1, le=MAX_TOKENS_LIMIT)
-
-    @property
-    def completion_limit(self) -> int:
-        """OpenAI's newer `max_completion_tokens` wins over `max_tokens`."""
-        return self.max_completion_tokens or self.max_tokens or DEFAULT_MAX_TOKENS
 
     def prompt_bound(self, media_part_tokens: int = MEDIA_PART_TOKEN_BOUND) -> int:
         """UTF-8 bytes of the messages and tools, plus template overhead per message; each
@@ -125,11 +134,6 @@ class ChatCompletionRequest(CompletionRequestBase):
         payload = {"messages": messages, "tools": (self.model_extra or {}).get("tools")}
         size = len(json.dumps(payload, ensure_ascii=False).encode())
         return size + 16 * len(messages) + media * media_part_tokens
-
-    def engine_body(self) -> dict[str, Any]:
-        body = super().engine_body()
-        body.pop("max_completion_tokens", None)
-        return body
 
 
 def _without_media(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
@@ -147,11 +151,59 @@ def _without_media(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]]
     return kept, media
 
 
-class CompletionRequest(CompletionRequestBase):
-    """`POST /v1/completions` (a single prompt string)."""
+TokenIds = list[Annotated[StrictInt, Field(ge=0)]]
+"""A prompt given as token ids."""
+_PROMPT_FORMS = "a string, a list of token ids, or a list holding one of these"
 
-    prompt: str = Field(min_length=1)
+
+def _is_token_ids(value: Any) -> bool:
+    return type(value) is list and all(type(i) is int and i >= 0 for i in value)
+
+
+def _single(prompt: Any) -> Any:
+    """The one prompt of any of OpenAI's four forms (a list of prompts must hold one)."""
+    if type(prompt) is list and prompt and not _is_token_ids(prompt):
+        if not all(type(p) is str or _is_token_ids(p) for p in prompt):
+            raise ValueError(f"must be {_PROMPT_FORMS}")
+        if len(prompt) > 1:
+            raise ValueError(
+                f"{len(prompt)} prompts in one request: one is served per request (each is "
+                "its own job, signed and charged by its provider); send one request per prompt"
+            )
+        return prompt[0]
+    return prompt
+
+
+def _one_prompt(prompt: Any) -> Any:
+    """Refuses all but one non-empty prompt, with a message that says why (before the
+    union's own errors, which would name each form it tried); the prompt passes unchanged."""
+    single = _single(prompt)
+    if type(single) is not str and not _is_token_ids(single):
+        raise ValueError(f"must be {_PROMPT_FORMS}")
+    if not single:
+        raise ValueError("the prompt is empty")
+    return prompt
+
+
+class CompletionRequest(CompletionRequestBase):
+    """`POST /v1/completions`: one prompt, as text or token ids, alone or as the only item of
+    a list (OpenAI's batch forms, with one prompt)."""
+
+    prompt: Annotated[str | TokenIds | list[str] | list[TokenIds], BeforeValidator(_one_prompt)]
+    echo: StrictBool | None = None
+
+    @field_validator("echo")
+    @classmethod
+    def _no_echo(cls, echo: bool | None) -> bool | None:
+        if echo:
+            raise ValueError(
+                "echo is not served: the provider asks the engine for the token ids its "
+                "receipt counts, and with them vLLM echoes no prompt text"
+            )
+        return echo
 
     def prompt_bound(self, media_part_tokens: int = MEDIA_PART_TOKEN_BOUND) -> int:
-        """UTF-8 bytes of the prompt plus a small allowance for special tokens."""
-        return len(self.prompt.encode()) + 8
+        """The prompt's UTF-8 bytes, or its token ids, plus a small allowance for special
+        tokens."""
+        prompt = _single(self.prompt)
+        return (len(prompt.encode()) if isinstance(prompt, str) else len(prompt)) + 8

@@ -202,6 +202,8 @@ async def _complete(
             if failure is None:
                 return RelayResponse(relay)
             await relay.close(failure)
+            if relay.rejected is not None:
+                raise relay.rejected
             failures.append(f"{offer.provider}: {failure}")
             continue
         try:

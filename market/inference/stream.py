@@ -13,7 +13,9 @@ the buyer before the receipt is charged, so only tokens the buyer was sent are p
 
 The relay starts once the agent has sent its first output token (`StreamRelay.first_token`):
 a stream that fails before then has sent the buyer nothing and costs nothing, so the job goes
-to the next provider as one that failed to answer would.
+to the next provider as one that failed to answer would, unless the engine's error says the
+request itself is at fault (a 4xx other than 429): the buyer then gets that error with its
+status, as for a request not streamed.
 
 A buyer who disconnects mid-stream does not cut the relay off (`RelayResponse`): the job is
 cancelled at the agent (`POST /jobs/cancel`), which stops the engine and ends the stream
@@ -38,7 +40,12 @@ from starlette.types import Message, Receive, Scope, Send
 from market.errors import MarketError
 from market.inference.agents import cancel_job
 from market.inference.attempt import Attempt, Settled
-from market.inference.errors import engine_error
+from market.inference.errors import (
+    EngineError,
+    UpstreamRejectedError,
+    engine_error,
+    openai_type,
+)
 from market.inference.request_id import JOB_ID_HEADER
 from protocol.http_session import TRANSPORT_ERRORS
 from protocol.sse import event_batches
@@ -65,26 +72,28 @@ def error_event(
     return b"data: " + json.dumps(body).encode() + b"\n\n"
 
 
-def _agent_error(event: bytes) -> tuple[str, bytes]:
-    """The agent's `event: error`: the job's failure reason, and the buyer's error event,
-    which passes on the engine's own error (its message, and its OpenAI type, code and
-    param if it gave them) when the agent's carries one."""
+def _agent_error(event: bytes) -> tuple[str, bytes, EngineError | None]:
+    """The agent's `event: error`: the job's failure reason, the buyer's error event, and the
+    engine's own error when the agent's carries one. The buyer's event then passes that on
+    (its message, and its OpenAI type, code and param if it gave them); otherwise it names
+    only the agent's code, since the agent's message may hold its internals."""
     data = event.split(_DATA, 1)[-1]
     try:
         error = json.loads(data)["error"]
         code, message = error.get("code"), error.get("message")
     except (ValueError, KeyError, TypeError, AttributeError):
         reason = "provider stream failed"
-        return reason, error_event(reason, "provider_stream_failed")
+        return reason, error_event("The provider's stream failed.", "provider_stream_failed"), None
     reason = f"provider stream failed: {code}: {message}"
     found = engine_error(message) if isinstance(message, str) else None
     if found is None:
-        return reason, error_event(reason, "provider_stream_failed")
+        said = f" ({code})" if isinstance(code, str) and code.isidentifier() else ""
+        buyer = error_event(f"The provider's stream failed{said}.", "provider_stream_failed")
+        return reason, buyer, None
     engine = found[1]
-    buyer_code = engine.code or "upstream_error"
-    return reason, error_event(
-        engine.message, buyer_code, engine.type or "server_error", engine.param
-    )
+    type_ = engine.type or openai_type(engine.status or 500)
+    buyer = error_event(engine.message, engine.code or "upstream_error", type_, engine.param)
+    return reason, buyer, engine
 
 
 def _tokenless(event: bytes) -> bool:
@@ -121,17 +130,27 @@ class StreamRelay:
         self._batches = event_batches(response.content.iter_any())
         self._first: list[bytes] = []
         """Events read by `first_token`, not yet relayed."""
+        self.rejected: UpstreamRejectedError | None = None
+        """The engine's refusal of the request, when `first_token` met one."""
 
     async def first_token(self) -> str | None:
         """Reads the agent's events up to the first that carries an output token (or is not
         a data event), keeping them for the buyer. Returns why the stream failed if it did
         before that: the buyer has been sent nothing and no token is paid for, so the job
-        may go to another provider."""
+        may go to another provider, unless the engine refused the request itself (an error
+        event that names a 4xx other than 429, as vLLM sends for an error it meets once
+        streaming): that is the buyer's error wherever it is sent (`rejected`)."""
         try:
             async for batch in self._batches:
                 for index, event in enumerate(batch):
                     if event.startswith(_ERROR):
-                        return _agent_error(event)[0]
+                        reason, _, engine = _agent_error(event)
+                        if engine is not None and engine.status not in (None, 429):
+                            status = engine.status or 400
+                            self.rejected = UpstreamRejectedError(
+                                engine.message, status_code=status, engine=engine
+                            )
+                        return reason
                     if not _tokenless(event):
                         self._first.extend(batch[index:])
                         return None
@@ -196,7 +215,7 @@ class StreamRelay:
             )
             self.interrupted = interrupted
         elif event.startswith(_ERROR):
-            reason, buyer_event = _agent_error(event)
+            reason, buyer_event, _ = _agent_error(event)
             await self.attempt.fail(reason)
             out.append(buyer_event)
             return True

@@ -154,6 +154,24 @@ def test_completion_usage_and_token_ids(client: httpx.Client) -> None:
     assert decoded["prompt"] == choice["text"]
 
 
+def test_a_prompt_of_token_ids_counts_exactly_its_ids(client: httpx.Client) -> None:
+    """The market bounds such a prompt by its length (plus 8), in both list forms."""
+    ids = post(client, "/tokenize", {"prompt": "The quick brown fox"})["tokens"]
+    for prompt in (ids, [ids]):
+        result = post(client, "/v1/completions", {"prompt": prompt, "max_tokens": 2})
+        assert result["usage"]["prompt_tokens"] == len(ids)
+
+
+def test_echo_with_return_token_ids_has_no_prompt_text(client: httpx.Client) -> None:
+    """Why the market refuses `echo`: with the token ids the agent's receipt needs, vLLM
+    echoes no prompt text, so the buyer would not get what OpenAI's `echo` promises."""
+    body = {"prompt": "The quick brown fox", "max_tokens": 3, "temperature": 0, "echo": True}
+    plain = post(client, "/v1/completions", body)["choices"][0]["text"]
+    with_ids = post(client, "/v1/completions", {**body, "return_token_ids": True})
+    assert plain.startswith("The quick brown fox")
+    assert not with_ids["choices"][0]["text"].startswith("The quick brown fox")
+
+
 def test_completion_without_return_token_ids_has_none(client: httpx.Client) -> None:
     result = post(client, "/v1/completions", {"prompt": "Hi", "max_tokens": 3, "temperature": 0})
     assert result["choices"][0].get("token_ids") is None

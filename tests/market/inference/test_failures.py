@@ -366,6 +366,41 @@ def test_an_engine_refusal_keeps_its_param_and_openai_type(
     assert response.json() == {"error": error}
 
 
+def test_an_engine_refusal_inside_the_stream_before_a_token_is_the_buyers_400(
+    market: Market, agents: dict[str, Agent], upstream: UpstreamProcess
+) -> None:
+    """vLLM reports an error it meets once streaming as an event (HTTP 200 already sent),
+    `{"error": {..., "code": 400}}`: one that names a 4xx is the request's fault, so no other
+    provider is tried."""
+    market.routing.pin(
+        [
+            agents[PROVIDER_A].offer(1_000_000, 1_000_000),
+            agents[PROVIDER_B].offer(2_000_000, 2_000_000),
+        ]
+    )
+    refusal = f"data: {json.dumps(VLLM_ERRORS[0])}\n\n"
+    upstream.control(stream_chunks=[ROLE, refusal, "data: [DONE]\n\n"], times=1)
+    client = openai.OpenAI(base_url=market.url, api_key=market.api_key, max_retries=0)
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=4, stream=True)
+    (job,) = _jobs(market)  # the second provider, whose engine would have served, was not tried
+    error = refused.value
+    assert (error.status_code, error.request_id) == (400, job.id)
+    assert error.body == {
+        "message": TOO_LONG,
+        "type": "invalid_request_error",
+        "param": None,
+        "code": "upstream_rejected",
+    }
+    assert (job.provider_address, job.status) == (PROVIDER_A, JobStatus.FAILED)
+    with session_scope(market.sessions) as session:
+        assert ledger.get_hold(session, job.id).status.value == "released"
+        assert session.get(Receipt, job.id) is None
+        statement = ledger.statement(session, market.buyer)
+        assert (statement.available, statement.held, statement.charged) == (DEPOSIT, 0, 0)
+    assert [offer.in_flight for offer in market.routing.pinned] == [0, 0]
+
+
 def test_an_engine_error_inside_the_stream_is_passed_on_as_its_message(
     market: Market, agents: dict[str, Agent], upstream: UpstreamProcess
 ) -> None:

@@ -260,3 +260,91 @@ def test_an_unhandled_error_is_a_500_in_openais_envelope_with_a_request_id(
     assert error.response.headers["x-client-request-id"] == "trace-7"
     logged = [r.getMessage() for r in caplog.records if r.name == "market.inference.errors"]
     assert logged == [f"GET /v1/models failed as {request_id}: RuntimeError('a bug')"]
+
+
+#: OpenAI's four forms of a completion prompt, each holding one prompt, and its bound.
+PROMPT_FORMS: list[tuple[Any, int]] = [
+    ("Once upon", 9 + 8),
+    ([791, 3971, 5304], 3 + 8),
+    (["Once upon"], 9 + 8),
+    ([[791, 3971, 5304]], 3 + 8),
+]
+
+
+@pytest.mark.parametrize(("prompt", "bound"), PROMPT_FORMS, ids=["text", "ids", "[text]", "[ids]"])
+def test_a_completion_takes_one_prompt_in_any_of_openais_forms(
+    market: Market, agents: dict[str, Agent], upstream: UpstreamProcess, prompt: Any, bound: int
+) -> None:
+    market.routing.pin([agents[PROVIDER_A].offer(1_000_000, 3_000_000)])
+    response = _post(market, "completions", {**COMPLETION, "prompt": prompt})
+    assert response.status_code == 200, response.text
+    assert response.json()["usage"]["completion_tokens"] == 4
+    assert upstream.last_body()["prompt"] == prompt
+    with session_scope(market.sessions) as session:
+        hold = ledger.get_hold(session, response.headers["x-job-id"])
+        assert hold.amount == cost(bound, 4, 1_000_000, 3_000_000)
+
+
+#: Requests the market does not serve: 400 naming the parameter and saying why; no job.
+NOT_SERVED: list[tuple[str, dict[str, Any], str | None, str]] = [
+    ("completions", {"prompt": ["Once", "upon"]}, "prompt", "2 prompts in one request: one is"),
+    ("completions", {"prompt": [[1, 2], [3]]}, "prompt", "2 prompts in one request: one is"),
+    ("completions", {"prompt": []}, "prompt", "the prompt is empty"),
+    ("completions", {"prompt": [""]}, "prompt", "the prompt is empty"),
+    ("completions", {"prompt": [1, "a"]}, "prompt", "must be a string, a list of token ids"),
+    ("completions", {"prompt": [-1]}, "prompt", "must be a string, a list of token ids"),
+    ("completions", {"echo": True}, "echo", "echo is not served: the provider asks"),
+    ("completions", {"max_completion_tokens": "5"}, "max_completion_tokens", "Input should"),
+    ("completions", {"n": 2}, "n", "only n=1 is served (got 2): each choice is its own job"),
+    ("chat/completions", {"n": 3}, "n", "only n=1 is served (got 3)"),
+    ("chat/completions", {"return_token_ids": True}, None, "parameter 'return_token_ids' is"),
+]
+
+
+def test_what_the_market_does_not_serve_is_a_400_that_says_why(
+    market: Market, agents: dict[str, Agent]
+) -> None:
+    market.routing.pin([agents[PROVIDER_A].offer(1_000_000, 1_000_000)])
+    for route, change, param, says in NOT_SERVED:
+        base = COMPLETION if route == "completions" else CHAT
+        response = _post(market, route, {**base, **change})
+        assert response.status_code == 400, (change, response.text)
+        error = response.json()["error"]
+        assert (error["type"], error["param"], error["code"]) == (
+            "invalid_request_error",
+            param,
+            "invalid_parameter",
+        ), change
+        assert error["message"].startswith(f"{param}: {says}" if param else says), change
+        assert "Value error" not in error["message"]
+    assert _jobs(market) == []
+
+
+def test_max_completion_tokens_limits_a_completion_as_it_does_a_chat(
+    market: Market, agents: dict[str, Agent], upstream: UpstreamProcess
+) -> None:
+    market.routing.pin([agents[PROVIDER_A].offer(1_000_000, 3_000_000)])
+    body = {**COMPLETION, "max_tokens": 9, "max_completion_tokens": 3}
+    response = _post(market, "completions", body)
+    assert response.status_code == 200, response.text
+    assert response.json()["usage"]["completion_tokens"] == 3
+    sent = upstream.last_body()
+    assert (sent["max_tokens"], "max_completion_tokens" in sent) == (3, False)
+    with session_scope(market.sessions) as session:
+        hold = ledger.get_hold(session, response.headers["x-job-id"])
+        assert hold.amount == cost(9 + 8, 3, 1_000_000, 3_000_000)
+
+
+@pytest.mark.parametrize("route", ["chat/completions", "completions"])
+def test_a_body_that_is_not_json_is_a_400_as_openai_words_it(market: Market, route: str) -> None:
+    headers = {"Authorization": f"Bearer {market.api_key}", "content-type": "application/json"}
+    response = httpx.post(f"{market.url}/{route}", content=b'{"model":', headers=headers)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert (error["type"], error["param"], error["code"]) == (
+        "invalid_request_error",
+        None,
+        "invalid_json",
+    )
+    assert error["message"].startswith("We could not parse the JSON body of your request: ")
+    assert error["message"].endswith(" at character 9.")
