@@ -19,7 +19,7 @@ import logging
 import aiohttp
 
 from market.agent_client import AgentClient
-from market.inference.errors import EngineError, engine_error
+from market.inference.errors import PROVIDER_SIDE_STATUSES, EngineError, engine_error
 from protocol.http_session import TRANSPORT_ERRORS
 from protocol.messages import JobTicket, Signed
 
@@ -102,6 +102,13 @@ async def send_job(
         response.release()
     code, message, engine = _agent_error(raw)
     if code == "upstream_rejected" and response.status < 500:
+        if response.status in PROVIDER_SIDE_STATUSES:  # the next provider may serve it
+            raise AgentFailure(
+                f"provider's engine answered {response.status}: {message}",
+                retryable=True,
+                status=response.status,
+                code=code,
+            )
         raise AgentFailure(message, retryable=False, status=response.status, engine=engine)
     raise AgentFailure(
         f"provider answered {response.status} {code or ''}: {message}".strip(),

@@ -136,6 +136,11 @@ _MESSAGE = re.compile(r'"message"\s*:\s*("(?:[^"\\]|\\.)*")')
 MESSAGE_CHARS = 2_000
 
 
+PROVIDER_SIDE_STATUSES = frozenset({404, 408, 429})
+"""Engine refusals that say more of the provider than of the request (the model is not
+served there, the engine timed out or is busy): another provider may serve the request."""
+
+
 @dataclass(frozen=True)
 class EngineError:
     """An OpenAI-compatible engine's error as the buyer is told it: its own message, and its

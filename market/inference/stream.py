@@ -14,8 +14,8 @@ the buyer before the receipt is charged, so only tokens the buyer was sent are p
 The relay starts once the agent has sent its first output token (`StreamRelay.first_token`):
 a stream that fails before then has sent the buyer nothing and costs nothing, so the job goes
 to the next provider as one that failed to answer would, unless the engine's error says the
-request itself is at fault (a 4xx other than 429): the buyer then gets that error with its
-status, as for a request not streamed.
+request itself is at fault (a 4xx but 404, 408 and 429): the buyer then gets that error with
+its status, as for a request not streamed.
 
 A buyer who disconnects mid-stream does not cut the relay off (`RelayResponse`): the job is
 cancelled at the agent (`POST /jobs/cancel`), which stops the engine and ends the stream
@@ -41,6 +41,7 @@ from market.errors import MarketError
 from market.inference.agents import cancel_job
 from market.inference.attempt import Attempt, Settled
 from market.inference.errors import (
+    PROVIDER_SIDE_STATUSES,
     EngineError,
     UpstreamRejectedError,
     engine_error,
@@ -96,6 +97,13 @@ def _agent_error(event: bytes) -> tuple[str, bytes, EngineError | None]:
     return reason, buyer, engine
 
 
+def _refusal(engine: EngineError | None) -> UpstreamRejectedError | None:
+    """The buyer's error when the engine's says the request itself is at fault."""
+    if engine is None or engine.status is None or engine.status in PROVIDER_SIDE_STATUSES:
+        return None
+    return UpstreamRejectedError(engine.message, status_code=engine.status, engine=engine)
+
+
 def _tokenless(event: bytes) -> bool:
     """A data event without output tokens (the role chunk that opens a chat stream): a
     stream that fails after it has still delivered nothing."""
@@ -138,18 +146,15 @@ class StreamRelay:
         a data event), keeping them for the buyer. Returns why the stream failed if it did
         before that: the buyer has been sent nothing and no token is paid for, so the job
         may go to another provider, unless the engine refused the request itself (an error
-        event that names a 4xx other than 429, as vLLM sends for an error it meets once
-        streaming): that is the buyer's error wherever it is sent (`rejected`)."""
+        event that names a 4xx, as vLLM sends for an error it meets once streaming, other
+        than `PROVIDER_SIDE_STATUSES`): that is the buyer's error wherever it is sent
+        (`rejected`)."""
         try:
             async for batch in self._batches:
                 for index, event in enumerate(batch):
                     if event.startswith(_ERROR):
                         reason, _, engine = _agent_error(event)
-                        if engine is not None and engine.status not in (None, 429):
-                            status = engine.status or 400
-                            self.rejected = UpstreamRejectedError(
-                                engine.message, status_code=status, engine=engine
-                            )
+                        self.rejected = _refusal(engine)
                         return reason
                     if not _tokenless(event):
                         self._first.extend(batch[index:])

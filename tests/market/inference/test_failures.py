@@ -351,6 +351,31 @@ def test_an_engine_refusal_is_passed_on_as_its_message(
         assert ledger.get_hold(session, job.id).status.value == "released"
 
 
+@pytest.mark.parametrize("status", [404, 429])
+def test_an_engine_refusal_of_the_providers_own_goes_to_the_next_provider(
+    market: Market, agents: dict[str, Agent], upstream: UpstreamProcess, status: int
+) -> None:
+    """404 (the model is not served there) and 429 (the engine is busy) say more of the
+    provider than of the request."""
+    market.routing.pin(
+        [
+            agents[PROVIDER_A].offer(1_000_000, 1_000_000),
+            agents[PROVIDER_B].offer(2_000_000, 2_000_000),
+        ]
+    )
+    error = {"message": f"engine says {status}", "type": "BadRequestError", "code": status}
+    upstream.control(status=status, error_body={"error": error}, times=1)
+    client = openai.OpenAI(base_url=market.url, api_key=market.api_key, max_retries=0)
+    result = client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=4)
+    assert (result.model_extra or {})["provider"]["address"] == PROVIDER_B
+    refused, served = _jobs(market)
+    assert (refused.provider_address, refused.status) == (PROVIDER_A, JobStatus.FAILED)
+    assert f"engine answered {status}: engine says {status}" in (refused.error or "")
+    assert served.status is JobStatus.COMPLETED
+    with session_scope(market.sessions) as session:
+        assert ledger.get_hold(session, refused.id).status.value == "released"
+
+
 def test_an_engine_refusal_keeps_its_param_and_openai_type(
     market: Market, agents: dict[str, Agent], upstream: UpstreamProcess
 ) -> None:
