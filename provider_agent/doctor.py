@@ -16,7 +16,12 @@ from protocol.chain.settlement import SettlementClient
 from protocol.errors import KeystoreError
 from protocol.keys import ProviderIdentity, load_keystore
 from provider_agent.config import AgentSettings, VllmSettings
-from provider_agent.energy import EnergyMeter, gpu_index_order, gpus_to_meter
+from provider_agent.energy import (
+    AmbiguousGpuOrderError,
+    EnergyMeter,
+    gpu_index_order,
+    gpus_to_meter,
+)
 from provider_agent.energy.nvml import index_entries
 from provider_agent.engine.errors import EngineError
 from provider_agent.engine.metrics import fetch_engine_counters
@@ -107,13 +112,25 @@ def check_vllm_metrics(http: httpx.Client, vllm: VllmSettings) -> Check:
     return Check("vLLM metrics", "pass", detail)
 
 
+GPU_ORDER_FIX = (
+    "set CUDA_DEVICE_ORDER=PCI_BUS_ID for vLLM and the agent, or name the GPUs by UUID"
+    " (GPU-...) in energy.gpus"
+)
+"""What makes CUDA's indices name the GPUs the meter reads, whatever the GPUs' models."""
+
+
 def check_energy_meter(meter: EnergyMeter) -> Check:
-    """NVML measures (pass); estimated or unmeasured is allowed but said on every receipt."""
+    """NVML measures (pass); estimated or unmeasured is allowed but said on every receipt.
+    The fix names the setting to change where NVML works but the GPUs vLLM runs on cannot be
+    told apart (`ambiguous_gpu_order`), and the driver to install otherwise."""
     info = meter.describe()
     if info.method == "measured":
         names = ", ".join(gpu.name for gpu in info.gpus)
         return Check("energy meter", "pass", f"NVML, driver {info.driver_version}: {names}")
-    fix = "install the NVIDIA driver and nvidia-ml-py (GPUs from Volta on have energy counters)"
+    if info.reason_code == AmbiguousGpuOrderError.code:
+        fix = GPU_ORDER_FIX
+    else:
+        fix = "install the NVIDIA driver and nvidia-ml-py (GPUs from Volta on have energy counters)"
     if info.method == "estimated":
         detail = f"estimated from declared power: receipts will say so ({info.reason})"
         return Check("energy meter", "warn", detail, fix)
@@ -145,12 +162,8 @@ def check_gpu_order(
     if info.method == "measured":
         models = ", ".join(sorted({gpu.name for gpu in info.gpus}))
         return Check(name, "pass", f"{counted}, but all GPUs are {models}: PCI bus order")
-    fix = (
-        "set CUDA_DEVICE_ORDER=PCI_BUS_ID for vLLM and the agent, or name the GPUs by UUID"
-        " (GPU-...) in energy.gpus"
-    )
     detail = f"{counted}, and NVML did not show the GPUs to be one model (see energy meter)"
-    return Check(name, "warn", detail, fix)
+    return Check(name, "warn", detail, GPU_ORDER_FIX)
 
 
 def check_data_dir_space(

@@ -26,10 +26,18 @@ class EstimatedMeter:
 
     kind: Final = "declared-power"
 
-    def __init__(self, declared_power_w: float, reason: str, clock: Clock = system_clock) -> None:
-        """`reason` says why nothing is measured; the estimate uses `declared_power_w`."""
+    def __init__(
+        self,
+        declared_power_w: float,
+        reason: str,
+        clock: Clock = system_clock,
+        reason_code: str | None = None,
+    ) -> None:
+        """`reason` says why nothing is measured (e.g. the NVML error, whose `code` is
+        `reason_code`); the estimate uses `declared_power_w`."""
         self._declared_mw = watts_to_mw(declared_power_w)
         self._reason = f"{reason}; energy estimated from a declared power, not measured"
+        self._reason_code = reason_code
         self._clock = clock
 
     @property
@@ -44,7 +52,12 @@ class EstimatedMeter:
 
     def describe(self) -> MeterInfo:
         """No GPUs known; the reason states that energy is an estimate."""
-        return MeterInfo(kind=self.kind, method="estimated", reason=self._reason)
+        return MeterInfo(
+            kind=self.kind,
+            method="estimated",
+            reason=self._reason,
+            reason_code=self._reason_code,
+        )
 
     def read(self) -> EnergyReading:
         """A time stamp and the declared power; energy follows from two readings."""

@@ -26,13 +26,15 @@ class GpuInfo:
 
 @dataclass(frozen=True)
 class MeterInfo:
-    """What a meter is: its kind, GPUs and driver, or why it cannot measure."""
+    """What a meter is: its kind, GPUs and driver, or why it cannot measure (`reason`, and
+    `reason_code`, the `code` of the `EnergyMeterError` that left NVML unusable, if one did)."""
 
     kind: str
     method: Method
     gpus: tuple[GpuInfo, ...] = ()
     driver_version: str | None = None
     reason: str | None = None
+    reason_code: str | None = None
 
 
 @dataclass(frozen=True)

@@ -76,18 +76,22 @@ def select_meter(
     """NVML if it can measure; else estimated (only with a declared power) or unmeasured.
 
     The fallback meters carry the reason NVML could not be used in `describe().reason`
-    and in every reading.
+    (its error's `code` in `describe().reason_code`) and in every reading.
     """
+    code = None
     if config.use_nvml:
         try:
             return NvmlMeter(nvml, clock=clock, gpus=config.gpus, index_order=config.index_order)
         except EnergyMeterError as exc:
-            reason = f"NVML unavailable ({exc.code}): {exc}"
+            code = exc.code
+            reason = f"NVML unavailable ({code}): {exc}"
     else:
         reason = "NVML disabled by configuration"
     if config.declared_power_w is not None:
-        meter: EnergyMeter = EstimatedMeter(config.declared_power_w, reason, clock=clock)
+        meter: EnergyMeter = EstimatedMeter(
+            config.declared_power_w, reason, clock=clock, reason_code=code
+        )
     else:
-        meter = UnmeasuredMeter(reason, clock=clock)
+        meter = UnmeasuredMeter(reason, clock=clock, reason_code=code)
     logger.warning("energy meter: %s (%s)", meter.method, reason)
     return meter

@@ -17,9 +17,13 @@ class UnmeasuredMeter:
 
     kind: Final = "none"
 
-    def __init__(self, reason: str, clock: Clock = system_clock) -> None:
-        """`reason` says why no meter works here (e.g. the NVML error)."""
+    def __init__(
+        self, reason: str, clock: Clock = system_clock, reason_code: str | None = None
+    ) -> None:
+        """`reason` says why no meter works here (e.g. the NVML error, whose `code` is
+        `reason_code`)."""
         self._reason = reason
+        self._reason_code = reason_code
         self._clock = clock
 
     @property
@@ -29,7 +33,12 @@ class UnmeasuredMeter:
 
     def describe(self) -> MeterInfo:
         """No GPUs, no driver: only the reason."""
-        return MeterInfo(kind=self.kind, method="unmeasured", reason=self._reason)
+        return MeterInfo(
+            kind=self.kind,
+            method="unmeasured",
+            reason=self._reason,
+            reason_code=self._reason_code,
+        )
 
     def read(self) -> EnergyReading:
         """A time stamp and the reason; no energy."""

@@ -23,7 +23,14 @@ from provider_agent.doctor import (
     check_vllm_health,
     check_vllm_model,
 )
-from provider_agent.energy import EnergyReading, EstimatedMeter, NvmlMeter, UnmeasuredMeter
+from provider_agent.energy import (
+    EnergyReading,
+    EstimatedMeter,
+    NvmlMeter,
+    UnmeasuredMeter,
+    meter_config,
+    select_meter,
+)
 from provider_agent.engine.metrics import EngineCounters
 from provider_agent.jobs.outbox import MIB, ReceiptOutbox
 from tests.provider_agent.cli.conftest import MODEL, Services, init_agent
@@ -136,6 +143,26 @@ def test_the_meter_check_passes_only_when_measured() -> None:
     assert "NVIDIA H100" in measured.detail
     assert (estimated.status, unmeasured.status) == ("warn", "warn")
     assert unmeasured.detail.startswith("unmeasured: receipts will say so")
+
+
+@pytest.mark.parametrize("declared_power_w", [None, 350.0], ids=["unmeasured", "estimated"])
+def test_the_meter_check_fixes_an_ambiguous_gpu_order_with_the_order_not_the_driver(
+    declared_power_w: float | None,
+) -> None:
+    nvml = mixed_gpus()
+    config = meter_config(None, declared_power_w, {"CUDA_VISIBLE_DEVICES": "1"})
+    check = check_energy_meter(select_meter(config, nvml=nvml, clock=nvml.clock))
+    driverless = check_energy_meter(UnmeasuredMeter("NVML unavailable", reason_code="no_gpu"))
+
+    assert check.status == "warn"
+    assert "(ambiguous_gpu_order)" in check.detail
+    assert check.fix is not None
+    assert check.fix.startswith(
+        "set CUDA_DEVICE_ORDER=PCI_BUS_ID for vLLM and the agent, or name the GPUs by UUID"
+    )
+    assert "install the NVIDIA driver" not in check.fix
+    assert driverless.fix is not None
+    assert driverless.fix.startswith("install the NVIDIA driver")
 
 
 @pytest.fixture
