@@ -190,13 +190,20 @@ class AttestationLog:
         """Set every unsent attestation aside (listed in `attestations-refused.jsonl` with
         the market's `status` and `reason`, kept in the archived chain file) and start a new
         chain file that follows `head`, the market's (None: the market holds none); how many
-        were set aside."""
+        were set aside.
+
+        On `OSError` (a full disk) the chain is as it was, to be resumed again: the refused
+        ones are listed in one append (all or none), and one listed by an earlier try that
+        failed later on (the anchor) is not listed twice."""
         refused = self.unsent()
+        listed = self._refused_listed()
+        records = []
         for envelope in refused:
             record = {"seq": envelope.message.seq, "digest": message_digest(envelope.message)}
-            self._append(
-                self.refused_path, json.dumps({**record, "status": status, "reason": reason})
-            )
+            if (record["seq"], record["digest"]) not in listed:
+                records.append(json.dumps({**record, "status": status, "reason": reason}) + "\n")
+        if records:
+            append_durably(self.refused_path, "".join(records).encode(), fsync=self._fsync)
         self._write_anchor(head)
         stamp = time.time_ns() // 1_000_000
         for path in (self.path, self.sent_path):
@@ -205,13 +212,21 @@ class AttestationLog:
         self._all, self._sent, self.anchor = [], set(), head
         return len(refused)
 
+    def _refused_listed(self) -> set[tuple[object, object]]:
+        """The (seq, digest) of every attestation `attestations-refused.jsonl` lists."""
+        listed = set()
+        for line in self._lines(self.refused_path):
+            with contextlib.suppress(ValueError, TypeError, KeyError):
+                record = json.loads(line)
+                listed.add((record["seq"], record["digest"]))
+        return listed
+
     def _write_anchor(self, head: ChainHead | None) -> None:
+        """Keep `head` as the anchor, whole or not at all (`replace_durably`)."""
         if head is None:
             self.anchor_path.unlink(missing_ok=True)
             return
-        staged = self.anchor_path.with_name(self.anchor_path.name + ".tmp")
-        staged.write_text(json.dumps(asdict(head)))
-        os.replace(staged, self.anchor_path)
+        self._replace(self.anchor_path, json.dumps(asdict(head)).encode())
 
     @staticmethod
     def _lines(path: Path) -> list[str]:

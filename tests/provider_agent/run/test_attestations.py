@@ -36,7 +36,7 @@ from provider_agent.energy import (
 from provider_agent.energy import GpuReading as MeterGpuReading
 from provider_agent.engine.errors import MetricsUnavailableError
 from provider_agent.engine.metrics import EngineCounters
-from provider_agent.market_client import MarketClient
+from provider_agent.market_client import MarketClient, MarketError
 from tests.provider_agent.nvml_double import FakeGpu, FakeNvml
 from tests.provider_agent.run.market_double import DOMAIN, MarketDouble, running_market
 
@@ -712,3 +712,86 @@ def test_a_crash_at_any_step_of_archiving_loses_nothing_and_sends_nothing_twice(
             final = AttestationLog(data_dir)
             assert stored_seqs(final) == list(range(36))  # each exactly once
             assert [e.message for e in [*final.archived(), *final.all()]] == market.attestations
+
+
+UNTRUSTED = "401: the signature is by a key the market no longer trusts"
+
+
+class RefusingMarket(ChainMarket):
+    """Refuses every attestation for good (401, as after a key rotation); its head is `head`."""
+
+    def __init__(self, head: dict[str, Any]) -> None:
+        super().__init__()
+        self.head = head
+
+    async def post_attestation(self, envelope: Signed[Attestation]) -> object:
+        raise MarketError(UNTRUSTED, status=401)
+
+    async def latest_attestation(self) -> dict[str, Any] | None:
+        return self.head
+
+
+def disk_with_room(room: int) -> Callable[[int, bytes], None]:
+    """`write_all` on a disk with `room` bytes left: it writes what fits, then fails."""
+    left = [room]
+
+    def write_all(fd: int, data: bytes) -> None:
+        fits = min(left[0], len(data))
+        os.write(fd, data[:fits])
+        left[0] -= fits
+        if fits < len(data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    return write_all
+
+
+@pytest.mark.parametrize("failing", ["refused-list", "anchor"])
+def test_a_resume_the_disk_cannot_store_is_tried_again_and_lists_each_refusal_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: str
+) -> None:
+    identity = ProviderIdentity.generate()
+    head = {"seq": 41, "digest": "0x" + "ab" * 32, "window_end_ms": 1_789_999_999_000}
+    loop, store = direct_loop(tmp_path, identity, RefusingMarket(head), archive_after=1)
+    build_windows(loop, 3)
+    queued = [(e.message.seq, message_digest(e.message)) for e in store.unsent()]
+    chain = store.path.read_bytes()
+
+    def listed() -> list[tuple[int, str]]:
+        if not store.refused_path.exists():
+            return []
+        records = [json.loads(line) for line in store.refused_path.read_text().splitlines()]
+        assert all((r["status"], r["reason"]) == (401, UNTRUSTED) for r in records)
+        return [(r["seq"], r["digest"]) for r in records]
+
+    async def scenario() -> None:
+        staged_anchor = store.anchor_path.with_name(store.anchor_path.name + ".tmp")
+        with monkeypatch.context() as disk:
+            if failing == "refused-list":
+                one = json.dumps({"seq": 0, "digest": queued[0][1], "status": 401})
+                record = len(one) + len(json.dumps(UNTRUSTED)) + 12
+                disk.setattr("provider_agent.appending.write_all", disk_with_room(record * 3 // 2))
+            else:
+                staged_anchor.mkdir()  # the anchor cannot be written
+            assert not await loop.send_pending()  # the loop goes on, and tries again
+            assert not await loop.send_pending()
+        with contextlib.suppress(FileNotFoundError):
+            staged_anchor.rmdir()
+        assert loop.set_aside == 0
+        assert [(e.message.seq, message_digest(e.message)) for e in store.unsent()] == queued
+        assert store.path.read_bytes() == chain
+        assert listed() in ([], queued)  # all of them or none
+
+        assert await loop.send_pending()  # space again: the chain resumes from the market's
+
+    arun(scenario())
+    assert loop.set_aside == 3
+    assert listed() == queued  # each listed once
+    assert store.unsent() == []
+    resumed = store.head()
+    assert resumed is not None
+    assert (resumed.seq, resumed.digest) == (41, head["digest"])
+    assert AttestationLog(tmp_path).head() == resumed  # the anchor was stored
+    kept = list(tmp_path.glob("attestations-until-*.jsonl"))
+    assert [p.read_bytes() for p in kept] == [chain]  # the set-aside ones are kept
+    build_windows(loop, 1)
+    assert store.all()[0].message.seq == 42
