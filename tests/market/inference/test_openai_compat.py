@@ -99,6 +99,18 @@ def _post(market: Market, route: str, body: dict[str, Any]) -> httpx.Response:
     return httpx.post(f"{market.url}/{route}", json=body, headers=headers, timeout=30)
 
 
+def _invalid(response: httpx.Response, param: str | None) -> str:
+    """The message of a 400 `invalid_parameter` naming `param`, in OpenAI's envelope."""
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert (error["type"], error["param"], error["code"]) == (
+        "invalid_request_error",
+        param,
+        "invalid_parameter",
+    ), error
+    return str(error["message"])
+
+
 def test_null_is_the_default_for_every_optional_parameter(
     market: Market, agents: dict[str, Agent]
 ) -> None:
@@ -133,15 +145,8 @@ def test_a_wrong_type_is_a_400_naming_the_parameter(
 ) -> None:
     market.routing.pin([agents[PROVIDER_A].offer(1_000_000, 1_000_000)])
     for change, param in WRONG_TYPES:
-        response = _post(market, "chat/completions", {**CHAT, **change})
-        assert response.status_code == 400, (change, response.text)
-        error = response.json()["error"]
-        assert (error["type"], error["param"], error["code"]) == (
-            "invalid_request_error",
-            param,
-            "invalid_parameter",
-        ), change
-        assert error["message"].startswith(f"{param}: "), error
+        message = _invalid(_post(market, "chat/completions", {**CHAT, **change}), param)
+        assert message.startswith(f"{param}: "), (change, message)
 
 
 def test_every_answer_carries_a_request_id_naming_its_job(
@@ -307,16 +312,9 @@ def test_what_the_market_does_not_serve_is_a_400_that_says_why(
     market.routing.pin([agents[PROVIDER_A].offer(1_000_000, 1_000_000)])
     for route, change, param, says in NOT_SERVED:
         base = COMPLETION if route == "completions" else CHAT
-        response = _post(market, route, {**base, **change})
-        assert response.status_code == 400, (change, response.text)
-        error = response.json()["error"]
-        assert (error["type"], error["param"], error["code"]) == (
-            "invalid_request_error",
-            param,
-            "invalid_parameter",
-        ), change
-        assert error["message"].startswith(f"{param}: {says}" if param else says), change
-        assert "Value error" not in error["message"]
+        message = _invalid(_post(market, route, {**base, **change}), param)
+        assert message.startswith(f"{param}: {says}" if param else says), (change, message)
+        assert "Value error" not in message
     assert _jobs(market) == []
 
 
