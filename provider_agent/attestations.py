@@ -18,8 +18,10 @@ with the agent's age, and a start reads only what it needs. Each step writes a n
 flushes it and renames it over the old (`replace_durably`): the archive first, then the chain
 file, then the sent file, so a crash between any two loses nothing (an archived attestation
 stays in the chain file, still marked sent, until the next archiving rewrites the same archive
-file and drops it) and sends nothing twice. Nothing is deleted; an operator may remove archive
-files the market has settled.
+file and drops it) and sends nothing twice. With `run.retention_days` set, each archiving then
+deletes the archive files whose last attestation's UTC day is more than that many days before
+today's (`AttestationLog.remove_archived`). Without it nothing is deleted; an operator may
+remove archive files the market has settled.
 
 A window whose token counters cannot be read, or went backwards (vLLM restarted), is
 not attested: the next window starts from the next good reading. A window whose energy
@@ -63,6 +65,7 @@ from protocol.messages import (
     parse_signed,
     sign,
 )
+from provider_agent import retention
 from provider_agent.appending import append_durably, replace_durably
 from provider_agent.energy import (
     Clock,
@@ -301,6 +304,21 @@ class AttestationLog:
         """The archive files, by name (UTC day, then seq)."""
         return sorted(self.archive_dir.glob("*.jsonl.gz"))
 
+    def remove_archived(self, oldest_kept: int) -> list[Path]:
+        """Delete the archive files whose every attestation's window ended before the UTC day
+        `oldest_kept` (days since the epoch); the files deleted. The name gives the first one's
+        day, so only files named before that day are opened to read the last one's (a file
+        spans days when the market took a backlog at once); one that cannot be read is kept."""
+        old = [
+            path
+            for path in self.archive_paths()
+            if (day := retention.day_of(path.name)) is not None
+            and day < oldest_kept
+            and (last := _last_window_end(path)) is not None
+            and last // 1000 // retention.DAY_S < oldest_kept
+        ]
+        return retention.remove(old, "attestation archive files")
+
     def archived(self) -> Iterator[Signed[Attestation]]:
         """Every archived attestation, file by file (`archive_paths`)."""
         for path in self.archive_paths():
@@ -316,6 +334,21 @@ class AttestationLog:
 
 def _jsonl(envelopes: list[Signed[Attestation]]) -> bytes:
     return "".join(envelope.model_dump_json() + "\n" for envelope in envelopes).encode()
+
+
+def _last_window_end(path: Path) -> int | None:
+    """The window end (unix ms) of an archive file's last attestation; `None` when the file
+    cannot be read."""
+    last = None
+    try:
+        with gzip.open(path, "rt", encoding="utf-8") as lines:
+            for line in lines:
+                if line.strip():
+                    last = line
+        return None if last is None else int(json.loads(last)["message"]["window_end"])
+    except (OSError, EOFError, ValueError, KeyError, TypeError) as exc:
+        log.warning("archive file %s kept, it cannot be read: %s", path, exc)
+        return None
 
 
 @dataclass
@@ -470,9 +503,11 @@ class AttestationLoop:
         retry_max_s: float = 60.0,
         clock: Clock = system_clock,
         archive_after: int = ARCHIVE_AFTER,
+        retention_days: int | None = None,
     ) -> None:
         """`market` takes the attestations; `None` only stores them. Once `archive_after`
-        acknowledged ones are in the chain file, they are moved to the archive.
+        acknowledged ones are in the chain file, they are moved to the archive, and archive
+        files more than `retention_days` old are deleted (`None`: none).
 
         `clock` stamps a reading the meter failed to take (the meter's own clock, as a rule).
         """
@@ -486,6 +521,7 @@ class AttestationLoop:
         self.retry_max_s = retry_max_s
         self.clock = clock
         self.archive_after = archive_after
+        self.retention_days = retention_days
         self.produced = 0
         self.send_failures = 0
         self.write_error: str | None = None
@@ -596,12 +632,17 @@ class AttestationLoop:
         return True
 
     def _archive(self) -> None:
-        """Archive the acknowledged attestations if enough are; a failure (a full disk)
-        leaves them where they are, and the next send tries again."""
+        """Archive the acknowledged attestations if enough are, then apply the retention; a
+        failure (a full disk) leaves them where they are, and the next send tries again."""
         try:
-            self.builder.store.archive_sent(self.archive_after)
+            archived = self.builder.store.archive_sent(self.archive_after)
         except OSError as exc:
             log.warning("acknowledged attestations not archived (tried again later): %s", exc)
+            return
+        if archived and self.retention_days is not None:
+            now_s = self.clock()[1] / 1000
+            oldest = retention.oldest_kept(now_s, self.retention_days)
+            self.builder.store.remove_archived(oldest)
 
     def _failed(self, envelope: Signed[Attestation], exc: Exception) -> bool:
         self.send_failures += 1

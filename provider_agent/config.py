@@ -164,6 +164,10 @@ class RunSettings(_Group):
     shutdown_grace_s: float = Field(default=30.0, ge=0)
     flush_timeout_s: float = Field(default=10.0, ge=0)
     receipt_sync_interval_s: float = Field(default=300.0, gt=0, le=86_400)
+    retention_days: int | None = Field(default=None, ge=1)
+    """Days the answered records are kept: sealed receipt day files, and attestation archive
+    files whose last attestation is, more than this many UTC days before today are deleted.
+    Unset: the agent deletes nothing."""
 
 
 class AgentSettings(BaseSettings):

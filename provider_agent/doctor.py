@@ -184,6 +184,23 @@ def check_data_dir_space(
     return Check(name, "pass", detail)
 
 
+def _size(paths: list[Path]) -> int:
+    """The bytes of the files among `paths` and of the files under the folders among them."""
+    files = [file for path in paths for file in (path.rglob("*") if path.is_dir() else [path])]
+    return sum(file.stat().st_size for file in files if file.is_file())
+
+
+def check_records(data_dir: Path, retention_days: int | None) -> Check:
+    """How much the receipts and the attestation archive take, and how long they are kept
+    (`run.retention_days`; unset, they grow until the operator removes files)."""
+    receipts = _size([data_dir / "receipts", data_dir / "receipts.jsonl"])
+    archive = _size([data_dir / "attestations-archive"])
+    detail = f"receipts {receipts / MIB:.1f} MiB, attestation archive {archive / MIB:.1f} MiB"
+    if retention_days is None:
+        return Check("data dir records", "pass", f"{detail}, kept until removed by hand")
+    return Check("data dir records", "pass", f"{detail}, answered ones kept {retention_days} days")
+
+
 def check_chain(settings: AgentSettings) -> tuple[Check, SettlementClient | None]:
     """The RPC answers, its chain id matches the deployment file, and the contract is there."""
     name = "chain"
@@ -291,6 +308,7 @@ def run_doctor(
         check_energy_meter(meter),
         check_gpu_order(settings.energy.gpus, environ, meter),
         check_data_dir_space(settings.data_dir, settings.data_dir_min_free_mib),
+        check_records(settings.data_dir, settings.run.retention_days),
     ]
     chain, client = check_chain(settings)
     checks.append(chain)

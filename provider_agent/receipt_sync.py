@@ -7,7 +7,8 @@ got it. `sync_receipts` posts the outbox's unanswered receipts to the market in 
 final answer for; a job still open (`in_flight`) is asked about again next time. Answers
 that mean the receipt will not be paid (`closed`, `differs`, `unknown`, `refused`) are also
 appended to `receipts-unpaid.jsonl` and logged, so the provider knows what went unpaid and
-why. Past days whose receipts were all answered are then sealed, so later syncs skip them.
+why. Past days whose receipts were all answered are then sealed, so later syncs skip them,
+and with `run.retention_days` set, sealed days older than that are deleted.
 `provider-agent run` syncs at start and then every `run.receipt_sync_interval_s`.
 """
 
@@ -49,12 +50,17 @@ async def _batches(
 
 
 async def sync_receipts(
-    outbox: ReceiptOutbox, market: MarketClient, *, batch: int = BATCH
+    outbox: ReceiptOutbox,
+    market: MarketClient,
+    *,
+    batch: int = BATCH,
+    retention_days: int | None = None,
 ) -> SyncResult:
     """Ask the market about every unanswered receipt; how many got each state.
 
     Stops at the first batch the market does not answer (the rest wait for the next sync);
-    what was answered before it stays marked.
+    what was answered before it stays marked. Sealed days more than `retention_days` old
+    are then deleted (`None`: none), whether the market answered or not.
     """
     result = SyncResult()
     async for envelopes in _batches(outbox.unsent(), batch):
@@ -79,4 +85,6 @@ async def sync_receipts(
         outbox.mark_sent(final)
     if result.error is None:
         await asyncio.to_thread(outbox.seal_answered)
+    if retention_days is not None:
+        await asyncio.to_thread(outbox.remove_sealed, retention_days)
     return result

@@ -189,6 +189,7 @@ class AgentRunner:
             window_s=run.attestation_window_s,
             sample_s=sample_s,
             archive_after=run.attestation_archive_after,
+            retention_days=run.retention_days,
         )
         self.registered = False
         self.registration_error: str | None = None
@@ -312,7 +313,9 @@ class AgentRunner:
         outbox = ReceiptOutbox(self.data_dir)
         while True:
             try:
-                result = await sync_receipts(outbox, self.market)
+                result = await sync_receipts(
+                    outbox, self.market, retention_days=self.settings.run.retention_days
+                )
                 self.receipts_answered.update(result.states)
                 self.receipt_sync_error = result.error
             except Exception as exc:  # an unreadable outbox must not stop the agent serving

@@ -21,8 +21,11 @@ A past day's file whose every receipt was answered is sealed (`seal_answered`): 
 `<file>.answered` beside it, after which the scans for unanswered receipts skip the file,
 and its ids leave `receipts-sent.jsonl`, so neither the scan nor the set of answered ids
 grows with the agent's age. Today's file is never sealed (receipts are still appended to
-it); a receipt appended to a sealed day (the clock went back) unseals it. Nothing is
-deleted here; an operator may remove the day files of epochs the market has settled.
+it); a receipt appended to a sealed day (the clock went back) unseals it. With
+`run.retention_days` set, the sealed day files (and their markers) more than that many days
+before today are deleted (`remove_sealed`, after each receipt sync); an unsealed day and the
+legacy file are never deleted. Without it nothing is deleted here; an operator may remove the
+day files of epochs the market has settled.
 
 Today's file stays open for appends (`O_APPEND`, one `write` per receipt): opening and
 closing it for each receipt cost four times as much. It is reopened when the UTC day
@@ -61,7 +64,9 @@ from pathlib import Path
 
 from protocol.errors import MalformedMessageError
 from protocol.messages import Receipt, Signed, parse_signed
+from provider_agent import retention
 from provider_agent.appending import append_durably, append_whole, end_torn_line
+from provider_agent.retention import DAY_S
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +77,6 @@ _JOB_ID = re.compile(rb'"job_id":"([0-9a-f]{32})"')
 writes before any free text (a quote inside a string is escaped, so none can match there)."""
 _LINE_ID = "line-"
 """The prefix of the id given to a line whose job id cannot be read (never a job id's)."""
-_DAY_S = 86_400
-"""Seconds in a UTC day: unix time counts no leap seconds, so `t // _DAY_S` is the day."""
 MIB = 1024 * 1024
 SPACE_CHECK_S = 1.0
 """How long a reading of the disk's free space is kept before it is read again."""
@@ -153,13 +156,13 @@ class ReceiptOutbox:
             self._day_fd = None
 
     def _path_of(self, day: float) -> Path:
-        """The file of the UTC day `day` (unix seconds // `_DAY_S`); creates nothing."""
-        name = datetime.fromtimestamp(day * _DAY_S, UTC).date().isoformat()
+        """The file of the UTC day `day` (unix seconds // `DAY_S`); creates nothing."""
+        name = datetime.fromtimestamp(day * DAY_S, UTC).date().isoformat()
         return self.days_dir / f"{name}.jsonl"
 
     def _current_path(self) -> Path:
         """The day file for now; the name and path are only recomputed when the day changes."""
-        day = self._clock() // _DAY_S
+        day = self._clock() // DAY_S
         if day != self._day:
             self.days_dir.mkdir(exist_ok=True)
             self._day_path = self._path_of(day)
@@ -289,7 +292,7 @@ class ReceiptOutbox:
         """Seal each past file whose receipts were all answered, and drop their ids from
         `receipts-sent.jsonl`; the files sealed."""
         # today's path only: the appender (another instance, as a rule) owns the file
-        sent, today = self._sent(), self._path_of(self._clock() // _DAY_S)
+        sent, today = self._sent(), self._path_of(self._clock() // DAY_S)
         sealed, ids = [], set()
         for path in self._unsealed():
             if path == today:
@@ -304,6 +307,22 @@ class ReceiptOutbox:
             kept.write_text("".join(json.dumps(job_id) + "\n" for job_id in sent - ids))
             os.replace(kept, self.sent_path)
         return sealed
+
+    def remove_sealed(self, retention_days: int) -> list[Path]:
+        """Delete the sealed day files whose UTC day is more than `retention_days` before
+        today's, then their markers; the files deleted. A marker outlives its file only when
+        the file could not be deleted (it is kept sealed) or the agent stopped in between."""
+        oldest = retention.oldest_kept(self._clock(), retention_days)
+        markers = [
+            marker
+            for marker in sorted(self.days_dir.glob("????-??-??.jsonl.answered"))
+            if (day := retention.day_of(marker.name)) is not None and day < oldest
+        ]
+        removed = retention.remove([m.with_suffix("") for m in markers], "sealed receipt days")
+        for marker in markers:
+            if not marker.with_suffix("").exists():
+                marker.unlink(missing_ok=True)
+        return removed
 
     def unsent(self) -> Iterator[Signed[Receipt]]:
         """Stored receipts the market has not answered for, oldest first; a line that does not

@@ -60,6 +60,8 @@ def test_the_config_file_may_come_from_the_environment(
         ("AGENT_OFFER__HOST_OVERHEAD", "0.5", "offer.host_overhead"),
         ("AGENT_MARKET_URL", "market.example", "http:// or https://"),
         ("AGENT_VLLM__MODEL_DIGEST", "abc", "vllm.model_digest"),
+        ("AGENT_RUN__RETENTION_DAYS", "0", "run.retention_days: .* greater than or equal to 1"),
+        ("AGENT_RUN__RETENTION_DAYS", "-7", "run.retention_days: .* greater than or equal to 1"),
     ],
 )
 def test_bad_values_are_named(
@@ -69,6 +71,13 @@ def test_bad_values_are_named(
 
     with pytest.raises(ConfigError, match=message):
         load_settings()
+
+
+def test_the_retention_is_unset_unless_configured(tmp_path: Path) -> None:
+    assert load_settings().run.retention_days is None  # the agent deletes nothing
+    config = tmp_path / "agent.toml"
+    config.write_text("[run]\nretention_days = 30\n")
+    assert load_settings(config).run.retention_days == 30
 
 
 def test_a_passphrase_in_the_file_is_refused(tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ from provider_agent.doctor import (
     check_energy_meter,
     check_gpu_order,
     check_market,
+    check_records,
     check_vllm_health,
     check_vllm_model,
 )
@@ -243,6 +244,27 @@ def test_the_data_dir_space_check_fails_below_the_free_space_run_keeps(tmp_path:
         == f"63 MiB free on the disk of {data_dir}, 64 MiB kept free: run refuses new jobs"
     )
     assert short.fix is not None
+
+
+def test_the_records_check_sizes_receipts_and_archive_and_names_the_retention(
+    tmp_path: Path,
+) -> None:
+    assert check_records(tmp_path / "not-made-yet", None).detail == (
+        "receipts 0.0 MiB, attestation archive 0.0 MiB, kept until removed by hand"
+    )
+    (tmp_path / "receipts").mkdir()
+    (tmp_path / "receipts" / "2026-01-01.jsonl").write_bytes(b"x" * MIB)
+    (tmp_path / "receipts.jsonl").write_bytes(b"x" * (MIB // 2))
+    (tmp_path / "attestations-archive").mkdir()
+    (tmp_path / "attestations-archive" / "2026-01-01-seq.jsonl.gz").write_bytes(b"x" * (MIB // 4))
+    (tmp_path / "attestations.jsonl").write_bytes(b"x" * MIB)  # the chain file: not counted
+
+    check = check_records(tmp_path, 30)
+
+    assert (check.name, check.status) == ("data dir records", "pass")
+    assert check.detail == (
+        "receipts 1.5 MiB, attestation archive 0.2 MiB, answered ones kept 30 days"
+    )
 
 
 def test_meter_shows_two_readings_or_why_not(runner: CliRunner, agent_env: Path) -> None:

@@ -27,11 +27,13 @@ from provider_agent.attestations import (
     AttestationLoop,
 )
 from provider_agent.energy import (
+    Clock,
     EnergyMeter,
     EnergyReading,
     EstimatedMeter,
     NvmlMeter,
     UnmeasuredMeter,
+    system_clock,
 )
 from provider_agent.energy import GpuReading as MeterGpuReading
 from provider_agent.engine.errors import MetricsUnavailableError
@@ -581,7 +583,12 @@ class ChainMarket:
 
 
 def direct_loop(
-    data_dir: Path, identity: ProviderIdentity, market: ChainMarket, archive_after: int
+    data_dir: Path,
+    identity: ProviderIdentity,
+    market: ChainMarket,
+    archive_after: int,
+    retention_days: int | None = None,
+    clock: Clock = system_clock,
 ) -> tuple[AttestationLoop, AttestationLog]:
     """A loop whose windows the test builds itself (`build_windows`), without timers."""
     store = AttestationLog(data_dir, fsync=False)
@@ -594,6 +601,8 @@ def direct_loop(
         counters=Counters(),
         market=market,
         archive_after=archive_after,
+        retention_days=retention_days,
+        clock=clock,
     )
     return loop, store
 
@@ -643,6 +652,72 @@ def test_the_chain_file_stays_bounded_over_many_windows_and_goes_on_after_a_rest
     store = AttestationLog(tmp_path)
     assert stored_seqs(store) == list(range(280))
     assert [e.message for e in [*store.archived(), *store.all()]] == market.attestations
+
+
+DAY_MS = 86_400_000
+FIRST_DAY_MS = 1_789_948_800_000  # 2026-09-21T00:00Z
+RETENTION_TODAY_MS = FIRST_DAY_MS + 10 * DAY_MS + 3_600_000  # 2026-10-01T01:00Z
+
+
+def window_ending(loop: AttestationLoop, day: float) -> None:
+    """Sign one window after the chain's head, ending `day` days after `FIRST_DAY_MS`."""
+    head = loop.builder.store.head()
+    start_ms = FIRST_DAY_MS if head is None else head.window_end
+    end_ms = FIRST_DAY_MS + int(day * DAY_MS)
+    begin = EnergyReading("unmeasured", 0, start_ms, reason="test")
+    end = EnergyReading("unmeasured", 10**9, end_ms, reason="test")
+    tokens = EngineCounters(0, 0, 0, 0)
+    assert loop.builder.build(begin, end, tokens, tokens, [0], [0]) is not None
+
+
+def archive_over_days(data_dir: Path, retention_days: int | None) -> AttestationLog:
+    """Five archive files (one per send) of attestations ending on the given days after
+    `FIRST_DAY_MS`, with the clock 10 days after it; archived as:
+    day 0 (seq 0), day 0 (seq 1), days 6 to 6 (seqs 2-3), days 6 to 7 (seqs 4-5), day 7 (6)."""
+    identity = ProviderIdentity.generate()
+    clock: Clock = lambda: (0, RETENTION_TODAY_MS)  # noqa: E731
+    loop, store = direct_loop(
+        data_dir, identity, ChainMarket(), 1, retention_days=retention_days, clock=clock
+    )
+    sends = [[0.1, 0.2], [6.1], [6.3, 6.8], [7.5, 7.6], [9.0]]
+
+    async def send() -> None:
+        for days in sends:
+            for day in days:
+                window_ending(loop, day)
+            assert await loop.send_pending()
+
+    arun(send())
+    return store
+
+
+def test_archive_files_older_than_the_retention_are_deleted_only_with_it(tmp_path: Path) -> None:
+    kept_all = archive_over_days(tmp_path / "kept", None)
+    assert [path.name[:10] for path in kept_all.archive_paths()] == [
+        "2026-09-21",
+        "2026-09-21",
+        "2026-09-27",
+        "2026-09-27",
+        "2026-09-28",
+    ]
+    assert stored_seqs(kept_all) == list(range(8))
+
+    store = archive_over_days(tmp_path / "retained", 3)  # days before 2026-09-28 go
+
+    # the second file on 2026-09-27 ends on 2026-09-28: kept whole, as is the chain's head
+    assert [path.name[:10] for path in store.archive_paths()] == ["2026-09-27", "2026-09-28"]
+    assert stored_seqs(store) == [4, 5, 6, 7]
+    assert stored_seqs(AttestationLog(tmp_path / "retained")) == [4, 5, 6, 7]
+
+
+def test_an_unreadable_archive_file_is_kept(tmp_path: Path) -> None:
+    archive = tmp_path / "attestations-archive"
+    archive.mkdir()
+    damaged = archive / "2026-09-21-seq-000000000000-damaged.jsonl.gz"
+    damaged.write_bytes(b"not gzip")
+    store = archive_over_days(tmp_path, 3)
+    assert damaged in store.archive_paths()
+    assert store.remove_archived(FIRST_DAY_MS // DAY_MS + 7) == []
 
 
 Replace = Callable[[Path, bytes], None]
