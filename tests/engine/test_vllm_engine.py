@@ -25,6 +25,7 @@ from market.demo.vllm_server import (
     vllm_python,
     vllm_venv,
 )
+from market.inference.schemas import DEFAULT_MAX_TOKENS
 
 SERVED_NAME = "tiny-llama"
 GENERATION_TOKENS = "vllm:generation_tokens_total"
@@ -160,6 +161,22 @@ def test_a_prompt_of_token_ids_counts_exactly_its_ids(client: httpx.Client) -> N
     for prompt in (ids, [ids]):
         result = post(client, "/v1/completions", {"prompt": prompt, "max_tokens": 2})
         assert result["usage"]["prompt_tokens"] == len(ids)
+
+
+def test_a_completion_limit_past_the_context_is_shortened_to_fit(client: httpx.Client) -> None:
+    """Why the market may send its default limit with any prompt: vLLM shortens a
+    completion that would run past the context (2,048 here) instead of refusing it, and
+    refuses only a limit greater than the whole context."""
+    ids = post(client, "/tokenize", {"prompt": "The quick brown fox"})["tokens"]
+    prompt = (ids * 2048)[: 2048 - 8]
+    body = {"prompt": prompt, "max_tokens": DEFAULT_MAX_TOKENS, "temperature": 0}
+    usage = post(client, "/v1/completions", body)["usage"]
+    assert usage["prompt_tokens"] == 2048 - 8
+    assert 0 < usage["completion_tokens"] <= 8
+    too_many = {"model": SERVED_NAME, "prompt": "Hi", "max_tokens": 2049}
+    refused = client.post("/v1/completions", json=too_many)
+    assert refused.status_code == 400
+    assert "max_model_len=2048" in refused.json()["error"]["message"]
 
 
 def test_echo_with_return_token_ids_has_no_prompt_text(client: httpx.Client) -> None:
