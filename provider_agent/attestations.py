@@ -236,9 +236,9 @@ class AttestationLog:
         if not path.exists():
             return []
         data = path.read_bytes()
-        if data and not data.endswith(b"\n"):  # torn write: drop the fragment
+        if data and not data.endswith(b"\n"):  # torn write: cut the fragment off in place
             data = data[: data.rfind(b"\n") + 1]
-            path.write_bytes(data)
+            os.truncate(path, len(data))
         return [line for line in data.decode("utf-8", "replace").splitlines() if line.strip()]
 
     def _append(self, path: Path, line: str) -> None:

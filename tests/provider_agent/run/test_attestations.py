@@ -311,6 +311,35 @@ def test_a_torn_last_line_is_cut_off(tmp_path: Path) -> None:
     assert path.read_text().endswith("\n")
 
 
+def test_cutting_a_torn_last_line_rewrites_nothing_else(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fragment is cut off in place: a disk that fails every write meanwhile (or a
+    crash) cannot take the whole attestations before it with it."""
+    identity = ProviderIdentity.generate()
+
+    async def scenario() -> None:
+        loop, store, _ = make_loop(tmp_path, identity, None, Counters())
+        await run_for(loop, lambda: len(store.all()) >= 2)
+
+    arun(scenario())
+    path = tmp_path / "attestations.jsonl"
+    whole = path.read_bytes()
+    with path.open("ab") as out:
+        out.write(b'{"message": {"type": "attes')
+    opened = Path.open
+
+    def full_disk(self: Path, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        if "w" in mode:
+            opened(self, mode, *args, **kwargs).close()
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return opened(self, mode, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", full_disk)
+    AttestationLog(tmp_path)
+    assert path.read_bytes() == whole
+
+
 def _reading(ns: int, ms: int, counters: dict[str, int | None]) -> EnergyReading:
     gpus = tuple(
         MeterGpuReading(uuid, "NVIDIA H100", energy, None, 700_000)
