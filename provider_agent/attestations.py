@@ -173,9 +173,7 @@ class AttestationLog:
         if unreadable:
             for line in unreadable:
                 self._append(self.unreadable_path, line)
-            kept = self.path.with_name(self.path.name + ".tmp")
-            kept.write_text("".join(envelope.model_dump_json() + "\n" for envelope in chain))
-            os.replace(kept, self.path)
+            self._replace(self.path, _jsonl(chain))
         return chain
 
     def _read_anchor(self) -> ChainHead | None:

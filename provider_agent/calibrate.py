@@ -31,6 +31,7 @@ from protocol.canonical import JsonValue, from_hex, signing_input, to_hex
 from protocol.errors import MalformedMessageError
 from protocol.keys import ProviderIdentity, verify_key_from_hex
 from protocol.messages import Domain
+from provider_agent.appending import replace_durably
 from provider_agent.energy import (
     EnergyMeter,
     EnergyReading,
@@ -440,9 +441,7 @@ def save_calibration(data_dir: Path, envelope: dict[str, Any]) -> Path:
     """Write the signed envelope to `data_dir/calibration.json` (atomically)."""
     path = calibration_path(data_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(envelope, indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
+    replace_durably(path, (json.dumps(envelope, indent=2, sort_keys=True) + "\n").encode())
     return path
 
 

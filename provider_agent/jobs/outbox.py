@@ -65,7 +65,12 @@ from pathlib import Path
 from protocol.errors import MalformedMessageError
 from protocol.messages import Receipt, Signed, parse_signed
 from provider_agent import retention
-from provider_agent.appending import append_durably, append_whole, end_torn_line
+from provider_agent.appending import (
+    append_durably,
+    append_whole,
+    end_torn_line,
+    replace_durably,
+)
 from provider_agent.retention import DAY_S
 
 log = logging.getLogger(__name__)
@@ -303,9 +308,8 @@ class ReceiptOutbox:
                 sealed.append(path)
                 ids |= in_file
         if ids:
-            kept = self.sent_path.with_name(self.sent_path.name + ".tmp")
-            kept.write_text("".join(json.dumps(job_id) + "\n" for job_id in sent - ids))
-            os.replace(kept, self.sent_path)
+            kept = "".join(json.dumps(job_id) + "\n" for job_id in sent - ids)
+            replace_durably(self.sent_path, kept.encode(), fsync=self._fsync)
         return sealed
 
     def remove_sealed(self, retention_days: int) -> list[Path]:
