@@ -7,6 +7,8 @@ contracts deployed from the shipped artifacts. The local and public testnets set
 
 from __future__ import annotations
 
+import logging
+import os
 import re
 from functools import lru_cache
 from pathlib import Path
@@ -14,6 +16,19 @@ from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from protocol.env_names import env_names, unknown_env
+
+logger = logging.getLogger(__name__)
+
+NOT_SETTINGS = frozenset(
+    {
+        "MARKET_DEPLOYER_KEY",  # read by `market chain deploy` alone
+        "MARKET_TEST_DATABASE_URL",  # the test suite's PostgreSQL (scripts/start-postgres.sh)
+        "MARKET_POSTGRES_DIR",  # where that script's server keeps its files
+    }
+)
+"""`MARKET_*` variables the project reads that are not settings."""
 
 EMBEDDED_CHAIN = "embedded"
 """`chain_rpc_url` value that selects the in-process chain (same as protocol.chain's)."""
@@ -234,5 +249,10 @@ def redact_url(url: str) -> str:
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """The process's settings, read once. Tests call `get_settings.cache_clear()`."""
+    """The process's settings, read once, with a warning for each `MARKET_*` variable that
+    names no setting (a misspelt one would otherwise leave its default in force silently).
+    Tests call `get_settings.cache_clear()`."""
+    known = env_names("MARKET_", Settings)
+    for message in unknown_env(os.environ, "MARKET_", known, also=NOT_SETTINGS):
+        logger.warning("%s", message)
     return Settings()

@@ -8,8 +8,10 @@ never from the file.
 
 from __future__ import annotations
 
+import logging
 import os
 import tomllib
+from collections.abc import Mapping
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -24,6 +26,10 @@ from pydantic import (
     field_validator,
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from protocol.env_names import env_names, unknown_env
+
+logger = logging.getLogger(__name__)
 
 CONFIG_FILE_ENV = "AGENT_CONFIG_FILE"
 PUE_PROFILES = (
@@ -260,11 +266,20 @@ def _describe(exc: ValidationError) -> str:
     return "invalid agent configuration:\n" + "\n".join(lines)
 
 
+def unknown_settings(environ: Mapping[str, str]) -> list[str]:
+    """A sentence for each `AGENT_*` variable that names no setting or group of settings:
+    pydantic-settings ignores those (a misspelt member of a group is refused by its model)."""
+    known = env_names("AGENT_", AgentSettings, "__")
+    return unknown_env(environ, "AGENT_", known, nested="__", also={CONFIG_FILE_ENV})
+
+
 def load_settings(config_file: Path | None = None) -> AgentSettings:
     """Settings from `config_file` (else `$AGENT_CONFIG_FILE`, if set) overridden by `AGENT_*`."""
     if config_file is None and os.environ.get(CONFIG_FILE_ENV):
         config_file = Path(os.environ[CONFIG_FILE_ENV])
     values = _read_file(config_file) if config_file is not None else {}
+    for message in unknown_settings(os.environ):
+        logger.warning("%s", message)
     try:
         return AgentSettings(**values)
     except ValidationError as exc:

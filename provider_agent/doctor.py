@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from protocol.chain.errors import ChainError
 from protocol.chain.settlement import SettlementClient
 from protocol.errors import KeystoreError
 from protocol.keys import ProviderIdentity, load_keystore
-from provider_agent.config import AgentSettings, VllmSettings
+from provider_agent.config import AgentSettings, VllmSettings, unknown_settings
 from provider_agent.energy import (
     AmbiguousGpuOrderError,
     EnergyMeter,
@@ -201,6 +202,16 @@ def check_records(data_dir: Path, retention_days: int | None) -> Check:
     return Check("data dir records", "pass", f"{detail}, answered ones kept {retention_days} days")
 
 
+def check_setting_names(environ: Mapping[str, str]) -> Check:
+    """Every `AGENT_*` variable names a setting: a misspelt one is ignored, and its default
+    is in force (`unknown_settings`)."""
+    unknown = unknown_settings(environ)
+    if not unknown:
+        return Check("setting names", "pass", "every AGENT_* variable names a setting")
+    fix = "rename or unset them (the settings and their names: provider_agent/config.py)"
+    return Check("setting names", "warn", "; ".join(unknown), fix)
+
+
 def check_chain(settings: AgentSettings) -> tuple[Check, SettlementClient | None]:
     """The RPC answers, its chain id matches the deployment file, and the contract is there."""
     name = "chain"
@@ -309,6 +320,7 @@ def run_doctor(
         check_gpu_order(settings.energy.gpus, environ, meter),
         check_data_dir_space(settings.data_dir, settings.data_dir_min_free_mib),
         check_records(settings.data_dir, settings.run.retention_days),
+        check_setting_names(os.environ),
     ]
     chain, client = check_chain(settings)
     checks.append(chain)
