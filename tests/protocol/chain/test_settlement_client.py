@@ -297,11 +297,18 @@ def test_concurrent_sends_from_one_account_keep_nonces_straight(chain: Chain) ->
     assert chain.client.payment_balance(buyer.address) == 1_060
 
 
-def test_a_transaction_the_node_dropped_leaves_no_nonce_gap(chain: Chain) -> None:
+@pytest.fixture
+def sender(chain: Chain) -> Transactor:
+    """A new account's sender that waits 1 s for a receipt; on anvil alone, since the
+    in-process chain mines every transaction at once."""
     if is_embedded(chain.w3):
         pytest.skip("the in-process chain mines every transaction at once")
-    account = chain.account()
-    sender = Transactor(chain.w3, account.account, receipt_timeout_s=1)
+    return Transactor(chain.w3, chain.account().account, receipt_timeout_s=1)
+
+
+def test_a_transaction_the_node_dropped_leaves_no_nonce_gap(
+    chain: Chain, sender: Transactor
+) -> None:
     chain.w3.provider.make_request("evm_setAutomine", [False])  # type: ignore[arg-type]
     try:
         with pytest.raises(errors.TransactionFailed, match="not mined in time"):
@@ -330,11 +337,9 @@ def _waiting(chain: Chain, sender: Transactor) -> Iterator[dict[str, Any]]:
             yield waiting
 
 
-def test_a_replacing_send_takes_the_place_of_a_transaction_still_waiting(chain: Chain) -> None:
-    if is_embedded(chain.w3):
-        pytest.skip("the in-process chain mines every transaction at once")
-    account = chain.account()
-    sender = Transactor(chain.w3, account.account, receipt_timeout_s=1)
+def test_a_replacing_send_takes_the_place_of_a_transaction_still_waiting(
+    chain: Chain, sender: Transactor
+) -> None:
     with _waiting(chain, sender) as waiting:
         sender.receipt_timeout_s = 10
         minted = sender.transact(
@@ -348,15 +353,11 @@ def test_a_replacing_send_takes_the_place_of_a_transaction_still_waiting(chain: 
     assert chain.client.payment_balance(sender.address) == 5
 
 
-def test_a_replacement_outbids_fees_it_does_not_know(chain: Chain) -> None:
-    if is_embedded(chain.w3):
-        pytest.skip("the in-process chain mines every transaction at once")
-    account = chain.account()
-    first = Transactor(chain.w3, account.account, receipt_timeout_s=1)
-    with _waiting(chain, first):
-        restarted = Transactor(chain.w3, account.account, receipt_timeout_s=10)  # knows nothing
+def test_a_replacement_outbids_fees_it_does_not_know(chain: Chain, sender: Transactor) -> None:
+    with _waiting(chain, sender):
+        restarted = Transactor(chain.w3, sender.account, receipt_timeout_s=10)  # knows nothing
         restarted.transact(
-            chain.client.payment.functions.faucet(account.address, 7), replace_pending=True
+            chain.client.payment.functions.faucet(sender.address, 7), replace_pending=True
         )
-    assert chain.client.payment_balance(account.address) == 7
-    assert chain.w3.eth.get_transaction_count(account.account.address) == 1
+    assert chain.client.payment_balance(sender.address) == 7
+    assert chain.w3.eth.get_transaction_count(sender.account.address) == 1

@@ -111,6 +111,12 @@ async def wait_for(
         await asyncio.sleep(0.02)
 
 
+async def close(client: MarketClient | None) -> None:
+    """Close the loop's market client (the loop of a test with a market has one)."""
+    assert client is not None
+    await client.aclose()
+
+
 async def stop(task: asyncio.Task[None]) -> None:
     """Cancel the loop's task and wait for it to end."""
     task.cancel()
@@ -155,8 +161,7 @@ def test_the_chain_continues_across_a_restart(tmp_path: Path) -> None:
             start = len(market.attestations)
             assert start == head.message.seq + 1
             await run_for(loop, lambda: len(market.attestations) >= start + 3)
-            assert client is not None
-            await client.aclose()
+            await close(client)
             assert store.all()[start].message.prev_hash == message_digest(head.message)
 
         arun(first_run())
@@ -184,8 +189,7 @@ def test_failed_posts_are_retried_in_order_and_none_is_lost(tmp_path: Path) -> N
             loop, store, client = make_loop(tmp_path, identity, market, Counters())
             await run_for(loop, lambda: len(market.attestations) >= 4 and not store.unsent())
             assert loop.send_failures >= 5
-            assert client is not None
-            await client.aclose()
+            await close(client)
 
         arun(scenario())
         assert market.refused == []
@@ -204,8 +208,7 @@ def test_attestations_queued_while_the_market_is_down_are_sent_after_a_restart(
             loop, store, client = make_loop(tmp_path, identity, market, Counters())
             await run_for(loop, lambda: len(store.all()) >= 3)
             assert not await loop.flush(1)  # still down: kept, not dropped
-            assert client is not None
-            await client.aclose()
+            await close(client)
 
         arun(while_down())
         queued = AttestationLog(tmp_path).unsent()
@@ -217,8 +220,7 @@ def test_attestations_queued_while_the_market_is_down_are_sent_after_a_restart(
             loop, store, client = make_loop(tmp_path, identity, market, Counters())
             assert await loop.flush(5)
             assert store.unsent() == []
-            assert client is not None
-            await client.aclose()
+            await close(client)
 
         arun(after_restart())
         assert [a.seq for a in market.attestations] == [e.message.seq for e in queued]
@@ -257,8 +259,7 @@ def test_windows_with_unreadable_or_reset_counters_are_skipped_without_breaking_
             await asyncio.sleep(0.4)
             counters.unavailable = False
             await run_for(loop, lambda: len(market.attestations) >= 6)
-            assert client is not None
-            await client.aclose()
+            await close(client)
 
         arun(scenario())
         assert market.refused == []
@@ -275,8 +276,7 @@ def test_an_estimated_meter_attests_a_declared_counter_that_continues(tmp_path: 
         async def scenario() -> None:
             loop, _store, client = make_loop(tmp_path, identity, market, Counters(), meter=meter)
             await run_for(loop, lambda: len(market.attestations) >= 3)
-            assert client is not None
-            await client.aclose()
+            await close(client)
 
         arun(scenario())
         assert market.refused == []
@@ -410,8 +410,7 @@ def test_a_failed_meter_read_makes_its_windows_unmeasured_and_the_loop_goes_on(
             nvml.gpus[0].energy_error = None
             held = len(market.attestations)
             await run_for(loop, lambda: len(market.attestations) >= held + 3)
-            assert client is not None
-            await client.aclose()
+            await close(client)
 
         arun(scenario())
     assert market.refused == []
@@ -446,8 +445,7 @@ def test_an_attestation_the_log_cannot_store_is_retried_next_window(tmp_path: Pa
             kept.rename(store.path)
             await wait_for(task, lambda: loop.write_error is None and len(market.attestations) >= 4)
             await stop(task)
-            assert client is not None
-            await client.aclose()
+            await close(client)
 
         arun(scenario())
     assert market.refused == []
@@ -482,8 +480,7 @@ def test_a_full_disk_skips_windows_and_acknowledgements_and_leaves_the_logs_whol
             await wait_for(task, lambda: loop.write_error is None and len(market.attestations) >= 4)
             await wait_for(task, lambda: not store.unsent())
             await stop(task)
-            assert client is not None
-            await client.aclose()
+            await close(client)
 
         arun(scenario())
     assert market.refused == []
@@ -504,8 +501,7 @@ def test_attestations_signed_before_a_key_rotation_are_set_aside_and_the_chain_g
         async def before_rotation() -> None:
             loop, store, client = make_loop(tmp_path, old, market, Counters())
             await run_for(loop, lambda: len(market.attestations) >= 2 and not store.unsent())
-            assert client is not None
-            await client.aclose()
+            await close(client)
             offline, store, _ = make_loop(tmp_path, old, None, Counters())
             await run_for(offline, lambda: len(store.unsent()) >= 3)  # the market was down
 
@@ -521,8 +517,7 @@ def test_attestations_signed_before_a_key_rotation_are_set_aside_and_the_chain_g
             assert loop.set_aside == len(queued)
             assert loop.last_refusal is not None
             assert "401" in loop.last_refusal
-            assert client is not None
-            await client.aclose()
+            await close(client)
 
         arun(after_rotation())
         assert_chain(market.attestations)
@@ -541,8 +536,7 @@ def test_an_agent_that_lost_its_data_dir_resumes_its_chain_from_the_market(
         async def run_until(data_dir: Path, count: int) -> AttestationLoop:
             loop, store, client = make_loop(data_dir, identity, market, Counters())
             await run_for(loop, lambda: len(market.attestations) >= count and not store.unsent())
-            assert client is not None
-            await client.aclose()
+            await close(client)
             return loop
 
         async def with_the_first_dir() -> None:
@@ -573,8 +567,7 @@ def test_a_damaged_line_in_the_logs_is_set_aside_and_the_chain_goes_on(tmp_path:
         async def until(count: int) -> None:
             loop, store, client = make_loop(tmp_path, identity, market, Counters())
             await run_for(loop, lambda: len(market.attestations) >= count and not store.unsent())
-            assert client is not None
-            await client.aclose()
+            await close(client)
 
         arun(until(4))
         path = tmp_path / "attestations.jsonl"
