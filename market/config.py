@@ -117,6 +117,23 @@ class Settings(BaseSettings):
             "a stream that has not ended by then is released unpaid."
         ),
     )
+    first_token_timeout_s: float = Field(
+        default=120.0,
+        gt=0,
+        description=(
+            "A streamed request whose provider has sent no output token this long after the "
+            "job was sent to it is closed there (the engine's request with it) and goes to the "
+            "next provider, at no cost, as a stream that failed before its first token does."
+        ),
+    )
+    agent_read_timeout_s: float = Field(
+        default=300.0,
+        gt=0,
+        description=(
+            "Longest wait for the next bytes from a provider agent: its answer's headers, then "
+            "each part of its body. The only bound on a request that is not streamed."
+        ),
+    )
     orphaned_job_after_s: float = Field(
         default=60.0,
         ge=15,

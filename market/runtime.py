@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+import aiohttp
 from anyio import CapacityLimiter
 from fastapi import Request
 from nacl.signing import SigningKey
@@ -23,9 +24,25 @@ from market.db import create_engine, make_session_factory, session_scope, sqlite
 from market.keys import ticket_signing_key
 from market.routing.table import RoutingTable
 
-AGENT_TIMEOUT = agent_timeout(connect=5.0, read=300.0, pool=5.0)
-"""To provider agents: 5 s to connect and 5 s to wait for a free connection (10 s in all to get
-one), 300 s between reads; aiohttp has no write timeout (see `agent_timeout`)."""
+AGENT_CONNECT_S = 5.0
+AGENT_POOL_S = 5.0
+
+
+def agent_timeouts(settings: Settings) -> aiohttp.ClientTimeout:
+    """To provider agents: 5 s to connect and 5 s to wait for a free connection (10 s in all to
+    get one), `agent_read_timeout_s` between reads; aiohttp has no write timeout (see
+    `agent_timeout`)."""
+    return agent_timeout(
+        connect=AGENT_CONNECT_S, read=settings.agent_read_timeout_s, pool=AGENT_POOL_S
+    )
+
+
+AGENT_TIMEOUT = agent_timeout(
+    connect=AGENT_CONNECT_S,
+    read=Settings.model_fields["agent_read_timeout_s"].default,
+    pool=AGENT_POOL_S,
+)
+"""`agent_timeouts` with the default read timeout, for runtimes built without `Runtime.build`."""
 AGENT_CONNECTIONS = 1_000
 
 
@@ -90,7 +107,7 @@ class Runtime:
             chain=open_chain(settings),
             ticket_key=ticket_signing_key(settings),
             routing=RoutingTable(),
-            agents=AgentClient(AGENT_TIMEOUT, limit=AGENT_CONNECTIONS),
+            agents=AgentClient(agent_timeouts(settings), limit=AGENT_CONNECTIONS),
         )
 
     async def aclose(self) -> None:

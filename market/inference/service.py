@@ -2,7 +2,8 @@
 
 Each provider tried gets its own job (new id, hold, ticket). A provider that fails before
 answering (unreachable, 5xx, at capacity (429), refused the ticket, or a stream that failed
-before its first output token) is replaced by the next fallback, its hold released; when
+before its first output token or sent none within `first_token_timeout_s` of the job being
+sent) is replaced by the next fallback, its hold released; when
 every provider tried was at capacity the buyer gets 503 `providers_at_capacity` with
 `Retry-After`. A stream's answer starts (its status and headers go to the buyer) with the
 events up to its first token, so a stream that fails before then is an HTTP error, not a 200.
@@ -18,6 +19,7 @@ J/token), and gets 503 `no_provider_available` when no measured offer is left.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from typing import Any, Literal
@@ -158,6 +160,9 @@ async def _complete(
     failures: list[str] = []
     busy = routed_out = 0
     queue, measured_only = list(offers), False
+    loop = asyncio.get_running_loop()
+    first_token_s = runtime.settings.first_token_timeout_s
+    stalled = f"no first token within {first_token_s:g} s"
     while queue:
         offer = queue.pop(0)
         worst = budgets.estimate(limit, offer.joules_per_token, offer_site(offer))
@@ -174,10 +179,18 @@ async def _complete(
                 queue = [o for o in _measured(runtime, request) if o is not offer]
             continue
         opened.append(attempt.order.job_id)
+        # A stream's first token is awaited for at most `first_token_timeout_s` from here; an
+        # answer not streamed has only the agent client's read timeout.
+        deadline = loop.time() + first_token_s if request.stream else None
         try:
-            response = await send_job(
-                runtime.agents, job_endpoint(offer.job_url, route), body, header
-            )
+            async with asyncio.timeout_at(deadline):
+                response = await send_job(
+                    runtime.agents, job_endpoint(offer.job_url, route), body, header
+                )
+        except TimeoutError:  # the deadline's: send_job turns aiohttp's into AgentFailure
+            await attempt.close(stalled)
+            failures.append(f"{offer.provider}: {stalled}")
+            continue
         except AgentFailure as exc:
             await attempt.close(exc.message)
             if not exc.retryable:
@@ -195,7 +208,10 @@ async def _complete(
             include_usage = bool(request.stream_options and request.stream_options.include_usage)
             relay = StreamRelay(response, attempt, include_usage)
             try:
-                failure = await relay.first_token()
+                async with asyncio.timeout_at(deadline):
+                    failure = await relay.first_token()
+            except TimeoutError:  # the deadline's: first_token reports aiohttp's as a failure
+                failure = stalled
             except BaseException:
                 await relay.close("request cancelled before the provider's first token")
                 raise

@@ -10,6 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from market.config import Settings, get_settings, normalize_database_url, redact_url
+from market.runtime import agent_timeouts
 
 
 @pytest.fixture(autouse=True)
@@ -64,6 +65,18 @@ def test_environment_variables_are_read(monkeypatch: pytest.MonkeyPatch) -> None
     assert "ab" * 32 not in repr(settings)
 
 
+def test_agent_timeouts_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    defaults = Settings()
+    assert (defaults.first_token_timeout_s, defaults.agent_read_timeout_s) == (120.0, 300.0)
+    assert agent_timeouts(defaults).sock_read == 300.0
+    monkeypatch.setenv("MARKET_FIRST_TOKEN_TIMEOUT_S", "0.5")
+    monkeypatch.setenv("MARKET_AGENT_READ_TIMEOUT_S", "45")
+    settings = Settings()
+    assert (settings.first_token_timeout_s, settings.agent_read_timeout_s) == (0.5, 45.0)
+    timeout = agent_timeouts(settings)
+    assert (timeout.total, timeout.sock_read, timeout.sock_connect) == (None, 45.0, 5.0)
+
+
 def test_dotenv_file_is_read(tmp_path: Path) -> None:
     (tmp_path / ".env").write_text("MARKET_PORT=9001\nOTHER_THING=1\n")
     assert Settings().port == 9001
@@ -81,6 +94,10 @@ def test_dotenv_file_is_read(tmp_path: Path) -> None:
         ("MARKET_CONFIRMATIONS", "-1", "greater than or equal to 0"),
         ("MARKET_EPOCH_SECONDS", "0", "greater than 0"),
         ("MARKET_HEARTBEAT_TIMEOUT_S", "0", "greater than 0"),
+        ("MARKET_FIRST_TOKEN_TIMEOUT_S", "0", "greater than 0"),
+        ("MARKET_FIRST_TOKEN_TIMEOUT_S", "-1", "greater than 0"),
+        ("MARKET_AGENT_READ_TIMEOUT_S", "0", "greater than 0"),
+        ("MARKET_AGENT_READ_TIMEOUT_S", "-0.5", "greater than 0"),
         ("MARKET_PORT", "70000", "less than or equal to 65535"),
         ("MARKET_TICKET_KEY", "not-hex", "64 hex digits"),
     ],

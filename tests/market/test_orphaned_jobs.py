@@ -157,8 +157,9 @@ def test_a_market_that_starts_releases_the_jobs_a_crashed_one_left(
     """The embedded schedule's first round runs as the API starts: the holds a killed
     process left (its heartbeat stopped two minutes ago) are released at once, and the new
     process beats."""
-    settings = Settings(database_url=sqlite_url, var_dir=tmp_path)
+    settings = Settings(database_url=sqlite_url, var_dir=tmp_path, agent_read_timeout_s=240)
     runtime = Runtime.build(settings)
+    assert runtime.agents.timeout.sock_read == 240  # the built runtime's client to agents
     sessions = runtime.sessions
     with session_scope(sessions) as session:
         buyer = funded_buyer(session, DEPOSIT)

@@ -9,12 +9,14 @@ per 4 bytes of its text (at least 1). It honours `max_tokens`, `stream`,
 request with this HTTP status, with `error_body` as its JSON body if given),
 `die_after_chunks` (drop the connection after that many stream chunks), `stream_chunks`
 (a list of strings: answer every streamed request with exactly these as its body, each its
-own HTTP chunk, with no `[DONE]` added), `times` (the settings hold for that many completion
-requests, then the defaults return; unset, until the next control). `GET /_last` returns
-the last request body, `GET /health` answers 200, `GET /v1/models` lists the served model
-(`--served-model`, default `tiny-llama`) and `GET /metrics` exports vLLM's token counters
-and request gauges for it (prompt and completion tokens of every answered request, requests
-in progress, 0 waiting).
+own HTTP chunk, with no `[DONE]` added), `stall_ms` (a stream waits this long, or until
+its client goes away, before its first token: after its headers and a chat stream's role
+chunk, or before its headers with `stall_headers: true`; an engine that hangs), `times` (the
+settings hold for that many completion requests, then the defaults return; unset, until the
+next control). `GET /_last` returns the last request body, `GET /health` answers 200,
+`GET /v1/models` lists the served model (`--served-model`, default `tiny-llama`) and
+`GET /metrics` exports vLLM's token counters and request gauges for it (prompt and
+completion tokens of every answered request, requests in progress, 0 waiting).
 
 Run it: `python -m tests.support.openai_upstream --port 8001`; in tests, `start_upstream()`.
 """
@@ -47,6 +49,8 @@ DEFAULTS: dict[str, Any] = {
     "error_body": None,
     "die_after_chunks": None,
     "stream_chunks": None,
+    "stall_ms": None,
+    "stall_headers": False,
     "times": None,
 }
 
@@ -92,7 +96,8 @@ class FakeEngine:
         elif path in ("/v1/chat/completions", "/v1/completions") and method == "POST":
             self.running += 1
             try:
-                await self._complete(path.endswith("chat/completions"), json.loads(body), send)
+                chat = path.endswith("chat/completions")
+                await self._complete(chat, json.loads(body), receive, send)
             finally:
                 self.running -= 1
         else:
@@ -123,7 +128,9 @@ class FakeEngine:
             self.settings = dict(DEFAULTS) if times <= 1 else {**settings, "times": times - 1}
         return settings
 
-    async def _complete(self, chat: bool, request: dict[str, Any], send: Send) -> None:
+    async def _complete(
+        self, chat: bool, request: dict[str, Any], receive: Receive, send: Send
+    ) -> None:
         self.last_body = request
         settings = self._settings_for_one()
         status = settings["status"]
@@ -145,7 +152,7 @@ class FakeEngine:
         ids = request.get("return_token_ids") is True
         if request.get("stream"):
             events = self._stream_events(chat, request, count, finish, usage, ids)
-            await _stream(events, send, settings)
+            await _stream(events, receive, send, settings, first_token=1 if chat else 0)
             return
         text = "".join(f"t{i} " for i in range(count))
         choice: dict[str, Any] = {"index": 0, "finish_reason": finish, "logprobs": None}
@@ -183,8 +190,33 @@ class FakeEngine:
             yield b"data: " + json.dumps(event, separators=(",", ":")).encode() + b"\n\n"
 
 
-async def _stream(events: Iterator[bytes], send: Send, settings: dict[str, Any]) -> None:
-    """Sends `events` (lazy; not read when the `stream_chunks` control replaces them)."""
+async def _stall(receive: Receive, settings: dict[str, Any]) -> bool:
+    """Waits `stall_ms`, or until the client goes away (as vLLM aborts a request then):
+    whether it went away."""
+
+    async def gone() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+    try:
+        await asyncio.wait_for(gone(), int(settings["stall_ms"]) / 1000)
+    except TimeoutError:
+        return False
+    return True
+
+
+async def _stream(
+    events: Iterator[bytes],
+    receive: Receive,
+    send: Send,
+    settings: dict[str, Any],
+    first_token: int,
+) -> None:
+    """Sends `events` (lazy; not read when the `stream_chunks` control replaces them); the
+    one at index `first_token` carries the first token."""
+    stall = settings["stall_ms"] is not None
+    if stall and settings["stall_headers"] and await _stall(receive, settings):
+        return
     await send(
         {
             "type": "http.response.start",
@@ -197,6 +229,9 @@ async def _stream(events: Iterator[bytes], send: Send, settings: dict[str, Any])
     raw = settings["stream_chunks"]
     chunks: Iterable[bytes] = events if raw is None else [str(c).encode() for c in raw]
     for sent, chunk in enumerate(chunks):
+        stalls_here = stall and not settings["stall_headers"] and sent == first_token
+        if stalls_here and await _stall(receive, settings):
+            return
         if die_after is not None and sent >= int(die_after):
             raise UpstreamDiedError("told to die mid-stream")
         await send({"type": "http.response.body", "body": chunk, "more_body": True})

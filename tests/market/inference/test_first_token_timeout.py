@@ -1,0 +1,201 @@
+"""A provider whose engine stalls before a stream's first token (a hung GPU, a wedged vLLM
+whose /health still answers) is given up after `first_token_timeout_s`: its job fails at no
+cost and the request goes to the next provider, as a stream that broke off before its first
+token does."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from openai.types.chat import ChatCompletionMessageParam
+from sqlalchemy import select
+
+from market.db import session_scope
+from market.jobs.models import Job, JobStatus, Receipt
+from market.ledger import service as ledger
+from tests.market.inference.conftest import DEPOSIT, PROVIDER_A, PROVIDER_B, Market
+from tests.market.inference.servers import MODEL, Agent
+from tests.support.openai_upstream import UpstreamProcess
+
+MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Say something."}]
+TIMEOUT_S = 0.5
+STALLED = f"no first token within {TIMEOUT_S:g} s"
+STALL_MS = 20_000
+"""Far past the timeout: the engine sends nothing unless its request is closed."""
+#: Where the engine stalls: after its headers and the chat stream's role chunk (as vLLM does
+#: when the GPU hangs), or before it answers at all.
+STALLS: dict[str, dict[str, Any]] = {
+    "after_the_role_chunk": {"stall_ms": STALL_MS},
+    "before_the_headers": {"stall_ms": 2_000, "stall_headers": True},
+}
+
+
+@pytest.fixture
+def hasty(market: Market, monkeypatch: pytest.MonkeyPatch) -> Market:
+    """The market with a first-token timeout of `TIMEOUT_S`."""
+    settings = market.runtime.settings.model_copy(update={"first_token_timeout_s": TIMEOUT_S})
+    monkeypatch.setattr(market.runtime, "settings", settings)
+    return market
+
+
+def _jobs(market: Market) -> list[Job]:
+    with session_scope(market.sessions) as session:
+        return list(session.scalars(select(Job).order_by(Job.created_at)))
+
+
+def _engine_running(upstream: UpstreamProcess) -> float:
+    """The fake engine's `vllm:num_requests_running`."""
+    text = httpx.get(f"http://127.0.0.1:{upstream.port}/metrics").text
+    (line,) = (x for x in text.splitlines() if x.startswith("vllm:num_requests_running{"))
+    return float(line.rsplit(" ", 1)[1])
+
+
+def _settles(check: Any, timeout_s: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not check() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return bool(check())
+
+
+def _agent_idle(agent: Agent) -> bool:
+    return _settles(lambda: agent.jobs.slots.in_use == 0 and agent.jobs.streams == {})
+
+
+def _stored(agent: Agent, job_id: str) -> list[str | None]:
+    return [
+        e.message.interrupted_reason for e in agent.jobs.outbox.all() if e.message.job_id == job_id
+    ]
+
+
+@pytest.mark.parametrize("stall", STALLS.values(), ids=STALLS.keys())
+def test_a_stream_without_a_first_token_in_time_goes_to_the_next_provider(
+    hasty: Market, agents: dict[str, Agent], upstream: UpstreamProcess, stall: dict[str, Any]
+) -> None:
+    market = hasty
+    market.routing.pin(
+        [
+            agents[PROVIDER_A].offer(1_000_000, 1_000_000),
+            agents[PROVIDER_B].offer(2_000_000, 2_000_000),
+        ]
+    )
+    upstream.control(**stall, times=1)  # the first provider's engine stalls, the next does not
+    client = openai.OpenAI(base_url=market.url, api_key=market.api_key, max_retries=0)
+    start = time.monotonic()
+    stream = client.chat.completions.create(
+        model=MODEL, messages=MESSAGES, max_tokens=4, stream=True
+    )
+    chunks = list(stream)
+    assert time.monotonic() - start < TIMEOUT_S + 1.5
+    assert [c.choices[0].delta.content for c in chunks] == ["", "t0 ", "t1 ", "t2 ", "t3 "]
+    assert (chunks[0].model_extra or {}) == {}  # no trace of the stalled attempt
+    failed, served = _jobs(market)
+    assert (failed.provider_address, failed.status) == (PROVIDER_A, JobStatus.FAILED)
+    assert failed.error == STALLED
+    assert (served.provider_address, served.status) == (PROVIDER_B, JobStatus.COMPLETED)
+    assert stream.response.headers["x-request-id"] == served.id
+    with session_scope(market.sessions) as session:
+        assert ledger.get_hold(session, failed.id).status.value == "released"
+        assert session.get(Receipt, failed.id) is None
+        receipt = session.get(Receipt, served.id)
+        assert receipt is not None
+        assert receipt.completion_tokens == 4
+        statement = ledger.statement(session, market.buyer)
+        assert (statement.available, statement.held) == (DEPOSIT - receipt.charge, 0)
+        ledger.check_ledger(session)
+    assert [offer.in_flight for offer in market.routing.pinned] == [0, 0]
+    # The stalled agent lets go of the job. Closed mid-stream, it signs no receipt: it
+    # delivered no token. (Stalled before the headers, it learns that the market left only
+    # once its engine answers; whatever it signs then is never charged.)
+    assert _agent_idle(agents[PROVIDER_A])
+    if not stall.get("stall_headers"):
+        assert _stored(agents[PROVIDER_A], failed.id) == []
+
+
+def test_closing_the_stalled_stream_closes_the_engines_request(
+    hasty: Market, agents: dict[str, Agent], upstream: UpstreamProcess
+) -> None:
+    market = hasty
+    market.routing.pin([agents[PROVIDER_A].offer(1_000_000, 1_000_000)])
+    upstream.control(stall_ms=STALL_MS)
+    client = openai.OpenAI(base_url=market.url, api_key=market.api_key, max_retries=0)
+    start = time.monotonic()
+    with pytest.raises(openai.InternalServerError):
+        client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=4, stream=True)
+    # The engine sees its request go away (vLLM aborts it), long before its stall would end.
+    assert _settles(lambda: _engine_running(upstream) == 0)
+    assert time.monotonic() - start < TIMEOUT_S + 1.5
+    assert _agent_idle(agents[PROVIDER_A])
+
+
+def test_a_stream_without_a_first_token_anywhere_is_a_502_and_not_charged(
+    hasty: Market, agents: dict[str, Agent], upstream: UpstreamProcess
+) -> None:
+    market = hasty
+    market.routing.pin([agents[PROVIDER_A].offer(1_000_000, 1_000_000)])
+    upstream.control(stall_ms=STALL_MS)
+    client = openai.OpenAI(base_url=market.url, api_key=market.api_key, max_retries=0)
+    start = time.monotonic()
+    with pytest.raises(openai.InternalServerError) as failed:
+        client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=16, stream=True)
+    assert time.monotonic() - start < TIMEOUT_S + 1.5
+    (job,) = _jobs(market)
+    error = failed.value
+    assert (error.status_code, error.request_id) == (502, job.id)
+    assert isinstance(error.body, dict)
+    assert error.body["code"] == "provider_unavailable"
+    assert error.body["message"] == f"No provider could serve the request: {PROVIDER_A}: {STALLED}"
+    assert (job.status, job.error) == (JobStatus.FAILED, STALLED)
+    with session_scope(market.sessions) as session:
+        assert ledger.get_hold(session, job.id).status.value == "released"
+        assert session.get(Receipt, job.id) is None
+        statement = ledger.statement(session, market.buyer)
+        assert (statement.available, statement.held, statement.charged) == (DEPOSIT, 0, 0)
+        ledger.check_ledger(session)
+    assert market.routing.pinned[0].in_flight == 0
+    assert _agent_idle(agents[PROVIDER_A])
+
+
+def test_the_timeout_bounds_the_first_token_only(
+    hasty: Market, agents: dict[str, Agent], upstream: UpstreamProcess
+) -> None:
+    """A stream whose first token comes in time may take longer than it in all."""
+    market = hasty
+    market.routing.pin([agents[PROVIDER_A].offer(1_000_000, 1_000_000)])
+    upstream.control(completion_tokens=4, delay_ms=200)  # 0.2 s to each token, 0.8 s in all
+    client = openai.OpenAI(base_url=market.url, api_key=market.api_key, max_retries=0)
+    start = time.monotonic()
+    stream = client.chat.completions.create(
+        model=MODEL, messages=MESSAGES, max_tokens=4, stream=True
+    )
+    assert [c.choices[0].delta.content for c in stream] == ["", "t0 ", "t1 ", "t2 ", "t3 "]
+    assert time.monotonic() - start > TIMEOUT_S
+    (job,) = _jobs(market)
+    assert job.status is JobStatus.COMPLETED
+
+
+def test_a_buyer_who_leaves_while_the_provider_stalls_is_not_charged(
+    hasty: Market, agents: dict[str, Agent], upstream: UpstreamProcess
+) -> None:
+    market = hasty
+    market.routing.pin([agents[PROVIDER_A].offer(1_000_000, 1_000_000)])
+    upstream.control(stall_ms=STALL_MS)
+    body = {"model": MODEL, "messages": MESSAGES, "max_tokens": 4, "stream": True}
+    headers = {"Authorization": f"Bearer {market.api_key}"}
+    with pytest.raises(httpx.ReadTimeout):  # the buyer gives up first, and hangs up
+        httpx.post(f"{market.url}/chat/completions", json=body, headers=headers, timeout=0.2)
+    assert _settles(lambda: _jobs(market)[0].status is JobStatus.FAILED)
+    (job,) = _jobs(market)
+    assert job.error == STALLED
+    with session_scope(market.sessions) as session:
+        assert ledger.get_hold(session, job.id).status.value == "released"
+        assert session.get(Receipt, job.id) is None
+        statement = ledger.statement(session, market.buyer)
+        assert (statement.available, statement.held, statement.charged) == (DEPOSIT, 0, 0)
+        ledger.check_ledger(session)
+    assert _settles(lambda: market.routing.pinned[0].in_flight == 0)
+    assert _settles(lambda: _engine_running(upstream) == 0)
+    assert _agent_idle(agents[PROVIDER_A])
