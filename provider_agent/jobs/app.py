@@ -3,6 +3,8 @@ and `POST /jobs/cancel` (the market stops a stream whose buyer went away)."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -32,6 +34,7 @@ from provider_agent.jobs.relay import (
 )
 from provider_agent.jobs.tickets import TICKET_HEADER, TicketChecker
 
+logger = logging.getLogger(__name__)
 _SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
 
@@ -114,6 +117,40 @@ class _SlotStreamingResponse(StreamingResponse):
                 self._abandon()
 
 
+MARKET_GONE = "market_gone"
+
+
+@asynccontextmanager
+async def market_watch(receive: Receive) -> AsyncIterator[None]:
+    """While the body runs (the request's body already read), a market that closes the
+    connection cancels it, and `JobError` 499 `market_gone` is raised: the engine's request
+    is closed with it (vLLM aborts it), so a job the market gave up on (its first-token
+    timeout, its buyer gone) is not computed to the end for nobody. Once a stream's
+    response starts, Starlette watches for the same and ends the stream."""
+    task = asyncio.current_task()
+    assert task is not None
+    left = False
+
+    async def watch() -> None:
+        nonlocal left
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        left = True
+        task.cancel()
+
+    watcher = asyncio.create_task(watch())
+    try:
+        yield
+    except asyncio.CancelledError:
+        if not left:
+            raise
+        task.uncancel()
+        message = "the market closed the request before the engine answered"
+        raise JobError(499, MARKET_GONE, message) from None
+    finally:
+        watcher.cancel()
+
+
 async def read_capped(request: Request, limit: int) -> bytes:
     """The request body, refused with 413 as soon as it is known to exceed `limit` bytes."""
     declared = request.headers.get("content-length", "")
@@ -181,13 +218,16 @@ class JobService:
         streaming = False
         try:
             session, url = self.engine.session(), self.engine.urls[path]
-            response = await open_upstream(session, url, upstream_payload(job))
-            if not job.stream:
-                content = await relay_json(response, job, self.issuer, self.now_ms)
-                return Response(content, media_type="application/json")
+            async with market_watch(request.receive):
+                response = await open_upstream(session, url, upstream_payload(job))
+                if not job.stream:
+                    content = await relay_json(response, job, self.issuer, self.now_ms)
+                    return Response(content, media_type="application/json")
             streaming = True
         except JobError as exc:
             self.tracker.cancel(job_id)
+            if exc.code == MARKET_GONE:
+                logger.info("job %s: the market left before the engine answered", job_id)
             return _refusal(exc)
         finally:
             if not streaming:

@@ -11,7 +11,8 @@ request with this HTTP status, with `error_body` as its JSON body if given),
 (a list of strings: answer every streamed request with exactly these as its body, each its
 own HTTP chunk, with no `[DONE]` added), `stall_ms` (a stream waits this long, or until
 its client goes away, before its first token: after its headers and a chat stream's role
-chunk, or before its headers with `stall_headers: true`; an engine that hangs), `times` (the
+chunk, or before its headers with `stall_headers: true`; a request not streamed waits before
+its answer; an engine that hangs), `times` (the
 settings hold for that many completion requests, then the defaults return; unset, until the
 next control). `GET /_last` returns the last request body, `GET /health` answers 200,
 `GET /v1/models` lists the served model (`--served-model`, default `tiny-llama`) and
@@ -154,6 +155,8 @@ class FakeEngine:
             events = self._stream_events(chat, request, count, finish, usage, ids)
             await _stream(events, receive, send, settings, first_token=1 if chat else 0)
             return
+        if settings["stall_ms"] is not None and await _stall(receive, settings):
+            return
         text = "".join(f"t{i} " for i in range(count))
         choice: dict[str, Any] = {"index": 0, "finish_reason": finish, "logprobs": None}
         if chat:
@@ -287,6 +290,12 @@ class UpstreamProcess(ServerProcess):
     def last_body(self) -> Any:
         """The body of the last completion request the server received."""
         return httpx.get(f"http://127.0.0.1:{self.port}/_last").json()
+
+    def running(self) -> float:
+        """The requests in progress (`vllm:num_requests_running`)."""
+        text = httpx.get(f"http://127.0.0.1:{self.port}/metrics").text
+        (line,) = (x for x in text.splitlines() if x.startswith("vllm:num_requests_running{"))
+        return float(line.rsplit(" ", 1)[1])
 
 
 def start_upstream(timeout_s: float = 20.0) -> UpstreamProcess:

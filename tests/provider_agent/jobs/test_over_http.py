@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
@@ -159,3 +159,36 @@ def test_a_cancel_needs_the_markets_ticket_for_this_provider(
     ]
     for response, status, code in refusals:
         assert (response.status_code, response.json()["error"]["code"]) == (status, code)
+
+
+def _settles(check: Callable[[], bool], timeout_s: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not check() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return check()
+
+
+@pytest.mark.parametrize(
+    ("stream", "stall_headers"),
+    [(True, True), (False, False)],
+    ids=["stream-before-its-headers", "not-streamed"],
+)
+def test_a_market_that_leaves_before_the_engine_answers_closes_the_engines_request(
+    harness: Harness, upstream: UpstreamProcess, agent_url: str, stream: bool, stall_headers: bool
+) -> None:
+    """As when the market's first-token timeout gives up on a hung engine: the engine's
+    request is closed at once (vLLM aborts it) instead of computed for nobody, and the job
+    leaves no receipt, slot or energy window behind."""
+    # The fake engine goes on with a stream paced by an earlier test after its client left.
+    assert _settles(lambda: upstream.running() == 0, timeout_s=15)
+    upstream.control(stall_ms=20_000, stall_headers=stall_headers)
+    harness.now[0] = time.time_ns() // 1_000_000
+    body = chat_body(stream=stream)
+    headers = harness.header(harness.ticket(body))
+    url = f"{agent_url}/jobs/chat/completions"
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(url, content=body, headers=headers, timeout=httpx.Timeout(5, read=0.5))
+    assert _settles(lambda: upstream.running() == 0)  # long before the stall's 20 s
+    service = harness.service
+    assert _settles(lambda: service.slots.in_use == 0 and len(service.tracker) == 0)
+    assert list(service.outbox.all()) == []

@@ -3,6 +3,7 @@ tokens delivered (none if none were), then `event: error`."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import json
@@ -277,7 +278,10 @@ def test_market_gone_before_the_stream_starts_frees_the_job(
     messages = [{"type": "http.request", "body": body, "more_body": False}]
 
     async def receive() -> dict[str, Any]:
-        return messages.pop(0) if messages else {"type": "http.disconnect"}
+        if messages:
+            return messages.pop(0)
+        await asyncio.Event().wait()  # the connection stays up until the send fails
+        raise AssertionError("unreachable")
 
     async def send(message: MutableMapping[str, Any]) -> None:
         if message["type"] == "http.response.start":
