@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from openai.types.chat import ChatCompletionChunk
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from market.app import create_app
@@ -14,6 +16,7 @@ from market.buyers.service import create_api_key, get_or_create_buyer
 from market.chain.service import MarketChain, open_chain
 from market.config import Settings
 from market.db import create_engine, session_scope
+from market.jobs.models import Job, JobStatus, Receipt
 from market.ledger import service as ledger
 from market.runtime import Runtime
 from tests.market.factories import new_address, new_tx_hash
@@ -111,6 +114,34 @@ def fund(sessions: sessionmaker[Session], amount: int) -> tuple[str, str]:
             ledger.credit_deposit(session, address, amount, new_tx_hash(), 0)
         key = create_api_key(session, buyer).secret.get_secret_value()
     return address, key
+
+
+def jobs_of(market: Market) -> list[Job]:
+    """The market's jobs, oldest first."""
+    with session_scope(market.sessions) as session:
+        return list(session.scalars(select(Job).order_by(Job.created_at)))
+
+
+def assert_failed_over(market: Market, chunks: list[ChatCompletionChunk], request_id: str) -> Job:
+    """Provider A's stream failed before its first token and B served the whole of it (four
+    tokens), with nothing of A's attempt in it, and only B's receipt charged: A's job."""
+    assert [c.choices[0].delta.content for c in chunks] == ["", "t0 ", "t1 ", "t2 ", "t3 "]
+    assert (chunks[0].model_extra or {}) == {}  # no trace of the failed attempt
+    failed, served = jobs_of(market)
+    assert (failed.provider_address, failed.status) == (PROVIDER_A, JobStatus.FAILED)
+    assert (served.provider_address, served.status) == (PROVIDER_B, JobStatus.COMPLETED)
+    assert request_id == served.id
+    with session_scope(market.sessions) as session:
+        assert ledger.get_hold(session, failed.id).status.value == "released"
+        assert session.get(Receipt, failed.id) is None
+        receipt = session.get(Receipt, served.id)
+        assert receipt is not None
+        assert receipt.completion_tokens == 4
+        statement = ledger.statement(session, market.buyer)
+        assert (statement.available, statement.held) == (DEPOSIT - receipt.charge, 0)
+        ledger.check_ledger(session)
+    assert [offer.in_flight for offer in market.routing.pinned] == [0, 0]
+    return failed
 
 
 def start_market(url: str, chain: MarketChain, tmp_path: Path) -> Iterator[Market]:

@@ -9,16 +9,23 @@ import httpx
 import openai
 import pytest
 from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageParam
-from sqlalchemy import select
 
 from market.db import session_scope
 from market.demo.ports import free_port
 from market.inference.errors import EngineError, engine_error
 from market.jobs import service as jobs
-from market.jobs.models import Job, JobStatus, Receipt
+from market.jobs.models import JobStatus, Receipt
 from market.ledger import service as ledger
 from protocol.messages import output_digest
-from tests.market.inference.conftest import DEPOSIT, PROVIDER_A, PROVIDER_B, Market, fund
+from tests.market.inference.conftest import (
+    DEPOSIT,
+    PROVIDER_A,
+    PROVIDER_B,
+    Market,
+    assert_failed_over,
+    fund,
+    jobs_of,
+)
 from tests.market.inference.servers import MODEL, Agent
 from tests.support.openai_upstream import UpstreamProcess
 
@@ -28,11 +35,6 @@ MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Say s
 def _post(market: Market, body: dict[str, object], key: str | None) -> httpx.Response:
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     return httpx.post(f"{market.url}/chat/completions", json=body, headers=headers)
-
-
-def _jobs(market: Market) -> list[Job]:
-    with session_scope(market.sessions) as session:
-        return list(session.scalars(select(Job).order_by(Job.created_at)))
 
 
 def test_error_statuses_use_openais_envelope(market: Market, agents: dict[str, Agent]) -> None:
@@ -100,7 +102,7 @@ def test_falls_back_to_the_next_provider_when_the_first_is_down(
     client = openai.OpenAI(base_url=market.url, api_key=market.api_key)
     result = client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=16)
     assert (result.model_extra or {})["provider"]["address"] == PROVIDER_B
-    failed, served = _jobs(market)
+    failed, served = jobs_of(market)
     assert (failed.provider_address, failed.status) == (PROVIDER_A, JobStatus.FAILED)
     assert (served.provider_address, served.status) == (PROVIDER_B, JobStatus.COMPLETED)
     assert failed.id != served.id
@@ -133,7 +135,7 @@ def test_stream_that_dies_midway_is_charged_for_the_delivered_tokens(
     upstream.control(die_after_chunks=3)  # the role chunk, then tokens t0 and t1
     seen = _die_midway(market)
     assert [c.choices[0].delta.content for c in seen] == ["", "t0 ", "t1 "]
-    (job,) = _jobs(market)
+    (job,) = jobs_of(market)
     assert (job.status, job.error) == (JobStatus.COMPLETED, "interrupted (engine_died)")
     with session_scope(market.sessions) as session:
         receipt = session.get(Receipt, job.id)
@@ -193,24 +195,8 @@ def test_stream_that_fails_before_a_token_goes_to_the_next_provider(
     stream = client.chat.completions.create(
         model=MODEL, messages=MESSAGES, max_tokens=4, stream=True
     )
-    chunks = list(stream)
-    assert [c.choices[0].delta.content for c in chunks] == ["", "t0 ", "t1 ", "t2 ", "t3 "]
-    assert (chunks[0].model_extra or {}) == {}  # no trace of the failed attempt
-    failed, served = _jobs(market)
-    assert (failed.provider_address, failed.status) == (PROVIDER_A, JobStatus.FAILED)
+    failed = assert_failed_over(market, list(stream), stream.response.headers["x-request-id"])
     assert (failed.error or "").startswith("provider stream failed: upstream_")
-    assert (served.provider_address, served.status) == (PROVIDER_B, JobStatus.COMPLETED)
-    assert stream.response.headers["x-request-id"] == served.id
-    with session_scope(market.sessions) as session:
-        assert ledger.get_hold(session, failed.id).status.value == "released"
-        assert session.get(Receipt, failed.id) is None
-        receipt = session.get(Receipt, served.id)
-        assert receipt is not None
-        assert receipt.completion_tokens == 4
-        statement = ledger.statement(session, market.buyer)
-        assert (statement.available, statement.held) == (DEPOSIT - receipt.charge, 0)
-        ledger.check_ledger(session)
-    assert [offer.in_flight for offer in market.routing.pinned] == [0, 0]
 
 
 @pytest.mark.parametrize("failure", BEFORE_A_TOKEN.values(), ids=BEFORE_A_TOKEN.keys())
@@ -222,7 +208,7 @@ def test_stream_that_fails_before_a_token_everywhere_is_a_502_and_not_charged(
     client = openai.OpenAI(base_url=market.url, api_key=market.api_key, max_retries=0)
     with pytest.raises(openai.InternalServerError) as failed:
         client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=16, stream=True)
-    (job,) = _jobs(market)
+    (job,) = jobs_of(market)
     error = failed.value
     assert (error.status_code, error.request_id) == (502, job.id)
     assert isinstance(error.body, dict)
@@ -254,7 +240,7 @@ def test_interrupted_receipt_for_other_tokens_is_rejected(
     market.routing.pin([agent.offer(1_000_000, 1_000_000)])
     upstream.control(die_after_chunks=3)
     assert len(_die_midway(market)) == 3
-    (job,) = _jobs(market)
+    (job,) = jobs_of(market)
     assert job.status is JobStatus.FAILED
     with session_scope(market.sessions) as session:
         assert session.get(Receipt, job.id) is None
@@ -277,7 +263,7 @@ def test_agent_at_capacity_fails_over_to_the_next(market: Market, agents: dict[s
     finally:
         busy.jobs.slots.limit = None
     assert (result.model_extra or {})["provider"]["address"] == PROVIDER_B
-    refused, served = _jobs(market)
+    refused, served = jobs_of(market)
     assert (refused.provider_address, refused.status) == (PROVIDER_A, JobStatus.FAILED)
     assert "429" in (refused.error or "")
     assert served.status is JobStatus.COMPLETED
@@ -302,7 +288,7 @@ def test_every_agent_at_capacity_is_a_503_with_retry_after(
     assert response.headers["retry-after"] == "1"
     error = response.json()["error"]
     assert (error["type"], error["code"]) == ("server_error", "providers_at_capacity")
-    (job,) = _jobs(market)
+    (job,) = jobs_of(market)
     assert job.status is JobStatus.FAILED
     with session_scope(market.sessions) as session:
         assert ledger.get_hold(session, job.id).status.value == "released"
@@ -345,7 +331,7 @@ def test_an_engine_refusal_is_passed_on_as_its_message(
         "param": None,
         "code": "upstream_rejected",
     }
-    (job,) = _jobs(market)
+    (job,) = jobs_of(market)
     assert job.status is JobStatus.FAILED
     with session_scope(market.sessions) as session:
         assert ledger.get_hold(session, job.id).status.value == "released"
@@ -368,7 +354,7 @@ def test_an_engine_refusal_of_the_providers_own_goes_to_the_next_provider(
     client = openai.OpenAI(base_url=market.url, api_key=market.api_key, max_retries=0)
     result = client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=4)
     assert (result.model_extra or {})["provider"]["address"] == PROVIDER_B
-    refused, served = _jobs(market)
+    refused, served = jobs_of(market)
     assert (refused.provider_address, refused.status) == (PROVIDER_A, JobStatus.FAILED)
     assert f"engine answered {status}: engine says {status}" in (refused.error or "")
     assert served.status is JobStatus.COMPLETED
@@ -408,7 +394,7 @@ def test_an_engine_refusal_inside_the_stream_before_a_token_is_the_buyers_400(
     client = openai.OpenAI(base_url=market.url, api_key=market.api_key, max_retries=0)
     with pytest.raises(openai.BadRequestError) as refused:
         client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=4, stream=True)
-    (job,) = _jobs(market)  # the second provider, whose engine would have served, was not tried
+    (job,) = jobs_of(market)  # the second provider, whose engine would have served, was not tried
     error = refused.value
     assert (error.status_code, error.request_id) == (400, job.id)
     assert error.body == {
@@ -448,7 +434,7 @@ def test_an_engine_error_inside_the_stream_is_passed_on_as_its_message(
         "param": None,
         "code": "upstream_error",
     }
-    (job,) = _jobs(market)
+    (job,) = jobs_of(market)
     assert (job.status, job.error) == (JobStatus.COMPLETED, "interrupted (engine_error)")
     with session_scope(market.sessions) as session:
         receipt = session.get(Receipt, job.id)

@@ -294,21 +294,26 @@ def test_an_estimated_meter_attests_a_declared_counter_that_continues(tmp_path: 
             previous_end = gpu.energy_mj_end
 
 
-def test_a_torn_last_line_is_cut_off(tmp_path: Path) -> None:
-    identity = ProviderIdentity.generate()
+def _torn_log(data_dir: Path) -> bytes:
+    """A log of two attestations or more, then a torn line: the whole lines."""
 
     async def scenario() -> None:
-        loop, store, _ = make_loop(tmp_path, identity, None, Counters())
+        loop, store, _ = make_loop(data_dir, ProviderIdentity.generate(), None, Counters())
         await run_for(loop, lambda: len(store.all()) >= 2)
 
     arun(scenario())
-    path = tmp_path / "attestations.jsonl"
-    count = len(AttestationLog(tmp_path).all())
-    with path.open("a") as out:
-        out.write('{"message": {"type": "attes')
+    path = data_dir / "attestations.jsonl"
+    whole = path.read_bytes()
+    with path.open("ab") as out:
+        out.write(b'{"message": {"type": "attes')
+    return whole
+
+
+def test_a_torn_last_line_is_cut_off(tmp_path: Path) -> None:
+    whole = _torn_log(tmp_path)
     store = AttestationLog(tmp_path)
-    assert len(store.all()) == count
-    assert path.read_text().endswith("\n")
+    assert len(store.all()) == whole.count(b"\n")
+    assert (tmp_path / "attestations.jsonl").read_bytes() == whole
 
 
 def test_cutting_a_torn_last_line_rewrites_nothing_else(
@@ -316,17 +321,7 @@ def test_cutting_a_torn_last_line_rewrites_nothing_else(
 ) -> None:
     """The fragment is cut off in place: a disk that fails every write meanwhile (or a
     crash) cannot take the whole attestations before it with it."""
-    identity = ProviderIdentity.generate()
-
-    async def scenario() -> None:
-        loop, store, _ = make_loop(tmp_path, identity, None, Counters())
-        await run_for(loop, lambda: len(store.all()) >= 2)
-
-    arun(scenario())
-    path = tmp_path / "attestations.jsonl"
-    whole = path.read_bytes()
-    with path.open("ab") as out:
-        out.write(b'{"message": {"type": "attes')
+    whole = _torn_log(tmp_path)
     opened = Path.open
 
     def full_disk(self: Path, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
@@ -337,7 +332,7 @@ def test_cutting_a_torn_last_line_rewrites_nothing_else(
 
     monkeypatch.setattr(Path, "open", full_disk)
     AttestationLog(tmp_path)
-    assert path.read_bytes() == whole
+    assert (tmp_path / "attestations.jsonl").read_bytes() == whole
 
 
 def _reading(ns: int, ms: int, counters: dict[str, int | None]) -> EnergyReading:
