@@ -24,25 +24,17 @@ from market.db import create_engine, make_session_factory, session_scope, sqlite
 from market.keys import ticket_signing_key
 from market.routing.table import RoutingTable
 
-AGENT_CONNECT_S = 5.0
-AGENT_POOL_S = 5.0
-
 
 def agent_timeouts(settings: Settings) -> aiohttp.ClientTimeout:
     """To provider agents: 5 s to connect and 5 s to wait for a free connection (10 s in all to
     get one), `agent_read_timeout_s` between reads; aiohttp has no write timeout (see
     `agent_timeout`)."""
-    return agent_timeout(
-        connect=AGENT_CONNECT_S, read=settings.agent_read_timeout_s, pool=AGENT_POOL_S
-    )
+    return agent_timeout(connect=5.0, read=settings.agent_read_timeout_s, pool=5.0)
 
 
-AGENT_TIMEOUT = agent_timeout(
-    connect=AGENT_CONNECT_S,
-    read=Settings.model_fields["agent_read_timeout_s"].default,
-    pool=AGENT_POOL_S,
-)
-"""`agent_timeouts` with the default read timeout, for runtimes built without `Runtime.build`."""
+AGENT_TIMEOUT = agent_timeouts(Settings.model_construct())
+"""`agent_timeouts` at the default settings (no environment read), for runtimes built
+without `Runtime.build`."""
 AGENT_CONNECTIONS = 1_000
 
 
