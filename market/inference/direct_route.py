@@ -4,8 +4,8 @@ body, key and runtime itself instead of through FastAPI's dependency solver.
 Per request, FastAPI walks the endpoint's dependency tree (`solve_dependencies`), decodes
 the body with `json.loads` and validates the result with `validate_python`: about 120 µs of
 CPU of the market's ~3 ms per plain request (benchmarks/README.md). Both POST routes take
-the same three things (the body model, the bearer key, the app's runtime), so this route
-builds them itself. A JSON body is parsed and validated in one pass
+the same four things (the body model, the bearer key, the app's runtime, the request), so
+this route builds them itself. A JSON body is parsed and validated in one pass
 (`model_validate_json`). Any other request (a body that fails the model, is not JSON, is
 empty or has another content type) goes FastAPI's own way (`json.loads`, then
 `request_body_to_args`), so it gets the same answer, in the same order, as under FastAPI:
@@ -78,13 +78,13 @@ def _decode(raw: bytes) -> Any:
         raise HTTPException(400, "There was an error parsing the body") from None
 
 
-_PARAMETERS = ["body", "key", "runtime"]
+_PARAMETERS = ["body", "key", "runtime", "request"]
 
 
 class DirectBodyRoute(LimitedBodyRoute):
     """A `LimitedBodyRoute` (413 over the size cap) whose endpoint, if it takes a body, is
-    called as `endpoint(body=<its body model>, key=<bearer key>, runtime=<app's runtime>)`;
-    a route without a body is left to FastAPI."""
+    called as `endpoint(body=<its body model>, key=<bearer key>, runtime=<app's runtime>,
+    request=<the request>)`; a route without a body is left to FastAPI."""
 
     def body_handler(self) -> Handler:
         if self.body_field is None:
@@ -110,7 +110,9 @@ class DirectBodyRoute(LimitedBodyRoute):
             else:
                 key = bearer_key(request.headers.get("authorization"))
             runtime = request.app.state.runtime
-            response: Response = await endpoint(body=body, key=key, runtime=runtime)
+            response: Response = await endpoint(
+                body=body, key=key, runtime=runtime, request=request
+            )
             return response
 
         return direct

@@ -34,16 +34,18 @@ KeyDep = Annotated[str, Depends(_key)]
 
 @router.post("/chat/completions", response_model=None)
 async def chat_completions(
-    body: ChatCompletionRequest, key: KeyDep, runtime: RuntimeDep
+    body: ChatCompletionRequest, key: KeyDep, runtime: RuntimeDep, request: Request
 ) -> Response:
     """OpenAI's chat completions, served by a provider and charged on its signed receipt."""
-    return await service.complete(runtime, key, body, "chat/completions")
+    return await service.complete(runtime, key, body, "chat/completions", request.receive)
 
 
 @router.post("/completions", response_model=None)
-async def completions(body: CompletionRequest, key: KeyDep, runtime: RuntimeDep) -> Response:
+async def completions(
+    body: CompletionRequest, key: KeyDep, runtime: RuntimeDep, request: Request
+) -> Response:
     """OpenAI's (legacy) text completions, served and charged like chat completions."""
-    return await service.complete(runtime, key, body, "completions")
+    return await service.complete(runtime, key, body, "completions", request.receive)
 
 
 @router.get("/models")

@@ -241,6 +241,14 @@ class ProvidersAtCapacityError(MarketError):
         return {"Retry-After": str(self.retry_after_s)}
 
 
+class BuyerLeftError(MarketError):
+    """The buyer closed the connection before the provider answered: the job was given up
+    at no cost (nginx's 499; the buyer never reads it, the access log does)."""
+
+    status_code = 499
+    code = "client_closed_request"
+
+
 class QuotaExceededError(MarketError):
     """The buyer's available balance does not cover the worst-case cost of the request."""
 

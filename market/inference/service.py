@@ -11,6 +11,12 @@ Once an answer has started, a failure is the buyer's error and the hold is relea
 that an interrupted receipt (the stream broke off after tokens reached the buyer) is charged
 for exactly those tokens.
 
+A buyer who closes the connection before the answer starts (a stream's first token, or the
+whole answer of a request not streamed) ends the wait on the provider: the job fails at no
+cost, and closing the request to the agent makes it close the engine's, so no GPU time is
+spent for nobody. Only the waits on agents are cut short (`protocol.disconnect`); a database
+transaction under way finishes.
+
 Before each hold the API key's budgets are checked for that offer (`market.buyers.budgets`):
 402 `budget_exceeded` when the money, energy or carbon budget would be exceeded; a key with
 an energy or carbon budget skips offers whose energy cannot be estimated (no published
@@ -26,12 +32,14 @@ from typing import Any, Literal
 
 import aiohttp
 from fastapi.responses import Response
+from starlette.types import Receive
 
 from market.buyers import budgets
 from market.errors import MarketError
 from market.inference.agents import AgentFailure, job_endpoint, send_job
 from market.inference.attempt import Attempt, KeyContext, authenticate_buyer, offer_site
 from market.inference.errors import (
+    BuyerLeftError,
     ModelNotFoundError,
     NoProviderAvailableError,
     ProviderFailedError,
@@ -46,12 +54,14 @@ from market.jobs.service import JobOrder, cost
 from market.routing.service import RouteRequest, choose
 from market.routing.table import LiveOffer
 from market.runtime import Runtime
+from protocol.disconnect import ClientGone, Departure
 from protocol.messages import new_job_id, request_digest
 
 Route = Literal["chat/completions", "completions"]
 _ID_FIELDS = ("token_ids", "prompt_token_ids")
 #: Buyer-identifying fields that never reach a provider (docs/protocol.md, request digest).
 _PRIVATE_FIELDS = ("user", "safety_identifier", "prompt_cache_key")
+BUYER_LEFT = "the buyer left before the provider answered"
 
 
 def forwarded_body(request: CompletionRequestBase) -> bytes:
@@ -124,13 +134,21 @@ def model_energy(offers: list[LiveOffer]) -> dict[str, Any]:
 
 
 async def complete(
-    runtime: Runtime, raw_key: str, request: CompletionRequestBase, route: Route
+    runtime: Runtime,
+    raw_key: str,
+    request: CompletionRequestBase,
+    route: Route,
+    receive: Receive,
 ) -> Response:
-    """Serves one completion request end to end; raises `MarketError`s for the buyer, which
-    name the last job opened for it (`MarketError.job_id`), if any."""
+    """Serves one completion request end to end, watching the buyer's connection
+    (`receive`, the body already read); raises `MarketError`s for the buyer, which name the
+    last job opened for it (`MarketError.job_id`), if any."""
     opened: list[str] = []
     try:
-        return await _complete(runtime, raw_key, request, route, opened)
+        async with Departure(receive) as departure:
+            return await _complete(runtime, raw_key, request, route, opened, departure)
+    except ClientGone:
+        raise BuyerLeftError(BUYER_LEFT) from None
     except MarketError as exc:
         if opened and exc.job_id is None:
             exc.job_id = opened[-1]
@@ -143,6 +161,7 @@ async def _complete(
     request: CompletionRequestBase,
     route: Route,
     opened: list[str],
+    departure: Departure,
 ) -> Response:
     offers = choose(runtime.routing, RouteRequest(request.model, request.provider))
     if not offers:
@@ -183,10 +202,13 @@ async def _complete(
         # answer not streamed has only the agent client's read timeout.
         deadline = loop.time() + first_token_s if request.stream else None
         try:
-            async with asyncio.timeout_at(deadline):
+            async with departure.cancellable(), asyncio.timeout_at(deadline):
                 response = await send_job(
                     runtime.agents, job_endpoint(offer.job_url, route), body, header
                 )
+        except ClientGone:
+            await attempt.close(BUYER_LEFT)
+            raise
         except TimeoutError:  # the deadline's: send_job turns aiohttp's into AgentFailure
             await attempt.close(stalled)
             failures.append(f"{offer.provider}: {stalled}")
@@ -208,8 +230,11 @@ async def _complete(
             include_usage = bool(request.stream_options and request.stream_options.include_usage)
             relay = StreamRelay(response, attempt, include_usage)
             try:
-                async with asyncio.timeout_at(deadline):
+                async with departure.cancellable(), asyncio.timeout_at(deadline):
                     failure = await relay.first_token()
+            except ClientGone:
+                await relay.close(BUYER_LEFT)
+                raise
             except TimeoutError:  # the deadline's: first_token reports aiohttp's as a failure
                 failure = stalled
             except BaseException:
@@ -223,7 +248,10 @@ async def _complete(
             failures.append(f"{offer.provider}: {failure}")
             continue
         try:
-            return await _answer_json(response, attempt)
+            return await _answer_json(response, attempt, departure)
+        except ClientGone:
+            await attempt.close(BUYER_LEFT)
+            raise
         finally:
             await attempt.close()
     if not failures:
@@ -272,14 +300,19 @@ def _order(
     )
 
 
-async def _answer_json(response: aiohttp.ClientResponse, attempt: Attempt) -> Response:
-    """Reads the agent's JSON answer, charges its receipt, returns OpenAI's body + extensions."""
-    try:
-        raw = await response.read()
-    except Exception as exc:
-        raise ProviderFailedError(f"the provider's answer broke off: {exc!r}") from exc
-    finally:
-        response.release()
+async def _answer_json(
+    response: aiohttp.ClientResponse, attempt: Attempt, departure: Departure
+) -> Response:
+    """Reads the agent's JSON answer, charges its receipt, returns OpenAI's body + extensions.
+    A buyer who leaves while the answer is read is not charged; once it is read, the receipt
+    is settled whatever the buyer does."""
+    async with departure.cancellable():
+        try:
+            raw = await response.read()
+        except Exception as exc:
+            raise ProviderFailedError(f"the provider's answer broke off: {exc!r}") from exc
+        finally:
+            response.release()
     try:
         payload = json.loads(raw)
         envelope = payload.pop("receipt")

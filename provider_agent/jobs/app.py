@@ -3,7 +3,6 @@ and `POST /jobs/cancel` (the market stops a stream whose buyer went away)."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
@@ -17,6 +16,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from protocol.disconnect import ClientGone, Departure
 from protocol.recursion import cap_recursion
 from provider_agent.energy import EnergyMeter
 from provider_agent.jobs.config import JobsConfig
@@ -127,28 +127,12 @@ async def market_watch(receive: Receive) -> AsyncIterator[None]:
     is closed with it (vLLM aborts it), so a job the market gave up on (its first-token
     timeout, its buyer gone) is not computed to the end for nobody. Once a stream's
     response starts, Starlette watches for the same and ends the stream."""
-    task = asyncio.current_task()
-    assert task is not None
-    left = False
-
-    async def watch() -> None:
-        nonlocal left
-        while (await receive())["type"] != "http.disconnect":
-            pass
-        left = True
-        task.cancel()
-
-    watcher = asyncio.create_task(watch())
     try:
-        yield
-    except asyncio.CancelledError:
-        if not left:
-            raise
-        task.uncancel()
+        async with Departure(receive) as departure, departure.cancellable():
+            yield
+    except ClientGone:
         message = "the market closed the request before the engine answered"
         raise JobError(499, MARKET_GONE, message) from None
-    finally:
-        watcher.cancel()
 
 
 async def read_capped(request: Request, limit: int) -> bytes:

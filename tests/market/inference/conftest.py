@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,6 +121,36 @@ def jobs_of(market: Market) -> list[Job]:
     """The market's jobs, oldest first."""
     with session_scope(market.sessions) as session:
         return list(session.scalars(select(Job).order_by(Job.created_at)))
+
+
+def nothing_charged(market: Market, job_id: str) -> None:
+    """The job's hold was released, it has no receipt, and the buyer has all it deposited."""
+    with session_scope(market.sessions) as session:
+        assert ledger.get_hold(session, job_id).status.value == "released"
+        assert session.get(Receipt, job_id) is None
+        statement = ledger.statement(session, market.buyer)
+        assert (statement.available, statement.held, statement.charged) == (DEPOSIT, 0, 0)
+        ledger.check_ledger(session)
+
+
+def settles(check: Callable[[], object], timeout_s: float = 5.0) -> bool:
+    """Whether `check()` comes true within `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not check() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return bool(check())
+
+
+def agent_idle(agent: Agent) -> bool:
+    """Whether the agent lets go of every slot and stream within a few seconds."""
+    return settles(lambda: agent.jobs.slots.in_use == 0 and agent.jobs.streams == {})
+
+
+def stored_receipts(agent: Agent, job_id: str) -> list[str | None]:
+    """The `interrupted_reason` of each receipt the agent stored for the job."""
+    return [
+        e.message.interrupted_reason for e in agent.jobs.outbox.all() if e.message.job_id == job_id
+    ]
 
 
 def assert_failed_over(market: Market, chunks: list[ChatCompletionChunk], request_id: str) -> Job:

@@ -1,11 +1,17 @@
 """A buyer who disconnects mid-stream: the market cancels the job at the agent, reads on for
-the agent's interrupted receipt and charges the tokens made until the engine stopped."""
+the agent's interrupted receipt and charges the tokens made until the engine stopped.
+
+A buyer who hangs up before the answer starts (a client timeout, a closed tab) is not
+charged, the request is not sent on to another provider, and the provider's engine stops
+computing it (the market closes its request to the agent, the agent its request to the
+engine, as vLLM aborts a request whose client left)."""
 
 from __future__ import annotations
 
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -14,10 +20,21 @@ from fastapi.responses import JSONResponse, Response
 from sqlalchemy import select
 
 from market.db import session_scope
+from market.inference.service import BUYER_LEFT
 from market.jobs.models import Job, JobStatus, Receipt
 from market.ledger import service as ledger
 from protocol.messages import output_digest
-from tests.market.inference.conftest import DEPOSIT, PROVIDER_A, Market
+from tests.market.inference.conftest import (
+    DEPOSIT,
+    PROVIDER_A,
+    PROVIDER_B,
+    Market,
+    agent_idle,
+    jobs_of,
+    nothing_charged,
+    settles,
+    stored_receipts,
+)
 from tests.market.inference.servers import MODEL, Agent, sync_agent_receipts
 from tests.support.openai_upstream import UpstreamProcess
 
@@ -25,6 +42,20 @@ TOKENS = 64
 DELAY_MS = 50
 PRICE_OUT = 2_000_000
 """Two base units per output token: a charge is twice the tokens, exactly."""
+STALL_MS = 20_000
+"""Far past the buyer's patience: the engine answers nothing unless its request is closed."""
+PATIENCE_S = 0.3
+#: The request, and where the first provider's engine stalls: a request not streamed before
+#: its answer; a stream after its headers and the chat stream's role chunk, or before its
+#: headers. The market's first-token timeout (120 s) is far off in all three.
+CASES: dict[str, dict[str, Any]] = {
+    "not_streamed": {"stream": False, "stall": {"stall_ms": STALL_MS}},
+    "stream_after_the_role_chunk": {"stream": True, "stall": {"stall_ms": STALL_MS}},
+    "stream_before_the_headers": {
+        "stream": True,
+        "stall": {"stall_ms": STALL_MS, "stall_headers": True},
+    },
+}
 
 
 def _leave_after(market: Market, tokens: int) -> int:
@@ -62,20 +93,6 @@ def _ended_job(market: Market, timeout_s: float = 10.0) -> Job:
         time.sleep(0.02)
 
 
-def _slots_free(agent: Agent) -> bool:
-    deadline = time.monotonic() + 5
-    while agent.jobs.slots.in_use and time.monotonic() < deadline:
-        time.sleep(0.01)
-    return agent.jobs.slots.in_use == 0 and agent.jobs.streams == {}
-
-
-def _stored(agent: Agent, job_id: str) -> list[str | None]:
-    """The reasons of the agent's stored receipts for `job_id`."""
-    return [
-        e.message.interrupted_reason for e in agent.jobs.outbox.all() if e.message.job_id == job_id
-    ]
-
-
 def test_a_buyer_who_leaves_pays_for_the_tokens_made_until_the_engine_stopped(
     market: Market, agents: dict[str, Agent], upstream: UpstreamProcess
 ) -> None:
@@ -101,8 +118,8 @@ def test_a_buyer_who_leaves_pays_for_the_tokens_made_until_the_engine_stopped(
         statement = ledger.statement(session, market.buyer)
         assert (statement.available, statement.held) == (DEPOSIT - 2 * made, 0)
         ledger.check_ledger(session)
-    assert _stored(agent, job.id) == ["cancelled"]  # the one receipt, charged
-    assert _slots_free(agent)
+    assert stored_receipts(agent, job.id) == ["cancelled"]  # the one receipt, charged
+    assert agent_idle(agent)
     assert market.routing.pinned[0].in_flight == 0
 
 
@@ -132,8 +149,8 @@ def test_a_stream_the_agent_does_not_cancel_is_read_to_its_end_and_charged(
         assert receipt is not None
         assert (receipt.completion_tokens, receipt.charge) == (16, 32)
         ledger.check_ledger(session)
-    assert _stored(agent, job.id) == [None]  # complete
-    assert _slots_free(agent)
+    assert stored_receipts(agent, job.id) == [None]  # complete
+    assert agent_idle(agent)
 
 
 def test_a_stream_that_does_not_end_in_time_after_the_buyer_left_is_released(
@@ -157,9 +174,9 @@ def test_a_stream_that_does_not_end_in_time_after_the_buyer_left_is_released(
         assert ledger.get_hold(session, job.id).status.value == "released"
         statement = ledger.statement(session, market.buyer)
         assert (statement.available, statement.held, statement.charged) == (DEPOSIT, 0, 0)
-    assert _slots_free(agent)
+    assert agent_idle(agent)
     # The agent saw the market go away: its receipt stays in its outbox, unpaid.
-    assert _stored(agent, job.id) == ["client_disconnected"]
+    assert stored_receipts(agent, job.id) == ["client_disconnected"]
     assert market.routing.pinned[0].in_flight == 0
     # ... and its receipt sync learns that the market will not pay it, and why.
     result, outbox = sync_agent_receipts(
@@ -172,3 +189,38 @@ def test_a_stream_that_does_not_end_in_time_after_the_buyer_left_is_released(
         "detail": "the buyer left and the stream did not end in time",
     }
     assert outbox.count_unsent() == 0
+
+
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+def test_a_buyer_who_leaves_before_the_answer_is_not_charged_and_the_engine_stops(
+    market: Market, agents: dict[str, Agent], upstream: UpstreamProcess, case: dict[str, Any]
+) -> None:
+    market.routing.pin(
+        [
+            agents[PROVIDER_A].offer(1_000_000, 1_000_000),
+            agents[PROVIDER_B].offer(2_000_000, 2_000_000),
+        ]
+    )
+    upstream.control(**case["stall"], times=1)  # A's engine stalls; B's would answer
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Say something."}],
+        "max_tokens": 4,
+        "stream": case["stream"],
+    }
+    headers = {"Authorization": f"Bearer {market.api_key}"}
+    start = time.monotonic()
+    with pytest.raises(httpx.ReadTimeout):  # the buyer gives up, and hangs up
+        httpx.post(f"{market.url}/chat/completions", json=body, headers=headers, timeout=PATIENCE_S)
+    assert settles(lambda: jobs_of(market)[0].status is JobStatus.FAILED)
+    assert time.monotonic() - start < STALL_MS / 1000 / 4
+    (job,) = jobs_of(market)  # not sent on to B: nobody is waiting for the answer
+    assert (job.provider_address, job.error) == (PROVIDER_A, BUYER_LEFT)
+    nothing_charged(market, job.id)
+    assert settles(lambda: [o.in_flight for o in market.routing.pinned] == [0, 0])
+    # The agent closed the engine's request long before the stall would have ended, and
+    # signed no receipt: nothing reached the buyer.
+    assert settles(lambda: upstream.running() == 0)
+    assert agent_idle(agents[PROVIDER_A])
+    assert stored_receipts(agents[PROVIDER_A], job.id) == []
+    assert len(jobs_of(market)) == 1

@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 import pytest
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from fastapi.testclient import TestClient
 
@@ -26,12 +26,16 @@ def _app(route_class: type[LimitedBodyRoute]) -> FastAPI:
     router = APIRouter(prefix="/echo", route_class=route_class)
 
     @router.post("/chat", response_model=None)
-    async def chat(body: ChatCompletionRequest, key: KeyDep, runtime: RuntimeDep) -> Response:
-        return _echo(body, key, runtime)
+    async def chat(
+        body: ChatCompletionRequest, key: KeyDep, runtime: RuntimeDep, request: Request
+    ) -> Response:
+        return _echo(body, key, runtime, request)
 
     @router.post("/completions", response_model=None)
-    async def completions(body: CompletionRequest, key: KeyDep, runtime: RuntimeDep) -> Response:
-        return _echo(body, key, runtime)
+    async def completions(
+        body: CompletionRequest, key: KeyDep, runtime: RuntimeDep, request: Request
+    ) -> Response:
+        return _echo(body, key, runtime, request)
 
     app = create_app(Settings(database_url="sqlite://"), runtime=None)
     app.include_router(router)
@@ -39,8 +43,11 @@ def _app(route_class: type[LimitedBodyRoute]) -> FastAPI:
     return app
 
 
-def _echo(body: ChatCompletionRequest | CompletionRequest, key: str, runtime: Any) -> Response:
+def _echo(
+    body: ChatCompletionRequest | CompletionRequest, key: str, runtime: Any, request: Request
+) -> Response:
     content = {"type": type(body).__name__, "body": body.engine_body(), "key": key}
+    content["path"] = request.url.path
     return JSONResponse({**content, "runtime": runtime, "bound": body.prompt_bound()})
 
 
@@ -116,11 +123,12 @@ def test_answers_as_fastapi_does(route: str, body: bytes, headers: dict[str, str
     assert (after.status_code, after.json()) == (before.status_code, before.json())
 
 
-def test_the_valid_cases_reach_the_endpoint_with_body_key_and_runtime() -> None:
+def test_the_valid_cases_reach_the_endpoint_with_body_key_runtime_and_request() -> None:
     answer = DIRECT.post("/echo/chat", content=json.dumps(CHAT), headers=JSON_AUTH).json()
     assert answer["type"] == "ChatCompletionRequest"
     assert answer["body"]["messages"] == CHAT["messages"]
     assert (answer["key"], answer["runtime"]) == ("sk-jm-1", "the runtime")
+    assert answer["path"] == "/echo/chat"
 
 
 def test_the_size_cap_still_applies() -> None:
