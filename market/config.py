@@ -14,6 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
+from dotenv import dotenv_values
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -266,10 +267,19 @@ def redact_url(url: str) -> str:
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """The process's settings, read once, with a warning for each `MARKET_*` variable that
-    names no setting (a misspelt one would otherwise leave its default in force silently).
+    """The process's settings, read once, with a warning for each `MARKET_*` variable (in the
+    environment or the `.env` file) that names no setting (a misspelt one would otherwise
+    leave its default in force silently).
     Tests call `get_settings.cache_clear()`."""
     known = env_names("MARKET_", Settings)
-    for message in unknown_env(os.environ, "MARKET_", known, also=NOT_SETTINGS):
+    env_file = str(Settings.model_config.get("env_file"))
+    in_file = {
+        name: value or ""
+        for name, value in dotenv_values(env_file, encoding="utf-8").items()
+        if name not in os.environ  # the environment wins over the file, as in Settings
+    }
+    messages = unknown_env(os.environ, "MARKET_", known, also=NOT_SETTINGS)
+    messages += unknown_env(in_file, "MARKET_", known, also=NOT_SETTINGS, source=env_file)
+    for message in messages:
         logger.warning("%s", message)
     return Settings()

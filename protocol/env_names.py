@@ -34,11 +34,13 @@ def unknown_env(
     *,
     nested: str | None = None,
     also: Collection[str] = (),
+    source: str = "",
 ) -> list[str]:
     """A sentence for each variable of `environ` that starts with `prefix` but is none of
     `known` (from `env_names`), sorted, naming the closest known one. With `nested`, a
     variable of a known group passes whatever follows the group (the group's model checks
-    its members). `also`: other variables with the prefix that the project reads."""
+    its members). `also`: other variables with the prefix that the project reads. `source`,
+    if given, says where the variables were read (`.env`)."""
     groups = {name.split(nested, 1)[0] for name in known if nested and nested in name}
     messages = []
     for name in sorted(environ):
@@ -48,5 +50,6 @@ def unknown_env(
             continue
         close = difflib.get_close_matches(name, sorted(known), n=1)
         hint = f"; did you mean {close[0]}?" if close else ""
-        messages.append(f"{name} names no setting and is ignored{hint}")
+        where = f" (in {source})" if source else ""
+        messages.append(f"{name}{where} names no setting and is ignored{hint}")
     return messages

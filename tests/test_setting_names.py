@@ -40,16 +40,42 @@ def test_a_misspelt_market_variable_is_warned_of_with_the_setting_it_resembles(
 ) -> None:
     monkeypatch.setenv("MARKET_EPOCH_SECONDZ", "5")
     monkeypatch.setenv("MARKET_DEPLOYER_KEY", "0x" + "11" * 32)  # read by `chain deploy`
+    settings, warnings = _settings_and_warnings(caplog)
+    assert settings.epoch_seconds == Settings.model_fields["epoch_seconds"].default
+    assert warnings == [
+        "MARKET_EPOCH_SECONDZ names no setting and is ignored; did you mean MARKET_EPOCH_SECONDS?"
+    ]
+
+
+def test_a_misspelt_variable_in_the_env_file_is_warned_of_too(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text(
+        "MARKET_EPOCH_SECONDS=7\n"  # a setting: read
+        "MARKET_CONFIRMATIONZ=3\n"  # misspelt
+        "MARKET_EPOCH_SECONDZ=5\n"  # misspelt, and also in the environment: warned of once
+        "OTHER=1\n"
+    )
+    monkeypatch.setenv("MARKET_EPOCH_SECONDZ", "5")
+    settings, warnings = _settings_and_warnings(caplog)
+    assert settings.epoch_seconds == 7
+    assert warnings == [
+        "MARKET_EPOCH_SECONDZ names no setting and is ignored; did you mean MARKET_EPOCH_SECONDS?",
+        "MARKET_CONFIRMATIONZ (in .env) names no setting and is ignored; "
+        "did you mean MARKET_CONFIRMATIONS?",
+    ]
+
+
+def _settings_and_warnings(caplog: pytest.LogCaptureFixture) -> tuple[Settings, list[str]]:
+    """The market's settings as its processes read them, and the warnings that gave."""
     get_settings.cache_clear()
     try:
         with caplog.at_level(logging.WARNING, logger="market.config"):
             settings = get_settings()
     finally:
         get_settings.cache_clear()
-    assert settings.epoch_seconds == Settings.model_fields["epoch_seconds"].default
-    assert [record.getMessage() for record in caplog.records] == [
-        "MARKET_EPOCH_SECONDZ names no setting and is ignored; did you mean MARKET_EPOCH_SECONDS?"
-    ]
+    return settings, [record.getMessage() for record in caplog.records]
 
 
 def test_an_agent_variable_outside_every_group_is_warned_of_and_shown_by_doctor(
