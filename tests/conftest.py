@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from market.demo.ports import free_port
+from market.demo.vllm_server import ensure_tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
 ANVIL = REPO / "contracts" / "node_modules" / ".bin" / "anvil"
@@ -64,3 +65,15 @@ def anvil_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny test model for a real vLLM, built once: into $TINY_MODEL_DIR if set, else
+    pytest's cache (.pytest_cache/d/tiny-llama), else a temporary directory."""
+    configured = os.environ.get("TINY_MODEL_DIR")
+    if configured:
+        return ensure_tiny_model(Path(configured))
+    cache = getattr(request.config, "cache", None)  # absent under -p no:cacheprovider
+    target = cache.mkdir("tiny-llama") if cache is not None else tmp_path_factory.mktemp("tiny")
+    return ensure_tiny_model(target)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -13,7 +12,6 @@ from typer.testing import CliRunner
 
 from market.demo.vllm_server import (
     VllmServer,
-    ensure_tiny_model,
     start_vllm,
     vllm_python,
     vllm_venv,
@@ -30,18 +28,9 @@ MODEL = "tiny-llama"
 
 
 @pytest.fixture(scope="module")
-def vllm(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[VllmServer]:
-    """vLLM on the tiny model ($TINY_MODEL_DIR, else pytest's cache, else a temp dir)."""
-    configured = os.environ.get("TINY_MODEL_DIR")
-    if configured:
-        model_dir = ensure_tiny_model(Path(configured))
-    else:
-        cache = getattr(request.config, "cache", None)
-        target = cache.mkdir("tiny-llama") if cache is not None else tmp_path_factory.mktemp("t")
-        model_dir = ensure_tiny_model(target)
-    with start_vllm(model_dir, MODEL) as server:
+def vllm(tiny_model: Path) -> Iterator[VllmServer]:
+    """vLLM on the tiny model."""
+    with start_vllm(tiny_model, MODEL) as server:
         yield server
 
 

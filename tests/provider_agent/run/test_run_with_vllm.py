@@ -11,7 +11,6 @@ from market.demo.ports import free_port
 from market.demo.vllm_server import (
     SERVER_ENV,
     SERVER_FLAGS,
-    ensure_tiny_model,
     vllm_python,
     vllm_venv,
 )
@@ -26,24 +25,13 @@ pytestmark = pytest.mark.skipif(
 MODEL = "tiny-llama"
 
 
-@pytest.fixture(scope="module")
-def model_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny model: $TINY_MODEL_DIR, else pytest's cache, else a temporary directory."""
-    configured = os.environ.get("TINY_MODEL_DIR")
-    if configured:
-        return ensure_tiny_model(Path(configured))
-    cache = getattr(request.config, "cache", None)
-    target = cache.mkdir("tiny-llama") if cache is not None else tmp_path_factory.mktemp("tiny")
-    return ensure_tiny_model(target)
-
-
-def test_run_supervises_vllm_and_serves_a_job(tmp_path: Path, model_dir: Path) -> None:
+def test_run_supervises_vllm_and_serves_a_job(tmp_path: Path, tiny_model: Path) -> None:
     python = vllm_python()
     assert python is not None
     port = free_port()
     command = [
         str(python), "-m", "vllm.entrypoints.openai.api_server",
-        "--model", str(model_dir.resolve()),
+        "--model", str(tiny_model.resolve()),
         "--served-model-name", MODEL,
         "--host", "127.0.0.1",
         "--port", str(port),
@@ -56,7 +44,7 @@ def test_run_supervises_vllm_and_serves_a_job(tmp_path: Path, model_dir: Path) -
             engine_command=command,
             engine_url=f"http://127.0.0.1:{port}",
             model=MODEL,
-            model_digest=weights_digest(model_dir),
+            model_digest=weights_digest(tiny_model),
             market_url=market.url,
             domain=DOMAIN,
             extra_env={**SERVER_ENV, "AGENT_RUN__ATTESTATION_WINDOW_S": "2"},
