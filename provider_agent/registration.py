@@ -25,9 +25,11 @@ def registration_message(
     identity: ProviderIdentity,
     deployment: Deployment | Domain,
     now_ms: int,
+    context_length: int | None = None,
 ) -> dict[str, JsonValue]:
     """The registration message (no floats: fractions travel as integer milli-units) for the
-    deployment the key is bound on, or its domain."""
+    deployment the key is bound on, or its domain. `context_length`: the engine's, as it
+    reports it (`provider_agent.engine.models`); None when it does not or was not asked."""
     offer = settings.offer
     tariff: JsonValue = None
     if offer.tariff is not None:
@@ -50,6 +52,7 @@ def registration_message(
         "host_overhead_milli": round(offer.host_overhead * 1000),
         "gpu": offer.gpu,
         "declared_power_mw": declared_mw,
+        "context_length": context_length,
         "issued_at": now_ms,
         "expires_at": now_ms + VALIDITY_MS,
         "domain": _domain(deployment),
@@ -74,9 +77,10 @@ def signed_registration(
     identity: ProviderIdentity,
     deployment: Deployment | Domain,
     now_ms: int | None = None,
+    context_length: int | None = None,
 ) -> dict[str, Any]:
     """The envelope `{"message", "signer", "signature"}` ready to post."""
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
-    message = registration_message(settings, identity, deployment, now_ms)
+    message = registration_message(settings, identity, deployment, now_ms, context_length)
     signature = identity.signing_key.sign(signing_input(TYPE_TAG, message)).signature
     return {"message": message, "signer": identity.public_key_hex, "signature": to_hex(signature)}

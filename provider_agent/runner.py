@@ -43,7 +43,9 @@ from protocol.messages import Domain
 from provider_agent.attestations import AttestationBuilder, AttestationLog, AttestationLoop
 from provider_agent.config import AgentSettings, ConfigError
 from provider_agent.energy import EnergyMeter
+from provider_agent.engine.errors import ModelsUnavailableError
 from provider_agent.engine.metrics import EngineCounters, afetch_engine_counters
+from provider_agent.engine.models import afetch_context_length
 from provider_agent.jobs import JobsConfig, ReceiptOutbox, create_app
 from provider_agent.jobs.app import JobService
 from provider_agent.jobs.outbox import MIB
@@ -267,8 +269,10 @@ class AgentRunner:
         return app
 
     async def _register(self) -> None:
-        """Announce the offer, retrying with backoff (1 s doubling to 60 s) while the market
-        does not answer or answers with a refusal that may pass (`REGISTRATION_FINAL`)."""
+        """Announce the offer, with the context length the engine reports serving, retrying
+        with backoff (1 s doubling to 60 s) while the engine's `/v1/models` cannot be read,
+        the market does not answer or it answers with a refusal that may pass
+        (`REGISTRATION_FINAL`)."""
         assert self.market is not None
         try:  # the market takes integer prices only: "auto" becomes the measured floor
             settings = with_resolved_prices(self.settings)
@@ -279,12 +283,17 @@ class AgentRunner:
         delay = 1.0
         while True:
             try:
-                await self.market.register(
-                    signed_registration(settings, self.identity, self.plan.domain)
+                context_length = await afetch_context_length(
+                    self.engine_http, self.plan.served_model
                 )
-            except MarketError as exc:
+                await self.market.register(
+                    signed_registration(
+                        settings, self.identity, self.plan.domain, context_length=context_length
+                    )
+                )
+            except (ModelsUnavailableError, MarketError) as exc:
                 self.registration_error = str(exc)
-                if exc.status in REGISTRATION_FINAL:
+                if isinstance(exc, MarketError) and exc.status in REGISTRATION_FINAL:
                     log.error("the market refused the registration: %s", exc)
                     return
                 log.warning("could not register with the market, again in %.0f s: %s", delay, exc)

@@ -87,17 +87,24 @@ def get_model(runtime: Runtime, model: str) -> dict[str, Any]:
 
 
 def _model(model: str, offers: list[LiveOffer]) -> dict[str, Any]:
+    """One model as `/v1/models` shows it. `context_length`: the longest context any live
+    provider reports serving (as OpenRouter's models list has it); the `market` extension
+    has the range over the providers that report one. Both null when none reports one."""
     prices_in = [o.price_in_per_mtok for o in offers]
     prices_out = [o.price_out_per_mtok for o in offers]
+    contexts = [o.context_length for o in offers if o.context_length is not None]
+    context_range = {"min": min(contexts), "max": max(contexts)} if contexts else None
     return {
         "id": model,
         "object": "model",
         "created": 0,
         "owned_by": "joule-market",
+        "context_length": max(contexts) if contexts else None,
         "market": {
             "providers": len(offers),
             "price_in_per_mtok": {"min": min(prices_in), "max": max(prices_in)},
             "price_out_per_mtok": {"min": min(prices_out), "max": max(prices_out)},
+            "context_length": context_range,
             "energy": model_energy(offers),
         },
     }

@@ -82,6 +82,9 @@ class Offer(Base):
     gpu_count: Mapped[int] = mapped_column(Integer)
     declared_power_mw: Mapped[int | None] = mapped_column(BigInteger)
     job_url: Mapped[str] = mapped_column(String(512))
+    context_length: Mapped[int | None] = mapped_column(Integer)
+    """The most tokens (prompt and completion) the engine serves in one request, as the
+    agent read it from the engine (vLLM's `max_model_len`); null when not reported."""
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 

@@ -38,6 +38,9 @@ ShortText = Annotated[StrictStr, Field(min_length=1, max_length=128)]
 ModelName = Annotated[StrictStr, Field(min_length=1, max_length=256)]
 JobUrl = Annotated[StrictStr, Field(pattern=r"^https?://[^\s]+$", max_length=512)]
 Region = Annotated[StrictStr, Field(pattern=r"^[A-Z]{2}(-[A-Z0-9]{1,8})?$")]
+MAX_CONTEXT_LENGTH = 2**31 - 1
+"""The largest `context_length` a registration may declare (the column is a 32-bit integer)."""
+ContextLength = Annotated[StrictInt, Field(ge=1, le=MAX_CONTEXT_LENGTH)]
 
 
 class _Message(BaseModel):
@@ -64,7 +67,8 @@ class Tariff(_Message):
 class Registration(_Message):
     """`provider_registration` v1: one offer, signed with the key bound on-chain.
 
-    `gpu_count` and `quantization` are optional additions (absent: 1 GPU, not declared).
+    `gpu_count`, `quantization` and `context_length` are optional additions (absent: 1 GPU,
+    not declared, not reported).
     """
 
     type: Literal["provider_registration"]
@@ -88,6 +92,8 @@ class Registration(_Message):
     domain: Domain
     gpu_count: Annotated[StrictInt, Field(ge=1, le=64)] | None = None
     quantization: Annotated[StrictStr, Field(min_length=1, max_length=32)] | None = None
+    context_length: ContextLength | None = None
+    """The engine's context in tokens (vLLM's `max_model_len`), as the agent read it."""
 
     @model_validator(mode="after")
     def _window(self) -> Self:
@@ -130,6 +136,10 @@ class OfferRead(BaseModel):
     gpu_count: int
     declared_power_mw: int | None
     job_url: str
+    context_length: int | None = Field(
+        description="Most tokens (prompt and completion) the engine serves in one request, "
+        "as it reports it (vLLM's max_model_len); null when not reported."
+    )
     updated_at: datetime
 
 

@@ -309,6 +309,7 @@ def _store_offer(
     offer.gpu_count = registration.gpu_count or 1
     offer.declared_power_mw = registration.declared_power_mw
     offer.job_url = registration.endpoint
+    offer.context_length = registration.context_length
     offer.updated_at = received
     return repo.add_offer(offer)
 
@@ -673,6 +674,7 @@ def live_offer(row: RoutableOffer) -> LiveOffer:
         gco2_per_mtok=gco2,
         energy_cost_per_mtok=cost,
         energy_concurrency=concurrency,
+        context_length=offer.context_length,
         site=site,
     )
 

@@ -5,6 +5,12 @@ their order is drawn at random, weighted towards the less loaded (weight 1 / (1 
 flight)), so equal offers share the traffic instead of the first in the table taking it all.
 The draw looks at no more than `SPREAD_LIMIT` near-equals, so a decision stays cheap however
 many providers are on offer (benchmarks/routing.py).
+
+A request that sets its completion limit (`ProviderPreferences.completion_tokens`) skips
+offers whose reported context is shorter, since their engine would refuse it; offers that do
+not report a context are never skipped. When no offer of the model has that much context,
+routing refuses the request (400, `CompletionLimitTooLargeError`) rather than answer that no
+provider is available now: no provider ever would be.
 """
 
 from __future__ import annotations
@@ -13,8 +19,9 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from market.routing.errors import CompletionLimitTooLargeError
 from market.routing.schemas import ProviderPreferences
-from market.routing.table import LiveOffer, RoutingTable
+from market.routing.table import LiveOffer, RoutingTable, longest_context
 
 DEFAULT_ATTEMPTS = 3
 NEAR = 0.05
@@ -33,8 +40,10 @@ class RouteRequest:
     attempts: int = DEFAULT_ATTEMPTS
 
 
-def _passes(offer: LiveOffer, prefs: ProviderPreferences) -> bool:
+def _passes(offer: LiveOffer, prefs: ProviderPreferences, needed: int) -> bool:
     if not offer.has_capacity:
+        return False
+    if offer.context_length is not None and offer.context_length < needed:
         return False
     if prefs.only is not None and offer.provider not in prefs.only:
         return False
@@ -79,17 +88,24 @@ def choose(
 
     Near-equal best offers are ordered by a load-weighted draw from `rng` (inject a seeded
     `random.Random` for a reproducible order). An empty list means no provider on offer
-    passes the buyer's filters right now.
+    passes the buyer's filters right now. `CompletionLimitTooLargeError` when the request's
+    explicit completion limit exceeds the context of every offer it may go to.
     """
     prefs = request.preferences
     limit = request.attempts if prefs.allow_fallbacks else 1
     key = prefs.sort or "price"
+    needed = prefs.completion_tokens or 0
     if prefs.only is not None:  # a short allow-list: look its offers up instead of walking all
         found = (table.get(request.model, provider) for provider in prefs.only)
         candidates = sorted((o for o in found if o is not None), key=lambda o: o.sort_value(key))
+        longest = longest_context(candidates)
     else:
         candidates = table.offers(request.model, key)
-    passing: Iterator[LiveOffer] = (o for o in candidates if _passes(o, prefs))
+        longest = table.longest_context(request.model)
+    if needed > longest and candidates:
+        param = prefs.completion_param
+        raise CompletionLimitTooLargeError(request.model, param, needed, int(longest))
+    passing: Iterator[LiveOffer] = (o for o in candidates if _passes(o, prefs, needed))
     best = next(passing, None)
     if best is None:
         return []

@@ -37,6 +37,9 @@ class LiveOffer:
     energy_cost_per_mtok: float | None = None
     energy_concurrency: float | None = None
     """Average running requests over the windows `joules_per_token` was measured in."""
+    context_length: int | None = None
+    """The most tokens (prompt and completion) its engine serves in one request, as it
+    reports it (vLLM's `max_model_len`); None when not reported."""
     site: SiteProfile | None = field(default=None, compare=False)
     """The offer's energy site, built once per refresh (None: only `region` is known)."""
     in_flight: int = field(default=0, compare=False)
@@ -82,6 +85,7 @@ class RoutingTable:
     def __init__(self, offers: Iterable[LiveOffer] = ()) -> None:
         self._by_model: dict[str, dict[SortKey, list[LiveOffer]]] = {}
         self._by_provider: dict[tuple[str, str], LiveOffer] = {}
+        self._longest: dict[str, float] = {}
         self.replace(offers)
 
     def replace(self, offers: Iterable[LiveOffer]) -> None:
@@ -99,6 +103,7 @@ class RoutingTable:
             for model, group in grouped.items()
         }
         self._by_provider = by_provider
+        self._longest = {model: longest_context(group) for model, group in grouped.items()}
 
     def models(self) -> list[str]:
         """Models with at least one offer."""
@@ -111,3 +116,19 @@ class RoutingTable:
     def get(self, model: str, provider: str) -> LiveOffer | None:
         """The offer of `provider` for `model`, if on offer."""
         return self._by_provider.get((model, provider))
+
+    def longest_context(self, model: str) -> float:
+        """The longest context any offer of `model` serves (`longest_context`), kept per
+        refresh so that a request no offer can hold is told so without a walk."""
+        return self._longest.get(model, UNKNOWN)
+
+
+def longest_context(offers: Iterable[LiveOffer]) -> float:
+    """The longest `context_length` of `offers`: infinite when one does not report its
+    context (it may hold anything), or when there are no offers."""
+    longest = 0.0
+    for offer in offers:
+        if offer.context_length is None:
+            return UNKNOWN
+        longest = max(longest, offer.context_length)
+    return longest or UNKNOWN

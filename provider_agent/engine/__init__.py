@@ -1,1 +1,1 @@
-"""The local vLLM engine as the agent sees it: its /metrics counters."""
+"""The local vLLM engine as the agent sees it: its /metrics counters and /v1/models."""

@@ -7,6 +7,7 @@ cache directory (.pytest_cache/d/tiny-llama) or into $TINY_MODEL_DIR.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import time
@@ -26,6 +27,7 @@ from market.demo.vllm_server import (
     vllm_venv,
 )
 from market.inference.schemas import DEFAULT_MAX_TOKENS
+from provider_agent.engine.models import afetch_context_length
 
 SERVED_NAME = "tiny-llama"
 GENERATION_TOKENS = "vllm:generation_tokens_total"
@@ -104,6 +106,16 @@ def test_models_lists_served_name(client: httpx.Client) -> None:
     models = client.get("/v1/models").json()
     assert [m["id"] for m in models["data"]] == [SERVED_NAME]
     assert models["data"][0]["max_model_len"] == 2048
+
+
+def test_the_agent_reads_the_served_context_length(server: VllmServer) -> None:
+    """What the agent registers as the offer's `context_length`."""
+
+    async def read() -> int | None:
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=30.0) as engine:
+            return await afetch_context_length(engine, SERVED_NAME)
+
+    assert asyncio.run(read()) == 2048
 
 
 def test_chat_completion_usage_matches_token_ids(client: httpx.Client) -> None:

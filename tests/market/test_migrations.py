@@ -14,12 +14,13 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import inspect, text
+from sqlalchemy import inspect, select, text
 from sqlalchemy.orm import Session
 
 from market.db import REPO_ROOT, alembic_config, create_engine, migrate
 from market.jobs.models import Receipt
 from market.models import Base
+from market.providers.models import Offer
 from protocol.keys import public_key_hex, signing_key_from_seed
 from protocol.messages import Domain, EnergyAttribution, message_digest, parse_signed, sign, verify
 from protocol.messages import Receipt as SignedReceipt
@@ -223,6 +224,54 @@ def test_receipts_stored_before_0011_survive_upgrade_and_downgrade(
             assert sorted(tuple(r) for r in rows) == sorted(stored)
             failures = conn.execute(text("SELECT job_id FROM receipt_check_failures"))
             assert sorted(r[0] for r in failures) == sorted(s[0] for s in stored)
+    finally:
+        engine.dispose()
+
+
+@BOTH
+def test_offers_stored_before_0021_have_no_context_length_and_survive_both_ways(
+    empty_database_url: str,
+) -> None:
+    """0021 adds `provider_offers.context_length` to offers already stored: null (never a
+    guess), and a downgrade keeps the offers while dropping it."""
+    config = alembic_config(empty_database_url)
+    command.upgrade(config, "0020")
+    provider = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
+    now = datetime.now(UTC)
+    engine = create_engine(empty_database_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO providers (address, public_key, status, reputation,"
+                    " registered_at, registration_issued_at_ms) VALUES (:address, :key,"
+                    " 'active', 0, :now, 1)"
+                ),
+                {"address": provider, "key": "0x" + "aa" * 32, "now": now},
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO provider_offers (provider_address, model, price_in_per_mtok,"
+                    " price_out_per_mtok, max_concurrency, pue_profile, pue_milli,"
+                    " host_overhead_milli, gpu_count, job_url, updated_at) VALUES (:address,"
+                    " 'tiny-llama', 100, 400, 4, 'industry_average', 1560, 1400, 1,"
+                    " 'http://agent.invalid/jobs', :now)"
+                ),
+                {"address": provider, "now": now},
+            )
+        command.upgrade(config, "head")
+        assert _diff(empty_database_url) == []
+        with Session(engine) as session:
+            offer = session.scalars(select(Offer)).one()
+            assert (offer.provider_address, offer.context_length) == (provider, None)
+            offer.context_length = 32_768
+            session.commit()
+        command.downgrade(config, "0020")
+        columns = {c["name"] for c in inspect(engine).get_columns("provider_offers")}
+        assert "context_length" not in columns
+        with engine.connect() as conn:
+            rows = conn.execute(text("SELECT provider_address, model FROM provider_offers"))
+            assert [tuple(r) for r in rows] == [(provider, "tiny-llama")]
     finally:
         engine.dispose()
 

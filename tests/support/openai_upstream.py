@@ -15,9 +15,12 @@ chunk, or before its headers with `stall_headers: true`; a request not streamed 
 its answer; an engine that hangs), `times` (the
 settings hold for that many completion requests, then the defaults return; unset, until the
 next control). `GET /_last` returns the last request body, `GET /health` answers 200,
-`GET /v1/models` lists the served model (`--served-model`, default `tiny-llama`) and
+`GET /v1/models` lists the served model (`--served-model`, default `tiny-llama`) with its
+`max_model_len` as vLLM does (`--max-model-len`, default 2048; `none`: not reported), and
 `GET /metrics` exports vLLM's token counters and request gauges for it (prompt and
-completion tokens of every answered request, requests in progress, 0 waiting).
+completion tokens of every answered request, requests in progress, 0 waiting). As vLLM
+0.32 does, a completion request whose `max_tokens` (or `max_completion_tokens`) exceeds
+`max_model_len` is refused with 400 ("max_tokens=N cannot be greater than max_model_len=M").
 
 Run it: `python -m tests.support.openai_upstream --port 8001`; in tests, `start_upstream()`.
 """
@@ -43,6 +46,8 @@ Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 REPO = Path(__file__).resolve().parents[2]
+MAX_MODEL_LEN = 2048
+"""The fake engine's default context (the CPU vLLM of tests/engine serves 2048 too)."""
 DEFAULTS: dict[str, Any] = {
     "completion_tokens": 8,
     "delay_ms": 0,
@@ -63,11 +68,14 @@ class UpstreamDiedError(Exception):
 class FakeEngine:
     """The ASGI app: deterministic completions, controllable failures."""
 
-    def __init__(self, served_model: str = "tiny-llama") -> None:
+    def __init__(
+        self, served_model: str = "tiny-llama", max_model_len: int | None = MAX_MODEL_LEN
+    ) -> None:
         """Start with the default behaviour."""
         self.settings: dict[str, Any] = dict(DEFAULTS)
         self.last_body: dict[str, Any] | None = None
         self.served_model = served_model
+        self.max_model_len = max_model_len
         self.prompt_tokens = 0
         self.generation_tokens = 0
         self.running = 0
@@ -91,7 +99,10 @@ class FakeEngine:
             self.settings = {**DEFAULTS, **json.loads(body or b"{}")}
             await _json(send, 200, self.settings)
         elif path == "/v1/models":
-            await _json(send, 200, {"object": "list", "data": [{"id": self.served_model}]})
+            model: dict[str, Any] = {"id": self.served_model, "object": "model"}
+            if self.max_model_len is not None:
+                model["max_model_len"] = self.max_model_len
+            await _json(send, 200, {"object": "list", "data": [model]})
         elif path == "/metrics":
             await self._metrics(send)
         elif path in ("/v1/chat/completions", "/v1/completions") and method == "POST":
@@ -140,6 +151,9 @@ class FakeEngine:
             await _json(send, int(status), error)
             return
         limit = request.get("max_tokens") or request.get("max_completion_tokens") or 16
+        if self.max_model_len is not None and int(limit) > self.max_model_len:
+            await _json(send, 400, _too_long(int(limit), self.max_model_len))
+            return
         count = min(int(settings["completion_tokens"]), int(limit))
         prompt = json.dumps(request.get("messages") if chat else request.get("prompt"))
         usage = {
@@ -191,6 +205,17 @@ class FakeEngine:
             events.append(_envelope(kind, request, [], usage))
         for event in events:
             yield b"data: " + json.dumps(event, separators=(",", ":")).encode() + b"\n\n"
+
+
+def _too_long(max_tokens: int, max_model_len: int) -> dict[str, Any]:
+    """vLLM 0.32's refusal of a completion limit past the context (`VLLMValidationError`)."""
+    message = (
+        f"max_tokens={max_tokens} cannot be greater than max_model_len={max_model_len}. "
+        "Please request fewer output tokens."
+    )
+    return {
+        "error": {"message": message, "type": "BadRequestError", "param": "max_tokens", "code": 400}
+    }
 
 
 async def _stall(receive: Receive, settings: dict[str, Any]) -> bool:
@@ -298,10 +323,14 @@ class UpstreamProcess(ServerProcess):
         return float(line.rsplit(" ", 1)[1])
 
 
-def start_upstream(timeout_s: float = 20.0) -> UpstreamProcess:
-    """Start the fake engine as a subprocess on a free loopback port; wait for /health."""
+def start_upstream(
+    timeout_s: float = 20.0, max_model_len: int | None = MAX_MODEL_LEN
+) -> UpstreamProcess:
+    """Start the fake engine as a subprocess on a free loopback port; wait for /health.
+    `max_model_len`: the context it reports and enforces (None: neither)."""
     port = free_port()
     command = [sys.executable, "-m", "tests.support.openai_upstream", "--port", str(port)]
+    command += ["--max-model-len", "none" if max_model_len is None else str(max_model_len)]
     process = subprocess.Popen(command, cwd=REPO)
     upstream = UpstreamProcess(process, port)
     health = f"http://127.0.0.1:{port}/health"
@@ -319,8 +348,14 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--served-model", default="tiny-llama")
+    parser.add_argument(
+        "--max-model-len",
+        type=lambda value: None if value == "none" else int(value),
+        default=MAX_MODEL_LEN,
+        help="the context reported and enforced; `none`: neither",
+    )
     args = parser.parse_args()
-    engine = FakeEngine(args.served_model)
+    engine = FakeEngine(args.served_model, args.max_model_len)
     uvicorn.run(engine, host=args.host, port=args.port, log_level="warning")
 
 

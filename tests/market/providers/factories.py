@@ -82,14 +82,19 @@ class ChainProviders:
         )
 
     def registration(
-        self, identity: ProviderIdentity, now: int | None = None, **offer: Any
+        self,
+        identity: ProviderIdentity,
+        now: int | None = None,
+        context_length: int | None = None,
+        **offer: Any,
     ) -> dict[str, Any]:
-        """The agent's own signed registration envelope."""
+        """The agent's own signed registration envelope (`context_length`: the engine's)."""
         return signed_registration(
             self.agent_settings(**offer),
             identity,
             self.runtime.chain.deployment,
             now_ms() if now is None else now,
+            context_length=context_length,
         )
 
 

@@ -204,6 +204,51 @@ def test_an_invalid_field_is_refused_with_its_name(
     assert "max_concurrency" in response.json()["error"]["message"]
 
 
+def test_the_engines_context_length_is_stored_routed_and_listed(
+    client: TestClient, runtime: Runtime, providers: ChainProviders
+) -> None:
+    long, short, unreported = providers.new(), providers.new(), providers.new()
+    for identity, context in ((long, 32_768), (short, 4_096), (unreported, None)):
+        registration = providers.registration(identity, context_length=context)
+        assert registration["message"]["context_length"] == context
+        response = client.post("/providers/register", json=registration)
+        assert response.status_code == 200, response.text
+        assert response.json()["offer"]["context_length"] == context
+    asyncio.run(refresh_routing(runtime))
+    for identity, context in ((long, 32_768), (short, 4_096), (unreported, None)):
+        offer = runtime.routing.get(MODEL, identity.address)
+        assert offer is not None
+        assert offer.context_length == context
+    view = client.get(f"/providers/{short.address}").json()
+    assert view["offers"][0]["context_length"] == 4_096
+
+    [model] = client.get("/v1/models").json()["data"]
+    assert model["context_length"] == 32_768  # the longest any live provider serves
+    assert model["market"]["context_length"] == {"min": 4_096, "max": 32_768}
+    assert client.get(f"/v1/models/{MODEL}").json() == model
+
+    # the newest registration wins: an engine that no longer reports it has none
+    for identity in (long, short):
+        newer = providers.registration(identity, now=now_ms() + 1)
+        assert client.post("/providers/register", json=newer).status_code == 200
+    asyncio.run(refresh_routing(runtime))
+    [model] = client.get("/v1/models").json()["data"]
+    assert (model["context_length"], model["market"]["context_length"]) == (None, None)
+
+
+@pytest.mark.parametrize("context_length", [0, -1, "4096", True, 2**31])
+def test_a_context_length_that_is_not_a_positive_integer_is_refused(
+    client: TestClient, providers: ChainProviders, context_length: object
+) -> None:
+    identity = providers.new(bind=False)  # the offer is checked before the chain
+    message = providers.registration(identity)["message"]
+    message["context_length"] = context_length
+    response = client.post("/providers/register", json=resign(identity, message["type"], message))
+    assert response.status_code == 422
+    assert _code(response) == "invalid_offer"
+    assert "context_length" in response.json()["error"]["message"]
+
+
 # -- heartbeats ------------------------------------------------------------------------------
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import random
 from collections import Counter
 
 import pytest
 from pydantic import ValidationError
 
+from market.routing.errors import CompletionLimitTooLargeError
 from market.routing.schemas import ProviderPreferences
 from market.routing.service import SPREAD_LIMIT, RouteRequest, choose
 from market.routing.table import LiveOffer, RoutingTable
@@ -191,3 +193,80 @@ def test_spread_looks_at_a_bounded_number_of_equals() -> None:
     request = RouteRequest(MODEL, ProviderPreferences(), attempts=3)
     seen = {o.provider for seed in range(200) for o in choose(table, request, random.Random(seed))}
     assert seen <= {f"p{i}" for i in range(SPREAD_LIMIT)}
+
+
+# -- the request's completion limit against each offer's context ------------------------------
+
+
+def _asking(completion_tokens: int | None, **prefs: object) -> RouteRequest:
+    preferences = ProviderPreferences.model_validate(prefs)
+    return RouteRequest(MODEL, preferences.asking_for(completion_tokens, "max_tokens"))
+
+
+@pytest.fixture
+def contexts() -> RoutingTable:
+    return RoutingTable(
+        [
+            offer("short", price_out_per_mtok=100_000, context_length=2_048),
+            offer("long", price_out_per_mtok=200_000, context_length=32_768),
+            offer("unreported", price_out_per_mtok=300_000),
+        ]
+    )
+
+
+def _providers(table: RoutingTable, request: RouteRequest) -> list[str]:
+    return [o.provider for o in choose(table, request)]
+
+
+def test_an_offer_whose_context_cannot_hold_the_limit_is_skipped(contexts: RoutingTable) -> None:
+    assert _providers(contexts, _asking(None)) == ["short", "long", "unreported"]
+    assert _providers(contexts, _asking(2_048)) == ["short", "long", "unreported"]
+    assert _providers(contexts, _asking(2_049)) == ["long", "unreported"]
+    # an offer that does not report its context is never skipped
+    assert _providers(contexts, _asking(100_000)) == ["unreported"]
+
+
+def test_a_limit_past_every_offers_context_is_a_400_naming_the_longest() -> None:
+    table = RoutingTable(
+        [offer("short", context_length=2_048), offer("long", context_length=4_096)]
+    )
+    with pytest.raises(CompletionLimitTooLargeError) as raised:
+        choose(table, _asking(4_097))
+    error = raised.value
+    assert (error.status_code, error.code, error.param) == (400, "invalid_value", "max_tokens")
+    assert error.message == (
+        f"max_tokens is too large: 4097. The providers of `{MODEL}` on this market serve at "
+        "most 4096 tokens of context (prompt and completion together), whereas you provided "
+        "4097."
+    )
+    assert _providers(table, _asking(4_096)) == ["long"]
+    # the refusal holds whatever the load: a long offer at capacity is "not available now"
+    table.get(MODEL, "long").in_flight = 4  # type: ignore[union-attr]
+    assert _providers(table, _asking(4_096)) == []
+
+
+def test_an_allow_list_is_refused_against_its_own_offers_context(contexts: RoutingTable) -> None:
+    with pytest.raises(CompletionLimitTooLargeError, match="at most 2048 tokens"):
+        choose(contexts, _asking(4_096, only=["short"]))
+    assert _providers(contexts, _asking(4_096, only=["short", "long"])) == ["long"]
+    assert _providers(contexts, _asking(4_096, only=["nobody"])) == []
+
+
+def test_the_longest_context_follows_the_table_refresh() -> None:
+    table = RoutingTable([offer("short", context_length=2_048)])
+    assert table.longest_context(MODEL) == 2_048
+    table.replace([offer("short", context_length=2_048), offer("unreported")])
+    assert table.longest_context(MODEL) == math.inf
+    assert table.longest_context("no-such-model") == math.inf
+    assert choose(table, RouteRequest("no-such-model", _asking(10**6).preferences)) == []
+
+
+def test_the_completion_limit_is_no_field_of_the_provider_object() -> None:
+    with pytest.raises(ValidationError):
+        ProviderPreferences.model_validate({"completion_tokens": 10})
+    prefs = ProviderPreferences().asking_for(64, "max_completion_tokens")
+    assert (prefs.completion_tokens, prefs.completion_param) == (64, "max_completion_tokens")
+    # kept through the copy the request path makes for measured offers
+    measured = prefs.model_copy(update={"max_joules_per_token": 1.0})
+    assert measured.completion_tokens == 64
+    assert ProviderPreferences().completion_tokens is None

@@ -35,7 +35,7 @@ def test_run_serves_jobs_reports_to_the_market_and_exits_cleanly_on_sigterm(
     tmp_path: Path,
 ) -> None:
     engine_port = free_port()
-    command = [sys.executable, str(UPSTREAM), "--port", str(engine_port)]
+    command = [sys.executable, str(UPSTREAM), "--port", str(engine_port), "--max-model-len", "4096"]
     engine_url = f"http://127.0.0.1:{engine_port}"
     # the outbox's answered-ids file cannot be read (a directory stands in its place): every
     # receipt sync fails, and the agent serves on
@@ -76,6 +76,8 @@ def test_run_serves_jobs_reports_to_the_market_and_exits_cleanly_on_sigterm(
         agent.wait_until(lambda: len(market.heartbeats) >= 2, 20, "two heartbeats")
         agent.wait_until(lambda: len(market.attestations) >= 2, 20, "two attestations")
         assert len(market.registrations) == 1
+        # the context the engine reports serving (vLLM's max_model_len), read from the engine
+        assert market.registrations[0]["message"]["context_length"] == 4096
         assert market.refused == []
         generated = sum(
             a.tokens.generation_tokens_end - a.tokens.generation_tokens_start
@@ -112,10 +114,11 @@ def test_run_serves_jobs_reports_to_the_market_and_exits_cleanly_on_sigterm(
 def test_run_attaches_to_a_running_engine_and_takes_the_domain_from_the_market(
     tmp_path: Path,
 ) -> None:
-    """From `GET /market`: the market double's `GET /health` says its chain node is down."""
+    """From `GET /market`: the market double's `GET /health` says its chain node is down. The
+    engine reports no context length, and the registration says none."""
     from tests.support.openai_upstream import start_upstream
 
-    upstream = start_upstream()
+    upstream = start_upstream(max_model_len=None)
     try:
         with (
             running_market() as market,
@@ -134,6 +137,7 @@ def test_run_attaches_to_a_running_engine_and_takes_the_domain_from_the_market(
             assert status["engine"]["pid"] is None
             agent.wait_until(lambda: len(market.attestations) >= 1, 20, "an attestation")
             agent.wait_until(lambda: len(market.registrations) == 1, 20, "a registration")
+            assert market.registrations[0]["message"]["context_length"] is None
             domain = market.registrations[0]["message"]["domain"]
             assert domain == {
                 "chain_id": DOMAIN.chain_id,

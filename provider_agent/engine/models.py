@@ -1,0 +1,41 @@
+"""What vLLM's `GET /v1/models` says of the served model: its context length.
+
+vLLM lists each served model with `max_model_len`, the most tokens (prompt and completion
+together) it serves in one request (`--max-model-len`, else the model's own). The agent
+sends it in its registration as `context_length`; an engine that does not report it (or
+reports something that is not a positive integer) has none, never a guessed one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from provider_agent.engine.errors import ModelsUnavailableError
+
+
+def served_context_length(models: Any, served_model: str) -> int | None:
+    """`max_model_len` of `served_model` in a `/v1/models` body; None when the body does not
+    list the model or gives it no positive integer `max_model_len`."""
+    data = models.get("data") if isinstance(models, dict) else None
+    for entry in data if isinstance(data, list) else []:
+        if isinstance(entry, dict) and entry.get("id") == served_model:
+            length = entry.get("max_model_len")
+            return length if type(length) is int and length > 0 else None
+    return None
+
+
+async def afetch_context_length(
+    client: httpx.AsyncClient, served_model: str, path: str = "/v1/models"
+) -> int | None:
+    """GET `path` with `client` (its base URL points at vLLM): the served model's context
+    length, or None when the engine does not report one; `ModelsUnavailableError` when the
+    engine does not answer with JSON."""
+    try:
+        response = await client.get(path)
+        response.raise_for_status()
+        body = response.json()
+    except (httpx.HTTPError, ValueError) as exc:
+        raise ModelsUnavailableError(f"GET {path} failed: {exc}") from exc
+    return served_context_length(body, served_model)
