@@ -82,14 +82,6 @@ class CompletionRequestBase(BaseModel):
         return self
 
     @model_validator(mode="after")
-    def _route_by_the_limit(self) -> CompletionRequestBase:
-        """Routing skips offers whose context cannot hold an explicit completion limit."""
-        param = "max_tokens" if self.max_completion_tokens is None else "max_completion_tokens"
-        limit = self.max_completion_tokens or self.max_tokens
-        self.provider = self.provider.asking_for(limit, param)
-        return self
-
-    @model_validator(mode="after")
     def _valid_unicode(self) -> CompletionRequestBase:
         """JSON may escape half of a UTF-16 surrogate pair (`\\ud800`), which no engine can
         take as UTF-8: refused here, not failed on the way to the provider."""
@@ -101,6 +93,14 @@ class CompletionRequestBase(BaseModel):
                 "such as \\ud800, often a string cut inside an emoji)"
             ) from None
         return self
+
+    @property
+    def explicit_limit(self) -> tuple[str, int | None]:
+        """The parameter that sets the completion limit, and its value if the request set
+        one (routing skips offers whose context cannot hold it)."""
+        if self.max_completion_tokens is not None:
+            return "max_completion_tokens", self.max_completion_tokens
+        return "max_tokens", self.max_tokens
 
     @property
     def completion_limit(self) -> int:

@@ -51,6 +51,8 @@ from market.inference.schemas import CompletionRequestBase
 from market.inference.stream import RelayResponse, StreamRelay
 from market.jobs.errors import ReceiptRejectedError, RejectReason
 from market.jobs.service import JobOrder, cost
+from market.routing.errors import CompletionLimitTooLargeError
+from market.routing.schemas import ProviderPreferences
 from market.routing.service import RouteRequest, choose
 from market.routing.table import LiveOffer
 from market.runtime import Runtime
@@ -170,7 +172,11 @@ async def _complete(
     opened: list[str],
     departure: Departure,
 ) -> Response:
-    offers = choose(runtime.routing, RouteRequest(request.model, request.provider))
+    try:
+        offers = choose(runtime.routing, _route_request(request, request.provider))
+    except CompletionLimitTooLargeError:
+        await authenticate_buyer(runtime, raw_key)  # an unknown key is a 401 before all else
+        raise
     if not offers:
         await authenticate_buyer(runtime, raw_key)  # an unknown key is a 401 before all else
         if not runtime.routing.offers(request.model):
@@ -281,7 +287,12 @@ def _measured(runtime: Runtime, request: CompletionRequestBase) -> list[LiveOffe
     prefs = request.provider
     bound = math.inf if prefs.max_joules_per_token is None else prefs.max_joules_per_token
     measured = prefs.model_copy(update={"max_joules_per_token": bound})
-    return choose(runtime.routing, RouteRequest(request.model, measured))
+    return choose(runtime.routing, _route_request(request, measured))
+
+
+def _route_request(request: CompletionRequestBase, prefs: ProviderPreferences) -> RouteRequest:
+    param, limit = request.explicit_limit
+    return RouteRequest(request.model, prefs, completion_tokens=limit, completion_param=param)
 
 
 def _order(

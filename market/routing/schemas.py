@@ -4,15 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    PrivateAttr,
-    StrictInt,
-    model_validator,
-)
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, model_validator
 
 
 def null_is(default: Any) -> BeforeValidator:
@@ -37,13 +29,7 @@ class MaxPrice(BaseModel):
 
 
 class ProviderPreferences(BaseModel):
-    """What the buyer asks of the provider that serves the request; unknown fields are refused.
-
-    Beside the buyer's `provider` object it carries the completion limit the request set
-    explicitly (`completion_tokens`, from its `max_tokens` or `max_completion_tokens`; not a
-    field buyers set here): routing skips offers whose context is shorter than that, since
-    their engine would refuse the request.
-    """
+    """What the buyer asks of the provider that serves the request; unknown fields are refused."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -55,26 +41,6 @@ class ProviderPreferences(BaseModel):
     regions: list[str] | None = Field(default=None, max_length=100)
     max_gco2_per_mtok: float | None = Field(default=None, ge=0)
     max_joules_per_token: float | None = Field(default=None, ge=0)
-    _completion_tokens: int | None = PrivateAttr(default=None)
-    _completion_param: str = PrivateAttr(default="max_tokens")
-
-    def asking_for(self, completion_tokens: int | None, param: str) -> ProviderPreferences:
-        """These preferences for a request that sets `param` (`max_tokens` or
-        `max_completion_tokens`) to `completion_tokens` (None: the request set no limit)."""
-        copy = self.model_copy()
-        copy._completion_tokens = completion_tokens
-        copy._completion_param = param
-        return copy
-
-    @property
-    def completion_tokens(self) -> int | None:
-        """The completion limit the request set explicitly, if it set one."""
-        return self._completion_tokens
-
-    @property
-    def completion_param(self) -> str:
-        """The request parameter that set `completion_tokens`."""
-        return self._completion_param
 
     @model_validator(mode="after")
     def _only_and_ignore_disjoint(self) -> ProviderPreferences:

@@ -6,7 +6,7 @@ flight)), so equal offers share the traffic instead of the first in the table ta
 The draw looks at no more than `SPREAD_LIMIT` near-equals, so a decision stays cheap however
 many providers are on offer (benchmarks/routing.py).
 
-A request that sets its completion limit (`ProviderPreferences.completion_tokens`) skips
+A request that sets its completion limit (`RouteRequest.completion_tokens`) skips
 offers whose reported context is shorter, since their engine would refuse it; offers that do
 not report a context are never skipped. When no offer of the model has that much context,
 routing refuses the request (400, `CompletionLimitTooLargeError`) rather than answer that no
@@ -38,6 +38,10 @@ class RouteRequest:
     model: str
     preferences: ProviderPreferences
     attempts: int = DEFAULT_ATTEMPTS
+    completion_tokens: int | None = None
+    """The completion limit the request set explicitly (None: it set none)."""
+    completion_param: str = "max_tokens"
+    """The request's parameter that set it (`max_tokens` or `max_completion_tokens`)."""
 
 
 def _passes(offer: LiveOffer, prefs: ProviderPreferences, needed: int) -> bool:
@@ -94,7 +98,7 @@ def choose(
     prefs = request.preferences
     limit = request.attempts if prefs.allow_fallbacks else 1
     key = prefs.sort or "price"
-    needed = prefs.completion_tokens or 0
+    needed = request.completion_tokens or 0
     if prefs.only is not None:  # a short allow-list: look its offers up instead of walking all
         found = (table.get(request.model, provider) for provider in prefs.only)
         candidates = sorted((o for o in found if o is not None), key=lambda o: o.sort_value(key))
@@ -103,7 +107,7 @@ def choose(
         candidates = table.offers(request.model, key)
         longest = table.longest_context(request.model)
     if needed > longest and candidates:
-        param = prefs.completion_param
+        param = request.completion_param
         raise CompletionLimitTooLargeError(request.model, param, needed, int(longest))
     passing: Iterator[LiveOffer] = (o for o in candidates if _passes(o, prefs, needed))
     best = next(passing, None)

@@ -88,6 +88,9 @@ def test_a_limit_past_every_offers_context_is_a_400_that_names_the_limit(
         "code": "invalid_value",
     }
     assert jobs_of(market) == []  # refused before anything was held
+    stranger = {"Authorization": "Bearer sk-jm-unknown"}  # an unknown key: 401 before all else
+    refused = httpx.post(f"{market.url}/chat/completions", json=body, headers=stranger)
+    assert (refused.status_code, refused.json()["error"]["code"]) == (401, "invalid_api_key")
     client = openai.OpenAI(base_url=market.url, api_key=market.api_key, max_retries=0)
     with pytest.raises(openai.BadRequestError) as raised:
         client.completions.create(model=MODEL, prompt="Hi", max_tokens=LONG_CONTEXT + 1)

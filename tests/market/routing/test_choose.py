@@ -200,7 +200,7 @@ def test_spread_looks_at_a_bounded_number_of_equals() -> None:
 
 def _asking(completion_tokens: int | None, **prefs: object) -> RouteRequest:
     preferences = ProviderPreferences.model_validate(prefs)
-    return RouteRequest(MODEL, preferences.asking_for(completion_tokens, "max_tokens"))
+    return RouteRequest(MODEL, preferences, completion_tokens=completion_tokens)
 
 
 @pytest.fixture
@@ -258,15 +258,4 @@ def test_the_longest_context_follows_the_table_refresh() -> None:
     table.replace([offer("short", context_length=2_048), offer("unreported")])
     assert table.longest_context(MODEL) == math.inf
     assert table.longest_context("no-such-model") == math.inf
-    assert choose(table, RouteRequest("no-such-model", _asking(10**6).preferences)) == []
-
-
-def test_the_completion_limit_is_no_field_of_the_provider_object() -> None:
-    with pytest.raises(ValidationError):
-        ProviderPreferences.model_validate({"completion_tokens": 10})
-    prefs = ProviderPreferences().asking_for(64, "max_completion_tokens")
-    assert (prefs.completion_tokens, prefs.completion_param) == (64, "max_completion_tokens")
-    # kept through the copy the request path makes for measured offers
-    measured = prefs.model_copy(update={"max_joules_per_token": 1.0})
-    assert measured.completion_tokens == 64
-    assert ProviderPreferences().completion_tokens is None
+    assert choose(table, RouteRequest("no-such-model", ProviderPreferences(), 3, 10**6)) == []
