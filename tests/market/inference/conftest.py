@@ -123,6 +123,16 @@ def jobs_of(market: Market) -> list[Job]:
         return list(session.scalars(select(Job).order_by(Job.created_at)))
 
 
+def pin_a_then_b(market: Market, agents: dict[str, Agent]) -> None:
+    """Routing holds provider A, then the dearer provider B as its fallback."""
+    market.routing.pin(
+        [
+            agents[PROVIDER_A].offer(1_000_000, 1_000_000),
+            agents[PROVIDER_B].offer(2_000_000, 2_000_000),
+        ]
+    )
+
+
 def nothing_charged(market: Market, job_id: str) -> None:
     """The job's hold was released, it has no receipt, and the buyer has all it deposited."""
     with session_scope(market.sessions) as session:

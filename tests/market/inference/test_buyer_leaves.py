@@ -27,11 +27,11 @@ from protocol.messages import output_digest
 from tests.market.inference.conftest import (
     DEPOSIT,
     PROVIDER_A,
-    PROVIDER_B,
     Market,
     agent_idle,
     jobs_of,
     nothing_charged,
+    pin_a_then_b,
     settles,
     stored_receipts,
 )
@@ -195,12 +195,7 @@ def test_a_stream_that_does_not_end_in_time_after_the_buyer_left_is_released(
 def test_a_buyer_who_leaves_before_the_answer_is_not_charged_and_the_engine_stops(
     market: Market, agents: dict[str, Agent], upstream: UpstreamProcess, case: dict[str, Any]
 ) -> None:
-    market.routing.pin(
-        [
-            agents[PROVIDER_A].offer(1_000_000, 1_000_000),
-            agents[PROVIDER_B].offer(2_000_000, 2_000_000),
-        ]
-    )
+    pin_a_then_b(market, agents)
     upstream.control(**case["stall"], times=1)  # A's engine stalls; B's would answer
     body = {
         "model": MODEL,

@@ -25,6 +25,7 @@ from tests.market.inference.conftest import (
     assert_failed_over,
     fund,
     jobs_of,
+    pin_a_then_b,
 )
 from tests.market.inference.servers import MODEL, Agent
 from tests.support.openai_upstream import UpstreamProcess
@@ -184,12 +185,7 @@ BEFORE_A_TOKEN: dict[str, dict[str, Any]] = {
 def test_stream_that_fails_before_a_token_goes_to_the_next_provider(
     market: Market, agents: dict[str, Agent], upstream: UpstreamProcess, failure: dict[str, Any]
 ) -> None:
-    market.routing.pin(
-        [
-            agents[PROVIDER_A].offer(1_000_000, 1_000_000),
-            agents[PROVIDER_B].offer(2_000_000, 2_000_000),
-        ]
-    )
+    pin_a_then_b(market, agents)
     upstream.control(**failure, times=1)  # the first provider's engine fails, then all is well
     client = openai.OpenAI(base_url=market.url, api_key=market.api_key, max_retries=0)
     stream = client.chat.completions.create(
@@ -343,12 +339,7 @@ def test_an_engine_refusal_of_the_providers_own_goes_to_the_next_provider(
 ) -> None:
     """404 (the model is not served there) and 429 (the engine is busy) say more of the
     provider than of the request."""
-    market.routing.pin(
-        [
-            agents[PROVIDER_A].offer(1_000_000, 1_000_000),
-            agents[PROVIDER_B].offer(2_000_000, 2_000_000),
-        ]
-    )
+    pin_a_then_b(market, agents)
     error = {"message": f"engine says {status}", "type": "BadRequestError", "code": status}
     upstream.control(status=status, error_body={"error": error}, times=1)
     client = openai.OpenAI(base_url=market.url, api_key=market.api_key, max_retries=0)
@@ -383,12 +374,7 @@ def test_an_engine_refusal_inside_the_stream_before_a_token_is_the_buyers_400(
     """vLLM reports an error it meets once streaming as an event (HTTP 200 already sent),
     `{"error": {..., "code": 400}}`: one that names a 4xx is the request's fault, so no other
     provider is tried."""
-    market.routing.pin(
-        [
-            agents[PROVIDER_A].offer(1_000_000, 1_000_000),
-            agents[PROVIDER_B].offer(2_000_000, 2_000_000),
-        ]
-    )
+    pin_a_then_b(market, agents)
     refusal = f"data: {json.dumps(VLLM_ERRORS[0])}\n\n"
     upstream.control(stream_chunks=[ROLE, refusal, "data: [DONE]\n\n"], times=1)
     client = openai.OpenAI(base_url=market.url, api_key=market.api_key, max_retries=0)

@@ -15,12 +15,12 @@ from openai.types.chat import ChatCompletionMessageParam
 from market.jobs.models import JobStatus
 from tests.market.inference.conftest import (
     PROVIDER_A,
-    PROVIDER_B,
     Market,
     agent_idle,
     assert_failed_over,
     jobs_of,
     nothing_charged,
+    pin_a_then_b,
     settles,
     stored_receipts,
 )
@@ -62,12 +62,7 @@ def test_a_stream_without_a_first_token_in_time_goes_to_the_next_provider(
     hasty: Market, agents: dict[str, Agent], upstream: UpstreamProcess, stall: dict[str, Any]
 ) -> None:
     market = hasty
-    market.routing.pin(
-        [
-            agents[PROVIDER_A].offer(1_000_000, 1_000_000),
-            agents[PROVIDER_B].offer(2_000_000, 2_000_000),
-        ]
-    )
+    pin_a_then_b(market, agents)
     upstream.control(**stall, times=1)  # the first provider's engine stalls, the next does not
     client = openai.OpenAI(base_url=market.url, api_key=market.api_key, max_retries=0)
     start = time.monotonic()
