@@ -172,13 +172,15 @@ async def _complete(
     opened: list[str],
     departure: Departure,
 ) -> Response:
+    too_large: CompletionLimitTooLargeError | None = None
     try:
         offers = choose(runtime.routing, _route_request(request, request.provider))
-    except CompletionLimitTooLargeError:
-        await authenticate_buyer(runtime, raw_key)  # an unknown key is a 401 before all else
-        raise
+    except CompletionLimitTooLargeError as exc:
+        offers, too_large = [], exc
     if not offers:
         await authenticate_buyer(runtime, raw_key)  # an unknown key is a 401 before all else
+        if too_large is not None:
+            raise too_large
         if not runtime.routing.offers(request.model):
             raise ModelNotFoundError(f"The model `{request.model}` does not exist on the market.")
         raise NoProviderAvailableError(
