@@ -5,7 +5,8 @@ token `i` has id `1000 + i` and text `"t{i} "`; `usage` counts the prompt as one
 per 4 bytes of its text (at least 1). It honours `max_tokens`, `stream`,
 `stream_options.include_usage` and `return_token_ids` the way vLLM 0.32 spells them.
 `POST /_control` changes behaviour at run time (JSON, every field optional):
-`completion_tokens` (default 8), `delay_ms` between chunks, `status` (answer every
+`completion_tokens` (default 8), `delay_ms` between chunks (a paced stream stops when its
+client goes away, as vLLM aborts the request), `status` (answer every
 request with this HTTP status, with `error_body` as its JSON body if given),
 `die_after_chunks` (drop the connection after that many stream chunks), `stream_chunks`
 (a list of strings: answer every streamed request with exactly these as its body, each its
@@ -221,13 +222,18 @@ def _too_long(max_tokens: int, max_model_len: int) -> dict[str, Any]:
 async def _stall(receive: Receive, settings: dict[str, Any]) -> bool:
     """Waits `stall_ms`, or until the client goes away (as vLLM aborts a request then):
     whether it went away."""
+    return await _left_within(receive, int(settings["stall_ms"]) / 1000)
+
+
+async def _left_within(receive: Receive, seconds: float) -> bool:
+    """Waits `seconds`, or until the client goes away: whether it went away."""
 
     async def gone() -> None:
         while (await receive())["type"] != "http.disconnect":
             pass
 
     try:
-        await asyncio.wait_for(gone(), int(settings["stall_ms"]) / 1000)
+        await asyncio.wait_for(gone(), seconds)
     except TimeoutError:
         return False
     return True
@@ -263,8 +269,8 @@ async def _stream(
         if die_after is not None and sent >= int(die_after):
             raise UpstreamDiedError("told to die mid-stream")
         await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        if delay:
-            await asyncio.sleep(delay)
+        if delay and await _left_within(receive, delay):
+            return  # the client went away: stop generating, as vLLM aborts the request
     last = b"data: [DONE]\n\n" if raw is None else b""
     await send({"type": "http.response.body", "body": last})
 
@@ -324,11 +330,11 @@ class UpstreamProcess(ServerProcess):
 
 
 def start_upstream(
-    timeout_s: float = 20.0, max_model_len: int | None = MAX_MODEL_LEN
+    timeout_s: float = 20.0, max_model_len: int | None = MAX_MODEL_LEN, port: int | None = None
 ) -> UpstreamProcess:
-    """Start the fake engine as a subprocess on a free loopback port; wait for /health.
-    `max_model_len`: the context it reports and enforces (None: neither)."""
-    port = free_port()
+    """Start the fake engine as a subprocess on a loopback port (a free one unless given);
+    wait for /health. `max_model_len`: the context it reports and enforces (None: neither)."""
+    port = free_port() if port is None else port
     command = [sys.executable, "-m", "tests.support.openai_upstream", "--port", str(port)]
     command += ["--max-model-len", "none" if max_model_len is None else str(max_model_len)]
     process = subprocess.Popen(command, cwd=REPO)
