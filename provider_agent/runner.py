@@ -43,9 +43,7 @@ from protocol.messages import Domain
 from provider_agent.attestations import AttestationBuilder, AttestationLog, AttestationLoop
 from provider_agent.config import AgentSettings, ConfigError
 from provider_agent.energy import EnergyMeter
-from provider_agent.engine.errors import ModelsUnavailableError
 from provider_agent.engine.metrics import EngineCounters, afetch_engine_counters
-from provider_agent.engine.models import afetch_context_length
 from provider_agent.jobs import JobsConfig, ReceiptOutbox, create_app
 from provider_agent.jobs.app import JobService
 from provider_agent.jobs.outbox import MIB
@@ -194,6 +192,7 @@ class AgentRunner:
             retention_days=run.retention_days,
         )
         self.registered = False
+        self.registered_context_length: int | None = None
         self.registration_error: str | None = None
         self.heartbeats_sent = 0
         self.heartbeat_error: str | None = None
@@ -235,6 +234,7 @@ class AgentRunner:
             },
             "registration": {
                 "registered": self.registered,
+                "context_length": self.registered_context_length,
                 "last_error": self.registration_error,
             },
             "heartbeats": {"sent": self.heartbeats_sent, "last_error": self.heartbeat_error},
@@ -270,9 +270,8 @@ class AgentRunner:
 
     async def _register(self) -> None:
         """Announce the offer, with the context length the engine reports serving, retrying
-        with backoff (1 s doubling to 60 s) while the engine's `/v1/models` cannot be read,
-        the market does not answer or it answers with a refusal that may pass
-        (`REGISTRATION_FINAL`)."""
+        with backoff (1 s doubling to 60 s) while the market does not answer or answers with a
+        refusal that may pass (`REGISTRATION_FINAL`)."""
         assert self.market is not None
         try:  # the market takes integer prices only: "auto" becomes the measured floor
             settings = with_resolved_prices(self.settings)
@@ -282,27 +281,46 @@ class AgentRunner:
             return
         delay = 1.0
         while True:
+            context_length = self.supervisor.context_length
             try:
-                context_length = await afetch_context_length(
-                    self.engine_http, self.plan.served_model
-                )
                 await self.market.register(
                     signed_registration(
                         settings, self.identity, self.plan.domain, context_length=context_length
                     )
                 )
-            except (ModelsUnavailableError, MarketError) as exc:
+            except MarketError as exc:
                 self.registration_error = str(exc)
-                if isinstance(exc, MarketError) and exc.status in REGISTRATION_FINAL:
+                if exc.status in REGISTRATION_FINAL:
                     log.error("the market refused the registration: %s", exc)
+                    self.registered = False
                     return
                 log.warning("could not register with the market, again in %.0f s: %s", delay, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 60.0)
                 continue
             self.registered, self.registration_error = True, None
-            log.info("registered the offer with the market")
+            self.registered_context_length = context_length
+            log.info("registered the offer with the market (context length %s)", context_length)
             return
+
+    async def _offer_watch(self) -> None:
+        """Register again when the healthy engine's context length is no longer the one the
+        offer was registered with: an engine restarted with another `--max-model-len`."""
+        while True:
+            await asyncio.sleep(self.supervisor.config.poll_interval_s)
+            now = self.supervisor.context_length
+            if (
+                self.registered
+                and self.supervisor.state is EngineState.healthy
+                and now != self.registered_context_length
+            ):
+                log.info(
+                    "the engine now serves a context length of %s (the offer says %s):"
+                    " registering again",
+                    now,
+                    self.registered_context_length,
+                )
+                await self._register()
 
     async def _heartbeats(self) -> None:
         assert self.market is not None
@@ -371,6 +389,7 @@ class AgentRunner:
             if self.market is not None:
                 registration = asyncio.create_task(self._register())  # may end: not a part
                 tasks.append(asyncio.create_task(self._heartbeats()))
+                tasks.append(asyncio.create_task(self._offer_watch()))
                 tasks.append(asyncio.create_task(self._receipt_syncs()))
             log.info("provider agent running: jobs on http://%s:%d", listen.host, listen.port)
             stop_wait = asyncio.create_task(self._stop.wait())

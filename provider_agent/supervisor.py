@@ -7,7 +7,10 @@ it, so that CUDA numbers GPUs as NVML and the energy meter do), waits for `GET {
 with exponential backoff up to a deadline, checks that `GET {url}/v1/models` lists the
 configured model, and restarts the process with backoff whenever it exits (counting restarts).
 Without a command it attaches to `url` and keeps polling its health. It refuses to start a
-command while a server already answers on `url`. `state` says where it stands.
+command while a server already answers on `url`. `state` says where it stands. Each probe
+that passes also reads the model's context length (`context_length`), so that an engine
+restarted with another `--max-model-len` (by the agent, or by its owner when attached) is
+noticed.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from pathlib import Path
 import httpx
 
 from provider_agent.energy.select import PCI_BUS_ORDER
+from provider_agent.engine.models import served_context_length
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +93,9 @@ class EngineSupervisor:
         self.state = EngineState.stopped
         self.restarts = 0
         self.last_error: str | None = None
+        self.context_length: int | None = None
+        """The served model's `max_model_len`, as the last probe that passed read it (None
+        when the engine does not report one, or has not been probed)."""
         self._http = http or httpx.AsyncClient(timeout=5.0)
         self._own_http = http is None
         self._process: asyncio.subprocess.Process | None = None
@@ -128,7 +135,8 @@ class EngineSupervisor:
         log.info("engine started: pid %s", self._process.pid)
 
     async def probe(self) -> str | None:
-        """`None` when `/health` answers 200 and `/v1/models` lists the model; else why not."""
+        """`None` when `/health` answers 200 and `/v1/models` lists the model (whose context
+        length it records); else why not."""
         url = self.config.url
         try:
             health = await self._http.get(f"{url}/health")
@@ -141,11 +149,13 @@ class EngineSupervisor:
         try:
             models = await self._http.get(f"{url}/v1/models")
             models.raise_for_status()
-            ids = [str(entry.get("id")) for entry in models.json().get("data", [])]
+            body = models.json()
+            ids = [str(entry.get("id")) for entry in body.get("data", [])]
         except (httpx.HTTPError, ValueError, AttributeError) as exc:
             return f"{url}/v1/models failed: {exc!r}"
         if self.config.served_model not in ids:
             return f"the engine serves {ids}, not {self.config.served_model!r}"
+        self.context_length = served_context_length(body, self.config.served_model)
         return None
 
     async def wait_ready(self) -> None:

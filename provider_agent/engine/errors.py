@@ -19,9 +19,3 @@ class MetricsParseError(EngineError):
     """/metrics answered, but not with the Prometheus text vLLM exports, or a counter is missing."""
 
     code = "metrics_parse_error"
-
-
-class ModelsUnavailableError(EngineError):
-    """vLLM's /v1/models could not be read (connection refused, timeout, HTTP error, not JSON)."""
-
-    code = "models_unavailable"

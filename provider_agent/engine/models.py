@@ -1,18 +1,15 @@
 """What vLLM's `GET /v1/models` says of the served model: its context length.
 
 vLLM lists each served model with `max_model_len`, the most tokens (prompt and completion
-together) it serves in one request (`--max-model-len`, else the model's own). The agent
-sends it in its registration as `context_length`; an engine that does not report it (or
-reports something that is not a positive integer) has none, never a guessed one.
+together) it serves in one request (`--max-model-len`, else the model's own). The engine's
+supervisor reads it with each health probe and the agent sends it in its registration as
+`context_length`; an engine that does not report it (or reports something that is not a
+positive integer) has none, never a guessed one.
 """
 
 from __future__ import annotations
 
 from typing import Any
-
-import httpx
-
-from provider_agent.engine.errors import ModelsUnavailableError
 
 
 def served_context_length(models: Any, served_model: str) -> int | None:
@@ -24,18 +21,3 @@ def served_context_length(models: Any, served_model: str) -> int | None:
             length = entry.get("max_model_len")
             return length if type(length) is int and length > 0 else None
     return None
-
-
-async def afetch_context_length(
-    client: httpx.AsyncClient, served_model: str, path: str = "/v1/models"
-) -> int | None:
-    """GET `path` with `client` (its base URL points at vLLM): the served model's context
-    length, or None when the engine does not report one; `ModelsUnavailableError` when the
-    engine does not answer with JSON."""
-    try:
-        response = await client.get(path)
-        response.raise_for_status()
-        body = response.json()
-    except (httpx.HTTPError, ValueError) as exc:
-        raise ModelsUnavailableError(f"GET {path} failed: {exc}") from exc
-    return served_context_length(body, served_model)

@@ -20,7 +20,7 @@ import pytest
 
 from market.demo.vllm_server import VllmServer, start_vllm
 from market.inference.schemas import DEFAULT_MAX_TOKENS
-from provider_agent.engine.models import afetch_context_length
+from provider_agent.supervisor import EngineSupervisor, SupervisorConfig
 from tests.support.vllm import needs_vllm
 
 SERVED_NAME = "tiny-llama"
@@ -87,13 +87,16 @@ def test_models_lists_served_name(client: httpx.Client) -> None:
 
 
 def test_the_agent_reads_the_served_context_length(server: VllmServer) -> None:
-    """What the agent registers as the offer's `context_length`."""
+    """What the agent registers as the offer's `context_length`: its supervisor's health
+    probe reads it."""
 
-    async def read() -> int | None:
-        async with httpx.AsyncClient(base_url=server.base_url, timeout=30.0) as engine:
-            return await afetch_context_length(engine, SERVED_NAME)
+    async def probe() -> tuple[str | None, int | None]:
+        config = SupervisorConfig(url=server.base_url, served_model=SERVED_NAME)
+        async with httpx.AsyncClient(timeout=30.0) as http:
+            supervisor = EngineSupervisor(config, http=http)
+            return await supervisor.probe(), supervisor.context_length
 
-    assert asyncio.run(read()) == 2048
+    assert asyncio.run(probe()) == (None, 2048)
 
 
 def test_chat_completion_usage_matches_token_ids(client: httpx.Client) -> None:

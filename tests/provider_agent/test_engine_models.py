@@ -8,8 +8,8 @@ from typing import Any
 import httpx
 import pytest
 
-from provider_agent.engine.errors import EngineError, ModelsUnavailableError
-from provider_agent.engine.models import afetch_context_length, served_context_length
+from provider_agent.engine.models import served_context_length
+from provider_agent.supervisor import EngineSupervisor, SupervisorConfig
 from tests.support.openai_upstream import FakeEngine
 
 # The shape of vLLM 0.32's answer (its `ModelCard`), with two models listed.
@@ -54,27 +54,22 @@ def test_a_context_length_not_reported_is_none_never_a_guess(body: Any) -> None:
     assert served_context_length(body, "tiny-llama") is None
 
 
-def _fetch(engine: FakeEngine, served_model: str = "tiny-llama") -> int | None:
-    async def fetch() -> int | None:
+def _probed(engine: FakeEngine, served_model: str = "tiny-llama") -> tuple[str | None, int | None]:
+    """What the supervisor's health probe of `engine` says, and the context it recorded."""
+
+    async def probe() -> tuple[str | None, int | None]:
         transport = httpx.ASGITransport(app=engine)
-        async with httpx.AsyncClient(transport=transport, base_url="http://engine") as client:
-            return await afetch_context_length(client, served_model)
+        async with httpx.AsyncClient(transport=transport) as http:
+            config = SupervisorConfig(url="http://engine", served_model=served_model)
+            supervisor = EngineSupervisor(config, http=http)
+            return await supervisor.probe(), supervisor.context_length
 
-    return asyncio.run(fetch())
-
-
-def test_it_is_read_over_http_as_the_engine_reports_it() -> None:
-    assert _fetch(FakeEngine(max_model_len=4096)) == 4096
-    assert _fetch(FakeEngine(max_model_len=None)) is None
-    assert _fetch(FakeEngine(max_model_len=4096), served_model="not-served") is None
+    return asyncio.run(probe())
 
 
-def test_an_engine_that_does_not_answer_is_an_engine_error() -> None:
-    async def fetch() -> int | None:
-        async with httpx.AsyncClient(base_url="http://127.0.0.1:9", timeout=2.0) as client:
-            return await afetch_context_length(client, "tiny-llama")
-
-    with pytest.raises(ModelsUnavailableError, match="GET /v1/models failed") as raised:
-        asyncio.run(fetch())
-    assert isinstance(raised.value, EngineError)
-    assert raised.value.code == "models_unavailable"
+def test_the_supervisors_probe_reads_it_over_http_as_the_engine_reports_it() -> None:
+    assert _probed(FakeEngine(max_model_len=4096)) == (None, 4096)
+    assert _probed(FakeEngine(max_model_len=None)) == (None, None)
+    problem, context = _probed(FakeEngine(max_model_len=4096), served_model="not-served")
+    assert problem == "the engine serves ['tiny-llama'], not 'not-served'"
+    assert context is None

@@ -149,6 +149,57 @@ def test_run_attaches_to_a_running_engine_and_takes_the_domain_from_the_market(
         upstream.stop()
 
 
+def test_an_engine_restarted_with_another_context_length_is_registered_again(
+    tmp_path: Path,
+) -> None:
+    """An attached engine its owner restarts with another `--max-model-len`: the agent
+    registers again with the new context length, once, and heartbeats go on."""
+    from tests.support.openai_upstream import start_upstream
+
+    upstream = start_upstream(max_model_len=4096)
+    try:
+        with (
+            running_market() as market,
+            running_agent(
+                tmp_path,
+                engine_command=None,
+                engine_url=f"http://127.0.0.1:{upstream.port}",
+                model=MODEL,
+                model_digest=DIGEST,
+                market_url=market.url,
+                domain=DOMAIN,
+            ) as agent,
+        ):
+            agent.wait_healthy()
+            agent.wait_until(lambda: len(market.registrations) == 1, 20, "a registration")
+            assert market.registrations[0]["message"]["context_length"] == 4096
+            upstream.stop()
+
+            def unhealthy() -> bool:
+                state = (agent.status() or {}).get("engine", {}).get("state")
+                return bool(state == "unhealthy")
+
+            agent.wait_until(unhealthy, 20, "the agent to see the engine gone")
+            upstream = start_upstream(max_model_len=1024, port=upstream.port)
+            agent.wait_until(lambda: len(market.registrations) == 2, 20, "a second registration")
+            second = market.registrations[1]["message"]
+            assert second["context_length"] == 1024
+            assert second["issued_at"] > market.registrations[0]["message"]["issued_at"]
+            status = agent.wait_healthy()
+            assert status["registration"] == {
+                "registered": True,
+                "context_length": 1024,
+                "last_error": None,
+            }
+            beats = len(market.heartbeats)
+            agent.wait_until(lambda: len(market.heartbeats) > beats, 20, "a heartbeat")
+            assert len(market.registrations) == 2  # the same context is not registered again
+            assert market.refused == []
+            assert agent.terminate(timeout_s=30) == 0, agent.log()
+    finally:
+        upstream.stop()
+
+
 def test_run_refuses_without_the_market_key(tmp_path: Path) -> None:
     with running_agent(
         tmp_path,
@@ -252,7 +303,11 @@ def test_a_registration_the_market_could_not_take_at_start_is_retried(tmp_path: 
                 agent.wait_until(lambda: len(market.registrations) == 1, 30, "a registration")
                 status = agent.status()
                 assert status is not None
-                assert status["registration"] == {"registered": True, "last_error": None}
+                assert status["registration"] == {
+                    "registered": True,
+                    "context_length": 2048,
+                    "last_error": None,
+                }
                 assert agent.terminate(timeout_s=30) == 0, agent.log()
     finally:
         upstream.stop()
