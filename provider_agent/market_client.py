@@ -23,12 +23,24 @@ HEARTBEAT_TYPE = "provider_heartbeat"
 
 
 class MarketError(Exception):
-    """The market could not be reached or refused a message; `status` is its HTTP status."""
+    """The market could not be reached or refused a message; `status` is its HTTP status and
+    `code` the `error.code` of its answer's body."""
 
-    def __init__(self, message: str, status: int | None = None) -> None:
-        """`status` is `None` when the market did not answer at all."""
+    def __init__(self, message: str, status: int | None = None, code: str | None = None) -> None:
+        """`status` is `None` when the market did not answer at all; `code` when its answer
+        had no error body."""
         super().__init__(message)
         self.status = status
+        self.code = code
+
+
+def _error_code(response: httpx.Response) -> str | None:
+    """`error.code` of the market's error body (`{"error": {"code", "message"}}`), if any."""
+    try:
+        code = response.json()["error"]["code"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return code if isinstance(code, str) else None
 
 
 def _domain_json(domain: Domain) -> dict[str, JsonValue]:
@@ -90,6 +102,7 @@ class MarketClient:
             raise MarketError(
                 f"{url} answered {response.status_code}: {response.text[:500]}",
                 response.status_code,
+                _error_code(response),
             )
         return response
 

@@ -60,6 +60,8 @@ REGISTRATION_FINAL = frozenset({400, 401, 404, 410, 422})
 """Registration refusals that trying again cannot change (malformed, bad signature, a market
 without the route, expired, an invalid offer); others (no answer, 5xx, 403 for a key not yet
 bound or a stake not yet enough, 409) are retried."""
+PROVIDER_NOT_FOUND = "provider_not_found"
+"""The market's code for a heartbeat from a provider it holds no registration of."""
 
 
 class ListenError(Exception):
@@ -193,6 +195,9 @@ class AgentRunner:
         )
         self.registered = False
         self.registered_context_length: int | None = None
+        self.registration_lost: str | None = None
+        """Why the registration must be sent again (set by a heartbeat the market refused as
+        from an unknown provider; `_registration_watch` sends it)."""
         self.registration_error: str | None = None
         self.heartbeats_sent = 0
         self.heartbeat_error: str | None = None
@@ -303,23 +308,26 @@ class AgentRunner:
             log.info("registered the offer with the market (context length %s)", context_length)
             return
 
-    async def _offer_watch(self) -> None:
-        """Register again when the healthy engine's context length is no longer the one the
-        offer was registered with: an engine restarted with another `--max-model-len`."""
+    async def _registration_watch(self) -> None:
+        """Register again, while the engine is healthy, when the market has lost the
+        registration (it answered a heartbeat `provider_not_found`: its database was reset,
+        say) or the engine's context length is no longer the registered one (an engine
+        restarted with another `--max-model-len`). The one task that registers after the
+        first registration, so two never race."""
         while True:
             await asyncio.sleep(self.supervisor.config.poll_interval_s)
+            if not self.registered or self.supervisor.state is not EngineState.healthy:
+                continue
             now = self.supervisor.context_length
-            if (
-                self.registered
-                and self.supervisor.state is EngineState.healthy
-                and now != self.registered_context_length
-            ):
-                log.info(
-                    "the engine now serves a context length of %s (the offer says %s):"
-                    " registering again",
-                    now,
-                    self.registered_context_length,
+            why = self.registration_lost
+            if why is None and now != self.registered_context_length:
+                why = (
+                    f"the engine now serves a context length of {now}"
+                    f" (the offer says {self.registered_context_length})"
                 )
+            if why is not None:
+                log.warning("%s: registering again", why)
+                self.registration_lost = None
                 await self._register()
 
     async def _heartbeats(self) -> None:
@@ -333,6 +341,8 @@ class AgentRunner:
                 except MarketError as exc:
                     self.heartbeat_error = str(exc)
                     log.warning("heartbeat failed: %s", exc)
+                    if exc.code == PROVIDER_NOT_FOUND and self.registered:
+                        self.registration_lost = "the market no longer knows this provider"
             await asyncio.sleep(self.settings.run.heartbeat_interval_s)
 
     async def _receipt_syncs(self) -> None:
@@ -389,7 +399,7 @@ class AgentRunner:
             if self.market is not None:
                 registration = asyncio.create_task(self._register())  # may end: not a part
                 tasks.append(asyncio.create_task(self._heartbeats()))
-                tasks.append(asyncio.create_task(self._offer_watch()))
+                tasks.append(asyncio.create_task(self._registration_watch()))
                 tasks.append(asyncio.create_task(self._receipt_syncs()))
             log.info("provider agent running: jobs on http://%s:%d", listen.host, listen.port)
             stop_wait = asyncio.create_task(self._stop.wait())

@@ -2,7 +2,9 @@
 
 It checks what the market checks of attestations (signature, chain continuity via
 `check_chain`, a resent duplicate is acknowledged) and of heartbeats (signature, rising
-`issued_at`), and can be told to fail the next posts, or all of them, with a status.
+`issued_at`), and can be told to fail the next posts, or all of them, with a status, or to
+forget the provider's registration (`forget`: heartbeats are then 404 `provider_not_found`
+until it registers again, as from a market whose database was reset).
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ class MarketDouble:
     trusted_key: str | None = None
     """When set, attestations signed by another key are refused 401 (a rotated key)."""
     posts: int = 0
+    forgotten: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def handle(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
@@ -63,6 +66,7 @@ class MarketDouble:
                 return self._heartbeat(body)
             if path == "/providers/register":
                 self.registrations.append(body)
+                self.forgotten = False
                 return 200, {"provider": body["message"]["provider"]}
             return 404, {"error": {"code": "not_found", "message": path}}
 
@@ -92,9 +96,18 @@ class MarketDouble:
         self.attestations.append(message)
         return 200, {"seq": message.seq, "digest": digest, "duplicate": False}
 
+    def forget(self) -> None:
+        """Lose the provider's registration, as a market whose database was reset."""
+        with self.lock:
+            self.forgotten = True
+
     def _heartbeat(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         path = "/providers/heartbeat"
         message = body["message"]
+        if self.forgotten:
+            self.refused.append((path, 404, "provider_not_found"))
+            why = f"no provider {message['provider']} is registered; register first"
+            return 404, {"error": {"code": "provider_not_found", "message": why}}
         try:
             verify_key_from_hex(body["signer"]).verify(
                 signing_input("provider_heartbeat", message),

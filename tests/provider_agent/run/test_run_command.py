@@ -200,6 +200,46 @@ def test_an_engine_restarted_with_another_context_length_is_registered_again(
         upstream.stop()
 
 
+def test_a_market_that_lost_the_registration_gets_it_again(tmp_path: Path) -> None:
+    """A heartbeat answered 404 `provider_not_found` (the market's database was reset, say):
+    the agent registers again, and its heartbeats are taken again."""
+    from tests.support.openai_upstream import start_upstream
+
+    upstream = start_upstream()
+    try:
+        with (
+            running_market() as market,
+            running_agent(
+                tmp_path,
+                engine_command=None,
+                engine_url=f"http://127.0.0.1:{upstream.port}",
+                model=MODEL,
+                model_digest=DIGEST,
+                market_url=market.url,
+                domain=DOMAIN,
+            ) as agent,
+        ):
+            agent.wait_healthy()
+            agent.wait_until(lambda: len(market.registrations) == 1, 20, "a registration")
+            market.forget()
+            agent.wait_until(lambda: len(market.registrations) == 2, 20, "a second registration")
+            assert market.refused[0][:2] == ("/providers/heartbeat", 404)
+            beats = len(market.heartbeats)
+            agent.wait_until(lambda: len(market.heartbeats) > beats + 1, 20, "heartbeats again")
+            status = agent.status()
+            assert status is not None
+            assert status["registration"] == {
+                "registered": True,
+                "context_length": 2048,
+                "last_error": None,
+            }
+            assert status["heartbeats"]["last_error"] is None
+            assert len(market.registrations) == 2
+            assert agent.terminate(timeout_s=30) == 0, agent.log()
+    finally:
+        upstream.stop()
+
+
 def test_run_refuses_without_the_market_key(tmp_path: Path) -> None:
     with running_agent(
         tmp_path,
