@@ -7,6 +7,8 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +16,45 @@ import httpx
 
 from market.demo.ports import free_port
 from provider_agent.attestations import AttestationLog
-from tests.provider_agent.run.agent_process import running_agent
-from tests.provider_agent.run.market_double import DOMAIN, running_market
+from tests.provider_agent.run.agent_process import AgentProcess, running_agent
+from tests.provider_agent.run.market_double import DOMAIN, MarketDouble, running_market
 
 UPSTREAM = Path(__file__).resolve().parents[2] / "support" / "openai_upstream.py"
 DIGEST = "0x" + "ab" * 32
 MODEL = "tiny-llama"
+
+
+@contextmanager
+def attached(
+    tmp_path: Path, engine_port: int, *, with_deployment: bool = True, market_down: bool = False
+) -> Iterator[tuple[MarketDouble, AgentProcess]]:
+    """A market double (answering every post 503 when `market_down`) and `provider-agent
+    run` attached to the engine on `engine_port`."""
+    with running_market() as market:
+        market.fail_all = market_down
+        with running_agent(
+            tmp_path,
+            engine_command=None,
+            engine_url=f"http://127.0.0.1:{engine_port}",
+            model=MODEL,
+            model_digest=DIGEST,
+            market_url=market.url,
+            domain=DOMAIN,
+            with_deployment=with_deployment,
+        ) as agent:
+            yield market, agent
+
+
+def registered(agent: AgentProcess, context_length: int | None) -> dict[str, Any]:
+    """The agent's status, checked to say it registered `context_length` with no error."""
+    status = agent.status()
+    assert status is not None
+    assert status["registration"] == {
+        "registered": True,
+        "context_length": context_length,
+        "last_error": None,
+    }
+    return status
 
 
 def alive(pid: int) -> bool:
@@ -120,19 +155,7 @@ def test_run_attaches_to_a_running_engine_and_takes_the_domain_from_the_market(
 
     upstream = start_upstream(max_model_len=None)
     try:
-        with (
-            running_market() as market,
-            running_agent(
-                tmp_path,
-                engine_command=None,
-                engine_url=f"http://127.0.0.1:{upstream.port}",
-                model=MODEL,
-                model_digest=DIGEST,
-                market_url=market.url,
-                domain=DOMAIN,
-                with_deployment=False,
-            ) as agent,
-        ):
+        with attached(tmp_path, upstream.port, with_deployment=False) as (market, agent):
             status = agent.wait_healthy()
             assert status["engine"]["pid"] is None
             agent.wait_until(lambda: len(market.attestations) >= 1, 20, "an attestation")
@@ -158,18 +181,7 @@ def test_an_engine_restarted_with_another_context_length_is_registered_again(
 
     upstream = start_upstream(max_model_len=4096)
     try:
-        with (
-            running_market() as market,
-            running_agent(
-                tmp_path,
-                engine_command=None,
-                engine_url=f"http://127.0.0.1:{upstream.port}",
-                model=MODEL,
-                model_digest=DIGEST,
-                market_url=market.url,
-                domain=DOMAIN,
-            ) as agent,
-        ):
+        with attached(tmp_path, upstream.port) as (market, agent):
             agent.wait_healthy()
             agent.wait_until(lambda: len(market.registrations) == 1, 20, "a registration")
             assert market.registrations[0]["message"]["context_length"] == 4096
@@ -185,12 +197,8 @@ def test_an_engine_restarted_with_another_context_length_is_registered_again(
             second = market.registrations[1]["message"]
             assert second["context_length"] == 1024
             assert second["issued_at"] > market.registrations[0]["message"]["issued_at"]
-            status = agent.wait_healthy()
-            assert status["registration"] == {
-                "registered": True,
-                "context_length": 1024,
-                "last_error": None,
-            }
+            agent.wait_healthy()
+            registered(agent, context_length=1024)
             beats = len(market.heartbeats)
             agent.wait_until(lambda: len(market.heartbeats) > beats, 20, "a heartbeat")
             assert len(market.registrations) == 2  # the same context is not registered again
@@ -207,18 +215,7 @@ def test_a_market_that_lost_the_registration_gets_it_again(tmp_path: Path) -> No
 
     upstream = start_upstream()
     try:
-        with (
-            running_market() as market,
-            running_agent(
-                tmp_path,
-                engine_command=None,
-                engine_url=f"http://127.0.0.1:{upstream.port}",
-                model=MODEL,
-                model_digest=DIGEST,
-                market_url=market.url,
-                domain=DOMAIN,
-            ) as agent,
-        ):
+        with attached(tmp_path, upstream.port) as (market, agent):
             agent.wait_healthy()
             agent.wait_until(lambda: len(market.registrations) == 1, 20, "a registration")
             market.forget()
@@ -226,13 +223,7 @@ def test_a_market_that_lost_the_registration_gets_it_again(tmp_path: Path) -> No
             assert market.refused[0][:2] == ("/providers/heartbeat", 404)
             beats = len(market.heartbeats)
             agent.wait_until(lambda: len(market.heartbeats) > beats + 1, 20, "heartbeats again")
-            status = agent.status()
-            assert status is not None
-            assert status["registration"] == {
-                "registered": True,
-                "context_length": 2048,
-                "last_error": None,
-            }
+            status = registered(agent, context_length=2048)
             assert status["heartbeats"]["last_error"] is None
             assert len(market.registrations) == 2
             assert agent.terminate(timeout_s=30) == 0, agent.log()
@@ -321,34 +312,19 @@ def test_a_registration_the_market_could_not_take_at_start_is_retried(tmp_path: 
 
     upstream = start_upstream()
     try:
-        with running_market() as market:
-            market.fail_all = True  # the market is down when the agent starts
-            with running_agent(
-                tmp_path,
-                engine_command=None,
-                engine_url=f"http://127.0.0.1:{upstream.port}",
-                model=MODEL,
-                model_digest=DIGEST,
-                market_url=market.url,
-                domain=DOMAIN,
-            ) as agent:
-                agent.wait_healthy()
+        # the market is down when the agent starts
+        with attached(tmp_path, upstream.port, market_down=True) as (market, agent):
+            agent.wait_healthy()
 
-                def refused() -> bool:
-                    error = (agent.status() or {}).get("registration", {}).get("last_error")
-                    return error is not None and "503" in error
+            def refused() -> bool:
+                error = (agent.status() or {}).get("registration", {}).get("last_error")
+                return error is not None and "503" in error
 
-                agent.wait_until(refused, 20, "a failed registration")
-                market.fail_all = False
-                agent.wait_until(lambda: len(market.registrations) == 1, 30, "a registration")
-                status = agent.status()
-                assert status is not None
-                assert status["registration"] == {
-                    "registered": True,
-                    "context_length": 2048,
-                    "last_error": None,
-                }
-                assert agent.terminate(timeout_s=30) == 0, agent.log()
+            agent.wait_until(refused, 20, "a failed registration")
+            market.fail_all = False
+            agent.wait_until(lambda: len(market.registrations) == 1, 30, "a registration")
+            registered(agent, context_length=2048)
+            assert agent.terminate(timeout_s=30) == 0, agent.log()
     finally:
         upstream.stop()
 
