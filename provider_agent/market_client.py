@@ -27,8 +27,8 @@ class MarketError(Exception):
     `code` the `error.code` of its answer's body."""
 
     def __init__(self, message: str, status: int | None = None, code: str | None = None) -> None:
-        """`status` is `None` when the market did not answer at all; `code` when its answer
-        had no error body."""
+        """`status` is `None` when the market did not answer at all, `code` when its answer
+        had no error body either."""
         super().__init__(message)
         self.status = status
         self.code = code
