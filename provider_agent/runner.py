@@ -296,7 +296,11 @@ class AgentRunner:
             except MarketError as exc:
                 self.registration_error = str(exc)
                 if exc.status in REGISTRATION_FINAL:
-                    log.error("the market refused the registration: %s", exc)
+                    log.error(
+                        "the market refused the registration: %s; no heartbeats are sent, so "
+                        "an offer it holds from before leaves routing",
+                        exc,
+                    )
                     self.registered = False
                     return
                 log.warning("could not register with the market, again in %.0f s: %s", delay, exc)
@@ -331,9 +335,14 @@ class AgentRunner:
                 await self._register()
 
     async def _heartbeats(self) -> None:
+        """A heartbeat every interval while the offer is registered and the engine healthy.
+
+        Not before the first registration, nor after one the market refused for good: a
+        heartbeat would keep in routing an offer the market holds from an earlier
+        registration (other prices, a context length the engine no longer serves)."""
         assert self.market is not None
         while True:
-            if self.supervisor.state is EngineState.healthy:
+            if self.registered and self.supervisor.state is EngineState.healthy:
                 try:
                     await self.market.heartbeat()
                     self.heartbeats_sent += 1

@@ -2,9 +2,10 @@
 
 It checks what the market checks of attestations (signature, chain continuity via
 `check_chain`, a resent duplicate is acknowledged) and of heartbeats (signature, rising
-`issued_at`), and can be told to fail the next posts, or all of them, with a status, or to
-forget the provider's registration (`forget`: heartbeats are then 404 `provider_not_found`
-until it registers again, as from a market whose database was reset).
+`issued_at`), and can be told to fail the next posts, or all of them, with a status, to
+refuse registrations, or to forget the provider's registration (`forget`: heartbeats are
+then 404 `provider_not_found` until it registers again, as from a market whose database was
+reset).
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ class MarketDouble:
     """When set, attestations signed by another key are refused 401 (a rotated key)."""
     posts: int = 0
     forgotten: bool = False
+    refuse_registrations: int | None = None
+    """When set, registrations are refused with this status (`invalid_offer`) and not kept."""
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def handle(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
@@ -65,6 +68,8 @@ class MarketDouble:
             if path == "/providers/heartbeat":
                 return self._heartbeat(body)
             if path == "/providers/register":
+                if self.refuse_registrations is not None:
+                    return self._refuse(path, self.refuse_registrations, "invalid_offer")
                 self.registrations.append(body)
                 self.forgotten = False
                 return 200, {"provider": body["message"]["provider"]}

@@ -208,6 +208,35 @@ def test_an_engine_restarted_with_another_context_length_is_registered_again(
         upstream.stop()
 
 
+def test_a_registration_refused_for_good_stops_the_heartbeats(tmp_path: Path) -> None:
+    """The engine comes back with another context length and the market refuses the new
+    registration (422): the agent stops its heartbeats, so the offer the market still holds,
+    with the old context length, leaves routing, and it does not try again."""
+    from tests.support.openai_upstream import start_upstream
+
+    upstream = start_upstream(max_model_len=4096)
+    try:
+        with attached(tmp_path, upstream.port) as (market, agent):
+            agent.wait_healthy()
+            agent.wait_until(lambda: len(market.heartbeats) >= 2, 20, "heartbeats")
+            market.refuse_registrations = 422
+            upstream.stop()
+            upstream = start_upstream(max_model_len=1024, port=upstream.port)
+            agent.wait_until(lambda: market.refused != [], 30, "a refused registration")
+            assert market.refused == [("/providers/register", 422, "invalid_offer")]
+            status = agent.wait_healthy()
+            assert status["registration"]["registered"] is False
+            assert "422" in status["registration"]["last_error"]
+            beats = len(market.heartbeats)
+            time.sleep(2.5)  # eight heartbeat intervals, and one probe of the engine more
+            assert len(market.heartbeats) == beats
+            assert len(market.registrations) == 1
+            assert len(market.refused) == 1  # a refusal for good is not sent again
+            assert agent.terminate(timeout_s=30) == 0, agent.log()
+    finally:
+        upstream.stop()
+
+
 def test_a_market_that_lost_the_registration_gets_it_again(tmp_path: Path) -> None:
     """A heartbeat answered 404 `provider_not_found` (the market's database was reset, say):
     the agent registers again, and its heartbeats are taken again."""
