@@ -13,6 +13,7 @@ from provider_agent.jobs.config import JobsConfig
 from provider_agent.jobs.energy import RequestEnergyTracker
 from provider_agent.jobs.errors import JobError
 from provider_agent.jobs.outbox import ReceiptOutbox
+from provider_agent.jobs.served import ServedTotals
 from provider_agent.jobs.tickets import AcceptedJob
 
 logger = logging.getLogger(__name__)
@@ -62,11 +63,13 @@ class ReceiptIssuer:
         tracker: RequestEnergyTracker,
         outbox: ReceiptOutbox,
     ) -> None:
-        """The provider's Ed25519 key signs; the outbox keeps every receipt."""
+        """The provider's Ed25519 key signs; the outbox keeps every receipt; `served` counts
+        each one stored."""
         self._config = config
         self._key = signing_key
         self._tracker = tracker
         self._outbox = outbox
+        self.served = ServedTotals()
 
     def issue(self, job: AcceptedJob, seen: Observation, finished_at: int) -> Signed[Receipt]:
         """Sign and store the receipt; raise 502 if the engine's answer cannot back one."""
@@ -151,6 +154,7 @@ class ReceiptIssuer:
         except OSError as exc:
             logger.error("job %s: receipt not stored, so not sent: %s", job_id, exc)
             raise outbox_unavailable(self._outbox) from exc
+        self.served.add(receipt)
         return envelope
 
 
