@@ -47,7 +47,9 @@ from provider_agent.engine.metrics import EngineCounters, afetch_engine_counters
 from provider_agent.jobs import JobsConfig, ReceiptOutbox, create_app
 from provider_agent.jobs.app import JobService
 from provider_agent.jobs.outbox import MIB
+from provider_agent.jobs.served import ServedTotals
 from provider_agent.market_client import MarketClient, MarketError, fetch_market_domain
+from provider_agent.metrics import metrics_endpoint, registry_for
 from provider_agent.pricing import PricingError, with_resolved_prices
 from provider_agent.receipt_sync import sync_receipts
 from provider_agent.registration import signed_registration
@@ -217,10 +219,11 @@ class AgentRunner:
     def status(self) -> dict[str, Any]:
         """What `GET /agent/status` shows."""
         head = self.store.last()
-        outbox_error = None
+        outbox_error, in_flight, served = None, 0, ServedTotals()
         if self.jobs is not None:
             self.jobs.outbox.check_space()
             outbox_error = self.jobs.outbox.error
+            in_flight, served = self.jobs.slots.in_use, self.jobs.issuer.served
         return {
             "healthy": self.supervisor.state is EngineState.healthy and outbox_error is None,
             "engine": {
@@ -243,6 +246,11 @@ class AgentRunner:
                 "last_error": self.registration_error,
             },
             "heartbeats": {"sent": self.heartbeats_sent, "last_error": self.heartbeat_error},
+            "jobs": {
+                "in_flight": in_flight,
+                "max_concurrency": self.settings.offer.max_concurrency,
+                "served": served.as_status(),
+            },
             "receipts": {
                 "answered": dict(self.receipts_answered),
                 "last_error": self.receipt_sync_error,
@@ -252,7 +260,7 @@ class AgentRunner:
         }
 
     def build_app(self) -> Starlette:
-        """The job endpoint plus `GET /agent/status`."""
+        """The job endpoint plus `GET /agent/status` and `GET /metrics` (Prometheus)."""
         config = JobsConfig(
             upstream_url=f"{self.settings.vllm.url}/v1",
             market_public_key=self.plan.market_public_key,
@@ -271,6 +279,7 @@ class AgentRunner:
             return JSONResponse(self.status())
 
         app.add_route("/agent/status", agent_status, methods=["GET"])
+        app.add_route("/metrics", metrics_endpoint(registry_for(self.status)), methods=["GET"])
         return app
 
     async def _register(self) -> None:

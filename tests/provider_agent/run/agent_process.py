@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 from nacl.signing import SigningKey
+from prometheus_client.parser import text_string_to_metric_families
 
 from market.demo.ports import free_port
 from protocol.chain.deploy import Deployment
@@ -55,6 +56,17 @@ class AgentProcess:
             return None
         result: dict[str, Any] = response.json()
         return result
+
+    def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        """`GET /metrics`, parsed: each sample's value by its name and sorted labels."""
+        response = httpx.get(f"{self.url}/metrics", timeout=5)
+        response.raise_for_status()
+        assert response.headers["content-type"].startswith("text/plain; version=")
+        return {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(response.text)
+            for sample in family.samples
+        }
 
     def wait_until(self, check: Callable[[], bool], timeout_s: float, what: str) -> None:
         """Wait for `check()`, failing with the agent's log if it does not hold in time."""

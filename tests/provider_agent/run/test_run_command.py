@@ -111,6 +111,24 @@ def test_run_serves_jobs_reports_to_the_market_and_exits_cleanly_on_sigterm(
         agent.wait_until(lambda: len(market.heartbeats) >= 2, 20, "two heartbeats")
         agent.wait_until(lambda: len(market.attestations) >= 2, 20, "two attestations")
         assert len(market.registrations) == 1
+        metrics = agent.metrics()
+        assert metrics["agent_healthy", ()] == 1
+        assert metrics["agent_engine_state", (("state", "healthy"),)] == 1
+        assert metrics["agent_engine_state", (("state", "unhealthy"),)] == 0
+        assert metrics["agent_registered", ()] == 1
+        assert metrics["agent_registered_context_length", ()] == 4096
+        assert metrics["agent_heartbeats_sent_total", ()] >= 2
+        assert metrics["agent_attestation_head_seq", ()] >= 1
+        served = (("energy_method", "unmeasured"), ("status", "complete"))
+        assert metrics["agent_receipts_total", served] == 1
+        assert metrics["agent_tokens_total", (("kind", "completion"),)] == 5
+        assert metrics["agent_tokens_total", (("kind", "prompt"),)] == receipt["prompt_tokens"]
+        # no meter here: the receipt says unmeasured, and no joules are made up
+        assert not [name for name, _ in metrics if name == "agent_receipt_energy_joules_total"]
+        assert metrics["agent_jobs_in_flight", ()] == 0
+        assert metrics["agent_outbox_writable", ()] == 1
+        assert metrics["agent_receipt_sync_failing", ()] == 1  # the unreadable file above
+        assert metrics["process_cpu_seconds_total", ()] > 0
         # the context the engine reports serving (vLLM's max_model_len), read from the engine
         assert market.registrations[0]["message"]["context_length"] == 4096
         assert market.refused == []
@@ -227,6 +245,7 @@ def test_a_registration_refused_for_good_stops_the_heartbeats(tmp_path: Path) ->
             status = agent.wait_healthy()
             assert status["registration"]["registered"] is False
             assert "422" in status["registration"]["last_error"]
+            assert agent.metrics()["agent_registered", ()] == 0
             beats = len(market.heartbeats)
             time.sleep(2.5)  # eight heartbeat intervals, and one probe of the engine more
             assert len(market.heartbeats) == beats

@@ -1,0 +1,200 @@
+"""Prometheus metrics at the agent's `GET /metrics`: the process's own, and the agent's state.
+
+The agent's figures are those `GET /agent/status` shows, read at each scrape (nothing is
+counted for them in the request path but the served totals, `provider_agent.jobs.served`),
+so the two never disagree. Counters count since the agent started.
+
+- `agent_healthy`: 1 while the engine is healthy and receipts can be stored (jobs are taken).
+- `agent_engine_state{state}`: 1 for the engine's state (starting, healthy, unhealthy,
+  restarting, stopped), 0 for the others; `agent_engine_restarts_total`.
+- `agent_registered`: 1 while the market holds the offer this agent registered (heartbeats
+  are sent only then); `agent_registered_context_length` (absent: the engine reports none).
+- `agent_heartbeats_sent_total`; `agent_heartbeat_failing`: 1 if the last one failed.
+- `agent_attestation_head_seq` (absent before the first), `agent_attestations_unsent`,
+  `agent_attestation_send_failures_total`, `agent_attestations_set_aside_total` (refused for
+  good), `agent_attestation_write_failing`: 1 if the last one could not be stored.
+- `agent_jobs_in_flight`, `agent_jobs_max_concurrency` (absent: no cap).
+- `agent_receipts_total{status, energy_method}`: receipts signed and stored;
+  `agent_tokens_total{kind}` (prompt, completion) on them;
+  `agent_receipt_energy_joules_total{method}` (measured, estimated): the energy they attribute
+  to their requests. Unmeasured receipts add no joules.
+- `agent_receipts_answered_total{state}`: the market's answers on the receipt sync;
+  `agent_receipt_sync_failing`; `agent_outbox_writable`: 0 while receipts cannot be stored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from starlette.requests import Request
+from starlette.responses import Response
+
+from provider_agent.supervisor import EngineState
+
+Status = Callable[[], dict[str, Any]]
+
+
+def _gauge(name: str, documentation: str, value: float | None) -> Iterator[Metric]:
+    """One unlabelled gauge; none when `value` is None (not known)."""
+    if value is not None:
+        yield GaugeMetricFamily(name, documentation, value=value)
+
+
+def _flag(name: str, documentation: str, on: bool) -> Metric:
+    return GaugeMetricFamily(name, documentation, value=int(on))
+
+
+def _counter(name: str, documentation: str, value: float) -> Metric:
+    return CounterMetricFamily(name, documentation, value=value)
+
+
+class AgentCollector(Collector):
+    """The agent's state, from `status()` (the body of `GET /agent/status`) at each scrape."""
+
+    def __init__(self, status: Status) -> None:
+        self._status = status
+
+    def collect(self) -> Iterator[Metric]:
+        status = self._status()
+        yield _flag("agent_healthy", "1 while the agent takes jobs.", status["healthy"])
+        yield from _engine(status["engine"])
+        yield from _market(status)
+        yield from _attestations(status["attestations"])
+        yield from _jobs(status["jobs"])
+        yield from _receipts(status["receipts"])
+
+
+def _engine(engine: dict[str, Any]) -> Iterator[Metric]:
+    states = GaugeMetricFamily(
+        "agent_engine_state", "1 for the engine's state, 0 for the others.", labels=["state"]
+    )
+    for state in EngineState:
+        states.add_metric([state.value], int(engine["state"] == state.value))
+    yield states
+    yield _counter("agent_engine_restarts", "Engine restarts.", engine["restarts"])
+
+
+def _market(status: dict[str, Any]) -> Iterator[Metric]:
+    registration, heartbeats = status["registration"], status["heartbeats"]
+    yield _flag(
+        "agent_registered",
+        "1 while the market holds this agent's offer.",
+        registration["registered"],
+    )
+    yield from _gauge(
+        "agent_registered_context_length",
+        "The context length the registered offer states.",
+        registration["context_length"],
+    )
+    yield _counter("agent_heartbeats_sent", "Heartbeats the market took.", heartbeats["sent"])
+    yield _flag(
+        "agent_heartbeat_failing",
+        "1 if the last heartbeat failed.",
+        heartbeats["last_error"] is not None,
+    )
+
+
+def _attestations(attestations: dict[str, Any]) -> Iterator[Metric]:
+    yield from _gauge(
+        "agent_attestation_head_seq", "The seq of the last attestation.", attestations["head_seq"]
+    )
+    yield GaugeMetricFamily(
+        "agent_attestations_unsent",
+        "Signed attestations the market has not acknowledged.",
+        value=attestations["unsent"],
+    )
+    yield _counter(
+        "agent_attestation_send_failures",
+        "Attestation posts that failed.",
+        attestations["send_failures"],
+    )
+    yield _counter(
+        "agent_attestations_set_aside",
+        "Attestations set aside after the market refused them for good.",
+        attestations["set_aside"],
+    )
+    yield _flag(
+        "agent_attestation_write_failing",
+        "1 if the last attestation could not be stored.",
+        attestations["write_error"] is not None,
+    )
+
+
+def _jobs(jobs: dict[str, Any]) -> Iterator[Metric]:
+    yield GaugeMetricFamily("agent_jobs_in_flight", "Jobs being served.", value=jobs["in_flight"])
+    yield from _gauge(
+        "agent_jobs_max_concurrency", "The most jobs served at once.", jobs["max_concurrency"]
+    )
+    served = jobs["served"]
+    receipts = CounterMetricFamily(
+        "agent_receipts",
+        "Receipts signed and stored, by status and energy method.",
+        labels=["status", "energy_method"],
+    )
+    for status, methods in served["receipts"].items():
+        for method, count in methods.items():
+            receipts.add_metric([status, method], count)
+    yield receipts
+    tokens = CounterMetricFamily("agent_tokens", "Tokens on the signed receipts.", labels=["kind"])
+    tokens.add_metric(["prompt"], served["prompt_tokens"])
+    tokens.add_metric(["completion"], served["completion_tokens"])
+    yield tokens
+    energy = CounterMetricFamily(
+        "agent_receipt_energy_joules",
+        "Energy the signed receipts attribute to their requests, by method.",
+        labels=["method"],
+    )
+    for method, millijoules in served["energy_millijoules"].items():
+        energy.add_metric([method], millijoules / 1000)
+    yield energy
+
+
+def _receipts(receipts: dict[str, Any]) -> Iterator[Metric]:
+    answered = CounterMetricFamily(
+        "agent_receipts_answered",
+        "The market's answers on the receipt sync, by state.",
+        labels=["state"],
+    )
+    for state, count in sorted(receipts["answered"].items()):
+        answered.add_metric([state], count)
+    yield answered
+    yield _flag(
+        "agent_receipt_sync_failing",
+        "1 if the last receipt sync failed.",
+        receipts["last_error"] is not None,
+    )
+    yield _flag(
+        "agent_outbox_writable",
+        "0 while receipts cannot be stored.",
+        receipts["outbox_error"] is None,
+    )
+
+
+def registry_for(status: Status) -> CollectorRegistry:
+    """A registry with the process, platform and GC metrics and the agent's own."""
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    registry.register(AgentCollector(status))
+    return registry
+
+
+def metrics_endpoint(registry: CollectorRegistry) -> Callable[[Request], Any]:
+    """`GET /metrics` in Prometheus' text format."""
+
+    async def metrics(_: Request) -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    return metrics
