@@ -296,11 +296,15 @@ def rotate_key(ctx: typer.Context, kdf_cost: KdfCostOption = KdfCost.production)
     console.print("Start the agent again (`provider-agent run`): it signs with the new key.")
 
 
+def _local(host: str) -> str:
+    """Where this machine reaches a server bound to `host` (a wildcard host: loopback)."""
+    return "127.0.0.1" if host in ("0.0.0.0", "") else "::1" if host == "::" else host  # noqa: S104
+
+
 def _listening(host: str, port: int) -> bool:
     """Whether a TCP server accepts connections on host:port (a wildcard host: on loopback)."""
-    target = "127.0.0.1" if host in ("0.0.0.0", "") else "::1" if host == "::" else host  # noqa: S104
     try:
-        with socket.create_connection((target, port), timeout=1.0):
+        with socket.create_connection((_local(host), port), timeout=1.0):
             return True
     except OSError:
         return False
@@ -308,7 +312,8 @@ def _listening(host: str, port: int) -> bool:
 
 @app.command()
 def status(ctx: typer.Context) -> None:
-    """Show identity, stake, earnings, meter and vLLM health: whatever is reachable."""
+    """Show identity, stake, earnings, meter, the running agent and vLLM health: whatever is
+    reachable."""
     settings = _settings(ctx)
     table = Table(title="provider-agent status", show_header=False)
     table.add_column("item")
@@ -318,9 +323,13 @@ def status(ctx: typer.Context) -> None:
     info = _meter(settings).describe()
     reason = f" ({info.reason})" if info.reason else ""
     table.add_row("energy meter", escape(f"{info.kind}: {info.method}{reason}"))
-    table.add_row("receipts", escape(_receipts_summary(settings.data_dir)))
-    table.add_row("attestations", escape(_attestations_summary(settings.data_dir)))
+    for item, summary in (("receipts", _receipts_summary), ("attestations", _attestations_summary)):
+        try:
+            table.add_row(item, escape(summary(settings.data_dir)))
+        except OSError as exc:  # a file of the data dir that cannot be read
+            table.add_row(item, _unavailable(f"cannot read {exc.filename}: {exc.strerror}"))
     with httpx.Client(timeout=HTTP_TIMEOUT_S) as http:
+        table.add_row("agent", _agent_summary(http, settings.listen.host, settings.listen.port))
         table.add_row("vLLM", _health(http, settings.vllm.url))
         if settings.market_url is None:
             table.add_row("market", _unavailable("market_url not set"))
@@ -355,6 +364,38 @@ def _attestations_summary(data_dir: Path) -> str:
         return summary
     refused = sum(1 for line in store.refused_path.read_bytes().splitlines() if line.strip())
     return f"{summary}, {refused} refused by the market (listed in {store.refused_path})"
+
+
+def _agent_summary(http: httpx.Client, host: str, port: int) -> str:
+    """What a running `provider-agent run` says of itself (`GET /agent/status`)."""
+    target = _local(host)
+    url = f"http://{f'[{target}]' if ':' in target else target}:{port}/agent/status"
+    try:
+        response = http.get(url)
+    except httpx.HTTPError:
+        return _unavailable(f"not running (nothing answers at {url})")
+    if response.status_code != 200:
+        return _unavailable(f"{url} answered {response.status_code}")
+    status = response.json()
+    registration, jobs = status["registration"], status["jobs"]
+    if registration["registered"]:
+        registered = f"registered (context length {registration['context_length']})"
+    else:
+        registered = f"not registered ({registration['last_error'] or 'not yet'})"
+    limit = jobs["max_concurrency"]
+    in_flight = f"{jobs['in_flight']}{'' if limit is None else f' of {limit}'} jobs in flight"
+    served = jobs["served"]
+    receipts = sum(n for methods in served["receipts"].values() for n in methods.values())
+    energy = ", ".join(
+        f"{mj / 1e6:.3f} kJ {method}" for method, mj in served["energy_millijoules"].items()
+    )
+    line = (
+        f"{'healthy' if status['healthy'] else 'unhealthy'}: engine {status['engine']['state']},"
+        f" {registered}, {in_flight}; since start {receipts} receipts,"
+        f" {served['prompt_tokens']} prompt + {served['completion_tokens']} completion tokens,"
+        f" energy {energy or 'not measured'}"
+    )
+    return escape(line) if status["healthy"] else f"[yellow]{escape(line)}[/]"
 
 
 def _unavailable(reason: str) -> str:

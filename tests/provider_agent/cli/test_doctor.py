@@ -10,6 +10,7 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
+from market.demo.ports import free_port
 from protocol.keys import ProviderIdentity
 from provider_agent import cli
 from provider_agent.attestations import AttestationBuilder, AttestationLog, ChainHead
@@ -276,10 +277,16 @@ def test_meter_shows_two_readings_or_why_not(runner: CliRunner, agent_env: Path)
     assert "energy    unmeasured: " in result.stdout or " mJ (measured" in result.stdout
 
 
-def test_status_marks_what_is_unreachable(runner: CliRunner, agent_env: Path) -> None:
+def test_status_marks_what_is_unreachable(
+    runner: CliRunner, agent_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    port = free_port()
+    monkeypatch.setenv("AGENT_LISTEN__PORT", str(port))
     result = runner.invoke(cli.app, ["status"])
 
     assert result.exit_code == 0, result.output
+    url = f"http://127.0.0.1:{port}/agent/status"
+    assert f"unavailable: not running (nothing answers at {url})" in result.stdout
     assert "unavailable: no keystore" in result.stdout
     assert "unavailable: this command needs the chain" in result.stdout
     assert "unavailable: market_url not set" in result.stdout

@@ -41,6 +41,8 @@ class AgentProcess:
     data_dir: Path
     port: int
     log_path: Path
+    env: dict[str, str]
+    """The environment it runs with (other `provider-agent` commands take the same)."""
     engine_pids: list[int] = field(default_factory=list)
 
     @property
@@ -189,7 +191,7 @@ def running_agent(
             [str(AGENT), "run"], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT
         )
     agent = AgentProcess(
-        process, identity, market_key, domain, model, tmp_path / "data", port, log_path
+        process, identity, market_key, domain, model, tmp_path / "data", port, log_path, env
     )
     try:
         yield agent

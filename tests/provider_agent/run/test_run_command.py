@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -16,7 +17,7 @@ import httpx
 
 from market.demo.ports import free_port
 from provider_agent.attestations import AttestationLog
-from tests.provider_agent.run.agent_process import AgentProcess, running_agent
+from tests.provider_agent.run.agent_process import AGENT, AgentProcess, running_agent
 from tests.provider_agent.run.market_double import DOMAIN, MarketDouble, running_market
 
 UPSTREAM = Path(__file__).resolve().parents[2] / "support" / "openai_upstream.py"
@@ -129,6 +130,24 @@ def test_run_serves_jobs_reports_to_the_market_and_exits_cleanly_on_sigterm(
         assert metrics["agent_outbox_writable", ()] == 1
         assert metrics["agent_receipt_sync_failing", ()] == 1  # the unreadable file above
         assert metrics["process_cpu_seconds_total", ()] > 0
+        # `provider-agent status` beside it: the running agent's line, and the unreadable file
+        # marked, not a crash
+        shown_by = subprocess.run(
+            [str(AGENT), "status"],
+            env={**agent.env, "COLUMNS": "400"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert shown_by.returncode == 0, shown_by.stdout + shown_by.stderr
+        shown = shown_by.stdout
+        assert (
+            "healthy: engine healthy, registered (context length 4096), 0 of 8 jobs in flight;"
+            f" since start 1 receipts, {receipt['prompt_tokens']} prompt + 5 completion tokens,"
+            " energy not measured"
+        ) in shown
+        sent = agent.data_dir / "receipts-sent.jsonl"
+        assert f"unavailable: cannot read {sent}: Is a directory" in shown
         # the context the engine reports serving (vLLM's max_model_len), read from the engine
         assert market.registrations[0]["message"]["context_length"] == 4096
         assert market.refused == []
