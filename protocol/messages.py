@@ -258,6 +258,13 @@ class Attestation(_Model):
             raise ValueError("estimated energy needs energy_basis")
         return self
 
+    @property
+    def energy_mj(self) -> int | None:
+        """The window's energy over all its GPUs (every counter is set unless unmeasured)."""
+        if self.energy_method == "unmeasured":
+            return None
+        return sum((gpu.energy_mj_end or 0) - (gpu.energy_mj_start or 0) for gpu in self.gpus)
+
 
 Message: TypeAlias = JobTicket | Receipt | Attestation
 M = TypeVar("M", bound=JobTicket | Receipt | Attestation)

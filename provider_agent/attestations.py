@@ -45,6 +45,7 @@ import json
 import logging
 import os
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -521,6 +522,8 @@ class AttestationLoop:
         self.archive_after = archive_after
         self.retention_days = retention_days
         self.produced = 0
+        self.energy_mj: Counter[str] = Counter()
+        """The energy of the windows attested since start, by method (none if unmeasured)."""
         self.send_failures = 0
         self.write_error: str | None = None
         self.set_aside = 0
@@ -551,6 +554,9 @@ class AttestationLoop:
         self.write_error = None
         if envelope is not None:
             self.produced += 1
+            message = envelope.message
+            if message.energy_mj is not None:
+                self.energy_mj[message.energy_method] += message.energy_mj
             self._wake.set()
         return True
 

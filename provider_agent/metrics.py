@@ -10,7 +10,9 @@ so the two never disagree. Counters count since the agent started.
 - `agent_registered`: 1 while the market holds the offer this agent registered (heartbeats
   are sent only then); `agent_registered_context_length` (absent: the engine reports none).
 - `agent_heartbeats_sent_total`; `agent_heartbeat_failing`: 1 if the last one failed.
-- `agent_attestation_head_seq` (absent before the first), `agent_attestations_unsent`,
+- `agent_attestations_signed_total`; `agent_attested_energy_joules_total{method}` (measured,
+  estimated): the energy of those windows, the GPUs' whole draw, idle time included;
+  `agent_attestation_head_seq` (absent before the first), `agent_attestations_unsent`,
   `agent_attestation_send_failures_total`, `agent_attestations_set_aside_total` (refused for
   good), `agent_attestation_write_failing`: 1 if the last one could not be stored.
 - `agent_jobs_in_flight`, `agent_jobs_max_concurrency` (absent: no cap).
@@ -57,6 +59,18 @@ def _flag(name: str, documentation: str, on: bool) -> Metric:
 
 def _counter(name: str, documentation: str, value: float) -> Metric:
     return CounterMetricFamily(name, documentation, value=value)
+
+
+def _counters(name: str, documentation: str, label: str, values: dict[str, float]) -> Metric:
+    """One counter per value of `label`."""
+    family = CounterMetricFamily(name, documentation, labels=[label])
+    for key, value in sorted(values.items()):
+        family.add_metric([key], value)
+    return family
+
+
+def _joules(millijoules: dict[str, int]) -> dict[str, float]:
+    return {method: mj / 1000 for method, mj in millijoules.items()}
 
 
 class AgentCollector(Collector):
@@ -106,6 +120,15 @@ def _market(status: dict[str, Any]) -> Iterator[Metric]:
 
 
 def _attestations(attestations: dict[str, Any]) -> Iterator[Metric]:
+    yield _counter(
+        "agent_attestations_signed", "Attestation windows signed.", attestations["signed"]
+    )
+    yield _counters(
+        "agent_attested_energy_joules",
+        "The energy of the attested windows (the rig's GPUs, idle time too), by method.",
+        "method",
+        _joules(attestations["energy_millijoules"]),
+    )
     yield from _gauge(
         "agent_attestation_head_seq", "The seq of the last attestation.", attestations["head_seq"]
     )
@@ -146,29 +169,23 @@ def _jobs(jobs: dict[str, Any]) -> Iterator[Metric]:
         for method, count in methods.items():
             receipts.add_metric([status, method], count)
     yield receipts
-    tokens = CounterMetricFamily("agent_tokens", "Tokens on the signed receipts.", labels=["kind"])
-    tokens.add_metric(["prompt"], served["prompt_tokens"])
-    tokens.add_metric(["completion"], served["completion_tokens"])
-    yield tokens
-    energy = CounterMetricFamily(
+    tokens = {"prompt": served["prompt_tokens"], "completion": served["completion_tokens"]}
+    yield _counters("agent_tokens", "Tokens on the signed receipts.", "kind", tokens)
+    yield _counters(
         "agent_receipt_energy_joules",
         "Energy the signed receipts attribute to their requests, by method.",
-        labels=["method"],
+        "method",
+        _joules(served["energy_millijoules"]),
     )
-    for method, millijoules in served["energy_millijoules"].items():
-        energy.add_metric([method], millijoules / 1000)
-    yield energy
 
 
 def _receipts(receipts: dict[str, Any]) -> Iterator[Metric]:
-    answered = CounterMetricFamily(
+    yield _counters(
         "agent_receipts_answered",
         "The market's answers on the receipt sync, by state.",
-        labels=["state"],
+        "state",
+        receipts["answered"],
     )
-    for state, count in sorted(receipts["answered"].items()):
-        answered.add_metric([state], count)
-    yield answered
     yield _flag(
         "agent_receipt_sync_failing",
         "1 if the last receipt sync failed.",

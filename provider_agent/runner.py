@@ -233,6 +233,8 @@ class AgentRunner:
                 "pid": self.supervisor.pid,
             },
             "attestations": {
+                "signed": self.attestations.produced,
+                "energy_millijoules": dict(sorted(self.attestations.energy_mj.items())),
                 "head_seq": None if head is None else head.message.seq,
                 "unsent": len(self.store.unsent()),
                 "send_failures": self.attestations.send_failures,

@@ -407,12 +407,6 @@ def _sum_or_none(values: list[int | None]) -> int | None:
 
 def _row(envelope: Signed[AttestationMessage], digest: str, model: str | None) -> Attestation:
     message = envelope.message
-    energies: list[int | None] = [
-        None
-        if gpu.energy_mj_end is None or gpu.energy_mj_start is None
-        else gpu.energy_mj_end - gpu.energy_mj_start
-        for gpu in message.gpus
-    ]
     tokens = message.tokens
     return Attestation(
         provider_address=message.provider,
@@ -422,7 +416,7 @@ def _row(envelope: Signed[AttestationMessage], digest: str, model: str | None) -
         window_start_ms=message.window_start,
         window_end_ms=message.window_end,
         energy_method=message.energy_method,
-        energy_mj=None if message.energy_method == "unmeasured" else _sum_or_none(energies),
+        energy_mj=message.energy_mj,
         prompt_tokens=tokens.prompt_tokens_end - tokens.prompt_tokens_start,
         generation_tokens=tokens.generation_tokens_end - tokens.generation_tokens_start,
         avg_power_mw=_sum_or_none([gpu.avg_power_mw for gpu in message.gpus]),

@@ -274,9 +274,15 @@ def test_an_estimated_meter_attests_a_declared_counter_that_continues(tmp_path: 
     with running_market() as market:
 
         async def scenario() -> None:
-            loop, _store, client = make_loop(tmp_path, identity, market, Counters(), meter=meter)
+            loop, store, client = make_loop(tmp_path, identity, market, Counters(), meter=meter)
             await run_for(loop, lambda: len(market.attestations) >= 3)
             await close(client)
+            # what the agent's status and metrics show: the energy of every window it signed
+            signed = [envelope.message for envelope in store.all()]
+            assert loop.produced == len(signed)
+            energy = sum(message.energy_mj or 0 for message in signed)
+            assert energy > 0
+            assert loop.energy_mj == {"estimated": energy}
 
         arun(scenario())
         assert market.refused == []

@@ -126,6 +126,8 @@ def test_run_serves_jobs_reports_to_the_market_and_exits_cleanly_on_sigterm(
         assert metrics["agent_tokens_total", (("kind", "prompt"),)] == receipt["prompt_tokens"]
         # no meter here: the receipt says unmeasured, and no joules are made up
         assert not [name for name, _ in metrics if name == "agent_receipt_energy_joules_total"]
+        assert not [name for name, _ in metrics if name == "agent_attested_energy_joules_total"]
+        assert metrics["agent_attestations_signed_total", ()] >= 2
         assert metrics["agent_jobs_in_flight", ()] == 0
         assert metrics["agent_outbox_writable", ()] == 1
         assert metrics["agent_receipt_sync_failing", ()] == 1  # the unreadable file above
