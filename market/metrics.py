@@ -35,9 +35,6 @@ from fastapi import APIRouter, Request, Response
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
-    GCCollector,
-    PlatformCollector,
-    ProcessCollector,
     generate_latest,
 )
 from prometheus_client.core import GaugeMetricFamily
@@ -48,6 +45,7 @@ from market.db import session_scope, utcnow
 from market.jobs.models import Job, JobStatus, Receipt
 from market.runtime import Runtime
 from market.settlement.models import ChainReconciliation, Epoch, EpochStatus
+from protocol.prometheus import registry_with
 
 
 class MarketCollector(Collector):
@@ -154,12 +152,7 @@ def _settlement(runtime: Runtime) -> Iterator[GaugeMetricFamily]:
 
 def registry_for(runtime: Callable[[], Runtime | None]) -> CollectorRegistry:
     """A registry with the process, platform and GC metrics and the market's own."""
-    registry = CollectorRegistry()
-    ProcessCollector(registry=registry)
-    PlatformCollector(registry=registry)
-    GCCollector(registry=registry)
-    registry.register(MarketCollector(runtime))
-    return registry
+    return registry_with(MarketCollector(runtime))
 
 
 router = APIRouter()

@@ -32,9 +32,6 @@ from typing import Any
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
-    GCCollector,
-    PlatformCollector,
-    ProcessCollector,
     generate_latest,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -42,6 +39,7 @@ from prometheus_client.registry import Collector
 from starlette.requests import Request
 from starlette.responses import Response
 
+from protocol.prometheus import registry_with
 from provider_agent.supervisor import EngineState
 
 Status = Callable[[], dict[str, Any]]
@@ -200,12 +198,7 @@ def _receipts(receipts: dict[str, Any]) -> Iterator[Metric]:
 
 def registry_for(status: Status) -> CollectorRegistry:
     """A registry with the process, platform and GC metrics and the agent's own."""
-    registry = CollectorRegistry()
-    ProcessCollector(registry=registry)
-    PlatformCollector(registry=registry)
-    GCCollector(registry=registry)
-    registry.register(AgentCollector(status))
-    return registry
+    return registry_with(AgentCollector(status))
 
 
 def metrics_endpoint(registry: CollectorRegistry) -> Callable[[Request], Any]:
