@@ -391,8 +391,8 @@ def _agent_summary(http: httpx.Client, host: str, port: int) -> str:
     )
     line = (
         f"{'healthy' if status['healthy'] else 'unhealthy'}: engine {status['engine']['state']},"
-        f" {registered}, {in_flight}; since start {receipts} receipts,"
-        f" {served['prompt_tokens']} prompt + {served['completion_tokens']} completion tokens,"
+        f" {registered}, {in_flight}; served since start: receipts {receipts}, tokens"
+        f" {served['prompt_tokens']} prompt + {served['completion_tokens']} completion,"
         f" energy {energy or 'not measured'}"
     )
     return escape(line) if status["healthy"] else f"[yellow]{escape(line)}[/]"

@@ -15,7 +15,7 @@ so the two never disagree. Counters count since the agent started.
   `agent_attestation_head_seq` (absent before the first), `agent_attestations_unsent`,
   `agent_attestation_send_failures_total`, `agent_attestations_set_aside_total` (refused for
   good), `agent_attestation_write_failing`: 1 if the last one could not be stored.
-- `agent_jobs_in_flight`, `agent_jobs_max_concurrency` (absent: no cap).
+- `agent_jobs_in_flight`, `agent_jobs_max_concurrency` (`offer.max_concurrency`).
 - `agent_receipts_total{status, energy_method}`: receipts signed and stored;
   `agent_tokens_total{kind}` (prompt, completion) on them;
   `agent_receipt_energy_joules_total{method}` (measured, estimated): the energy they attribute

@@ -145,8 +145,8 @@ def test_run_serves_jobs_reports_to_the_market_and_exits_cleanly_on_sigterm(
         shown = shown_by.stdout
         assert (
             "healthy: engine healthy, registered (context length 4096), 0 of 8 jobs in flight;"
-            f" since start 1 receipts, {receipt['prompt_tokens']} prompt + 5 completion tokens,"
-            " energy not measured"
+            f" served since start: receipts 1, tokens {receipt['prompt_tokens']} prompt + 5"
+            " completion, energy not measured"
         ) in shown
         sent = agent.data_dir / "receipts-sent.jsonl"
         assert f"unavailable: cannot read {sent}: Is a directory" in shown
