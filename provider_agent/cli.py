@@ -382,8 +382,7 @@ def _agent_summary(http: httpx.Client, host: str, port: int) -> str:
         registered = f"registered (context length {registration['context_length']})"
     else:
         registered = f"not registered ({registration['last_error'] or 'not yet'})"
-    limit = jobs["max_concurrency"]
-    in_flight = f"{jobs['in_flight']}{'' if limit is None else f' of {limit}'} jobs in flight"
+    in_flight = f"{jobs['in_flight']} of {jobs['max_concurrency']} jobs in flight"
     served = jobs["served"]
     receipts = sum(n for methods in served["receipts"].values() for n in methods.values())
     energy = ", ".join(

@@ -154,8 +154,8 @@ def _attestations(attestations: dict[str, Any]) -> Iterator[Metric]:
 
 def _jobs(jobs: dict[str, Any]) -> Iterator[Metric]:
     yield GaugeMetricFamily("agent_jobs_in_flight", "Jobs being served.", value=jobs["in_flight"])
-    yield from _gauge(
-        "agent_jobs_max_concurrency", "The most jobs served at once.", jobs["max_concurrency"]
+    yield GaugeMetricFamily(
+        "agent_jobs_max_concurrency", "The most jobs served at once.", value=jobs["max_concurrency"]
     )
     served = jobs["served"]
     receipts = CounterMetricFamily(
