@@ -48,7 +48,7 @@ from provider_agent.calibrate import (
     served_model_name,
     sign_calibration,
 )
-from provider_agent.config import AgentSettings, ConfigError, load_settings
+from provider_agent.config import AgentSettings, ConfigError, ListenSettings, load_settings
 from provider_agent.doctor import Check, failed, run_doctor
 from provider_agent.energy import (
     EnergyMeter,
@@ -65,6 +65,7 @@ from provider_agent.provisioning import (
     rotate_bound_key,
     stake_to,
 )
+from provider_agent.status_access import bearer_header
 from provider_agent.supervisor import engine_environment
 
 app = typer.Typer(
@@ -329,7 +330,7 @@ def status(ctx: typer.Context) -> None:
         except OSError as exc:  # a file of the data dir that cannot be read
             table.add_row(item, _unavailable(f"cannot read {exc.filename}: {exc.strerror}"))
     with httpx.Client(timeout=HTTP_TIMEOUT_S) as http:
-        table.add_row("agent", _agent_summary(http, settings.listen.host, settings.listen.port))
+        table.add_row("agent", _agent_summary(http, settings.listen))
         table.add_row("vLLM", _health(http, settings.vllm.url))
         if settings.market_url is None:
             table.add_row("market", _unavailable("market_url not set"))
@@ -366,14 +367,16 @@ def _attestations_summary(data_dir: Path) -> str:
     return f"{summary}, {refused} refused by the market (listed in {store.refused_path})"
 
 
-def _agent_summary(http: httpx.Client, host: str, port: int) -> str:
+def _agent_summary(http: httpx.Client, listen: ListenSettings) -> str:
     """What a running `provider-agent run` says of itself (`GET /agent/status`)."""
-    target = _local(host)
-    url = f"http://{f'[{target}]' if ':' in target else target}:{port}/agent/status"
+    target = _local(listen.host)
+    url = f"http://{f'[{target}]' if ':' in target else target}:{listen.port}/agent/status"
     try:
-        response = http.get(url)
+        response = http.get(url, headers=bearer_header(listen.status_token))
     except httpx.HTTPError:
         return _unavailable(f"not running (nothing answers at {url})")
+    if response.status_code == 401:
+        return _unavailable(f"{url} answered 401: listen.status_token is not the agent's")
     if response.status_code != 200:
         return _unavailable(f"{url} answered {response.status_code}")
     status = response.json()

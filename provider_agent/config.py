@@ -155,6 +155,10 @@ class ListenSettings(_Group):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8100, ge=1, le=65535)
+    status_token: SecretStr | None = Field(default=None, min_length=16)
+    """The bearer token `GET /agent/status` and `GET /metrics` ask for (`Authorization:
+    Bearer <token>`, 401 without it); unset: they answer whoever reaches the job address,
+    which the market must reach."""
 
 
 class RunSettings(_Group):

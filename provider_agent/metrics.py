@@ -26,7 +26,7 @@ so the two never disagree. Counters count since the agent started.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from prometheus_client import (
@@ -201,7 +201,7 @@ def registry_for(status: Status) -> CollectorRegistry:
     return registry_with(AgentCollector(status))
 
 
-def metrics_endpoint(registry: CollectorRegistry) -> Callable[[Request], Any]:
+def metrics_endpoint(registry: CollectorRegistry) -> Callable[[Request], Awaitable[Response]]:
     """`GET /metrics` in Prometheus' text format."""
 
     async def metrics(_: Request) -> Response:

@@ -53,6 +53,7 @@ from provider_agent.metrics import metrics_endpoint, registry_for
 from provider_agent.pricing import PricingError, with_resolved_prices
 from provider_agent.receipt_sync import sync_receipts
 from provider_agent.registration import signed_registration
+from provider_agent.status_access import guarded
 from provider_agent.supervisor import EngineState, EngineSupervisor, SupervisorConfig
 
 log = logging.getLogger(__name__)
@@ -280,8 +281,10 @@ class AgentRunner:
         async def agent_status(_: Request) -> JSONResponse:
             return JSONResponse(self.status())
 
-        app.add_route("/agent/status", agent_status, methods=["GET"])
-        app.add_route("/metrics", metrics_endpoint(registry_for(self.status)), methods=["GET"])
+        token = self.settings.listen.status_token
+        app.add_route("/agent/status", guarded(agent_status, token), methods=["GET"])
+        metrics = metrics_endpoint(registry_for(self.status))
+        app.add_route("/metrics", guarded(metrics, token), methods=["GET"])
         return app
 
     async def _register(self) -> None:

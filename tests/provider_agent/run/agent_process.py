@@ -50,10 +50,16 @@ class AgentProcess:
         """The job endpoint's base URL."""
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def status_headers(self) -> dict[str, str]:
+        """What authorises reading its status and metrics (`listen.status_token`)."""
+        token = self.env.get("AGENT_LISTEN__STATUS_TOKEN")
+        return {} if token is None else {"authorization": f"Bearer {token}"}
+
     def status(self) -> dict[str, Any] | None:
         """`GET /agent/status`, or `None` while it does not answer."""
         try:
-            response = httpx.get(f"{self.url}/agent/status", timeout=2)
+            response = httpx.get(f"{self.url}/agent/status", headers=self.status_headers, timeout=2)
         except httpx.HTTPError:
             return None
         result: dict[str, Any] = response.json()
@@ -61,7 +67,7 @@ class AgentProcess:
 
     def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         """`GET /metrics`, parsed: each sample's value by its name and sorted labels."""
-        response = httpx.get(f"{self.url}/metrics", timeout=5)
+        response = httpx.get(f"{self.url}/metrics", headers=self.status_headers, timeout=5)
         response.raise_for_status()
         assert response.headers["content-type"].startswith("text/plain; version=")
         return {

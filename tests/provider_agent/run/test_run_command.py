@@ -23,6 +23,7 @@ from tests.provider_agent.run.market_double import DOMAIN, MarketDouble, running
 UPSTREAM = Path(__file__).resolve().parents[2] / "support" / "openai_upstream.py"
 DIGEST = "0x" + "ab" * 32
 MODEL = "tiny-llama"
+STATUS_TOKEN = "status-token-of-this-rig"
 
 
 @contextmanager
@@ -86,9 +87,17 @@ def test_run_serves_jobs_reports_to_the_market_and_exits_cleanly_on_sigterm(
             model_digest=DIGEST,
             market_url=market.url,
             domain=DOMAIN,
+            extra_env={"AGENT_LISTEN__STATUS_TOKEN": STATUS_TOKEN},
         ) as agent,
     ):
         status = agent.wait_healthy()
+        # the status and the metrics ask for the token; the job endpoint does not
+        for path in ("/agent/status", "/metrics"):
+            for headers in ({}, {"authorization": "Bearer not-the-token"}):
+                refused = httpx.get(f"{agent.url}{path}", headers=headers, timeout=5)
+                assert refused.status_code == 401, (path, refused.text)
+                assert refused.headers["www-authenticate"] == "Bearer"
+                assert refused.json()["error"]["code"] == "unauthorized"
         engine_pid = status["engine"]["pid"]
         assert engine_pid is not None
         engine_environ = Path(f"/proc/{engine_pid}/environ").read_bytes().split(b"\0")
@@ -150,6 +159,11 @@ def test_run_serves_jobs_reports_to_the_market_and_exits_cleanly_on_sigterm(
         ) in shown
         sent = agent.data_dir / "receipts-sent.jsonl"
         assert f"unavailable: cannot read {sent}: Is a directory" in shown
+        wrong_token = {**agent.env, "AGENT_LISTEN__STATUS_TOKEN": "x" * 16, "COLUMNS": "400"}
+        shown = subprocess.run(
+            [str(AGENT), "status"], env=wrong_token, capture_output=True, text=True, timeout=60
+        ).stdout
+        assert "/agent/status answered 401: listen.status_token is not the agent's" in shown
         # the context the engine reports serving (vLLM's max_model_len), read from the engine
         assert market.registrations[0]["message"]["context_length"] == 4096
         assert market.refused == []
