@@ -29,6 +29,9 @@ contract Settlement is ISettlement, AccessControl, Pausable, ReentrancyGuardTran
     bytes32 public constant PAUSER_ROLE = keccak256("PAUSER_ROLE");
 
     uint16 private constant _BPS = 10_000;
+    /// @dev The longest delay or reward interval a deployment may set: a longer one would lock
+    ///      exits for good, and one near uint64's end would overflow when it is added.
+    uint64 private constant _MAX_DELAY = 365 days;
 
     /// @notice Deployment parameters.
     struct Config {
@@ -119,6 +122,13 @@ contract Settlement is ISettlement, AccessControl, Pausable, ReentrancyGuardTran
             revert ZeroAddress();
         }
         if (config.maxFeeBps > _BPS) revert InvalidConfig("maxFeeBps");
+        // a zero delay would let escrow or stake leave in the block it is asked for, before
+        // the work it owes settles or is slashed
+        if (config.withdrawalDelay == 0 || config.withdrawalDelay > _MAX_DELAY) {
+            revert InvalidConfig("withdrawalDelay");
+        }
+        if (config.unstakeDelay == 0 || config.unstakeDelay > _MAX_DELAY) revert InvalidConfig("unstakeDelay");
+        if (config.minRewardInterval > _MAX_DELAY) revert InvalidConfig("minRewardInterval");
         paymentToken = paymentToken_;
         networkToken = networkToken_;
         withdrawalDelay = config.withdrawalDelay;
@@ -255,14 +265,18 @@ contract Settlement is ISettlement, AccessControl, Pausable, ReentrancyGuardTran
         uint256 rewarded = _sumRewards(batch.rewards);
 
         lastSettledEpoch = batch.epoch;
-        if (batch.rewards.length > 0) lastRewardedAt = uint64(block.timestamp);
+        if (rewarded > 0) lastRewardedAt = uint64(block.timestamp);
         epochRoot[batch.epoch] = batch.receiptsRoot;
         _addSettled(_toUint128(debited), _toUint128(credited), _toUint128(batch.fee));
         emit EpochSettled(batch.epoch, batch.receiptsRoot, batch.receiptCount, debited, batch.fee, rewarded);
 
         for (uint256 i; i < batch.rewards.length; ++i) {
             Credit calldata reward = batch.rewards[i];
-            networkToken.mintReward(reward.provider, reward.amount, batch.epoch);
+            if (_isActive(reward.provider)) {
+                networkToken.mintReward(reward.provider, reward.amount, batch.epoch);
+            } else {
+                emit RewardForfeited(batch.epoch, reward.provider, reward.amount);
+            }
         }
     }
 
@@ -403,6 +417,10 @@ contract Settlement is ISettlement, AccessControl, Pausable, ReentrancyGuardTran
         }
     }
 
+    /// @dev The rewards that will be minted: those to providers active now. A provider can
+    ///      leave (`requestUnstake`) between the operator's decision and the mined batch; its
+    ///      reward is then forfeited rather than the epoch refused, or any rewarded provider
+    ///      could hold every epoch up, and every payment with it.
     function _sumRewards(Credit[] calldata rewards) private view returns (uint256 total) {
         if (rewards.length == 0) return 0;
         uint64 availableAt = lastRewardedAt + minRewardInterval;
@@ -410,8 +428,7 @@ contract Settlement is ISettlement, AccessControl, Pausable, ReentrancyGuardTran
         for (uint256 i; i < rewards.length; ++i) {
             address provider = rewards[i].provider;
             if (!_providers[provider].registered) revert UnknownProvider(provider);
-            if (!_isActive(provider)) revert RewardToInactiveProvider(provider);
-            total += rewards[i].amount;
+            if (_isActive(provider)) total += rewards[i].amount;
         }
         uint256 cap = networkToken.epochMintCap();
         if (total > cap) revert RewardCapExceeded(total, cap);

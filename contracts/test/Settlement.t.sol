@@ -63,6 +63,36 @@ contract SettlementTest is Base {
         new Settlement(admin, usd, net, config);
     }
 
+    function test_constructor_revertsOnDelaysOutOfRange() public {
+        Settlement.Config memory config = _config();
+        config.withdrawalDelay = 0;
+        vm.expectRevert(abi.encodeWithSelector(ISettlement.InvalidConfig.selector, "withdrawalDelay"));
+        new Settlement(admin, usd, net, config);
+        config.withdrawalDelay = 365 days + 1;
+        vm.expectRevert(abi.encodeWithSelector(ISettlement.InvalidConfig.selector, "withdrawalDelay"));
+        new Settlement(admin, usd, net, config);
+
+        config = _config();
+        config.unstakeDelay = 0;
+        vm.expectRevert(abi.encodeWithSelector(ISettlement.InvalidConfig.selector, "unstakeDelay"));
+        new Settlement(admin, usd, net, config);
+        config.unstakeDelay = type(uint64).max;
+        vm.expectRevert(abi.encodeWithSelector(ISettlement.InvalidConfig.selector, "unstakeDelay"));
+        new Settlement(admin, usd, net, config);
+
+        config = _config();
+        config.minRewardInterval = 365 days + 1;
+        vm.expectRevert(abi.encodeWithSelector(ISettlement.InvalidConfig.selector, "minRewardInterval"));
+        new Settlement(admin, usd, net, config);
+    }
+
+    function test_constructor_acceptsTheLongestDelays() public {
+        Settlement.Config memory config = _config();
+        (config.withdrawalDelay, config.unstakeDelay, config.minRewardInterval) = (365 days, 365 days, 365 days);
+        Settlement longest = new Settlement(admin, usd, net, config);
+        assertEq(longest.unstakeDelay(), 365 days);
+    }
+
     function test_constructor_acceptsWholeFee() public {
         Settlement.Config memory config = _config();
         config.maxFeeBps = 10_000;
@@ -995,17 +1025,46 @@ contract SettlementTest is Base {
         settlement.settleEpoch(b);
     }
 
-    function test_settleEpoch_revertsOnRewardToInactiveProvider() public {
-        _market(0, 0);
+    function test_settleEpoch_forfeitsTheRewardOfAProviderThatLeftAndSettlesTheRest() public {
+        _market(100e6, 0);
+        // the operator decides the rewards; then prov2 asks to unstake (front-running, say)
         vm.prank(prov2);
         settlement.requestUnstake(1); // leaving: below the minimum stake that stays
-        ISettlement.EpochBatch memory b = _emptyBatch(1);
+        ISettlement.EpochBatch memory b = _simpleBatch(1, alice, prov2, 95e6, 5e6);
         b.rewards = new ISettlement.Credit[](2);
+        b.rewards[0] = ISettlement.Credit(prov1, 6_000e18);
+        b.rewards[1] = ISettlement.Credit(prov2, 4_000e18);
+
+        vm.expectEmit(address(settlement));
+        emit ISettlement.EpochSettled(1, b.receiptsRoot, 1, 100e6, 5e6, 6_000e18);
+        vm.expectEmit(address(net));
+        emit INetworkToken.RewardMinted(1, prov1, 6_000e18);
+        vm.expectEmit(address(settlement));
+        emit ISettlement.RewardForfeited(1, prov2, 4_000e18);
+        _settle(b);
+
+        assertEq(settlement.lastSettledEpoch(), 1);
+        assertEq(settlement.earnings(prov2), 95e6); // paid for its work all the same
+        assertEq(net.balanceOf(prov1), PROVIDER_NET - MIN_STAKE + 6_000e18);
+        assertEq(net.balanceOf(prov2), PROVIDER_NET - MIN_STAKE);
+        assertEq(net.mintedInEpoch(1), 6_000e18);
+        assertEq(settlement.lastRewardedAt(), block.timestamp);
+        _assertSolvent();
+    }
+
+    function test_settleEpoch_withEveryRewardForfeitedMintsNothingAndLeavesTheIntervalAlone() public {
+        _market(0, 0);
+        vm.prank(prov1);
+        settlement.requestUnstake(MIN_STAKE);
+        ISettlement.EpochBatch memory b = _emptyBatch(1);
+        b.rewards = new ISettlement.Credit[](1);
         b.rewards[0] = ISettlement.Credit(prov1, 1e18);
-        b.rewards[1] = ISettlement.Credit(prov2, 1e18);
-        vm.prank(operator);
-        vm.expectRevert(abi.encodeWithSelector(ISettlement.RewardToInactiveProvider.selector, prov2));
-        settlement.settleEpoch(b);
+        vm.expectEmit(address(settlement));
+        emit ISettlement.RewardForfeited(1, prov1, 1e18);
+        _settle(b);
+        assertEq(settlement.lastSettledEpoch(), 1);
+        assertEq(net.mintedInEpoch(1), 0);
+        assertEq(settlement.lastRewardedAt(), 0); // nothing minted: the next rewards may come
     }
 
     function test_settleEpoch_revertsOnCreditToUnknownProvider() public {

@@ -45,6 +45,8 @@ contract SettlementHandler is TestBase {
     uint256 public ghostUnstaked;
     uint256 public ghostSlashed;
     uint256 public ghostRewards;
+    /// Rewards named in a batch to a provider that was not active, so not minted.
+    uint256 public forfeitedRewards;
     uint64 public ghostSettles;
     /// When the handler last unpaused (0: never); exits wait a full delay after it.
     uint64 public ghostUnpausedAt;
@@ -306,7 +308,8 @@ contract SettlementHandler is TestBase {
     // --- operator, verifier, admin --------------------------------------------------------------
 
     /// Settles the next epoch with a random balanced batch over the buyers with escrow and the
-    /// registered providers, a random fee within the limit and random rewards within the cap.
+    /// registered providers, a random fee within the limit and random rewards within the cap
+    /// to registered providers, active or not (an inactive one's reward is forfeited).
     function settle(uint256 seed) external clocked("settle") {
         ISettlement.EpochBatch memory b = _randomBatch(seed);
         uint256 debited;
@@ -315,7 +318,8 @@ contract SettlementHandler is TestBase {
         }
         uint256 rewarded;
         for (uint256 i; i < b.rewards.length; ++i) {
-            rewarded += b.rewards[i].amount;
+            if (s.isActiveProvider(b.rewards[i].provider)) rewarded += b.rewards[i].amount;
+            else forfeitedRewards += 1;
         }
         vm.prank(operator);
         try s.settleEpoch(b) {
@@ -472,17 +476,6 @@ contract SettlementHandler is TestBase {
         return address(0);
     }
 
-    function _active() internal view returns (address[] memory active) {
-        active = new address[](_providers.length);
-        uint256 n;
-        for (uint256 k; k < _providers.length; ++k) {
-            if (s.isActiveProvider(_providers[k])) active[n++] = _providers[k];
-        }
-        assembly ("memory-safe") {
-            mstore(active, n)
-        }
-    }
-
     function _oneCredit(address provider, ISettlement.Debit[] memory debits)
         internal
         pure
@@ -508,7 +501,7 @@ contract SettlementHandler is TestBase {
         uint256 limit = debited * maxFeeBps / 10_000;
         b.fee = rf % 5 == 0 ? limit : bound(rf, 0, limit);
         b.credits = _randomCredits(seed, registered, debited - b.fee);
-        b.rewards = _randomRewards(seed, _active());
+        b.rewards = _randomRewards(seed, registered);
     }
 
     function _registered() internal view returns (address[] memory registered) {
@@ -566,7 +559,7 @@ contract SettlementHandler is TestBase {
         }
     }
 
-    /// Up to two rewards to active providers (registered, minimum stake), within the cap together.
+    /// Up to two rewards to registered providers, within the cap together.
     function _randomRewards(uint256 seed, address[] memory registered)
         internal
         view
@@ -604,6 +597,7 @@ contract SettlementHandler is TestBase {
         console.log("withdrawals paid", paidWithdrawals);
         console.log("unstakes paid", paidUnstakes);
         console.log("earnings paid", paidEarnings);
+        console.log("rewards forfeited", forfeitedRewards);
         console.log("batches rejected", ghostRejectedBatches);
         console.log("keys rotated", rotations);
     }

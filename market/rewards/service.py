@@ -11,6 +11,11 @@ epoch. Providers that are not active on-chain (registered with the minimum stake
 leaving) get nothing and are logged; their weight is left out, so the pool goes to the rest.
 Rewards are network tokens: they are minted by the contract to the provider and never
 touch the payment-token ledger.
+
+A provider can leave (`requestUnstake`) between this decision and the block that mines the
+batch. The contract then forfeits that provider's reward (`RewardForfeited`) and settles the
+rest of the epoch; `record_forfeits` takes the reward off the epoch's lines when the
+settlement is booked, so they show what was minted.
 """
 
 from __future__ import annotations
@@ -158,6 +163,35 @@ def decide_rewards(
     session.flush()
     log.info("epoch %d rewards: %s", number, note)
     return RewardDecision(rewards, epoch.total_reward, note)
+
+
+FORFEITED = "reward forfeited: not active on-chain when the batch was mined"
+
+
+def record_forfeits(session: Session, epoch: Epoch, forfeited: dict[str, int]) -> None:
+    """Takes the rewards the contract forfeited (amounts by provider address) off epoch
+    `epoch`'s reward lines and total, marks the providers' weights, and says so in the note."""
+    if not forfeited:
+        return
+    by_address = {a.lower(): v for a, v in forfeited.items()}
+    lines = session.scalars(
+        select(EpochLine).where(EpochLine.epoch == epoch.number, EpochLine.kind == LineKind.REWARD)
+    ).all()
+    for line in lines:
+        if line.address.lower() in by_address:
+            session.delete(line)
+    weights = session.scalars(
+        select(EpochRewardWeight).where(EpochRewardWeight.epoch == epoch.number)
+    ).all()
+    for row in weights:
+        if row.address.lower() in by_address and row.excluded is None:
+            row.excluded = FORFEITED
+    total = sum(forfeited.values())
+    epoch.total_reward -= total
+    note = f"{epoch.reward_note or ''}; {len(forfeited)} forfeited ({total}): left before mining"
+    epoch.reward_note = note.lstrip("; ")[:300]
+    session.flush()
+    log.warning("epoch %d: rewards forfeited on-chain: %s", epoch.number, forfeited)
 
 
 def _reward_window(client: SettlementClient, pool: int) -> str | None:

@@ -85,7 +85,7 @@ from market.providers.service import key_rotated
 from market.reviews.models import ReceiptCheckStatus
 from market.reviews.receipts import check_receipts
 from market.reviews.service import DEFAULT_HOLD_KINDS, open_reviews
-from market.rewards.service import decide_rewards
+from market.rewards.service import decide_rewards, record_forfeits
 from market.settlement.batch_size import select_parties
 from market.settlement.coverage import shortfalls
 from market.settlement.errors import (
@@ -399,6 +399,8 @@ def record_settlement(
         )
     if tx_hash is None:
         tx_hash, block = _find_settlement_tx(client, number)
+    if block is not None and epoch.total_reward > 0:
+        record_forfeits(session, epoch, client.forfeited_rewards(number, block))
     legs: list[Leg] = []
     for line in repo.lines_of(number):
         if line.kind is LineKind.CREDIT:

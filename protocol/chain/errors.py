@@ -80,9 +80,6 @@ UnbalancedBatch = _revert(
 FeeExceedsLimit = _revert("FeeExceedsLimit", "fee {fee} exceeds the limit {limit}")
 RewardCapExceeded = _revert("RewardCapExceeded", "rewards {total} exceed the epoch cap {cap}")
 RewardsTooSoon = _revert("RewardsTooSoon", "the next rewards may be minted from {availableAt}")
-RewardToInactiveProvider = _revert(
-    "RewardToInactiveProvider", "provider {provider} lacks the minimum stake for a reward"
-)
 EvidenceAlreadyUsed = _revert("EvidenceAlreadyUsed", "evidence {evidenceHash} was already used")
 InvalidConfig = _revert("InvalidConfig", "configuration field {field} is out of range")
 # Tokens

@@ -202,6 +202,16 @@ class SettlementClient:
         """The receipts Merkle root recorded for `epoch` (zeros if not settled)."""
         return bytes(self._call(self.settlement, "epochRoot", epoch))
 
+    def forfeited_rewards(self, epoch: int, block: int) -> dict[str, int]:
+        """The rewards of `epoch`, settled in `block`, that were not minted because their
+        provider was not active when the batch was mined (`RewardForfeited`), by address."""
+        forfeited: dict[str, int] = {}
+        for event in self.events("RewardForfeited", block, block):
+            if int(event.args["epoch"]) == epoch:
+                provider = str(event.args["provider"])
+                forfeited[provider] = forfeited.get(provider, 0) + int(event.args["amount"])
+        return forfeited
+
     def verify_receipt(self, epoch: int, receipt_hash: bytes, proof: list[bytes]) -> bool:
         """Asks the contract whether the receipt is in the epoch's tree."""
         return bool(self._call(self.settlement, "verifyReceipt", epoch, receipt_hash, proof))

@@ -80,8 +80,6 @@ interface ISettlement {
     /// @notice Rewards were already minted less than the minimum epoch interval ago; the next
     ///         rewards may be minted from `availableAt`.
     error RewardsTooSoon(uint64 availableAt);
-    /// @notice `provider` is not registered with the minimum stake, so it earns no reward.
-    error RewardToInactiveProvider(address provider);
     /// @notice This evidence was already used for a slash.
     error EvidenceAlreadyUsed(bytes32 evidenceHash);
     /// @notice A configuration value is out of its allowed range.
@@ -113,6 +111,10 @@ interface ISettlement {
     event EpochSettled(
         uint64 indexed epoch, bytes32 receiptsRoot, uint64 receiptCount, uint256 debited, uint256 fee, uint256 rewards
     );
+    /// @notice `provider`'s reward of `amount` in epoch `epoch` was not minted: when the batch
+    ///         was mined the provider was not active (less than the minimum stake left once its
+    ///         pending unstake is taken off). The rest of the epoch settles.
+    event RewardForfeited(uint64 indexed epoch, address indexed provider, uint256 amount);
     /// @notice `provider` withdrew `amount` of earnings.
     event EarningsWithdrawn(address indexed provider, uint256 amount);
     /// @notice The protocol's accrued fees, `amount`, went to `to`.
@@ -170,7 +172,9 @@ interface ISettlement {
     // Operator and verifier
     // ----------------------------------------------------------------------------------------
 
-    /// @notice Settles the next epoch whole, or reverts whole.
+    /// @notice Settles the next epoch whole, or reverts whole. A reward to a registered provider
+    ///         that is not active when the batch is mined is forfeited (`RewardForfeited`),
+    ///         not a revert, so that no provider can hold the epoch up by leaving.
     function settleEpoch(EpochBatch calldata batch) external;
 
     /// @notice Burns `amount` of `provider`'s stake for the evidence `evidenceHash`.

@@ -11,6 +11,7 @@ from market.config import Settings
 from market.db import session_scope
 from market.jobs.models import Receipt
 from market.rewards.rule import efficiency_multiplier, largest_remainder
+from market.rewards.service import FORFEITED
 from market.settlement import service
 from market.settlement.tasks import TaskContext, close_epoch
 from protocol.chain.connection import EMBEDDED
@@ -117,3 +118,43 @@ def test_cap_respected_and_interval(market: Market) -> None:
         note = service.get_epoch(session, number).reward_note
     assert note is not None
     assert "capped" in note
+
+
+@EMBEDDED_ONLY
+def test_a_provider_leaving_before_the_batch_is_mined_forfeits_only_its_reward(
+    market: Market, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    buyer = market.buyer(10_000_000)
+    a = _staked(market)
+    leaver = market.account()
+    market.client.register_provider(leaver, secrets.token_bytes(32))
+    market.client.transfer_network(market.chain.operator, leaver.address, STAKE)
+    market.client.stake(leaver, STAKE)
+    market.receipt(buyer.address, a, 1_000, 50)
+    market.receipt(buyer.address, leaver.address, 1_000, 50)
+    send = market.chain.client.settle_epoch
+
+    def leave_first(*args, **kwargs):  # type: ignore[no-untyped-def]
+        # after the rewards were decided with both providers active, before the batch
+        # is mined: the leaver asks to unstake (a front-run)
+        market.client.request_unstake(leaver, STAKE)
+        return send(*args, **kwargs)
+
+    monkeypatch.setattr(market.chain.client, "settle_epoch", leave_first)
+    pool = 1_000
+    number = close_epoch(_ctx(market, pool))
+    assert number is not None  # the epoch settled: payments are not held up
+    assert market.client.last_settled_epoch() == number
+    assert market.client.network_balance(a) == 500
+    assert market.client.network_balance(leaver.address) == 0
+    assert market.client.earnings(leaver.address) > 0  # paid for its work all the same
+    with session_scope(market.sessions) as session:
+        detail = service.get_epoch(session, number)
+    assert detail.status == "settled"
+    assert detail.total_reward == 500
+    rewards = {line.address: line.amount for line in detail.lines if line.kind == "reward"}
+    assert rewards == {a: 500}
+    excluded = {w.address: w.excluded for w in detail.reward_weights}
+    assert excluded == {a: None, leaver.address: FORFEITED}
+    assert detail.reward_note is not None
+    assert detail.reward_note.endswith("; 1 forfeited (500): left before mining")

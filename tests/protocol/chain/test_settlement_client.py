@@ -273,13 +273,15 @@ def test_pause_stops_deposits_settlement_and_escrow_exits(chain: Chain) -> None:
 
 def test_rewards_only_for_providers_with_the_minimum_stake(chain: Chain) -> None:
     staked, unstaked = chain.provider(KEY_A), chain.provider(KEY_B, stake=0)
-    batch = EpochBatch(1, ROOT, 0, 0, rewards=[Credit(unstaked.address, 1)])
-    with pytest.raises(errors.RewardToInactiveProvider):
-        chain.client.settle_epoch(chain.admin, batch)
-    chain.client.settle_epoch(
-        chain.admin, EpochBatch(1, ROOT, 0, 0, rewards=[Credit(staked.address, 1)])
+    batch = EpochBatch(
+        1, ROOT, 0, 0, rewards=[Credit(staked.address, 1), Credit(unstaked.address, 7)]
     )
+    receipt = chain.client.settle_epoch(chain.admin, batch)  # the epoch settles all the same
     assert chain.client.network_balance(staked.address) == 1
+    assert chain.client.network_balance(unstaked.address) == 0
+    block = int(receipt["blockNumber"])
+    assert chain.client.forfeited_rewards(1, block) == {unstaked.address: 7}
+    assert chain.client.forfeited_rewards(2, block) == {}
 
 
 def test_concurrent_sends_from_one_account_keep_nonces_straight(chain: Chain) -> None:
