@@ -41,7 +41,7 @@ _KEYS = cast(Table, ApiKey.__table__)
 _LOCK_SPENT = Prepared(
     select(_KEYS.c.spent_money, _KEYS.c.spent_wall_mwh, _KEYS.c.spent_gco2_mg)
     .where(_KEYS.c.id == bindparam("key_id"))
-    .with_for_update()
+    .with_for_update(key_share=True)  # FOR NO KEY UPDATE: see `lock_key`
 )
 _SET_SPENT = Prepared(
     update(_KEYS)
@@ -148,11 +148,16 @@ def check(key: ApiKey, in_flight: int, hold: int, worst: Estimate) -> Unestimabl
 
 
 def lock_key(session: Session, key_id: int) -> ApiKey:
-    """The key, locked for update (PostgreSQL) with its totals as they are now."""
+    """The key, locked for update (PostgreSQL) with its totals as they are now.
+
+    `FOR NO KEY UPDATE`, the lock an UPDATE of other columns takes: it does not wait for
+    the `FOR KEY SHARE` lock a request's job insert takes on the key (its foreign key),
+    which another request may hold while it waits for the buyer's ledger accounts. A
+    transaction that charges takes the key before the accounts, as one that opens does."""
     stmt = (
         select(ApiKey)
         .where(ApiKey.id == key_id)
-        .with_for_update(of=ApiKey)
+        .with_for_update(of=ApiKey, key_share=True)
         .execution_options(populate_existing=True)
     )
     return session.scalars(stmt).one()

@@ -351,9 +351,16 @@ def complete_job(
         )
         charge = job.hold_amount
     fee = charge * fee_bps // BPS
+    energy = receipt.energy
+    if job.api_key_id is not None:
+        # the key's row before the ledger's accounts: the order `open_job`'s caller locks
+        # them in (key budgets, then the hold), or two requests on one key deadlock on
+        # PostgreSQL, each holding the row the other waits for
+        if chain is None:
+            chain = site_chain(energy.method, energy.millijoules, site)
+        record_spend(session, job.api_key_id, charge, chain)
     ledger.settle_hold(session, job_id, charge, job.provider_address, fee)
     now = utcnow()
-    energy = receipt.energy
     repo.insert_receipt(
         {
             "buyer_address": job.buyer_address,
@@ -364,10 +371,6 @@ def complete_job(
             **receipt_columns(session, receipt, envelope, site),
         }
     )
-    if job.api_key_id is not None:
-        if chain is None:
-            chain = site_chain(energy.method, energy.millijoules, site)
-        record_spend(session, job.api_key_id, charge, chain)
     error = None
     if receipt.status == "interrupted":
         error = f"interrupted ({receipt.interrupted_reason})"
