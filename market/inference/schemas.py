@@ -129,6 +129,17 @@ class ChatCompletionRequest(CompletionRequestBase):
     """`POST /v1/chat/completions`."""
 
     messages: list[dict[str, Any]] = Field(min_length=1)
+    include_reasoning: StrictBool | None = None
+
+    @field_validator("include_reasoning")
+    @classmethod
+    def _reasoning_included(cls, include: bool | None) -> bool | None:
+        if include is False:
+            raise ValueError(
+                "include_reasoning: false is not served: vLLM then leaves out the token ids "
+                "the provider's receipt counts, so the answer could not be signed or charged"
+            )
+        return include
 
     def prompt_bound(self, media_part_tokens: int = MEDIA_PART_TOKEN_BOUND) -> int:
         """UTF-8 bytes of the messages and tools, plus template overhead per message; each

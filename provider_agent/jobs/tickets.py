@@ -232,3 +232,7 @@ def _check_limits(payload: dict[str, Any], allowed: int) -> None:
         payload["max_tokens"] = allowed
     if payload.get("n", 1) != 1:
         raise JobError(400, "invalid_body", "only n=1 is served")
+    if payload.get("include_reasoning", True) is not True:
+        # vLLM with a reasoning parser then sends no token ids: no receipt could be signed
+        # for an answer the engine would produce all the same
+        raise JobError(400, "invalid_body", "include_reasoning must be true (or absent)")

@@ -303,6 +303,9 @@ NOT_SERVED: list[tuple[str, dict[str, Any], str | None, str]] = [
     ("completions", {"n": 2}, "n", "only n=1 is served (got 2): each choice is its own job"),
     ("chat/completions", {"n": 3}, "n", "only n=1 is served (got 3)"),
     ("chat/completions", {"return_token_ids": True}, None, "parameter 'return_token_ids' is"),
+    ("chat/completions", {"include_reasoning": False}, "include_reasoning", "include_reasoning:"),
+    ("chat/completions", {"include_reasoning": "false"}, "include_reasoning", "Input should"),
+    ("chat/completions", {"include_reasoning": 0}, "include_reasoning", "Input should"),
 ]
 
 

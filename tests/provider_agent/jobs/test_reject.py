@@ -169,3 +169,12 @@ def test_unknown_routes_and_methods_answer_in_the_error_shape(
     wrong = asyncio.run(get())
     assert (wrong.status_code, wrong.json()["error"]["code"]) == (405, "method_not_allowed")
     assert wrong.headers["allow"] == "POST"
+
+
+@pytest.mark.parametrize("include", [False, 0, "false", None])
+def test_a_body_leaving_out_the_reasoning_is_refused(
+    harness: Harness, upstream: UpstreamProcess, include: object
+) -> None:
+    # vLLM with a reasoning parser sends no token ids then: the answer could not be receipted
+    body = chat_body(include_reasoning=include)
+    _refused(harness, upstream, harness.header(harness.ticket(body)), body, 400, "invalid_body")
