@@ -2,7 +2,8 @@
 
 The app's global handlers answer in OpenAI's envelope, because the OpenAI-compatible routes
 are what most clients call. Routers of the market's own API (buyers, settlement, ...) use
-`MarketErrorRoute`, which answers `MarketError`s and invalid requests in `MarketError.body()`.
+`MarketErrorRoute`, which answers `MarketError`s, invalid requests and unexpected errors (500
+`internal_error`) in `MarketError.body()`.
 
 The route turns the error into a response inside FastAPI's dependency stacks, so a `yield`
 dependency never sees it: a writing route takes its session from `transaction`, below, which
@@ -11,6 +12,7 @@ rolls back when the route marked the request as failed.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Annotated, Any
 
@@ -20,10 +22,11 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from sqlalchemy.orm import Session
 
-from market.errors import InvalidRequestError, MarketError
+from market.errors import INTERNAL_ERROR, InvalidRequestError, MarketError
 from market.runtime import Runtime, get_runtime
 
 _FAILED = "market_error_answered"
+log = logging.getLogger(__name__)
 
 
 def _validation_message(exc: RequestValidationError) -> str:
@@ -50,6 +53,11 @@ class MarketErrorRoute(APIRoute):
                 setattr(request.state, _FAILED, True)
                 error = InvalidRequestError(_validation_message(exc))
                 return JSONResponse(status_code=error.status_code, content=error.body())
+            except Exception:  # a bug: 500 in this body too, the traceback in the log
+                setattr(request.state, _FAILED, True)
+                log.exception("%s %s failed", request.method, request.url.path)
+                bug = MarketError(INTERNAL_ERROR, code="internal_error")
+                return JSONResponse(status_code=500, content=bug.body())
 
         return handle
 

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
+INTERNAL_ERROR = "The server had an error while processing your request. Sorry about that!"
+"""What a 500 says (OpenAI's words); the traceback goes to the log."""
+
 
 class MarketError(Exception):
     """Root of every error the market raises on purpose.

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Query, status
+from fastapi import APIRouter, Depends, Header, Path, Query, status
 from sqlalchemy.orm import Session
 
 from market.addresses import checksum_address
@@ -19,6 +19,7 @@ from market.api_errors import MarketErrorRoute, transaction
 from market.buyers import service
 from market.buyers.nonces import consume_nonce
 from market.buyers.schemas import (
+    MAX_BIGINT,
     ApiKeyCreate,
     ApiKeyIssued,
     ApiKeyRead,
@@ -34,6 +35,8 @@ router = APIRouter(tags=["buyers"], route_class=MarketErrorRoute)
 
 
 DB = Annotated[Session, Depends(transaction, scope="function")]
+KeyId = Annotated[int, Path(ge=1, le=MAX_BIGINT)]
+"""A key's id: a positive BIGINT (a larger one is 422, not a database overflow)."""
 """The request's transaction: the nonce is consumed in it, and rolled back if the request fails."""
 MessageHeader = Annotated[str | None, Header(alias="X-Buyer-Message")]
 SignatureHeader = Annotated[str | None, Header(alias="X-Buyer-Signature")]
@@ -120,7 +123,7 @@ def list_api_keys(
 
 @router.delete("/buyers/{address}/api-keys/{key_id}", response_model=ApiKeyRead)
 def revoke_api_key(
-    key_id: int,
+    key_id: KeyId,
     session: DB,
     buyer_address: Annotated[str, Depends(signed(BuyerAction.REVOKE_API_KEY))],
 ) -> ApiKeyRead:
@@ -131,7 +134,7 @@ def revoke_api_key(
 
 @router.patch("/buyers/{address}/api-keys/{key_id}", response_model=ApiKeyRead)
 def update_api_key(
-    key_id: int,
+    key_id: KeyId,
     body: ApiKeyUpdate,
     session: DB,
     buyer_address: Annotated[str, Depends(signed(BuyerAction.UPDATE_API_KEY))],

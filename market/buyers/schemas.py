@@ -75,7 +75,10 @@ class ApiKeyBudgets(BaseModel):
 class ApiKeyCreate(ApiKeyBudgets):
     """What a buyer may say about a new key: a name to tell it apart, and its budgets."""
 
-    name: str | None = Field(default=None, min_length=1, max_length=100)
+    name: str | None = Field(
+        default=None, min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]*$"
+    )
+    """Any text without control characters (PostgreSQL stores no NUL)."""
 
 
 class ApiKeyUpdate(ApiKeyBudgets):

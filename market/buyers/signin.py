@@ -25,7 +25,6 @@ the docs use it) and `verify_request` the market's stateless half; the nonce is 
 from __future__ import annotations
 
 import base64
-import binascii
 import re
 import secrets
 import time
@@ -59,6 +58,8 @@ DEFAULT_LIFETIME_S = 120
 
 _FIELDS = ("action", "address", "chain_id", "contract", "nonce", "expires_at")
 _NONCE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_DECIMAL = re.compile(r"^[0-9]{1,20}$")
+"""ASCII digits: `str.isdigit` also takes "²", which `int` refuses."""
 _SIGNATURE = re.compile(r"^0x[0-9a-fA-F]{130}$")
 _MAX_MESSAGE_BYTES = 1024
 
@@ -110,7 +111,7 @@ class BuyerRequest:
                 raise SignatureRequiredError(f"expected the line `{name}: ...`, got {line!r}")
             values.append(value)
         action, address, chain_id, contract, nonce, expires_at = values
-        if not chain_id.isdigit() or not expires_at.isdigit():
+        if not _DECIMAL.match(chain_id) or not _DECIMAL.match(expires_at):
             raise SignatureRequiredError("chain_id and expires_at are decimal integers")
         if not _NONCE.match(nonce):
             raise SignatureRequiredError("a nonce is 1 to 64 characters of [A-Za-z0-9_-]")
@@ -162,7 +163,7 @@ def read_request(message_b64: str | None, signature: str | None) -> tuple[BuyerR
         raise SignatureRequiredError(f"{SIGNATURE_HEADER} is 0x and 65 bytes in hex")
     try:
         text = base64.b64decode(message_b64, validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError) as exc:
+    except ValueError as exc:  # binascii.Error, UnicodeDecodeError, non-ASCII header text
         raise SignatureRequiredError(f"{MESSAGE_HEADER} is not base64 of UTF-8 text") from exc
     request = BuyerRequest.parse(text)
     try:

@@ -18,7 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from market.errors import MarketError
+from market.errors import INTERNAL_ERROR, MarketError
 from market.inference.request_id import JOB_ID_HEADER, PREFIX, REQUEST_ID_HEADER, with_request_id
 
 logger = logging.getLogger(__name__)
@@ -113,8 +113,7 @@ async def unhandled_error(request: Request, exc: Exception) -> JSONResponse:
     """A bug: 500 in OpenAI's envelope and words, not Starlette's plain text. It answers from
     outside the request id middleware, so it sets `x-request-id` itself on the `/v1` routes
     and logs it beside the method and path (the server logs the traceback)."""
-    message = "The server had an error while processing your request. Sorry about that!"
-    response = envelope(500, message, "server_error", "internal_error")
+    response = envelope(500, INTERNAL_ERROR, "server_error", "internal_error")
     if request.url.path.startswith(PREFIX):
         headers = with_request_id(response.raw_headers, request.scope["headers"])
         response.raw_headers = headers

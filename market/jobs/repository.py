@@ -76,8 +76,8 @@ class JobRepository:
         _INSERT_RECEIPT(self.session, values)
 
     def get_job(self, job_id: str) -> Job | None:
-        """The job with this id, if any."""
-        return self.session.get(Job, job_id)
+        """The job with this id, if any (none holds a NUL, which PostgreSQL cannot store)."""
+        return None if "\x00" in job_id else self.session.get(Job, job_id)
 
     def add_receipt(self, receipt: Receipt) -> Receipt:
         """Adds a verified receipt row."""

@@ -160,6 +160,8 @@ def test_another_buyers_job_is_not_a_cursor(
         buyer_history(session, other, before=ids[0])
     with pytest.raises(JobNotFoundError):
         buyer_history(session, buyer, before="c" * 32)
+    with pytest.raises(JobNotFoundError):  # PostgreSQL cannot even compare text with a NUL
+        buyer_history(session, buyer, before="a\x00b")
     assert buyer_history(session, other) == []
 
 

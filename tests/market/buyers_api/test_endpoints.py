@@ -86,6 +86,41 @@ def test_a_bad_name_is_refused_in_the_market_body(api: BuyerApi, buyer: LocalAcc
     _error(response, 422, "invalid_request")
 
 
+def test_a_name_with_a_control_character_is_refused(api: BuyerApi, buyer: LocalAccount) -> None:
+    response = api.client.post(
+        f"/buyers/{buyer.address}/api-keys",
+        json={"name": "a\u0000b"},
+        headers=_signed(api, buyer, BuyerAction.CREATE_API_KEY),
+    )
+    _error(response, 422, "invalid_request")
+    assert _create_key(api, buyer, "laptop \u00e9\u2603")["name"] == "laptop \u00e9\u2603"
+
+
+def test_a_key_id_beyond_the_database_is_refused(api: BuyerApi, buyer: LocalAccount) -> None:
+    path = f"/buyers/{buyer.address}/api-keys/{2**63}"
+    patched = api.client.patch(
+        path, json={"budget_money": 1}, headers=_signed(api, buyer, BuyerAction.UPDATE_API_KEY)
+    )
+    _error(patched, 422, "invalid_request")
+    revoked = api.client.delete(path, headers=_signed(api, buyer, BuyerAction.REVOKE_API_KEY))
+    _error(revoked, 422, "invalid_request")
+
+
+def test_a_bug_is_a_500_in_the_market_body(
+    api: BuyerApi, buyer: LocalAccount, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*_: Any) -> None:
+        raise RuntimeError("a bug with a secret in it")
+
+    monkeypatch.setattr("market.buyers.service.get_buyer", broken)
+    response = api.client.get(
+        f"/buyers/{buyer.address}/api-keys", headers=_signed(api, buyer, BuyerAction.LIST_API_KEYS)
+    )
+    _error(response, 500, "internal_error")
+    assert set(response.json()["error"]) == {"code", "message"}
+    assert "secret" not in response.text
+
+
 def test_revoking_another_buyers_key_is_not_found(api: BuyerApi, buyer: LocalAccount) -> None:
     other: LocalAccount = Account.create()
     theirs = _create_key(api, other)

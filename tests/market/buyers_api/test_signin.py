@@ -110,6 +110,7 @@ def test_a_message_signed_by_someone_else_is_refused() -> None:
         (base64.b64encode(b"hello").decode(), "0x" + "00" * 65),
         (base64.b64encode(b"\xff\xfe").decode(), "0x" + "00" * 65),
         ("bm90IGl0", "0x1234"),
+        ("\u00e9\u00e9\u00e9\u00e9", "0x" + "00" * 65),  # a header that is not ASCII
     ],
 )
 def test_unreadable_requests_are_refused(message: str | None, signature: str | None) -> None:
@@ -146,6 +147,9 @@ GOOD = ("action: a", f"address: {C}", "chain_id: 1", f"contract: {C}", "nonce: n
         _text(*GOOD[:4], "nonce: " + "n" * 65, *GOOD[5:]),
         _text(GOOD[1], GOOD[0], *GOOD[2:]),
         _text(*GOOD[:5], "expires_at:1"),
+        _text(*GOOD[:2], "chain_id: \u00b2", *GOOD[3:]),  # digits to str.isdigit, not to int
+        _text(*GOOD[:5], "expires_at: \u00b9\u00b2"),
+        _text(*GOOD[:5], "expires_at: \u0661"),  # Arabic-Indic one: int takes it
     ],
 )
 def test_non_canonical_texts_are_refused(text: str) -> None:
