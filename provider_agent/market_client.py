@@ -11,6 +11,7 @@ holds of the outbox's receipts (`POST /providers/receipts/status`, which only re
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -83,13 +84,16 @@ class MarketClient:
         identity: ProviderIdentity,
         domain: Domain,
         http: httpx.AsyncClient | None = None,
+        clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
     ) -> None:
-        """`http` is used for every call (one with a 10 s timeout is made if not given)."""
+        """`http` is used for every call (one with a 10 s timeout is made if not given);
+        `clock_ms`, the wall clock in Unix milliseconds."""
         self.market_url = market_url.rstrip("/")
         self.identity = identity
         self.domain = domain
         self._http = http or httpx.AsyncClient(timeout=10.0)
         self._own_http = http is None
+        self._clock_ms = clock_ms
         self._last_heartbeat_ms = 0
 
     async def _send(self, method: str, url: str, payload: Any = None) -> httpx.Response:
@@ -119,11 +123,14 @@ class MarketClient:
         return await self._post("/providers/register", envelope)
 
     async def heartbeat(self) -> dict[str, Any]:
-        """Post a signed heartbeat; `issued_at` rises strictly even if the clock does not."""
-        issued_at = max(time.time_ns() // 1_000_000, self._last_heartbeat_ms + 1)
-        self._last_heartbeat_ms = issued_at
+        """Post a signed heartbeat; `issued_at` rises strictly over the last one the market
+        took, even if the clock does not. One it refused does not count: after a clock that
+        ran ahead is set right, the next heartbeat is taken again at once."""
+        issued_at = max(self._clock_ms(), self._last_heartbeat_ms + 1)
         envelope = heartbeat_envelope(self.identity, self.domain, issued_at)
-        return await self._post("/providers/heartbeat", envelope)
+        body = await self._post("/providers/heartbeat", envelope)
+        self._last_heartbeat_ms = issued_at
+        return body
 
     async def post_attestation(self, envelope: Signed[Attestation]) -> dict[str, Any]:
         """Post one signed attestation (a duplicate of a stored one is accepted too)."""

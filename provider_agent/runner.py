@@ -62,7 +62,10 @@ log = logging.getLogger(__name__)
 REGISTRATION_FINAL = frozenset({400, 401, 404, 410, 422})
 """Registration refusals that trying again cannot change (malformed, bad signature, a market
 without the route, expired, an invalid offer); others (no answer, 5xx, 403 for a key not yet
-bound or a stake not yet enough, 409) are retried."""
+bound or a stake not yet enough, 409) are retried, and so are `CLOCK_REFUSALS`."""
+CLOCK_REFUSALS = frozenset({"message_expired", "message_not_yet_valid"})
+"""The market's codes for a message signed by a clock far off its own (410, 422): each try
+signs afresh, so one passes once the rig's clock is right (time sync done after boot)."""
 PROVIDER_NOT_FOUND = "provider_not_found"
 """The market's code for a heartbeat from a provider it holds no registration of."""
 
@@ -309,7 +312,7 @@ class AgentRunner:
                 )
             except MarketError as exc:
                 self.registration_error = str(exc)
-                if exc.status in REGISTRATION_FINAL:
+                if exc.status in REGISTRATION_FINAL and exc.code not in CLOCK_REFUSALS:
                     log.error(
                         "the market refused the registration: %s; no heartbeats are sent, so "
                         "an offer it holds from before leaves routing",

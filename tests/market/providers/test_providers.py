@@ -7,6 +7,7 @@ import dataclasses
 from datetime import timedelta
 from typing import Any
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import update
@@ -24,6 +25,7 @@ from market.settlement.tasks import TaskContext, watch_deposits
 from protocol.chain.transactor import Transactor
 from protocol.keys import ProviderIdentity
 from protocol.messages import Attestation, Domain, Signed
+from provider_agent.market_client import MarketClient, MarketError
 from tests.market.providers.factories import (
     JOB_URL,
     MODEL,
@@ -483,3 +485,30 @@ def test_error_codes_are_distinct_from_the_markets() -> None:
     for cls in ALL_ERRORS:
         assert 400 <= cls.status_code <= 599
         assert cls.__doc__
+
+
+def test_an_agent_whose_clock_ran_ahead_heartbeats_again_once_it_is_set_right(
+    client: TestClient, runtime: Runtime, providers: ChainProviders
+) -> None:
+    identity = _registered(client, providers)
+    clock = [now_ms() + 3_600_000]  # the rig's clock an hour ahead (no time sync yet)
+
+    async def beats() -> list[int | str]:
+        transport = httpx.ASGITransport(app=client.app)
+        async with httpx.AsyncClient(transport=transport) as http:
+            agent = MarketClient(
+                "http://market", identity, runtime.chain.domain, http, lambda: clock[0]
+            )
+            answers: list[int | str] = []
+            for _ in range(2):
+                try:
+                    await agent.heartbeat()
+                    answers.append(200)
+                except MarketError as exc:
+                    answers.append(exc.code or "")
+            clock[0] = now_ms()  # set right
+            await agent.heartbeat()
+            await agent.heartbeat()
+            return [*answers, 200, 200]
+
+    assert asyncio.run(beats()) == ["message_not_yet_valid", "message_not_yet_valid", 200, 200]

@@ -54,6 +54,8 @@ class MarketDouble:
     forgotten: bool = False
     refuse_registrations: int | None = None
     """When set, registrations are refused with this status (`invalid_offer`) and not kept."""
+    refusal_code: str = "refused"
+    """The `error.code` of a refused registration."""
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def handle(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
@@ -69,15 +71,18 @@ class MarketDouble:
                 return self._heartbeat(body)
             if path == "/providers/register":
                 if self.refuse_registrations is not None:
-                    return self._refuse(path, self.refuse_registrations, "invalid_offer")
+                    status, code = self.refuse_registrations, self.refusal_code
+                    return self._refuse(path, status, "invalid_offer", code)
                 self.registrations.append(body)
                 self.forgotten = False
                 return 200, {"provider": body["message"]["provider"]}
             return 404, {"error": {"code": "not_found", "message": path}}
 
-    def _refuse(self, path: str, status: int, why: str) -> tuple[int, dict[str, Any]]:
+    def _refuse(
+        self, path: str, status: int, why: str, code: str = "refused"
+    ) -> tuple[int, dict[str, Any]]:
         self.refused.append((path, status, why))
-        return status, {"error": {"code": "refused", "message": why}}
+        return status, {"error": {"code": code, "message": why}}
 
     def _attestation(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         path = "/providers/attestations"

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from market.demo.ports import free_port
 from provider_agent.attestations import AttestationLog
@@ -28,12 +29,20 @@ STATUS_TOKEN = "status-token-of-this-rig"
 
 @contextmanager
 def attached(
-    tmp_path: Path, engine_port: int, *, with_deployment: bool = True, market_down: bool = False
+    tmp_path: Path,
+    engine_port: int,
+    *,
+    with_deployment: bool = True,
+    market_down: bool = False,
+    refuse_registrations: tuple[int, str] | None = None,
 ) -> Iterator[tuple[MarketDouble, AgentProcess]]:
-    """A market double (answering every post 503 when `market_down`) and `provider-agent
-    run` attached to the engine on `engine_port`."""
+    """A market double (answering every post 503 when `market_down`; refusing registrations
+    with `refuse_registrations`' status and code) and `provider-agent run` attached to the
+    engine on `engine_port`."""
     with running_market() as market:
         market.fail_all = market_down
+        if refuse_registrations is not None:
+            market.refuse_registrations, market.refusal_code = refuse_registrations
         with running_agent(
             tmp_path,
             engine_command=None,
@@ -286,6 +295,33 @@ def test_a_registration_refused_for_good_stops_the_heartbeats(tmp_path: Path) ->
             assert len(market.heartbeats) == beats
             assert len(market.registrations) == 1
             assert len(market.refused) == 1  # a refusal for good is not sent again
+            assert agent.terminate(timeout_s=30) == 0, agent.log()
+    finally:
+        upstream.stop()
+
+
+@pytest.mark.parametrize(
+    "refusal", [(422, "message_not_yet_valid"), (410, "message_expired")], ids=["ahead", "behind"]
+)
+def test_a_registration_refused_for_the_clock_is_sent_again(
+    tmp_path: Path, refusal: tuple[int, str]
+) -> None:
+    """A rig whose clock is off when it starts (time sync not done yet): the market refuses
+    the registration as not yet valid or expired. A registration is signed afresh each time,
+    so the agent tries again, and is registered once the clock is right."""
+    from tests.support.openai_upstream import start_upstream
+
+    upstream = start_upstream()
+    try:
+        with attached(tmp_path, upstream.port, refuse_registrations=refusal) as (market, agent):
+            agent.wait_until(lambda: len(market.refused) >= 2, 20, "a second try")
+            status = agent.status()
+            assert status is not None
+            assert status["registration"]["registered"] is False
+            assert refusal[1] in status["registration"]["last_error"]
+            market.refuse_registrations = None  # the clock is right now
+            agent.wait_until(lambda: len(market.registrations) == 1, 20, "the registration")
+            agent.wait_until(lambda: len(market.heartbeats) >= 1, 20, "a heartbeat")
             assert agent.terminate(timeout_s=30) == 0, agent.log()
     finally:
         upstream.stop()
