@@ -238,7 +238,10 @@ class AttestationLog:
         if data and not data.endswith(b"\n"):  # torn write: cut the fragment off in place
             data = data[: data.rfind(b"\n") + 1]
             os.truncate(path, len(data))
-        return [line for line in data.decode("utf-8", "replace").splitlines() if line.strip()]
+        # JSON lines end in "\n" only: `str.splitlines` would also cut a line at a U+2028 or
+        # U+0085 that a text field (a GPU's name, say) holds, as JSON writes them raw
+        text = data.decode("utf-8", "replace")
+        return [line for line in text.split("\n") if line.strip()]
 
     def _append(self, path: Path, line: str) -> None:
         """`line` at the end of `path`; on `OSError` (a full disk) `path` is as it was."""

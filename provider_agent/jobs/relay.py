@@ -111,10 +111,13 @@ def _read_event(event: bytes, seen: Observation, now: int) -> str | None:
         return "engine sent a non-object event"
     if "error" in payload:
         return f"engine error: {json.dumps(payload['error'])[:500]}"
-    seen.add_prompt_ids(payload.get("prompt_token_ids"))
-    for choice in payload.get("choices") or ():
-        seen.add_choice(choice, now)
-    seen.add_usage(payload.get("usage"))
+    try:
+        seen.add_prompt_ids(payload.get("prompt_token_ids"))
+        for choice in payload.get("choices") or ():
+            seen.add_choice(choice, now)
+        seen.add_usage(payload.get("usage"))
+    except (AttributeError, TypeError, KeyError) as exc:  # JSON, but not a completion chunk
+        raise ValueError(f"not a completion chunk: {exc!r}") from exc
     return None
 
 

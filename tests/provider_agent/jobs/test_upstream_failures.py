@@ -10,6 +10,8 @@ import json
 from collections.abc import MutableMapping
 from typing import Any, NamedTuple
 
+import pytest
+
 from market.demo.ports import free_port
 from protocol.keys import public_key_hex
 from protocol.messages import (
@@ -187,6 +189,23 @@ def test_unreadable_event_gives_upstream_malformed(
     harness: Harness, upstream: UpstreamProcess
 ) -> None:
     chunks = [_chunk([31]), "data: {not json\n\n", _chunk([32])]
+    answer = _stream_job(harness, upstream, stream_chunks=chunks, delay_ms=20)
+    assert answer.names == ["message", "receipt", "error"]
+    assert json.loads(answer.events[-1][1])["error"]["code"] == "upstream_malformed"
+    receipt = _verified(answer.events[1][1])
+    assert receipt.interrupted_reason == "engine_malformed"
+    assert receipt.output_digest == output_digest([31])
+
+
+@pytest.mark.parametrize(
+    "event",
+    [{"choices": ["oops"]}, {"choices": [None]}, {"choices": 5}],
+    ids=["choice a string", "choice null", "choices a number"],
+)
+def test_an_event_of_the_wrong_shape_gives_upstream_malformed(
+    harness: Harness, upstream: UpstreamProcess, event: dict[str, Any]
+) -> None:
+    chunks = [_chunk([31]), _event(event), _chunk([32])]
     answer = _stream_job(harness, upstream, stream_chunks=chunks, delay_ms=20)
     assert answer.names == ["message", "receipt", "error"]
     assert json.loads(answer.events[-1][1])["error"]["code"] == "upstream_malformed"

@@ -67,6 +67,7 @@ def make_loop(
     counters: Counters,
     meter: EnergyMeter | None = None,
     window_s: float = 0.15,
+    gpu_name: str = "RTX 4090",
 ) -> tuple[AttestationLoop, AttestationLog, MarketClient | None]:
     store = AttestationLog(data_dir, fsync=False)
     builder = AttestationBuilder(
@@ -74,7 +75,7 @@ def make_loop(
         domain=DOMAIN,
         signing_key=identity.signing_key,
         log_store=store,
-        declared_gpu_name="RTX 4090",
+        declared_gpu_name=gpu_name,
     )
     client = None if market is None else MarketClient(market.url, identity, DOMAIN)
     loop = AttestationLoop(
@@ -178,6 +179,28 @@ def test_the_chain_continues_across_a_restart(tmp_path: Path) -> None:
         assert first.tokens.generation_tokens_end > first.tokens.generation_tokens_start
         assert first.avg_running_requests_milli == 2000
         assert first.avg_waiting_requests_milli == 1000
+
+
+def test_a_line_separator_in_a_text_field_does_not_break_the_chain_file(tmp_path: Path) -> None:
+    # JSON writes U+2028 and U+0085 raw; a reader that split lines at them saw torn lines
+    identity = ProviderIdentity.generate()
+    name = "RTX 4090\u2028(rig A)\u0085"
+
+    async def run() -> list[int]:
+        meter = EstimatedMeter(350.0, "NVML unavailable (library_not_found): test")
+        loop, store, _ = make_loop(tmp_path, identity, None, Counters(), meter, gpu_name=name)
+        await run_for(loop, lambda: len(store.all()) >= 3)
+        return [e.message.seq for e in store.all()]
+
+    seqs = asyncio.run(run())
+    assert "\u2028" in (tmp_path / "attestations.jsonl").read_text()  # written raw
+    reopened = AttestationLog(tmp_path)
+    assert [e.message.seq for e in reopened.all()] == seqs
+    head = reopened.head()
+    assert head is not None
+    assert head.seq == seqs[-1]
+    assert [e.message.seq for e in reopened.unsent()] == seqs
+    assert not reopened.unreadable_path.exists()
 
 
 def test_failed_posts_are_retried_in_order_and_none_is_lost(tmp_path: Path) -> None:
