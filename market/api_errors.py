@@ -21,6 +21,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from sqlalchemy.orm import Session
+from starlette.exceptions import HTTPException
 
 from market.errors import INTERNAL_ERROR, InvalidRequestError, MarketError
 from market.runtime import Runtime, get_runtime
@@ -53,6 +54,8 @@ class MarketErrorRoute(APIRoute):
                 setattr(request.state, _FAILED, True)
                 error = InvalidRequestError(_validation_message(exc))
                 return JSONResponse(status_code=error.status_code, content=error.body())
+            except HTTPException:  # FastAPI's own (a body it cannot parse: 400): the app's
+                raise
             except Exception:  # a bug: 500 in this body too, the traceback in the log
                 setattr(request.state, _FAILED, True)
                 log.exception("%s %s failed", request.method, request.url.path)
